@@ -1,0 +1,141 @@
+"""The ``llamafleet`` command line.
+
+User errors (bad arguments, a cluster that is not up, a missing extra) end with exit code 2 and
+one line on stderr; tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from importlib.util import find_spec
+
+from rich.console import Console
+from rich.table import Table
+
+from llamafleet import cluster
+from llamafleet.redis_local import RedisNotInstalledError
+
+DEFAULT_RUN_DIR = os.environ.get("LLAMAFLEET_RUN_DIR", ".llamafleet")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class UserError(Exception):
+    """Ends the command with exit code 2 and the message on one line."""
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    with console.status("starting the local cluster..."):
+        state = cluster.up(args.run_dir, redis_url=args.redis_url, timeout=args.timeout)
+    console.print(f"[green]cluster up[/green] in {state.run_dir} (redis {state.redis_url})")
+    return cmd_status(args)
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    stopped = cluster.down(args.run_dir)
+    console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    report = cluster.status(args.run_dir)
+    if getattr(args, "json", False):
+        print(json.dumps(report, indent=2))
+        return 0 if _all_serving(report) else 1
+    table = Table(title="services")
+    for col in ("service", "address", "pid", "health"):
+        table.add_column(col)
+    for name, svc in report["services"].items():
+        colour = "green" if svc["health"] == "SERVING" else "red"
+        pid = f"{svc['pid']}" + ("" if svc["alive"] else " (dead)")
+        table.add_row(name, svc["address"], pid, f"[{colour}]{svc['health']}[/{colour}]")
+    console.print(table)
+    console.print(f"redis: {report['redis']} ({report['redis_url']})")
+    queues = Table(title="queues")
+    for col in ("stream", "length", "group", "consumers", "pending", "lag"):
+        queues.add_column(col)
+    for q in report["queues"]:
+        lag = "?" if q["lag"] is None else str(q["lag"])
+        queues.add_row(
+            q["stream"], str(q["length"]), q["group"], str(q["consumers"]), str(q["pending"]), lag
+        )
+    if report["queues"]:
+        console.print(queues)
+    else:
+        console.print("queues: none yet")
+    console.print(f"dead letters: {report['dead_letters']}")
+    return 0 if _all_serving(report) else 1
+
+
+def _all_serving(report: dict) -> bool:
+    return all(s["health"] == "SERVING" for s in report["services"].values())
+
+
+def cmd_tiny_model(args: argparse.Namespace) -> int:
+    # Building a model needs torch: it runs in the services' environment, as a subprocess, so
+    # the client package itself never imports torch.
+    if find_spec("torch") is None or find_spec("services") is None:
+        raise UserError(
+            "tiny-model needs the training extra: pip install -e '.[train]' (and torch==2.13.0)"
+        )
+    cmd = [sys.executable, "-m", "services.training.tiny_model", args.out_dir, "--size", args.size]
+    cmd += ["--seed", str(args.seed)]
+    if args.force:
+        cmd.append("--force")
+    return subprocess.call(cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llamafleet", description="Fine-tune LLMs on a suite of gRPC services."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_run_dir(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument(
+            "--run-dir",
+            default=DEFAULT_RUN_DIR,
+            help="where the local cluster keeps its state and logs (env LLAMAFLEET_RUN_DIR)",
+        )
+        return p
+
+    p = with_run_dir(sub.add_parser("up", help="start Redis and the four services locally"))
+    p.add_argument("--redis-url", help="use this Redis instead of starting one")
+    p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for health")
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
+    p.set_defaults(func=cmd_up)
+
+    p = with_run_dir(sub.add_parser("down", help="stop the local cluster"))
+    p.set_defaults(func=cmd_down)
+
+    p = with_run_dir(sub.add_parser("status", help="health of each service and queue"))
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("tiny-model", help="build a random-initialised Llama + tokenizer")
+    p.add_argument("out_dir")
+    p.add_argument("--size", default="tiny", help="tiny | small | medium")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="overwrite a non-empty OUT_DIR")
+    p.set_defaults(func=cmd_tiny_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (UserError, cluster.ClusterError, RedisNotInstalledError) as exc:
+        err_console.print(f"llamafleet {args.command}: {exc}", markup=False, highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""The local cluster: ``llamafleet up`` / ``status`` / ``down`` on one machine, as processes.
+
+``up`` starts a private ``redis-server`` (unless a Redis URL is given), then the four services
+as ``python -m services.<name>`` processes bound to loopback on free ports, waits until each
+answers health SERVING, and records everything in ``<run_dir>/cluster.json``; the other commands
+read that file. Logs go to ``<run_dir>/logs/``.
+
+This module starts services as processes and talks to them over gRPC and Redis; it never imports
+a service (the clients/services boundary is checked by import-linter).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import grpc
+import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from llamafleet.redis_local import LocalRedis, free_port
+
+SERVICES = ("data", "training", "rollout", "reward")
+USES_REDIS = {"training", "rollout", "reward"}
+STATE_FILE = "cluster.json"
+STREAM_PREFIX = "llamafleet:"
+DEADLETTER_STREAM = "llamafleet:deadletter"
+
+
+class ClusterError(RuntimeError):
+    """Something the user can fix: the message says what and how."""
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    pid: int
+    address: str
+
+
+@dataclass
+class ClusterState:
+    run_dir: str
+    redis_url: str
+    redis_pid: int | None = None  # set when `up` started the Redis itself
+    redis_port: int | None = None
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    def save(self) -> None:
+        path = Path(self.run_dir) / STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike) -> ClusterState:
+        path = Path(run_dir) / STATE_FILE
+        if not path.exists():
+            raise ClusterError(f"no cluster in {run_dir} (no {STATE_FILE}); run `llamafleet up`")
+        data = json.loads(path.read_text())
+        services = {k: ServiceProcess(**v) for k, v in data.pop("services", {}).items()}
+        return cls(services=services, **data)
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of this process counts as dead.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ", 1)[1][:1] != "Z"
+    except OSError:
+        return True
+
+
+def check_health(address: str, timeout: float = 2.0, token: str = "") -> str:
+    """The overall health status name of the server at ``address`` ('UNREACHABLE' on failure)."""
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        metadata = [("authorization", f"Bearer {token}")] if token else None
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout, metadata=metadata)
+        except grpc.RpcError:
+            return "UNREACHABLE"
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+def up(
+    run_dir: str | os.PathLike,
+    redis_url: str | None = None,
+    timeout: float = 60.0,
+    python: str = sys.executable,
+) -> ClusterState:
+    """Start Redis (if needed) and the four services; return once all are SERVING."""
+    run = Path(run_dir).resolve()
+    if (run / STATE_FILE).exists():
+        old = ClusterState.load(run)
+        if any(pid_alive(s.pid) for s in old.services.values()):
+            raise ClusterError(f"a cluster is already running in {run}; `llamafleet down` first")
+    logs = run / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    state = ClusterState(run_dir=str(run), redis_url=redis_url or "")
+    if not redis_url:
+        local = LocalRedis(run / "redis", free_port()).start()
+        state.redis_url, state.redis_pid, state.redis_port = (
+            local.url,
+            local.process.pid,
+            local.port,
+        )
+    else:
+        _ping_redis(redis_url)
+    state.save()
+
+    try:
+        for name in SERVICES:
+            addr_file = run / f"{name}.addr"
+            addr_file.unlink(missing_ok=True)
+            args = [
+                python, "-m", f"services.{name}",
+                "host=127.0.0.1", "port=0",
+                f"address_file={addr_file}",
+                f"log_file={logs / f'{name}.log'}",
+            ]  # fmt: skip
+            if name in USES_REDIS:
+                args.append(f"redis_url={state.redis_url}")
+            with open(logs / f"{name}.out", "ab") as out:
+                proc = subprocess.Popen(
+                    args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                )
+            state.services[name] = ServiceProcess(name, proc.pid, "")
+            state.save()
+        deadline = time.monotonic() + timeout
+        for name, svc in state.services.items():
+            svc.address = _wait_serving(name, svc.pid, run, deadline)
+        state.save()
+    except BaseException:
+        down(run)
+        raise
+    return state
+
+
+def _wait_serving(name: str, pid: int, run: Path, deadline: float) -> str:
+    addr_file = run / f"{name}.addr"
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            raise ClusterError(
+                f"service {name} exited during start-up; see {run / 'logs' / (name + '.out')}:\n"
+                + _tail(run / "logs" / f"{name}.out")
+            )
+        if addr_file.exists():
+            address = addr_file.read_text().strip()
+            if check_health(address, timeout=1.0) == "SERVING":
+                return address
+        time.sleep(0.1)
+    raise ClusterError(f"service {name} did not become healthy in time; see {run / 'logs'}")
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _ping_redis(url: str) -> None:
+    try:
+        redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        raise ClusterError(f"cannot reach Redis at {url}: {exc}") from None
+
+
+def down(run_dir: str | os.PathLike, timeout: float = 20.0) -> list[str]:
+    """Stop the services (SIGTERM: they drain gracefully), then the Redis `up` started."""
+    state = ClusterState.load(run_dir)
+    stopped = []
+    procs = [s for s in state.services.values() if pid_alive(s.pid)]
+    for svc in procs:
+        os.kill(svc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for svc in procs:
+        while pid_alive(svc.pid) and time.monotonic() < deadline:
+            _reap(svc.pid)
+            time.sleep(0.05)
+        if pid_alive(svc.pid):
+            os.kill(svc.pid, signal.SIGKILL)
+        _reap(svc.pid)
+        stopped.append(svc.name)
+    if state.redis_pid and pid_alive(state.redis_pid):
+        os.kill(state.redis_pid, signal.SIGTERM)  # redis fsyncs its AOF on SIGTERM
+        while pid_alive(state.redis_pid) and time.monotonic() < deadline + 10:
+            _reap(state.redis_pid)
+            time.sleep(0.05)
+        stopped.append("redis")
+    (Path(run_dir) / STATE_FILE).unlink(missing_ok=True)
+    return stopped
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+@dataclass
+class QueueStatus:
+    stream: str
+    length: int
+    group: str
+    consumers: int
+    pending: int
+    lag: int | None
+
+
+def status(run_dir: str | os.PathLike) -> dict:
+    """Health of each service, Redis reachability, and every llamafleet stream's groups."""
+    state = ClusterState.load(run_dir)
+    services = {
+        name: {
+            "pid": svc.pid,
+            "alive": pid_alive(svc.pid),
+            "address": svc.address,
+            "health": check_health(svc.address) if svc.address else "UNKNOWN",
+        }
+        for name, svc in state.services.items()
+    }
+    result = {"redis_url": state.redis_url, "services": services, "queues": [], "dead_letters": 0}
+    try:
+        r = redis.Redis.from_url(state.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        r.ping()
+        result["redis"] = "up"
+        result["queues"] = [asdict(q) for q in queue_status(r)]
+        result["dead_letters"] = r.xlen(DEADLETTER_STREAM)
+    except redis.RedisError as exc:
+        result["redis"] = f"unreachable: {exc}"
+    return result
+
+
+def queue_status(r: redis.Redis) -> list[QueueStatus]:
+    rows = []
+    for key in sorted(r.scan_iter(match=f"{STREAM_PREFIX}*", _type="STREAM")):
+        stream = key.decode() if isinstance(key, bytes) else key
+        length = r.xlen(stream)
+        groups = r.xinfo_groups(stream)
+        if not groups:
+            rows.append(QueueStatus(stream, length, "-", 0, 0, None))
+        for g in groups:
+            name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
+            rows.append(
+                QueueStatus(stream, length, name, g["consumers"], g["pending"], g.get("lag"))
+            )
+    return rows

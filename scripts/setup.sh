@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs everything llamafleet needs on a fresh Debian/Ubuntu machine, idempotently:
+# redis-server (apt, when missing), a virtualenv in .venv, torch 2.13.0 (CPU wheel) first,
+# then the project with its train and dev extras, pinned by requirements/constraints.txt.
+# Sourced by scripts/demo.sh and scripts/test.sh; safe to run on its own.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+apt_packages=()
+command -v redis-server >/dev/null 2>&1 || apt_packages+=(redis-server)
+if [ ${#apt_packages[@]} -gt 0 ]; then
+  echo "setup: installing ${apt_packages[*]} with apt"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${apt_packages[@]}"
+fi
+# The distribution's redis-server service is not needed: the project starts its own.
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  "$PY" -m venv .venv
+fi
+VPY=.venv/bin/python
+stamp=.venv/.llamafleet-installed
+want="$(cat pyproject.toml requirements/constraints.txt | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "setup: installing Python packages into .venv"
+  pip_install() {  # quiet, minus this machine's noise about absent local indexes; keeps pip's status
+    "$VPY" -m pip install -q "$@" 2>&1 | { grep -v '^WARNING: Location' || true; }
+  }
+  pip_install --upgrade pip
+  pip_install torch==2.13.0
+  pip_install -c requirements/constraints.txt -e ".[train,dev]"
+  "$VPY" -c "import torch, transformers, grpc, redis, llamafleet, services" \
+    || { echo "setup: the Python install failed" >&2; exit 1; }
+  echo "$want" > "$stamp"
+fi

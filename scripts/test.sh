@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what is missing (scripts/setup.sh), then runs every check and the whole test suite:
+# lint, the proto contract (buf lint, regenerated stubs equal the committed ones), the import
+# boundaries, and pytest. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/setup.sh
+export PATH="$PWD/.venv/bin:$PATH" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+
+echo "== ruff"
+ruff check .
+ruff format --check .
+echo "== protos (buf lint, stubs up to date)"
+bash scripts/check_protos.sh
+echo "== import boundaries"
+lint-imports
+echo "== pytest"
+python -m pytest -q -p no:cacheprovider "$@"

@@ -1,0 +1,310 @@
+"""The ``grpc.aio`` server every service runs on, with the project's guard rails.
+
+``ServiceHost`` wires what each service would otherwise repeat:
+- health (``grpc.health.v1``; every registered service SERVING, all NOT_SERVING for
+  ``shutdown_delay_s`` before a graceful stop so load balancers drain first) and reflection;
+- ``grpc.so_reuseport=0`` (another process must not silently share the port), explicit message
+  size limits, and ``maximum_concurrent_rpcs`` (RESOURCE_EXHAUSTED past it, from grpc itself);
+- one interceptor (``_Guard``) that, per call: tags logs with a request id, checks the bearer
+  token (UNAUTHENTICATED), turns an undecodable request body into INVALID_ARGUMENT, maps the
+  project's exceptions (``errors.py``) to status codes with ``google.rpc`` details, and turns
+  anything unexpected into INTERNAL with the traceback logged, never sent;
+- optional TLS and mutual TLS.
+
+It knows nothing about any service's RPCs: ``register`` adds them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import inspect
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+
+from services.common.config import ServerConfig
+from services.common.errors import LlamafleetError, internal_status, to_rpc_status
+from services.common.logs import request_id_var
+
+logger = logging.getLogger(__name__)
+
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+Register = Callable[[grpc.aio.Server], Iterable[str]]
+
+
+@dataclass(frozen=True)
+class _Undecodable:
+    """Stands in for a request whose bytes did not parse; the guard answers INVALID_ARGUMENT."""
+
+    type_name: str
+    error: str
+
+
+def _safe_deserializer(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+    if deserialize is None:
+        return lambda data: data
+    type_name = getattr(getattr(deserialize, "__self__", None), "__name__", "request")
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:  # DecodeError and friends: anything the parser rejects
+            return _Undecodable(type_name, type(exc).__name__)
+
+    return parse
+
+
+class _Guard(grpc.aio.ServerInterceptor):
+    def __init__(self, auth_token: str) -> None:
+        self._token = auth_token.encode()
+
+    def _authorized(self, details: grpc.HandlerCallDetails) -> bool:
+        if not self._token or details.method.startswith(HEALTH_PREFIX):
+            return True
+        for key, value in details.invocation_metadata or ():
+            if key == "authorization":
+                given = value.encode() if isinstance(value, str) else value
+                return hmac.compare_digest(given, b"Bearer " + self._token)
+        return False
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method = details.method
+        authorized = self._authorized(details)
+        request_id = _request_id(details)
+        deserializer = handler.request_deserializer
+        if not (handler.request_streaming or handler.response_streaming):
+            behavior = self._unary(handler.unary_unary, method, authorized, request_id)
+            factory = grpc.unary_unary_rpc_method_handler
+            deserializer = _safe_deserializer(deserializer)
+        elif handler.response_streaming and not handler.request_streaming:
+            behavior = self._streaming(handler.unary_stream, method, authorized, request_id)
+            factory = grpc.unary_stream_rpc_method_handler
+            deserializer = _safe_deserializer(deserializer)
+        elif handler.request_streaming and not handler.response_streaming:
+            behavior = self._unary(handler.stream_unary, method, authorized, request_id)
+            factory = grpc.stream_unary_rpc_method_handler
+        else:
+            behavior = self._streaming(handler.stream_stream, method, authorized, request_id)
+            factory = grpc.stream_stream_rpc_method_handler
+        return factory(
+            behavior,
+            request_deserializer=deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _unary(self, behavior, method: str, authorized: bool, request_id: str):
+        async def guarded(request, context):
+            request_id_var.set(request_id)
+            await _precheck(request, context, method, authorized)
+            try:
+                result = behavior(request, context)
+                if inspect.isawaitable(result):
+                    result = await result
+                return result
+            except Exception as exc:
+                await _abort_for(exc, context, method, request_id)
+
+        return guarded
+
+    def _streaming(self, behavior, method: str, authorized: bool, request_id: str):
+        async def guarded(request, context) -> AsyncIterator[Any]:
+            request_id_var.set(request_id)
+            await _precheck(request, context, method, authorized)
+            try:
+                result = behavior(request, context)
+                if inspect.isawaitable(result):  # a handler that writes with context.write
+                    await result
+                    return
+                if hasattr(result, "__aiter__"):
+                    async for item in result:
+                        yield item
+                else:
+                    for item in result:
+                        yield item
+            except Exception as exc:
+                await _abort_for(exc, context, method, request_id)
+
+        return guarded
+
+
+def _request_id(details: grpc.HandlerCallDetails) -> str:
+    for key, value in details.invocation_metadata or ():
+        if key == "x-request-id" and value:
+            return str(value)[:64]
+    return uuid.uuid4().hex[:16]
+
+
+async def _precheck(request, context, method: str, authorized: bool) -> None:
+    if not authorized:
+        await context.abort(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "missing or wrong bearer token: send metadata 'authorization: Bearer <token>'",
+        )
+    if isinstance(request, _Undecodable):
+        logger.info("undecodable request to %s (%s)", method, request.error)
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"request body for {method} is not a valid {request.type_name} message",
+        )
+
+
+async def _abort_for(exc: Exception, context, method: str, request_id: str) -> None:
+    if isinstance(exc, grpc.aio.AbortError | asyncio.CancelledError):
+        raise exc
+    if isinstance(exc, LlamafleetError):
+        status = rpc_status.to_status(to_rpc_status(exc))
+        await context.abort(status.code, status.details, status.trailing_metadata)
+    if isinstance(exc, NotImplementedError):
+        # The generated base servicer raises this for RPCs a service does not implement yet.
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by this service yet"
+        )
+    logger.error("unexpected error in %s", method, exc_info=exc)
+    status = rpc_status.to_status(internal_status(request_id))
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+class ServiceHost:
+    """One service's server: start, report its address, drain and stop."""
+
+    def __init__(self, name: str, config: ServerConfig, register: Register) -> None:
+        self.name = name
+        self.config = config
+        self._register = register
+        self._health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self.port: int | None = None
+        self._stopping = False
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self.port}"
+
+    async def start(self) -> int:
+        cfg = self.config
+        max_bytes = cfg.max_message_mb * 1024 * 1024
+        server = grpc.aio.server(
+            interceptors=[_Guard(cfg.auth_token)],
+            maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_send_message_length", max_bytes),
+                ("grpc.max_receive_message_length", max_bytes),
+            ],
+        )
+        names = list(self._register(server))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        names_for_reflection = [*names, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        reflection.enable_server_reflection(names_for_reflection, server)
+        bind = f"{_bracket(cfg.host)}:{cfg.port}"
+        if cfg.tls_cert:
+            credentials = grpc.ssl_server_credentials(
+                [(Path(cfg.tls_key).read_bytes(), Path(cfg.tls_cert).read_bytes())],
+                root_certificates=(
+                    Path(cfg.tls_client_ca).read_bytes() if cfg.tls_client_ca else None
+                ),
+                require_client_auth=bool(cfg.tls_client_ca),
+            )
+            self.port = server.add_secure_port(bind, credentials)
+        else:
+            self.port = server.add_insecure_port(bind)
+        if not self.port:
+            raise OSError(f"{self.name}: could not bind {bind}")
+        await server.start()
+        self._server = server
+        for service_name in ["", *names]:
+            await self._health.set(service_name, health_pb2.HealthCheckResponse.SERVING)
+        if cfg.address_file:
+            _write_atomically(Path(cfg.address_file), self.address)
+        logger.info("%s serving on %s (tls=%s)", self.name, self.address, bool(cfg.tls_cert))
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Flip health to NOT_SERVING, wait ``shutdown_delay_s``, then stop with a grace period."""
+        if self._server is None or self._stopping:
+            return
+        self._stopping = True
+        await self._health.enter_graceful_shutdown()
+        logger.info("%s draining: NOT_SERVING for %.1fs", self.name, self.config.shutdown_delay_s)
+        await asyncio.sleep(self.config.shutdown_delay_s)
+        await self._server.stop(self.config.grace_s if grace is None else grace)
+        logger.info("%s stopped", self.name)
+
+    async def wait(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+def register_servicer(add_to_server: Callable, servicer: Any, service_full_name: str) -> Register:
+    """A ``Register`` for the usual case: one generated ``add_*_to_server`` and one servicer."""
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        add_to_server(servicer, server)
+        return [service_full_name]
+
+    return register
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def run_service(
+    name: str,
+    config_cls: type[ServerConfig],
+    argv: list[str],
+    make_register: Callable[[Any], Register],
+) -> int:
+    """The body of every ``python -m services.<name>``: config, logging, serve until a signal.
+
+    Bad configuration exits with code 2 and one line on stderr, never a traceback.
+    """
+    import signal
+    import sys
+
+    from services.common.config import ConfigError, load_config
+    from services.common.logs import setup_logging
+
+    try:
+        config = load_config(config_cls, name, argv)
+    except ConfigError as exc:
+        sys.stderr.write(f"llamafleet {name}: configuration error: {exc}\n")
+        return 2
+    setup_logging(config.log_level, config.log_file)
+
+    async def serve() -> None:
+        host = ServiceHost(name, config, make_register(config))
+        await host.start()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await host.stop()
+
+    try:
+        asyncio.run(serve())
+    except (OSError, LlamafleetError) as exc:
+        logger.error("%s could not start: %s", name, exc)
+        sys.stderr.write(f"llamafleet {name}: could not start: {exc}\n")
+        return 1
+    return 0

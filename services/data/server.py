@@ -1,0 +1,17 @@
+"""Assembles the data service on the shared ``ServiceHost``."""
+
+from __future__ import annotations
+
+from llamafleet.data.v1 import data_service_pb2, data_service_pb2_grpc
+
+from services.common.server import Register, register_servicer
+from services.data.config import DataConfig
+from services.data.servicer import DataServicer
+
+SERVICE_NAME = data_service_pb2.DESCRIPTOR.services_by_name["DataService"].full_name
+
+
+def make_register(config: DataConfig) -> Register:
+    return register_servicer(
+        data_service_pb2_grpc.add_DataServiceServicer_to_server, DataServicer(config), SERVICE_NAME
+    )
