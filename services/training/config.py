@@ -12,3 +12,4 @@ class TrainingConfig(ServerConfig):
     """The training service's configuration (shared server fields in ``ServerConfig``)."""
 
     redis_url: str = ""  # the work-queue Redis; checked at start-up when set
+    data_address: str = ""  # host:port of the data service, where jobs read their batches

@@ -13,20 +13,31 @@ import subprocess
 import sys
 from importlib.util import find_spec
 
+import grpc
 from rich.console import Console
 from rich.table import Table
 
 from llamafleet import cluster
+from llamafleet.client import RpcError
+from llamafleet.commands import UserError
 from llamafleet.redis_local import RedisNotInstalledError
 
 DEFAULT_RUN_DIR = os.environ.get("LLAMAFLEET_RUN_DIR", ".llamafleet")
 
+# Command groups living in llamafleet/commands/: each adds its sub-commands in register().
+COMMAND_MODULES: tuple = ()
+
+# Status codes that mean the request was wrong (exit 2), as opposed to the cluster failing (1).
+USER_ERROR_CODES = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.UNAUTHENTICATED,
+}
+
 console = Console()
 err_console = Console(stderr=True)
-
-
-class UserError(Exception):
-    """Ends the command with exit code 2 and the message on one line."""
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -123,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="overwrite a non-empty OUT_DIR")
     p.set_defaults(func=cmd_tiny_model)
+
+    for module in COMMAND_MODULES:
+        module.register(sub)
     return parser
 
 
@@ -133,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, cluster.ClusterError, RedisNotInstalledError) as exc:
         err_console.print(f"llamafleet {args.command}: {exc}", markup=False, highlight=False)
         return 2
+    except RpcError as exc:
+        err_console.print(f"llamafleet {args.command}: {exc}", markup=False, highlight=False)
+        return 2 if exc.code in USER_ERROR_CODES else 1
     except KeyboardInterrupt:
         return 130
 

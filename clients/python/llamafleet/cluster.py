@@ -124,31 +124,43 @@ def up(
     state.save()
 
     try:
-        for name in SERVICES:
-            addr_file = run / f"{name}.addr"
-            addr_file.unlink(missing_ok=True)
-            args = [
-                python, "-m", f"services.{name}",
-                "host=127.0.0.1", "port=0",
-                f"address_file={addr_file}",
-                f"log_file={logs / f'{name}.log'}",
-            ]  # fmt: skip
-            if name in USES_REDIS:
-                args.append(f"redis_url={state.redis_url}")
-            with open(logs / f"{name}.out", "ab") as out:
-                proc = subprocess.Popen(
-                    args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-                )
-            state.services[name] = ServiceProcess(name, proc.pid, "")
-            state.save()
         deadline = time.monotonic() + timeout
-        for name, svc in state.services.items():
-            svc.address = _wait_serving(name, svc.pid, run, deadline)
-        state.save()
+        # data first: training needs its address; the other three start together.
+        for group in (("data",), ("training", "rollout", "reward")):
+            for name in group:
+                extra = []
+                if name in USES_REDIS:
+                    extra.append(f"redis_url={state.redis_url}")
+                if name == "training":
+                    extra.append(f"data_address={state.services['data'].address}")
+                _start_service(state, name, run, python, extra)
+            for name in group:
+                svc = state.services[name]
+                svc.address = _wait_serving(name, svc.pid, run, deadline)
+            state.save()
     except BaseException:
         down(run)
         raise
     return state
+
+
+def _start_service(
+    state: ClusterState, name: str, run: Path, python: str, extra: list[str]
+) -> None:
+    addr_file = run / f"{name}.addr"
+    addr_file.unlink(missing_ok=True)
+    logs = run / "logs"
+    args = [
+        python, "-m", f"services.{name}",
+        "host=127.0.0.1", "port=0",
+        f"address_file={addr_file}",
+        f"log_file={logs / f'{name}.log'}",
+        *extra,
+    ]  # fmt: skip
+    with open(logs / f"{name}.out", "ab") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    state.services[name] = ServiceProcess(name, proc.pid, "")
+    state.save()
 
 
 def _wait_serving(name: str, pid: int, run: Path, deadline: float) -> str:
