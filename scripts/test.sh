@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what is missing (scripts/setup.sh), then runs every check and the whole test suite:
 # lint, the proto contract (buf lint, regenerated stubs equal the committed ones), the import
-# boundaries, and pytest. Extra arguments go to pytest.
+# boundaries, the Go client, and pytest. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
+bash scripts/setup_go.sh
 export PATH="$PWD/.venv/bin:$PATH" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 echo "== ruff"
@@ -14,5 +15,7 @@ echo "== protos (buf lint, stubs up to date)"
 bash scripts/check_protos.sh
 echo "== import boundaries"
 lint-imports
+echo "== Go client (stubs up to date, gofmt, vet, test)"
+bash scripts/check_go.sh
 echo "== pytest"
 python -m pytest -q -p no:cacheprovider "$@"
