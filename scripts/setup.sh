@@ -38,3 +38,16 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     || { echo "setup: the Python install failed" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi
+
+# The Compose specification's JSON schema, for tests/test_compose.py (no Docker engine here):
+# it ships inside the docker-compose 1.29.2 wheel; only that file is extracted, nothing installed.
+schema=.venv/share/compose-spec/compose_spec.json
+if [ ! -f "$schema" ]; then
+  tmp=$(mktemp -d)
+  "$VPY" -m pip download -q --no-deps -d "$tmp" docker-compose==1.29.2 2>&1 | { grep -v '^WARNING: Location' || true; }
+  mkdir -p "$(dirname "$schema")"
+  "$VPY" -c "import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read('compose/config/compose_spec.json'))" \
+    "$tmp"/docker_compose-1.29.2-*.whl > "$schema.tmp"
+  mv "$schema.tmp" "$schema"
+  rm -rf "$tmp"
+fi

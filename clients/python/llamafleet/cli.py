@@ -20,12 +20,13 @@ from rich.table import Table
 from llamafleet import cluster
 from llamafleet.client import RpcError
 from llamafleet.commands import UserError
+from llamafleet.commands import data as data_commands
 from llamafleet.redis_local import RedisNotInstalledError
 
 DEFAULT_RUN_DIR = os.environ.get("LLAMAFLEET_RUN_DIR", ".llamafleet")
 
 # Command groups living in llamafleet/commands/: each adds its sub-commands in register().
-COMMAND_MODULES: tuple = ()
+COMMAND_MODULES: tuple = (data_commands,)
 
 # Status codes that mean the request was wrong (exit 2), as opposed to the cluster failing (1).
 USER_ERROR_CODES = {
@@ -87,6 +88,14 @@ def _all_serving(report: dict) -> bool:
     return all(s["health"] == "SERVING" for s in report["services"].values())
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 when the server at --address answers SERVING (container health checks use it)."""
+    token = args.token or os.environ.get("LLAMAFLEET_TOKEN", "")
+    state = cluster.check_health(args.address, timeout=args.timeout, token=token)
+    console.print(f"{args.address}: {state}")
+    return 0 if state == "SERVING" else 1
+
+
 def cmd_tiny_model(args: argparse.Namespace) -> int:
     # Building a model needs torch: it runs in the services' environment, as a subprocess, so
     # the client package itself never imports torch.
@@ -127,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_run_dir(sub.add_parser("status", help="health of each service and queue"))
     p.add_argument("--json", action="store_true", help="print the status as JSON")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("health", help="check one service's gRPC health (exit 0 if SERVING)")
+    p.add_argument("--address", required=True, help="host:port")
+    p.add_argument("--token", default="", help="bearer token (or env LLAMAFLEET_TOKEN)")
+    p.add_argument("--timeout", type=float, default=3.0)
+    p.set_defaults(func=cmd_health)
 
     p = sub.add_parser("tiny-model", help="build a random-initialised Llama + tokenizer")
     p.add_argument("out_dir")

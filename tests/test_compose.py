@@ -1,0 +1,118 @@
+"""docker-compose files: valid against the Compose specification, and the same topology as
+`llamafleet up` (no Docker engine runs here, so the containers themselves are not started).
+
+The schema is the Compose specification's JSON schema as shipped in the docker-compose 1.29.2
+wheel; scripts/setup.sh extracts it to .venv/share/compose-spec/compose_spec.json.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from llamafleet import cluster
+
+from services.common.config import ConfigError, load_config
+from services.data.config import DataConfig
+from services.reward.config import RewardConfig
+from services.rollout.config import RolloutConfig
+from services.training.config import TrainingConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "compose"
+SCHEMA = Path(sys.prefix) / "share" / "compose-spec" / "compose_spec.json"
+CONFIGS = {
+    "data": DataConfig,
+    "training": TrainingConfig,
+    "rollout": RolloutConfig,
+    "reward": RewardConfig,
+}
+
+
+def _load(name: str) -> dict:
+    return yaml.safe_load((COMPOSE / name).read_text())
+
+
+@pytest.fixture(scope="module")
+def schema() -> dict:
+    if not SCHEMA.exists():
+        pytest.fail(f"{SCHEMA} is missing: run scripts/setup.sh (it extracts the schema)")
+    import json
+
+    return json.loads(SCHEMA.read_text())
+
+
+@pytest.mark.parametrize("name", ["docker-compose.yaml", "docker-compose.gpu.yaml"])
+def test_files_follow_the_compose_specification(schema, name):
+    jsonschema.Draft201909Validator(schema).validate(_load(name))
+
+
+def test_the_schema_check_catches_mistakes(schema):
+    broken = _load("docker-compose.yaml")
+    broken["services"]["data"]["healthcheck"]["retries"] = "many"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft201909Validator(schema).validate(broken)
+
+
+def test_same_services_as_the_local_cluster():
+    services = _load("docker-compose.yaml")["services"]
+    assert set(services) == {"redis", *cluster.SERVICES}
+    for name in cluster.SERVICES:
+        svc = services[name]
+        assert svc["build"]["target"] == name
+        env = svc["environment"]
+        assert env[f"LLAMAFLEET_{name.upper()}_HOST"] == "0.0.0.0"
+        # a non-loopback bind needs a token: the service refuses to start without one
+        assert "LLAMAFLEET_TOKEN" in env[f"LLAMAFLEET_{name.upper()}_AUTH_TOKEN"]
+        redis_key = f"LLAMAFLEET_{name.upper()}_REDIS_URL"
+        assert (redis_key in env) == (name in cluster.USES_REDIS)
+        assert "llamafleet" in svc["healthcheck"]["test"] and "health" in svc["healthcheck"]["test"]
+    assert services["training"]["environment"]["LLAMAFLEET_TRAINING_DATA_ADDRESS"] == "data:50051"
+
+
+def test_every_setting_is_a_real_config_field_and_loads():
+    """Each LLAMAFLEET_<SERVICE>_<FIELD> in the files loads through the service's own config."""
+    services = _load("docker-compose.yaml")["services"]
+    shared = dict(
+        line.split("=", 1)
+        for line in (COMPOSE / "llamafleet.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    for name, config_cls in CONFIGS.items():
+        env = {**shared, **services[name]["environment"]}
+        env = {k: re.sub(r"\$\{LLAMAFLEET_TOKEN[^}]*\}", "tok", str(v)) for k, v in env.items()}
+        try:
+            config = load_config(config_cls, name, [], env)
+        except ConfigError as exc:
+            pytest.fail(f"compose settings of {name} do not load: {exc}")
+        assert config.host == "0.0.0.0" and config.auth_token == "tok"
+
+
+def test_scaled_workers_publish_no_fixed_host_port():
+    services = _load("docker-compose.yaml")["services"]
+    for name in ("rollout", "reward"):
+        assert "ports" not in services[name], f"{name} would collide under --scale"
+
+
+def test_gpu_override_reserves_gpus_for_training_and_rollout():
+    gpu = _load("docker-compose.gpu.yaml")["services"]
+    assert set(gpu) == {"training", "rollout"}
+    for svc in gpu.values():
+        (device,) = svc["deploy"]["resources"]["reservations"]["devices"]
+        assert device["capabilities"] == ["gpu"]
+
+
+def test_redis_is_configured_for_queues():
+    command = " ".join(_load("docker-compose.yaml")["services"]["redis"]["command"])
+    assert "--appendonly yes" in command and "--maxmemory-policy noeviction" in command
+
+
+def test_dockerfile_has_a_target_per_service():
+    text = (COMPOSE / "Dockerfile").read_text()
+    for name in cluster.SERVICES:
+        assert re.search(rf"^FROM base AS {name}$", text, re.M)
+        assert f'"services.{name}"' in text
