@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 import redis
+from llamafleet.redis_local import redact_url
 from redis import exceptions as rexc
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -47,6 +48,13 @@ from redis.retry import Retry
 from services.common.errors import Unavailable
 
 logger = logging.getLogger(__name__)
+
+# Server replies that mean "not now" rather than "never": the worker loop waits them out.
+_TRANSIENT_SERVER_ERRORS = (
+    rexc.OutOfMemoryError,
+    rexc.ReadOnlyError,
+    rexc.BusyLoadingError,
+)
 
 ROLLOUT_TASKS = "llamafleet:rollout:tasks"
 ROLLOUT_RESULTS = "llamafleet:rollout:results"
@@ -521,13 +529,27 @@ class WorkQueue:
                 stop.wait(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX_S)
             except rexc.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
+                if "NOGROUP" in str(exc):
+                    logger.warning(
+                        "group %s on %s is gone (%s); recreating", self.group, self.stream, exc
+                    )
+                    need_group = True
+                    stop.wait(backoff)
+                    continue
+                if not isinstance(exc, _TRANSIENT_SERVER_ERRORS):
                     raise
+                # A full (maxmemory + noeviction), read-only or busy Redis refuses writes but
+                # loses nothing: publish and commit are all-or-nothing scripts, so the item in
+                # hand stays pending and is retried when the server accepts writes again.
                 logger.warning(
-                    "group %s on %s is gone (%s); recreating", self.group, self.stream, exc
+                    "redis refuses work for %s/%s (%s); retrying in %.1fs",
+                    self.stream,
+                    self.group,
+                    exc,
+                    backoff,
                 )
-                need_group = True
                 stop.wait(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX_S)
 
     def _handle(self, handler: Callable[[Delivery], Sequence[Output]], delivery: Delivery) -> None:
         with self.lease_keeper(delivery):
@@ -560,6 +582,6 @@ def require_redis(url: str, timeout_s: float = 5.0) -> None:
         connect(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s).ping()
     except redis.RedisError as exc:
         raise Unavailable(
-            f"cannot reach Redis at {url}: {exc}; start redis-server or fix redis_url",
+            f"cannot reach Redis at {redact_url(url)}: {exc}; start redis-server or fix redis_url",
             reason="REDIS_UNAVAILABLE",
         ) from None

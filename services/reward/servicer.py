@@ -1,17 +1,48 @@
 """proto <-> domain translation for ``llamafleet.reward.v1.RewardService``.
 
-The RPCs are implemented by the issues that build this service; an RPC not implemented here is
-answered by the generated base class, which the server maps to UNIMPLEMENTED (never a fake
-result).
+Everything else (scorer table, batching, normalisation) is in ``scoring.py``.
 """
 
 from __future__ import annotations
 
-from llamafleet.reward.v1 import reward_service_pb2_grpc
+from llamafleet.reward.v1 import reward_pb2, reward_service_pb2, reward_service_pb2_grpc
 
-from services.reward.config import RewardConfig
+from services.common.errors import invalid
+from services.reward.scorers import ScoreInput
+from services.reward.scoring import ScoringEngine, adapter_key
+
+MAX_ITEMS = 4096
+
+
+def item_from_proto(item: reward_pb2.ScoreItem) -> ScoreInput:
+    return ScoreInput(
+        item_id=item.item_id,
+        prompt_ids=tuple(item.prompt_ids),
+        completion_ids=tuple(item.completion_ids),
+        prompt_text=item.prompt_text,
+        completion_text=item.completion_text,
+        reference_answer=item.reference_answer,
+    )
 
 
 class RewardServicer(reward_service_pb2_grpc.RewardServiceServicer):
-    def __init__(self, config: RewardConfig) -> None:
-        self.config = config
+    def __init__(self, engine: ScoringEngine) -> None:
+        self.engine = engine
+
+    async def ScoreRollouts(self, request, context):
+        if len(request.items) > MAX_ITEMS:
+            raise invalid(
+                "items", f"{len(request.items)} items in one request; send at most {MAX_ITEMS}"
+            )
+        adapter = adapter_key(
+            request.reward_adapter.id, request.reward_adapter.version, "reward_adapter"
+        )
+        items = [item_from_proto(item) for item in request.items]
+        scored = await self.engine.score_async(request.scorer, request.job_id, adapter, items)
+        return reward_service_pb2.ScoreRolloutsResponse(
+            scorer=scored.scorer,
+            scores=[
+                reward_pb2.Score(item_id=item.item_id, raw_score=raw, normalized_score=norm)
+                for item, raw, norm in zip(items, scored.raw, scored.normalized, strict=True)
+            ],
+        )

@@ -21,12 +21,13 @@ from llamafleet import cluster
 from llamafleet.client import RpcError
 from llamafleet.commands import UserError
 from llamafleet.commands import data as data_commands
+from llamafleet.commands import train as train_commands
 from llamafleet.redis_local import RedisNotInstalledError
 
 DEFAULT_RUN_DIR = os.environ.get("LLAMAFLEET_RUN_DIR", ".llamafleet")
 
 # Command groups living in llamafleet/commands/: each adds its sub-commands in register().
-COMMAND_MODULES: tuple = (data_commands,)
+COMMAND_MODULES: tuple = (data_commands, train_commands)
 
 # Status codes that mean the request was wrong (exit 2), as opposed to the cluster failing (1).
 USER_ERROR_CODES = {
@@ -43,8 +44,15 @@ err_console = Console(stderr=True)
 
 def cmd_up(args: argparse.Namespace) -> int:
     with console.status("starting the local cluster..."):
-        state = cluster.up(args.run_dir, redis_url=args.redis_url, timeout=args.timeout)
-    console.print(f"[green]cluster up[/green] in {state.run_dir} (redis {state.redis_url})")
+        state = cluster.up(
+            args.run_dir,
+            redis_url=args.redis_url,
+            timeout=args.timeout,
+            base_model=args.base_model,
+        )
+    console.print(
+        f"[green]cluster up[/green] in {state.run_dir} (redis {cluster.redact_url(state.redis_url)})"
+    )
     return cmd_status(args)
 
 
@@ -126,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_run_dir(sub.add_parser("up", help="start Redis and the four services locally"))
     p.add_argument("--redis-url", help="use this Redis instead of starting one")
+    p.add_argument("--base-model", help="model folder the rollout and reward services serve")
     p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for health")
     p.add_argument("--json", action="store_true", help="print the status as JSON")
     p.set_defaults(func=cmd_up)

@@ -24,7 +24,7 @@ import grpc
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from llamafleet.redis_local import LocalRedis, free_port
+from llamafleet.redis_local import LocalRedis, free_port, redact_url
 
 SERVICES = ("data", "training", "rollout", "reward")
 USES_REDIS = {"training", "rollout", "reward"}
@@ -102,8 +102,14 @@ def up(
     redis_url: str | None = None,
     timeout: float = 60.0,
     python: str = sys.executable,
+    base_model: str | None = None,
 ) -> ClusterState:
-    """Start Redis (if needed) and the four services; return once all are SERVING."""
+    """Start Redis (if needed) and the four services; return once all are SERVING.
+
+    ``base_model`` (a local Hugging Face folder) is the model the rollout and reward services
+    serve; without one they start but answer generation and model scoring with
+    FAILED_PRECONDITION.
+    """
     run = Path(run_dir).resolve()
     if (run / STATE_FILE).exists():
         old = ClusterState.load(run)
@@ -125,15 +131,10 @@ def up(
 
     try:
         deadline = time.monotonic() + timeout
-        # data first: training needs its address; the other three start together.
-        for group in (("data",), ("training", "rollout", "reward")):
+        # data, then training (it needs data's address), then the workers (they need training's).
+        for group in (("data",), ("training",), ("rollout", "reward")):
             for name in group:
-                extra = []
-                if name in USES_REDIS:
-                    extra.append(f"redis_url={state.redis_url}")
-                if name == "training":
-                    extra.append(f"data_address={state.services['data'].address}")
-                _start_service(state, name, run, python, extra)
+                _start_service(state, name, run, python, _service_env(state, name, base_model))
             for name in group:
                 svc = state.services[name]
                 svc.address = _wait_serving(name, svc.pid, run, deadline)
@@ -144,8 +145,31 @@ def up(
     return state
 
 
+def _service_env(state: ClusterState, name: str, base_model: str | None) -> dict[str, str]:
+    """Settings of one service in the local cluster, passed as LLAMAFLEET_<SERVICE>_<FIELD>.
+
+    Everything stateful lives under the run directory; secrets (the Redis URL may carry a
+    password) go by environment, never on a command line where `ps` would show them.
+    """
+    run = Path(state.run_dir)
+    settings: dict[str, str] = {}
+    if name in USES_REDIS:
+        settings["redis_url"] = state.redis_url
+    if name == "data":
+        settings["datasets_dir"] = str(run / "datasets")
+    if name == "training":
+        settings["data_address"] = state.services["data"].address
+        settings["jobs_dir"] = str(run / "jobs")
+    if name in ("rollout", "reward"):
+        settings["training_address"] = state.services["training"].address
+        settings["adapter_cache_dir"] = str(run / f"{name}-adapters")
+        if base_model:
+            settings["base_model"] = str(Path(base_model).resolve())
+    return {f"LLAMAFLEET_{name.upper()}_{key.upper()}": value for key, value in settings.items()}
+
+
 def _start_service(
-    state: ClusterState, name: str, run: Path, python: str, extra: list[str]
+    state: ClusterState, name: str, run: Path, python: str, env: dict[str, str]
 ) -> None:
     addr_file = run / f"{name}.addr"
     addr_file.unlink(missing_ok=True)
@@ -155,10 +179,15 @@ def _start_service(
         "host=127.0.0.1", "port=0",
         f"address_file={addr_file}",
         f"log_file={logs / f'{name}.log'}",
-        *extra,
     ]  # fmt: skip
     with open(logs / f"{name}.out", "ab") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            args,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **env},
+        )
     state.services[name] = ServiceProcess(name, proc.pid, "")
     state.save()
 
@@ -189,7 +218,7 @@ def _ping_redis(url: str) -> None:
     try:
         redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2).ping()
     except redis.RedisError as exc:
-        raise ClusterError(f"cannot reach Redis at {url}: {exc}") from None
+        raise ClusterError(f"cannot reach Redis at {redact_url(url)}: {exc}") from None
 
 
 def down(run_dir: str | os.PathLike, timeout: float = 20.0) -> list[str]:
@@ -247,7 +276,12 @@ def status(run_dir: str | os.PathLike) -> dict:
         }
         for name, svc in state.services.items()
     }
-    result = {"redis_url": state.redis_url, "services": services, "queues": [], "dead_letters": 0}
+    result = {
+        "redis_url": redact_url(state.redis_url),
+        "services": services,
+        "queues": [],
+        "dead_letters": 0,
+    }
     try:
         r = redis.Redis.from_url(state.redis_url, socket_timeout=2, socket_connect_timeout=2)
         r.ping()

@@ -14,8 +14,20 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password shown as ``***``: Redis URLs carry credentials, logs must not."""
+    parts = urllib.parse.urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at:
+        return url
+    user, colon, _secret = userinfo.partition(":")
+    shown = f"{user}:***" if colon else "***"
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{shown}@{hostport}"))
 
 
 class RedisNotInstalledError(RuntimeError):

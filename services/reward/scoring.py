@@ -1,0 +1,295 @@
+"""The scoring engine the RPC and the worker share: resolve, prepare, batch, normalise.
+
+``ScoringEngine.score`` takes a scorer name, a job id, an optional reward adapter and items:
+1. resolve the name in the scorer table (``scorers.build``) with the job's settings;
+2. prepare the items: fill in text from ids (rule scorers) or ids from text (reward models)
+   with the tokenizer, and check ids, lengths and references, with field paths;
+3. submit them: batched scorers go through the cross-caller ``Batcher``, rule scorers run on a
+   small thread pool (a regex match may take up to its timeout);
+4. normalise with the job's running statistics (``normalize.py``).
+
+It knows the domain types only; ``servicer.py`` and ``worker.py`` translate protos.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from llamafleet.common.v1 import common_pb2
+
+from services.common.adapter_cache import AdapterCache, check_ref
+from services.common.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from services.reward import scorers
+from services.reward.batching import Batcher
+from services.reward.config import RewardConfig
+from services.reward.job_settings import JobSettingsTable
+from services.reward.normalize import Normalizer
+from services.reward.scorers import Reads, ScoreInput, Scorer, ScorerContext
+from services.reward.scorers.model import AdapterKey, AdapterSource, LocalAdapterDir, RewardModels
+
+logger = logging.getLogger(__name__)
+
+_MAX_VIOLATIONS = 10
+
+
+@dataclass(frozen=True)
+class Scored:
+    scorer: str
+    raw: list[float]
+    normalized: list[float]
+
+
+def adapter_key(adapter_id: str, version: int, field_path: str) -> AdapterKey | None:
+    """An AdapterRef as a key; None for the empty ref (the configured model)."""
+    check_ref(common_pb2.AdapterRef(id=adapter_id, version=version), field_path)
+    return (adapter_id, int(version)) if adapter_id else None
+
+
+@dataclass(frozen=True)
+class CachedAdapters:
+    """Reward adapters fetched from the training service through the shared adapter cache."""
+
+    cache: AdapterCache
+
+    def ensure(self, ref: AdapterKey) -> Path:
+        return self.cache.ensure(common_pb2.AdapterRef(id=ref[0], version=ref[1]))
+
+
+def adapter_source(config: RewardConfig) -> AdapterSource | None:
+    if config.training_address:
+        cache = AdapterCache(
+            config.adapter_cache_dir, config.training_address, auth_token=config.training_token
+        )
+        return CachedAdapters(cache)
+    if config.adapter_dir:
+        return LocalAdapterDir(Path(config.adapter_dir))
+    return None
+
+
+class Codec:
+    """The base tokenizer: text -> ids for reward models, ids -> text for rule scorers.
+
+    Text is tokenized literally (no special tokens added: a templated prompt carries its own
+    BOS); a completion given as text gets the tokenizer's EOS appended, as a stopped rollout has.
+    """
+
+    def __init__(self, path: str) -> None:
+        from transformers import AutoTokenizer
+
+        self._tok = AutoTokenizer.from_pretrained(path)
+        self.eos_id = self._tok.eos_token_id
+        # A fast tokenizer may reconfigure its Rust backend per call ("Already borrowed" when
+        # shared); the event loop and the worker threads share this one.
+        self._lock = threading.Lock()
+
+    def _encode(self, text: str) -> list[int]:
+        with self._lock:
+            return list(self._tok(text, add_special_tokens=False)["input_ids"])
+
+    def encode_prompt(self, text: str) -> tuple[int, ...]:
+        return tuple(self._encode(text))
+
+    def encode_completion(self, text: str) -> tuple[int, ...]:
+        ids = self._encode(text)
+        if self.eos_id is not None and (not ids or ids[-1] != self.eos_id):
+            ids.append(self.eos_id)
+        return tuple(ids)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        with self._lock:
+            return self._tok.decode(list(ids), skip_special_tokens=True)
+
+
+def _load_codec(config: RewardConfig) -> Codec | None:
+    """The tokenizer named by ``tokenizer``, else the one in base_model / reward_model, if any."""
+    path = config.tokenizer or config.base_model or config.reward_model
+    if not path:
+        return None
+    try:
+        if not Path(path).is_dir():
+            raise OSError(f"{path} is not a folder")
+        return Codec(path)
+    except (OSError, ValueError) as exc:
+        if config.tokenizer:
+            raise FailedPrecondition(
+                f"tokenizer {path!r} could not be loaded: {exc}", reason="TOKENIZER_NOT_LOADABLE"
+            ) from None
+        logger.warning("no tokenizer in %s (%s); set tokenizer to convert text", path, exc)
+        return None
+
+
+class ScoringEngine:
+    """Scorer table + tokenizer + reward models + batcher + normaliser of one service."""
+
+    def __init__(
+        self,
+        config: RewardConfig,
+        *,
+        models: RewardModels | None = None,
+        codec: Codec | None = None,
+        settings: JobSettingsTable | None = None,
+    ) -> None:
+        self.config = config
+        self.models = models
+        self.codec = codec
+        self.settings = settings or JobSettingsTable.from_config(config)
+        self.normalizer = Normalizer()
+        self.batcher = Batcher(config.max_batch_size, config.max_wait_ms / 1000)
+        self._rules = ThreadPoolExecutor(config.rule_threads, thread_name_prefix="reward-rules")
+
+    @classmethod
+    def from_config(
+        cls, config: RewardConfig, adapters: AdapterSource | None = None
+    ) -> ScoringEngine:
+        """Load what the config names (models, tokenizer); nothing configured is fine."""
+        settings = JobSettingsTable.from_config(config)
+        if adapters is None:
+            adapters = adapter_source(config)
+        models = None
+        if config.reward_model or config.base_model:
+            models = RewardModels(
+                reward_model=config.reward_model,
+                base_model=config.base_model,
+                adapters=adapters,
+                device=config.device,
+                max_resident_adapters=config.max_resident_adapters,
+            )
+        else:
+            logger.info("no reward model configured: rule scorers only")
+        return cls(config, models=models, codec=_load_codec(config), settings=settings)
+
+    def close(self) -> None:
+        self.batcher.close()
+        self._rules.shutdown(wait=False, cancel_futures=True)
+
+    # -- the steps ------------------------------------------------------------------------------
+
+    def resolve(
+        self, name: str, job_id: str, adapter: AdapterKey | None, field_prefix: str = ""
+    ) -> Scorer:
+        ctx = ScorerContext(
+            settings=self.settings.for_job(job_id),
+            adapter=adapter,
+            models=self.models,
+            max_pattern_chars=self.config.max_pattern_chars,
+            regex_timeout_ms=self.config.regex_timeout_ms,
+        )
+        return scorers.build(name, ctx, field_prefix=field_prefix)
+
+    def prepare(
+        self, scorer: Scorer, items: Sequence[ScoreInput], field: str = "items"
+    ) -> list[ScoreInput]:
+        """Items in the form ``scorer`` reads; INVALID_ARGUMENT listing every bad item."""
+        out, violations = [], []
+        for i, item in enumerate(items):
+            where = f"{field}[{i}]"
+            if scorer.reads is Reads.TEXT:
+                if not item.completion_text and item.completion_ids:
+                    item = dataclasses.replace(
+                        item, completion_text=self._codec(where).decode(item.completion_ids)
+                    )
+                out.append(item)
+                continue
+            if not item.prompt_ids and item.prompt_text:
+                item = dataclasses.replace(
+                    item, prompt_ids=self._codec(where).encode_prompt(item.prompt_text)
+                )
+            if not item.completion_ids and item.completion_text:
+                item = dataclasses.replace(
+                    item, completion_ids=self._codec(where).encode_completion(item.completion_text)
+                )
+            violations += self._check_ids(item, where)
+            out.append(item)
+        if violations:
+            raise InvalidArgument(
+                f"{len(violations)} item(s) cannot be scored by {scorer.name!r}",
+                reason="BAD_ITEMS",
+                violations=violations[:_MAX_VIOLATIONS],
+            )
+        return out
+
+    def _check_ids(self, item: ScoreInput, where: str) -> list[FieldViolation]:
+        length = len(item.prompt_ids) + len(item.completion_ids)
+        if length == 0:
+            return [FieldViolation(f"{where}.completion_ids", "no tokens (and no text) to score")]
+        if length > self.config.max_seq_len:
+            return [
+                FieldViolation(
+                    f"{where}.completion_ids",
+                    f"prompt + completion are {length} tokens, more than max_seq_len="
+                    f"{self.config.max_seq_len}",
+                )
+            ]
+        vocab = self.models.vocab_size if self.models is not None else None
+        for part in ("prompt_ids", "completion_ids"):
+            bad = [t for t in getattr(item, part) if t < 0 or (vocab is not None and t >= vocab)]
+            if bad:
+                return [
+                    FieldViolation(
+                        f"{where}.{part}",
+                        f"token id {bad[0]} is outside the vocabulary [0, {vocab})",
+                    )
+                ]
+        return []
+
+    def _codec(self, where: str) -> Codec:
+        if self.codec is None:
+            raise FailedPrecondition(
+                f"{where} needs converting between text and token ids, and the reward service "
+                "has no tokenizer: set tokenizer (or base_model) in its config, or send both forms",
+                reason="TOKENIZER_NOT_CONFIGURED",
+            )
+        return self.codec
+
+    def submit(self, scorer: Scorer, items: Sequence[ScoreInput]) -> Future:
+        """A future of the raw scores."""
+        if scorer.batched:
+            return self.batcher.submit(scorer, items)
+        return self._rules.submit(scorer.score, list(items))
+
+    def finish(self, scorer: Scorer, job_id: str, raws: Sequence[float], field: str) -> Scored:
+        bad = [i for i, r in enumerate(raws) if not math.isfinite(r)]
+        if bad:
+            raise FailedPrecondition(
+                f"scorer {scorer.name!r} produced a non-finite score for {field}[{bad[0]}]; "
+                "the reward model is broken (NaN/inf weights?)",
+                reason="NON_FINITE_SCORE",
+            )
+        settings = self.settings.for_job(job_id)
+        normalized = self.normalizer.apply(job_id, settings, raws)
+        return Scored(scorer.name, list(raws), normalized)
+
+    # -- the two entry points -------------------------------------------------------------------
+
+    def score(
+        self,
+        name: str,
+        job_id: str,
+        adapter: AdapterKey | None,
+        items: Sequence[ScoreInput],
+        *,
+        field_prefix: str = "",
+        items_field: str = "items",
+    ) -> Scored:
+        """Blocking: for worker threads."""
+        scorer = self.resolve(name, job_id, adapter, field_prefix)
+        prepared = self.prepare(scorer, items, items_field)
+        raws = self.submit(scorer, prepared).result()
+        return self.finish(scorer, job_id, raws, items_field)
+
+    async def score_async(
+        self, name: str, job_id: str, adapter: AdapterKey | None, items: Sequence[ScoreInput]
+    ) -> Scored:
+        """For the event loop: waits on the batch without holding a thread."""
+        scorer = self.resolve(name, job_id, adapter)
+        prepared = self.prepare(scorer, items)
+        raws = await asyncio.wrap_future(self.submit(scorer, prepared))
+        return self.finish(scorer, job_id, raws, "items")

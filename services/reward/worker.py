@@ -1,0 +1,140 @@
+"""The reward worker: ``llamafleet:rollout:results`` -> ``llamafleet:reward:results:{job}``.
+
+Each entry's payload is a serialized ``rollout.v1.Rollout``. The worker scores it with the
+scorer its task names (``task.scorer``, ``task.reward_adapter``, the job's settings), and
+commits one serialized ``reward.v1.ScoredRollout`` to the job's stream with item id
+``task.item_id``, through ``WorkQueue.commit`` (mark done + publish + ack in one Lua script), so
+a redelivered rollout is published once. Several worker threads share the service's
+``ScoringEngine``, so their reward-model items are batched together (and with RPC callers).
+
+A rollout that cannot be scored (undecodable, unknown scorer, missing reference answer, ...)
+raises; the queue retries it after the lease and dead-letters it after ``max_deliveries`` with
+the error text as the reason. This module knows nothing about how scores are computed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+
+import redis
+from google.protobuf.message import DecodeError
+from llamafleet.reward.v1 import reward_pb2
+from llamafleet.rollout.v1 import rollout_pb2
+
+from services.common import queues
+from services.common.errors import InvalidArgument
+from services.common.queues import Delivery, Output, WorkQueue
+from services.reward.scorers import ScoreInput
+from services.reward.scoring import ScoringEngine, adapter_key
+
+logger = logging.getLogger(__name__)
+
+GROUP = "reward"
+
+
+def rollout_item(rollout: rollout_pb2.Rollout) -> ScoreInput:
+    task = rollout.task
+    return ScoreInput(
+        item_id=task.item_id,
+        prompt_ids=tuple(task.prompt_ids),
+        completion_ids=tuple(rollout.completion_ids),
+        completion_text=rollout.completion_text,
+        reference_answer=task.reference_answer,
+    )
+
+
+def score_rollout(engine: ScoringEngine, payload: bytes) -> tuple[str, str, bytes]:
+    """``(output stream, item id, ScoredRollout bytes)`` for one serialized Rollout."""
+    rollout = rollout_pb2.Rollout()
+    try:
+        rollout.ParseFromString(payload)
+    except DecodeError:
+        raise InvalidArgument(
+            "payload is not a serialized llamafleet.rollout.v1.Rollout", reason="BAD_PAYLOAD"
+        ) from None
+    task = rollout.task
+    if not task.job_id or not task.item_id:
+        raise InvalidArgument(
+            "rollout has no task.job_id or task.item_id; cannot name its output",
+            reason="BAD_PAYLOAD",
+        )
+    adapter = adapter_key(
+        task.reward_adapter.id, task.reward_adapter.version, "task.reward_adapter"
+    )
+    scored = engine.score(
+        task.scorer,
+        task.job_id,
+        adapter,
+        [rollout_item(rollout)],
+        field_prefix="task.",
+        items_field="rollout",
+    )
+    out = reward_pb2.ScoredRollout(
+        rollout=rollout,
+        raw_score=scored.raw[0],
+        normalized_score=scored.normalized[0],
+        scorer=scored.scorer,
+    )
+    return queues.reward_results_stream(task.job_id), task.item_id, out.SerializeToString()
+
+
+class RewardWorker:
+    """``threads`` consumers of the ``reward`` group, each running ``WorkQueue.run``."""
+
+    def __init__(
+        self,
+        engine: ScoringEngine,
+        r: redis.Redis,
+        *,
+        threads: int = 1,
+        lease_ms: int = queues.DEFAULT_LEASE_MS,
+        max_deliveries: int = queues.DEFAULT_MAX_DELIVERIES,
+        block_ms: int = 1000,
+        consumer_prefix: str | None = None,
+    ) -> None:
+        self.engine = engine
+        self.stop_event = threading.Event()
+        self._block_ms = block_ms
+        prefix = consumer_prefix or queues.default_consumer_name()
+        self.queues = [
+            WorkQueue(
+                r,
+                queues.ROLLOUT_RESULTS,
+                GROUP,
+                consumer=f"{prefix}:{i}",
+                lease_ms=lease_ms,
+                max_deliveries=max_deliveries,
+            )
+            for i in range(threads)
+        ]
+        self._threads: list[threading.Thread] = []
+
+    def handle(self, delivery: Delivery) -> Sequence[Output]:
+        return [score_rollout(self.engine, delivery.payload)]
+
+    def start(self) -> None:
+        for q in self.queues:
+            q.ensure_group()
+            thread = threading.Thread(
+                target=q.run,
+                args=(self.handle,),
+                kwargs={"stop": self.stop_event, "block_ms": self._block_ms},
+                name=f"reward-worker:{q.consumer}",
+                daemon=True,
+            )
+            thread.start()
+            self._threads.append(thread)
+        logger.info(
+            "reward worker: %d consumer(s) of %s/%s",
+            len(self.queues),
+            queues.ROLLOUT_RESULTS,
+            GROUP,
+        )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop fetching; an item in hand is finished (or left to be re-claimed)."""
+        self.stop_event.set()
+        for thread in self._threads:
+            thread.join(timeout)
