@@ -1,17 +1,130 @@
 """proto <-> domain translation for ``llamafleet.rollout.v1.RolloutService``.
 
-The RPCs are implemented by the issues that build this service; an RPC not implemented here is
-answered by the generated base class, which the server maps to UNIMPLEMENTED (never a fake
-result).
+Generation runs in a worker thread (the engine is synchronous); its events cross into the event
+loop through an ``asyncio.Queue`` and leave as ``GenerateResponse`` messages as soon as each token
+is chosen. A caller that goes away (or whose deadline passes) sets the engine's cancel event, so
+its sequences end with ABORT and stop using the model.
 """
 
 from __future__ import annotations
 
-from llamafleet.rollout.v1 import rollout_service_pb2_grpc
+import asyncio
+import threading
 
+from google.protobuf import timestamp_pb2
+from llamafleet.rollout.v1 import rollout_pb2, rollout_service_pb2, rollout_service_pb2_grpc
+
+from services.common.errors import FieldViolation, InvalidArgument
+from services.rollout.adapters import Resident
 from services.rollout.config import RolloutConfig
+from services.rollout.engines import Finished, FinishReason, GenerationRequest, TokenDelta
+from services.rollout.generator import Generator
+
+FINISH_REASONS = {
+    FinishReason.STOP: rollout_pb2.FINISH_REASON_STOP,
+    FinishReason.LENGTH: rollout_pb2.FINISH_REASON_LENGTH,
+    FinishReason.ABORT: rollout_pb2.FINISH_REASON_ABORT,
+}
+
+_DONE = object()
+
+
+def loaded_adapter(entry: Resident) -> rollout_pb2.LoadedAdapter:
+    load_time, last_used = timestamp_pb2.Timestamp(), timestamp_pb2.Timestamp()
+    load_time.FromNanoseconds(int(entry.load_time * 1e9))
+    last_used.FromNanoseconds(int(entry.last_used_time * 1e9))
+    return rollout_pb2.LoadedAdapter(
+        adapter=entry.ref,
+        sha256=entry.sha256,
+        size_bytes=entry.size_bytes,
+        load_time=load_time,
+        last_used_time=last_used,
+    )
 
 
 class RolloutServicer(rollout_service_pb2_grpc.RolloutServiceServicer):
-    def __init__(self, config: RolloutConfig) -> None:
+    def __init__(self, config: RolloutConfig, generator: Generator | None = None) -> None:
         self.config = config
+        self.generator = generator if generator is not None else Generator(config)
+
+    async def Generate(self, request: rollout_service_pb2.GenerateRequest, context):
+        gen = self.generator
+        engine = gen.require_engine()
+        if bool(request.prompt_ids) == bool(request.prompt_text):
+            raise InvalidArgument(
+                "set exactly one of prompt_ids and prompt_text",
+                reason="BAD_PROMPT",
+                violations=[FieldViolation("prompt_ids", "exactly one of prompt_ids/prompt_text")],
+            )
+        sampling = gen.sampling(request.sampling, allow_n=True)
+        if request.prompt_text:
+            prompt = gen.check_prompt(engine.tokenize(request.prompt_text), "prompt_text")
+        else:
+            prompt = gen.check_prompt(request.prompt_ids)
+
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        cancel = threading.Event()
+        version = request.adapter.version if request.adapter.id else 0
+
+        def put(item) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, item)
+
+        def run() -> None:
+            try:
+                with gen.pinned(request.adapter) as pinned:
+                    job = GenerationRequest(prompt, sampling, pinned.name)
+                    for event in engine.generate(job, cancel):
+                        put(event)
+                put(_DONE)
+            except BaseException as exc:  # re-raised in the handler, mapped by the interceptor
+                put(exc)
+
+        worker = threading.Thread(target=run, name="generate", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = await events.get()
+                if item is _DONE:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                if isinstance(item, TokenDelta):
+                    yield rollout_service_pb2.GenerateResponse(
+                        sequence_index=item.index,
+                        tokens=rollout_pb2.TokenDelta(
+                            token_ids=item.token_ids, logprobs=item.logprobs, text=item.text
+                        ),
+                    )
+                elif isinstance(item, Finished):
+                    yield rollout_service_pb2.GenerateResponse(
+                        sequence_index=item.index,
+                        finished=rollout_pb2.GenerationFinished(
+                            finish_reason=FINISH_REASONS[item.reason],
+                            prompt_tokens=item.prompt_tokens,
+                            completion_tokens=item.completion_tokens,
+                            adapter_version=version,
+                        ),
+                    )
+        finally:
+            cancel.set()  # the caller went away early: stop generating for it
+
+    async def LoadAdapter(self, request: rollout_service_pb2.LoadAdapterRequest, context):
+        gen = self.generator
+        gen.require_engine()
+        if not request.adapter.id:
+            raise InvalidArgument(
+                "adapter.id is empty; the base model needs no loading",
+                reason="BAD_ADAPTER",
+                violations=[FieldViolation("adapter.id", "must name an adapter")],
+            )
+        assert gen.adapters is not None
+        entry = await asyncio.to_thread(gen.adapters.load, request.adapter, request.source_address)
+        return rollout_service_pb2.LoadAdapterResponse(adapter=loaded_adapter(entry))
+
+    async def ListAdapters(self, request: rollout_service_pb2.ListAdaptersRequest, context):
+        adapters = self.generator.adapters
+        entries = adapters.resident() if adapters is not None else []
+        return rollout_service_pb2.ListAdaptersResponse(
+            adapters=[loaded_adapter(e) for e in entries]
+        )

@@ -1,0 +1,161 @@
+"""Adapter versions resident in the engine: ``id@version`` -> engine adapter name, LRU-evicted.
+
+``ResidentAdapters.acquire(ref)`` returns the engine name to generate with (None for the base
+model), first fetching the version through the shared ``AdapterCache`` (sha256-verified, on disk)
+and loading it into the engine when it is not resident. Every acquire is paired with a
+``release``; an adapter in use is never evicted, so a request on ``v1`` keeps its weights while
+``v2`` loads beside it. Beyond ``max_resident`` versions the least recently used idle one is
+unloaded, never the most recently used one (so the limit may be exceeded while the others are in
+use, and is restored when they are released).
+
+Fetching happens outside every lock shared by other versions (one lock per version dedupes
+concurrent loads of the same one), and the engine's own lock is held for the load alone.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Protocol
+
+from llamafleet.common.v1 import common_pb2
+
+from services.common.adapter_cache import CachedAdapter, check_ref, ref_str
+from services.rollout.engines import GenerationEngine
+
+logger = logging.getLogger(__name__)
+
+
+class AdapterSource(Protocol):
+    """Where adapter folders come from (``services.common.adapter_cache.AdapterCache``)."""
+
+    def fetch(self, ref: common_pb2.AdapterRef, source_address: str = "") -> CachedAdapter: ...
+
+
+@dataclass
+class Resident:
+    ref: common_pb2.AdapterRef
+    name: str  # the engine's adapter name
+    sha256: str
+    size_bytes: int
+    load_time: float  # epoch seconds
+    last_used_time: float
+    in_use: int = 0
+
+
+class ResidentAdapters:
+    """The LRU of adapter versions loaded into one engine."""
+
+    def __init__(
+        self, engine: GenerationEngine, source: AdapterSource | None, max_resident: int
+    ) -> None:
+        if max_resident < 1:
+            raise ValueError(f"max_resident must be >= 1, got {max_resident}")
+        self.engine = engine
+        self.source = source
+        self.max_resident = max_resident
+        self._lock = threading.Lock()
+        self._resident: OrderedDict[str, Resident] = OrderedDict()  # oldest use first
+        self._loading: dict[str, threading.Lock] = {}
+        self._names = itertools.count(1)
+
+    def acquire(self, ref: common_pb2.AdapterRef, source_address: str = "") -> str | None:
+        """Pin ``ref`` (loading it if needed) and return its engine name; None = base model."""
+        check_ref(ref)
+        if not ref.id:
+            return None
+        key = ref_str(ref)
+        with self._lock:
+            if (entry := self._pin(key)) is not None:
+                return entry.name
+            load_lock = self._loading.setdefault(key, threading.Lock())
+        with load_lock:
+            with self._lock:
+                if (entry := self._pin(key)) is not None:
+                    return entry.name
+            entry = self._load(ref, key, source_address)
+            with self._lock:
+                self._loading.pop(key, None)
+                self._resident[key] = entry
+                entry.in_use += 1
+                evicted = self._pick_evictions()
+        self._unload(evicted)
+        return entry.name
+
+    def release(self, ref: common_pb2.AdapterRef) -> None:
+        if not ref.id:
+            return
+        with self._lock:
+            entry = self._resident.get(ref_str(ref))
+            if entry is not None and entry.in_use > 0:
+                entry.in_use -= 1
+            evicted = self._pick_evictions()
+        self._unload(evicted)
+
+    def load(self, ref: common_pb2.AdapterRef, source_address: str = "") -> Resident:
+        """Make ``ref`` resident without keeping it pinned (LoadAdapter)."""
+        self.acquire(ref, source_address)
+        try:
+            with self._lock:
+                return _copy(self._resident[ref_str(ref)])
+        finally:
+            self.release(ref)
+
+    def resident(self) -> list[Resident]:
+        """Resident versions, most recently used first."""
+        with self._lock:
+            return [_copy(e) for e in reversed(self._resident.values())]
+
+    def _pin(self, key: str) -> Resident | None:
+        entry = self._resident.get(key)
+        if entry is not None:
+            entry.in_use += 1
+            entry.last_used_time = time.time()
+            self._resident.move_to_end(key)
+        return entry
+
+    def _load(self, ref: common_pb2.AdapterRef, key: str, source_address: str) -> Resident:
+        if self.source is None:
+            raise RuntimeError("no adapter source configured")  # pragma: no cover
+        started = time.perf_counter()
+        cached = self.source.fetch(ref, source_address)
+        name = f"adapter{next(self._names)}"
+        self.engine.load_adapter(name, cached.path)
+        now = time.time()
+        logger.info(
+            "adapter %s resident as %s (%.2fs incl. fetch)",
+            key,
+            name,
+            time.perf_counter() - started,
+        )
+        ref_copy = common_pb2.AdapterRef(id=ref.id, version=ref.version)
+        return Resident(ref_copy, name, cached.sha256, cached.size_bytes, now, now)
+
+    def _pick_evictions(self) -> list[Resident]:
+        evicted = []
+        excess = len(self._resident) - self.max_resident
+        for key in list(self._resident)[:-1]:  # never the most recently used one
+            if excess <= 0:
+                break
+            if self._resident[key].in_use == 0:
+                evicted.append(self._resident.pop(key))
+                excess -= 1
+        return evicted
+
+    def _unload(self, evicted: list[Resident]) -> None:
+        for entry in evicted:
+            self.engine.unload_adapter(entry.name)
+            logger.info("adapter %s evicted (LRU, limit %d)", ref_str(entry.ref), self.max_resident)
+
+
+def _copy(entry: Resident) -> Resident:
+    return Resident(
+        **{
+            **entry.__dict__,
+            "ref": common_pb2.AdapterRef(id=entry.ref.id, version=entry.ref.version),
+        }
+    )

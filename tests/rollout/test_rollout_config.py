@@ -1,0 +1,55 @@
+"""RolloutConfig: the four layers reach the rollout fields, and bad values name the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.common.config import ConfigError, load_config
+from services.rollout.config import RolloutConfig
+from services.rollout.engines import make_engine
+
+
+def test_fields_from_env_and_arguments():
+    config = load_config(
+        RolloutConfig,
+        "rollout",
+        ["engine=vllm", "max_resident_adapters=3", "worker=false"],
+        environ={
+            "LLAMAFLEET_ROLLOUT_BASE_MODEL": "/models/tiny",
+            "LLAMAFLEET_ROLLOUT_DTYPE": "bfloat16",
+        },
+    )
+    assert (config.base_model, config.engine, config.dtype) == ("/models/tiny", "vllm", "bfloat16")
+    assert config.max_resident_adapters == 3 and config.worker is False
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["engine=trt"], "engine: unknown engine 'trt'; choose one of: hf, vllm"),
+        (["dtype=fp8"], "dtype: unknown dtype 'fp8'"),
+        (["max_resident_adapters=0"], "max_resident_adapters"),
+        (["max_tokens_limit=10"], "default_max_tokens"),
+        (["base_modle=/x"], "did you mean 'base_model'"),
+    ],
+)
+def test_bad_values_name_the_field(argv, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_config(RolloutConfig, "rollout", argv, environ={})
+
+
+def test_unknown_engine_in_make_engine_lists_choices():
+    with pytest.raises(ValueError, match="choose one of: hf, vllm"):
+        make_engine("trt", "/nowhere")
+
+
+def test_vllm_engine_without_vllm_says_what_to_install(tmp_path):
+    pytest.importorskip("torch")
+    try:
+        import vllm  # noqa: F401
+
+        pytest.skip("vllm is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(ImportError, match="setup_vllm.sh"):
+        make_engine("vllm", str(tmp_path))
