@@ -50,6 +50,7 @@ class ClusterState:
     redis_url: str
     redis_pid: int | None = None  # set when `up` started the Redis itself
     redis_port: int | None = None
+    base_model: str = ""  # what the rollout and reward services serve ("" = none)
     services: dict[str, ServiceProcess] = field(default_factory=dict)
 
     def save(self) -> None:
@@ -117,7 +118,11 @@ def up(
             raise ClusterError(f"a cluster is already running in {run}; `llamafleet down` first")
     logs = run / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    state = ClusterState(run_dir=str(run), redis_url=redis_url or "")
+    state = ClusterState(
+        run_dir=str(run),
+        redis_url=redis_url or "",
+        base_model=str(Path(base_model).resolve()) if base_model else "",
+    )
     if not redis_url:
         local = LocalRedis(run / "redis", free_port()).start()
         state.redis_url, state.redis_pid, state.redis_port = (
@@ -134,7 +139,7 @@ def up(
         # data, then training (it needs data's address), then the workers (they need training's).
         for group in (("data",), ("training",), ("rollout", "reward")):
             for name in group:
-                _start_service(state, name, run, python, _service_env(state, name, base_model))
+                _start_service(state, name, run, python, _service_env(state, name))
             for name in group:
                 svc = state.services[name]
                 svc.address = _wait_serving(name, svc.pid, run, deadline)
@@ -145,7 +150,7 @@ def up(
     return state
 
 
-def _service_env(state: ClusterState, name: str, base_model: str | None) -> dict[str, str]:
+def _service_env(state: ClusterState, name: str) -> dict[str, str]:
     """Settings of one service in the local cluster, passed as LLAMAFLEET_<SERVICE>_<FIELD>.
 
     Everything stateful lives under the run directory; secrets (the Redis URL may carry a
@@ -163,8 +168,8 @@ def _service_env(state: ClusterState, name: str, base_model: str | None) -> dict
     if name in ("rollout", "reward"):
         settings["training_address"] = state.services["training"].address
         settings["adapter_cache_dir"] = str(run / f"{name}-adapters")
-        if base_model:
-            settings["base_model"] = str(Path(base_model).resolve())
+        if state.base_model:
+            settings["base_model"] = state.base_model
     return {f"LLAMAFLEET_{name.upper()}_{key.upper()}": value for key, value in settings.items()}
 
 

@@ -1,0 +1,50 @@
+"""``llamafleet api``: serve the OpenAI-compatible HTTP API in front of the local cluster."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+
+from llamafleet.client import Client
+from llamafleet.cluster import ClusterState
+from llamafleet.commands import UserError
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from llamafleet.openai_api import create_app
+    except ImportError:
+        raise UserError("the API needs its extra: pip install -e '.[api]'") from None
+    state = ClusterState.load(args.run_dir)
+    base_model = args.base_model or state.base_model
+    if not base_model:
+        raise UserError("no base model: start the cluster with `llamafleet up --base-model DIR`")
+    if not args.api_key and not _loopback(args.host):
+        raise UserError(f"refusing to serve on {args.host} without --api-key")
+    addresses = {name: svc.address for name, svc in state.services.items()}
+    with Client(addresses, timeout=args.timeout) as client:
+        app = create_app(client, base_model, api_key=args.api_key)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def register(sub) -> None:
+    from llamafleet.cli import DEFAULT_RUN_DIR
+
+    p = sub.add_parser("api", help="OpenAI-compatible HTTP API (/v1/chat/completions, /v1/models)")
+    p.add_argument("--run-dir", default=DEFAULT_RUN_DIR)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default="", help="required as 'Authorization: Bearer <key>'")
+    p.add_argument("--base-model", default="", help="default: the cluster's --base-model")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per unary call")
+    p.set_defaults(func=cmd_api)
