@@ -7,6 +7,7 @@ adapter is reachable as a model name and fetched by the rollout service over Fet
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
@@ -15,7 +16,7 @@ import openai
 import pytest
 import torch
 import uvicorn
-from llamafleet import cluster
+from llamafleet import cli, cluster
 from llamafleet.client import Client
 from llamafleet.openai_api import create_app
 from llamafleet.training.v1 import training_pb2
@@ -49,8 +50,14 @@ def _finished_lora_job(jobs_dir, base):
     spec.finetuning.type = training_pb2.FINETUNING_TYPE_LORA
     (job_dir / "spec.binpb").write_bytes(spec.SerializeToString())
     log = EventLog(job_dir)
-    for state in (training_pb2.JOB_STATE_QUEUED, training_pb2.JOB_STATE_SUCCEEDED):
-        log.append(training_pb2.TrainingEvent(state_change=training_pb2.StateChange(state=state)))
+    queued, done = training_pb2.JOB_STATE_QUEUED, training_pb2.JOB_STATE_SUCCEEDED
+    log.append(training_pb2.TrainingEvent(state_change=training_pb2.StateChange(state=queued)))
+    for step, loss in ((1, 3.0), (2, 2.5), (3, 2.0)):
+        metrics = training_pb2.TrainingMetrics(step=step, loss=loss)
+        if step == 3:
+            metrics.eval_loss = 2.2
+        log.append(training_pb2.TrainingEvent(metrics=metrics))
+    log.append(training_pb2.TrainingEvent(state_change=training_pb2.StateChange(state=done)))
     (job_dir / "result.json").write_text(
         json.dumps({"state": "SUCCEEDED", "message": "", "step": 1})
     )
@@ -75,7 +82,9 @@ def api(tmp_path_factory):
     deadline = time.monotonic() + 30
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
-    yield openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+    api = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+    api.run_dir = str(run_dir)  # for the CLI tests below
+    yield api
     server.should_exit = True
     thread.join(10)
     client.close()
@@ -129,3 +138,22 @@ def test_errors_use_openai_shapes(api):
     assert "top_p" in err.value.body["message"]
     with pytest.raises(openai.BadRequestError):  # no messages at all
         api.chat.completions.create(model="base", messages=[])
+
+
+def test_cli_chat_keeps_the_conversation_and_uses_the_adapter(api, monkeypatch, capsys):
+    """`llamafleet chat` on the same cluster: two turns with the job's adapter, then a bad name."""
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hello there.\nAnd Paris?\n/exit\n"))
+    assert cli.main(["chat", "--run-dir", api.run_dir, "--model", JOB, "--max-tokens", "6"]) == 0
+    turns = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(f"{JOB}> ")]
+    assert len(turns) == 2 and all(len(t) > len(JOB) + 2 for t in turns)
+
+    assert cli.main(["chat", "--run-dir", api.run_dir, "--model", "nope"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_plot_draws_the_job_losses(api, tmp_path, capsys):
+    out = tmp_path / "loss.png"
+    assert cli.main(["plot", JOB, "-o", str(out), "--run-dir", api.run_dir]) == 0
+    assert "3 train points, 1 eval points" in capsys.readouterr().out
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert cli.main(["plot", "missing-job", "-o", str(out), "--run-dir", api.run_dir]) == 2

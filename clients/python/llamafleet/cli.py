@@ -20,6 +20,8 @@ from rich.table import Table
 from llamafleet import cluster
 from llamafleet.client import RpcError
 from llamafleet.commands import UserError
+from llamafleet.commands import api as api_commands
+from llamafleet.commands import chat as chat_commands
 from llamafleet.commands import data as data_commands
 from llamafleet.commands import train as train_commands
 from llamafleet.redis_local import RedisNotInstalledError
@@ -27,7 +29,7 @@ from llamafleet.redis_local import RedisNotInstalledError
 DEFAULT_RUN_DIR = os.environ.get("LLAMAFLEET_RUN_DIR", ".llamafleet")
 
 # Command groups living in llamafleet/commands/: each adds its sub-commands in register().
-COMMAND_MODULES: tuple = (data_commands, train_commands)
+COMMAND_MODULES: tuple = (data_commands, train_commands, chat_commands, api_commands)
 
 # Status codes that mean the request was wrong (exit 2), as opposed to the cluster failing (1).
 USER_ERROR_CODES = {
