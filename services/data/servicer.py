@@ -1,17 +1,428 @@
 """proto <-> domain translation for ``llamafleet.data.v1.DataService``.
 
-The RPCs are implemented by the issues that build this service; an RPC not implemented here is
-answered by the generated base class, which the server maps to UNIMPLEMENTED (never a fake
-result).
+Enum tables map the contract's choices onto the domain's names; the work happens in
+``pipeline``/``prepare``/``streaming``/``store``. CPU-bound work runs in worker threads so the
+server keeps answering health checks while a dataset is prepared or streamed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import logging
+import threading
+import time
+from dataclasses import asdict
+
+from google.protobuf import json_format
+from llamafleet.common.v1 import common_pb2
+from llamafleet.data.v1 import data_pb2 as d
+from llamafleet.data.v1 import data_service_pb2 as pb
 from llamafleet.data.v1 import data_service_pb2_grpc
 
+from services.common.errors import AlreadyExists, FieldViolation, InvalidArgument, invalid
+from services.data import batches as bt
+from services.data import registry
 from services.data.config import DataConfig
+from services.data.encode import EncodeOptions, Encoder, trained_spans
+from services.data.formats import FormatSpec, RowError, to_example
+from services.data.pipeline import (
+    DataSpec,
+    SourceSpec,
+    Stats,
+    format_for_kind,
+    load_tokenizer,
+    resolve_kind,
+)
+from services.data.prepare import check_spec, estimate_stats, fingerprint, prepare
+from services.data.store import LAYOUT_OF_KIND, DatasetStore, check_id
+from services.data.streaming import stored_batches, streaming_batches
+
+logger = logging.getLogger(__name__)
+
+FORMATS = {
+    d.DATASET_FORMAT_ALPACA: "alpaca",
+    d.DATASET_FORMAT_SHAREGPT: "sharegpt",
+    d.DATASET_FORMAT_OPENAI: "openai",
+    d.DATASET_FORMAT_PREFERENCE_ALPACA: "preference_alpaca",
+    d.DATASET_FORMAT_PREFERENCE_SHAREGPT: "preference_sharegpt",
+    d.DATASET_FORMAT_TEXT: "text",
+    d.DATASET_FORMAT_PROMPT: "prompt",
+}
+KINDS = {
+    d.EXAMPLE_KIND_PRETRAIN: "pretrain",
+    d.EXAMPLE_KIND_SFT: "sft",
+    d.EXAMPLE_KIND_PREFERENCE: "preference",
+    d.EXAMPLE_KIND_PROMPT: "prompt",
+}
+KIND_ENUM = {v: k for k, v in KINDS.items()}
+FILE_TYPES = {
+    d.FILE_TYPE_UNSPECIFIED: "",
+    d.FILE_TYPE_JSON: "json",
+    d.FILE_TYPE_JSONL: "jsonl",
+    d.FILE_TYPE_CSV: "csv",
+    d.FILE_TYPE_PARQUET: "parquet",
+    d.FILE_TYPE_TEXT: "text",
+}
+SPLITS = {d.SPLIT_UNSPECIFIED: "train", d.SPLIT_TRAIN: "train", d.SPLIT_EVAL: "eval"}
+SPLIT_ENUM = {"train": d.SPLIT_TRAIN, "eval": d.SPLIT_EVAL}
+_COLUMN_KEYS = (
+    "prompt",
+    "query",
+    "response",
+    "history",
+    "messages",
+    "system",
+    "tools",
+    "chosen",
+    "rejected",
+)
+_TAG_KEYS = tuple(f.name for f in d.RoleTags.DESCRIPTOR.fields)
+
+
+def _format(options: d.FormatOptions, field: str, base: FormatSpec | None = None) -> FormatSpec:
+    columns = dict(base.columns) if base else {}
+    tags = dict(base.tags) if base else {}
+    columns.update(
+        {k: getattr(options.columns, k) for k in _COLUMN_KEYS if getattr(options.columns, k)}
+    )
+    tags.update({k: getattr(options.tags, k) for k in _TAG_KEYS if getattr(options.tags, k)})
+    if options.format in FORMATS:
+        name = FORMATS[options.format]
+    elif base is not None:
+        name = base.format
+    else:
+        raise invalid(
+            f"{field}.format",
+            f"set the record format; valid choices: {', '.join(FORMATS.values())}",
+        )
+    return FormatSpec(name, columns, tags)
+
+
+def _encode_options(tok: d.TokenizationOptions, config: DataConfig) -> EncodeOptions:
+    t = tok.template
+    return EncodeOptions(
+        template=t.name,
+        cutoff_len=tok.cutoff_len or config.default_cutoff_len,
+        train_on_prompt=tok.train_on_prompt,
+        mask_history=tok.mask_history,
+        default_system=t.default_system if t.HasField("default_system") else None,
+        tool_format=t.tool_format,
+    )
+
+
+def to_domain(spec: d.DatasetSpec, config: DataConfig) -> tuple[DataSpec, d.DatasetSpec]:
+    """The domain spec and the proto spec with defaults filled in."""
+    if spec.tokenization.cutoff_len < 0:
+        raise invalid("spec.tokenization.cutoff_len", "must not be negative")
+    sources = []
+    for i, s in enumerate(spec.sources):
+        field = f"spec.sources[{i}]"
+        if s.HasField("registry"):
+            entry = registry.resolve(s.registry.dataset_dir or config.registry_dir, s.registry.name)
+            fmt = _format(s.format, f"{field}.format", entry.format)
+            paths, file_type, limit = tuple(entry.paths), "", entry.num_samples
+        elif s.HasField("files"):
+            if not s.files.paths:
+                raise invalid(f"{field}.files.paths", "name at least one file or folder")
+            fmt = _format(s.format, f"{field}.format")
+            paths, file_type, limit = tuple(s.files.paths), FILE_TYPES[s.files.file_type], None
+        else:
+            raise invalid(field, "set files or registry")
+        if s.HasField("max_samples"):
+            limit = s.max_samples
+        sources.append(SourceSpec(paths, fmt, file_type, limit))
+    kind = resolve_kind([s.format.format for s in sources], KINDS.get(spec.kind, ""))
+    sources = [
+        SourceSpec(
+            s.paths,
+            format_for_kind(s.format, kind, f"spec.sources[{i}].format"),
+            s.file_type,
+            s.max_samples,
+        )
+        for i, s in enumerate(sources)
+    ]
+    filled = d.DatasetSpec()
+    filled.CopyFrom(spec)
+    filled.kind = KIND_ENUM[kind]
+    filled.tokenization.cutoff_len = spec.tokenization.cutoff_len or config.default_cutoff_len
+    if filled.bad_row_policy == d.BAD_ROW_POLICY_UNSPECIFIED:
+        filled.bad_row_policy = d.BAD_ROW_POLICY_SKIP
+    domain = DataSpec(
+        sources=tuple(sources),
+        kind=kind,
+        tokenizer_path=spec.tokenization.tokenizer_path,
+        encode=_encode_options(spec.tokenization, config),
+        packing=spec.packing,
+        streaming=spec.streaming,
+        seed=spec.seed,
+        fail_on_bad_rows=spec.bad_row_policy == d.BAD_ROW_POLICY_FAIL,
+        eval_fraction=spec.eval_fraction,
+    )
+    check_spec(domain)
+    return domain, filled
+
+
+def make_encoder(tokenizer_path: str, options: EncodeOptions) -> Encoder:
+    return Encoder(load_tokenizer(tokenizer_path), options)
+
+
+def _stats_proto(stats: dict) -> d.DatasetStats:
+    return d.DatasetStats(**stats)
+
+
+def _stats_dict(stats: Stats) -> dict:
+    out = asdict(stats)
+    out["dropped_rows"] = dict(stats.dropped_rows)
+    return out
+
+
+def dataset_proto(meta: dict) -> d.Dataset:
+    ds = d.Dataset(
+        id=meta["id"],
+        spec=d.DatasetSpec.FromString(base64.b64decode(meta["spec_b64"])),
+        fingerprint=meta["fingerprint"],
+        kind=KIND_ENUM[meta["kind"]],
+        stats=_stats_proto(meta["stats"]),
+    )
+    ds.create_time.FromNanoseconds(int(meta["create_time"] * 1e9))
+    for split in meta["splits"]:
+        ds.splits.append(
+            d.DatasetSplit(
+                split=SPLIT_ENUM[split["split"]],
+                stats=_stats_proto(split["stats"]),
+                shard_paths=split.get("shard_paths", []),
+            )
+        )
+    return ds
+
+
+def _token_row(row: dict) -> d.TokenRow:
+    return d.TokenRow(
+        input_ids=row["input_ids"],
+        labels=row["labels"],
+        position_ids=row["position_ids"],
+        cu_seqlens=row["cu_seqlens"],
+        example_ids=row["example_ids"],
+    )
+
+
+def _single(example_id: str, ids: list[int], labels: list[int]) -> d.TokenRow:
+    return d.TokenRow(
+        input_ids=ids,
+        labels=labels,
+        position_ids=range(len(ids)),
+        cu_seqlens=[0, len(ids)],
+        example_ids=[example_id],
+    )
+
+
+def batch_proto(layout: str, epoch: int, index: int, rows: list[dict]) -> d.Batch:
+    batch = d.Batch(epoch=epoch, index=index)
+    for row in rows:
+        if layout == "rows":
+            batch.rows.append(_token_row(row))
+            sides = [row["labels"]]
+        elif layout == "pairs":
+            eid = row["example_id"]
+            batch.pairs.append(
+                d.PreferencePair(
+                    chosen=_single(eid, row["chosen_ids"], row["chosen_labels"]),
+                    rejected=_single(eid, row["rejected_ids"], row["rejected_labels"]),
+                )
+            )
+            sides = [row["chosen_labels"], row["rejected_labels"]]
+        else:
+            batch.prompts.append(
+                d.PromptExample(
+                    example_id=row["example_id"],
+                    prompt_ids=row["prompt_ids"],
+                    reference_answer=row["reference_answer"],
+                )
+            )
+            sides = [[-100] * len(row["prompt_ids"])]
+        for labels in sides:
+            batch.tokens += len(labels)
+            batch.trained_tokens += len(labels) - labels.count(-100)
+    return batch
 
 
 class DataServicer(data_service_pb2_grpc.DataServiceServicer):
     def __init__(self, config: DataConfig) -> None:
         self.config = config
+        self.store = DatasetStore(config.datasets_dir, config.shard_rows)
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    async def PreviewExample(self, request: pb.PreviewExampleRequest, context):
+        return await asyncio.to_thread(self._preview, request)
+
+    def _preview(self, request: pb.PreviewExampleRequest) -> pb.PreviewExampleResponse:
+        fmt = _format(request.format, "format")
+        kind = resolve_kind([fmt.format], KINDS.get(request.kind, ""), "kind")
+        fmt = format_for_kind(fmt, kind, "format")
+        options = _encode_options(request.tokenization, self.config)
+        encoder = make_encoder(request.tokenization.tokenizer_path, options)
+        record = json_format.MessageToDict(request.record)
+        try:
+            example = to_example(record, fmt, kind)
+            (result,) = encoder.encode([example])
+            if isinstance(result, RowError):
+                raise result
+        except RowError as err:
+            where = f"record.{err.field}" if err.field else "record"
+            raise InvalidArgument(
+                f"bad record: {where}: {err.description}",
+                reason="BAD_ROW",
+                violations=[FieldViolation(where, err.description)],
+                metadata={"row_reason": err.reason},
+            ) from None
+        response = pb.PreviewExampleResponse(
+            kind=KIND_ENUM[kind], reference_answer=result.reference
+        )
+        tokenizer = encoder.tokenizer
+        for seq in result.sequences:
+            spans = trained_spans(seq.labels)
+            text = seq.text if not seq.truncated else tokenizer.decode(seq.ids)
+            response.sequences.append(
+                d.RenderedSequence(
+                    name=seq.name,
+                    text=text,
+                    input_ids=seq.ids,
+                    labels=seq.labels,
+                    trained_spans=[common_pb2.TokenSpan(start=s, end=e) for s, e in spans],
+                    trained_texts=[tokenizer.decode(seq.ids[s:e]) for s, e in spans],
+                    truncated=seq.truncated,
+                )
+            )
+        return response
+
+    async def PrepareDataset(self, request: pb.PrepareDatasetRequest, context):
+        return await asyncio.to_thread(self._prepare, request)
+
+    def _prepare(self, request: pb.PrepareDatasetRequest) -> pb.PrepareDatasetResponse:
+        if request.dataset_id:
+            check_id(request.dataset_id)
+        spec, filled = to_domain(request.spec, self.config)
+        spec_bytes = filled.SerializeToString(deterministic=True)
+        fp = fingerprint(spec_bytes, spec)
+        dataset_id = request.dataset_id or f"ds-{fp[:16]}"
+        with self._lock(dataset_id):
+            if self.store.exists(dataset_id):
+                meta = self.store.read_meta(dataset_id)
+                if meta["spec_b64"] != base64.b64encode(spec_bytes).decode():
+                    raise AlreadyExists(
+                        f"dataset {dataset_id!r} exists with a different spec; choose another id",
+                        reason="DATASET_EXISTS",
+                    )
+                if meta["fingerprint"] == fp:
+                    return pb.PrepareDatasetResponse(dataset=dataset_proto(meta))
+                logger.info(
+                    "dataset %s: sources changed since preparation; preparing again", dataset_id
+                )
+            meta = self._build(dataset_id, spec, spec_bytes, fp)
+        return pb.PrepareDatasetResponse(dataset=dataset_proto(meta))
+
+    def _build(self, dataset_id: str, spec: DataSpec, spec_bytes: bytes, fp: str) -> dict:
+        cfg = self.config
+        encoder = make_encoder(spec.tokenizer_path, spec.encode)
+        names = ["train", "eval"] if spec.eval_fraction > 0 else ["train"]
+        meta = {
+            "id": dataset_id,
+            "fingerprint": fp,
+            "create_time": 0.0,
+            "kind": spec.kind,
+            "spec_b64": base64.b64encode(spec_bytes).decode(),
+            "streaming": spec.streaming,
+        }
+        if spec.streaming:
+            result = estimate_stats(spec, encoder, cfg.encode_batch, cfg.stats_prefix_rows)
+        else:
+            result = prepare(spec, encoder, cfg.encode_batch)
+        meta["stats"] = _stats_dict(result.stats)
+        meta["splits"] = [
+            {"split": n, "stats": {**_stats_dict(result.split_stats[n]), "dropped_rows": {}}}
+            for n in names
+        ]
+        meta["create_time"] = time.time()
+        if spec.streaming:
+            meta["layout"] = LAYOUT_OF_KIND[spec.kind]
+            for split in meta["splits"]:
+                split["shard_paths"] = []
+            return self.store.write_meta_only(meta)
+        return self.store.write(meta, result.splits, LAYOUT_OF_KIND[spec.kind])
+
+    def _lock(self, dataset_id: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(dataset_id, threading.Lock())
+
+    async def GetDataset(self, request: pb.GetDatasetRequest, context):
+        return pb.GetDatasetResponse(
+            dataset=dataset_proto(self.store.read_meta(request.dataset_id))
+        )
+
+    async def ListDatasets(self, request: pb.ListDatasetsRequest, context):
+        size = request.page_size or 50
+        if size < 0:
+            raise invalid("page_size", "must not be negative")
+        size = min(size, 1000)
+        try:
+            start = int(request.page_token or 0)
+        except ValueError:
+            raise invalid("page_token", "not a token from ListDatasets") from None
+        metas = self.store.list_metas()
+        page = metas[start : start + size]
+        token = str(start + size) if start + size < len(metas) else ""
+        return pb.ListDatasetsResponse(
+            datasets=[dataset_proto(m) for m in page], next_page_token=token
+        )
+
+    async def StreamBatches(self, request: pb.StreamBatchesRequest, context):
+        meta = self.store.read_meta(request.dataset_id)
+        split = SPLITS[request.split]
+        shuffle = request.shuffle if request.HasField("shuffle") else split == "train"
+        which = request.WhichOneof("batch_size")
+        plan = bt.BatchPlan(
+            dataset_id=request.dataset_id,
+            split=split,
+            rank=request.rank,
+            world_size=request.world_size or 1,
+            seed=request.seed,
+            shuffle=shuffle,
+            mode="tokens" if which == "batch_tokens" else "rows",
+            size=getattr(request, which) if which else 0,
+        )
+        if request.epoch < 0:
+            raise invalid("epoch", "must not be negative")
+        epoch, start = request.epoch, 0
+        if request.cursor:
+            epoch, start = bt.decode_cursor(request.cursor, plan)
+        if split not in {s["split"] for s in meta["splits"]}:
+            raise invalid("split", f"dataset {meta['id']!r} has no {split} split")
+        if meta["streaming"]:
+            spec, _ = to_domain(
+                d.DatasetSpec.FromString(base64.b64decode(meta["spec_b64"])), self.config
+            )
+            cfg = self.config
+            batches = streaming_batches(
+                spec,
+                make_encoder(spec.tokenizer_path, spec.encode),
+                plan,
+                epoch,
+                start,
+                shuffle_size=cfg.shuffle_buffer,
+                encode_batch=cfg.encode_batch,
+                pack_window=cfg.pack_window,
+            )
+        else:
+            reader = await asyncio.to_thread(self.store.open_split, meta, split)
+            batches = stored_batches(reader, plan, epoch, start)
+        while True:
+            item = await asyncio.to_thread(next, batches, None)
+            if item is None:
+                return
+            index, rows = item
+            yield pb.StreamBatchesResponse(
+                batch=batch_proto(meta["layout"], epoch, index, rows),
+                cursor=bt.encode_cursor(plan, epoch, index + 1),
+            )

@@ -1,0 +1,310 @@
+"""Template + tokenize: ``Example`` -> token ids and unshifted labels (-100 where masked).
+
+Loss mask: every assistant turn (content, tool calls and its end-of-turn token) is trained;
+prompts (system, user, tool results) are masked unless ``train_on_prompt``; ``mask_history``
+trains only the last kept assistant turn. Preference examples train the chosen/rejected turn
+only. Pre-training text is ``bos + text + eos``, all trained, split into ``cutoff_len`` chunks.
+
+Truncation rule (both template kinds): whole turns are kept from the first while the row fits in
+``cutoff_len``; a later turn that does not fit is dropped with everything after it (the example
+counts as truncated). If even the first turn does not fit, its prompt is kept whole and its
+response is cut to fit (truncated). If the prompt alone fills ``cutoff_len`` the row cannot be
+used: ``RowError("too_long_prompt")``. Preference pairs apply the rule to each side; prompt-only
+examples longer than ``cutoff_len`` are ``too_long_prompt``.
+
+Named templates are tokenized piece by piece (each (prompt, response) text separately, in one
+batched call to the fast tokenizer). The ``tokenizer`` template renders the whole conversation
+with the tokenizer's Jinja ``chat_template`` and tokenizes it once, so the ids equal
+``apply_chat_template``; assistant spans come from rendering prefixes of the conversation (a
+template whose rendering of a prefix is not a prefix of the full rendering is refused).
+
+It knows nothing about files, packing or storage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from services.common.errors import FailedPrecondition
+from services.data import templates as tpl
+from services.data.formats import Example, RowError
+
+IGNORE = -100
+
+
+@dataclass
+class Sequence:
+    """One token row: ids, labels, and the text it was tokenized from."""
+
+    ids: list[int]
+    labels: list[int]
+    text: str = ""
+    truncated: bool = False
+    name: str = ""
+
+
+@dataclass
+class Encoded:
+    """An encoded example: rows (pretrain chunks / one sft row), a pair, or a prompt."""
+
+    kind: str
+    sequences: list[Sequence] = field(default_factory=list)
+    reference: str = ""
+
+    @property
+    def truncated(self) -> bool:
+        return any(s.truncated for s in self.sequences)
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    template: str = ""
+    cutoff_len: int = 2048
+    train_on_prompt: bool = False
+    mask_history: bool = False
+    default_system: str | None = None
+    tool_format: str = ""
+
+
+class Encoder:
+    """Holds a tokenizer and the options; ``encode`` a batch of examples at a time."""
+
+    def __init__(self, tokenizer: Any, options: EncodeOptions) -> None:
+        self.tokenizer = tokenizer
+        self.options = options
+        tpl.check_tool_format(options.tool_format)
+        self._backend = tokenizer.backend_tokenizer
+        self._bos = tokenizer.bos_token or ""
+        self._eos = tokenizer.eos_token or ""
+        template = tpl.get_template(options.template)
+        if template is not None:  # resolve {bos}/{eos} in the slots, never inside content
+            slots = ("user", "assistant", "observation", "system", "prefix")
+            template = replace(template, **{k: self._fill(getattr(template, k)) for k in slots})
+        self.template = template
+        self._eos_id = tokenizer.eos_token_id
+        self._bos_id = tokenizer.bos_token_id
+
+    def check_jinja(self) -> None:
+        if self.template is None and not getattr(self.tokenizer, "chat_template", None):
+            raise FailedPrecondition(
+                "the tokenizer has no chat_template; name a template "
+                f"({', '.join(tpl.TEMPLATES)}) in tokenization.template.name",
+                reason="NO_CHAT_TEMPLATE",
+            )
+
+    def encode(self, examples: list[Example]) -> list[Encoded | RowError]:
+        out: list[Encoded | RowError] = []
+        if not examples:
+            return out
+        if examples[0].kind == "pretrain":
+            texts = [e.text for e in examples]
+            for text, ids in zip(texts, self._tokenize(texts), strict=True):
+                out.append(self._pretrain(text, ids))
+            return out
+        if self.template is None:
+            self.check_jinja()
+            return [self._safe(self._jinja, e) for e in examples]
+        return self._named(examples)
+
+    def _safe(self, fn, example: Example) -> Encoded | RowError:
+        try:
+            return fn(example)
+        except RowError as exc:
+            return exc
+
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._backend.encode_batch_fast(texts, add_special_tokens=False)]
+
+    def _pretrain(self, text: str, ids: list[int]) -> Encoded:
+        full = ([self._bos_id] if self._bos_id is not None else []) + ids
+        if self._eos_id is not None:
+            full.append(self._eos_id)
+        n = self.options.cutoff_len
+        chunks = [full[i : i + n] for i in range(0, len(full), n)]
+        return Encoded(
+            "pretrain", [Sequence(c, list(c), text if len(chunks) == 1 else "") for c in chunks]
+        )
+
+    # --- named templates --------------------------------------------------------------------
+
+    def _fill(self, text: str) -> str:
+        return text.replace("{bos}", self._bos).replace("{eos}", self._eos)
+
+    def _named(self, examples: list[Example]) -> list[Encoded | RowError]:
+        t, o = self.template, self.options
+        plans, pieces = [], []
+        for e in examples:
+            pairs, tail = tpl.render_pairs(t, e, o.default_system, o.tool_format)
+            texts = [s for pair in pairs for s in pair]
+            if e.kind == "preference":
+                texts += [tail]
+                texts += [tpl.render_response(t, m, o.tool_format) for m in (e.chosen, e.rejected)]
+            elif e.kind == "prompt":
+                texts += [tail]
+            plans.append((e, len(pieces), texts))
+            pieces += texts
+        ids = self._tokenize(pieces)
+        out: list[Encoded | RowError] = []
+        for e, start, texts in plans:
+            seg = ids[start : start + len(texts)]
+            out.append(
+                self._safe(lambda ex, seg=seg, texts=texts: self._assemble(ex, seg, texts), e)
+            )
+        return out
+
+    def _assemble(self, e: Example, seg: list[list[int]], texts: list[str]) -> Encoded:
+        o = self.options
+        if e.kind == "sft":
+            turns = [(seg[i], seg[i + 1]) for i in range(0, len(seg), 2)]
+            return Encoded("sft", [self._turns(turns, "".join(texts))])
+        history = [tok for s in seg[: -3 if e.kind == "preference" else -1] for tok in s]
+        prompt = history + seg[-3 if e.kind == "preference" else -1]
+        if e.kind == "prompt":
+            if len(prompt) > o.cutoff_len:
+                raise RowError("too_long_prompt", "", f"the prompt has {len(prompt)} tokens")
+            return Encoded(
+                "prompt", [Sequence(prompt, [IGNORE] * len(prompt), "".join(texts))], e.reference
+            )
+        prompt_text = "".join(texts[:-2])
+        seqs = []
+        for name, response, text in (
+            ("chosen", seg[-2], texts[-2]),
+            ("rejected", seg[-1], texts[-1]),
+        ):
+            s = self._turns([(prompt, response)], prompt_text + text, train_prompt=False)
+            s.name = name
+            seqs.append(s)
+        return Encoded("preference", seqs)
+
+    def _turns(
+        self, turns: list[tuple[list[int], list[int]]], text: str, train_prompt=None
+    ) -> Sequence:
+        o = self.options
+        train_prompt = o.train_on_prompt if train_prompt is None else train_prompt
+        budget, kept, truncated = o.cutoff_len, [], False
+        for prompt, response in turns:
+            if len(prompt) + len(response) <= budget:
+                kept.append((prompt, response))
+                budget -= len(prompt) + len(response)
+                continue
+            truncated = True
+            if not kept:
+                if len(prompt) >= budget:
+                    raise RowError("too_long_prompt", "", f"the prompt has {len(prompt)} tokens")
+                kept.append((prompt, response[: budget - len(prompt)]))
+            break
+        ids: list[int] = []
+        labels: list[int] = []
+        last = len(kept) - 1
+        for i, (prompt, response) in enumerate(kept):
+            ids += prompt
+            labels += prompt if train_prompt else [IGNORE] * len(prompt)
+            ids += response
+            trained = not o.mask_history or i == last
+            labels += response if trained else [IGNORE] * len(response)
+        return Sequence(ids, labels, text, truncated)
+
+    # --- the tokenizer's Jinja template ---------------------------------------------------
+
+    def _render(self, messages: list[dict], tools: list[dict], generation: bool = False) -> str:
+        try:
+            return self.tokenizer.apply_chat_template(
+                messages, tools=tools or None, tokenize=False, add_generation_prompt=generation
+            )
+        except Exception as exc:  # jinja2 TemplateError and raise_exception() in templates
+            raise RowError("template_error", "", f"the chat template refused it: {exc}") from None
+
+    def _jinja(self, e: Example) -> Encoded:
+        msgs = tpl.jinja_messages(e, self.options.default_system)
+        if e.kind == "prompt":
+            text = self._render(msgs, e.tools, generation=True)
+            ids = self._backend.encode(text, add_special_tokens=False).ids
+            if len(ids) > self.options.cutoff_len:
+                raise RowError("too_long_prompt", "", f"the prompt has {len(ids)} tokens")
+            return Encoded("prompt", [Sequence(ids, [IGNORE] * len(ids), text)], e.reference)
+        if e.kind == "preference":
+            seqs = []
+            for name, m in (("chosen", e.chosen), ("rejected", e.rejected)):
+                s = self._jinja_sequence([*msgs, tpl.jinja_message(m)], e.tools, only_last=True)
+                s.name = name
+                seqs.append(s)
+            return Encoded("preference", seqs)
+        return Encoded("sft", [self._jinja_sequence(msgs, e.tools)])
+
+    def _jinja_sequence(
+        self, msgs: list[dict], tools: list[dict], only_last: bool = False
+    ) -> Sequence:
+        o = self.options
+        text = self._render(msgs, tools)
+        spans = []  # (start, end) characters of each assistant turn
+        for i, m in enumerate(msgs):
+            if m["role"] != "assistant":
+                continue
+            before = self._render(msgs[:i], tools, generation=True)
+            upto = self._render(msgs[: i + 1], tools)
+            if not (text.startswith(before) and text.startswith(upto) and len(upto) >= len(before)):
+                raise FailedPrecondition(
+                    "the tokenizer's chat_template does not render a conversation's prefix as a "
+                    "prefix of the whole; use a named template",
+                    reason="TEMPLATE_NOT_INCREMENTAL",
+                )
+            end = len(upto.rstrip())
+            spans.append((len(before), max(end, len(before))))
+        enc = self._backend.encode(text, add_special_tokens=False)
+        ids, offsets = enc.ids, enc.offsets
+        turn_tokens = [_token_range(offsets, s, e) for s, e in spans]
+        if only_last:
+            turn_tokens = turn_tokens[-1:]
+        # whole turns while they fit, else cut the first turn's response
+        keep, truncated = len(ids), False
+        if len(ids) > o.cutoff_len:
+            truncated = True
+            fitting = [end for _, end in turn_tokens if end <= o.cutoff_len]
+            if fitting and not only_last:
+                keep = fitting[-1]
+                turn_tokens = [t for t in turn_tokens if t[1] <= keep]
+            else:
+                first_start = turn_tokens[0][0] if turn_tokens else len(ids)
+                if first_start >= o.cutoff_len:
+                    raise RowError("too_long_prompt", "", f"the prompt has {first_start} tokens")
+                keep = o.cutoff_len
+                turn_tokens = [(turn_tokens[0][0], min(turn_tokens[0][1], keep))]
+        ids = ids[:keep]
+        labels = list(ids) if o.train_on_prompt and not only_last else [IGNORE] * len(ids)
+        chosen = turn_tokens[-1:] if o.mask_history else turn_tokens
+        for start, end in chosen:
+            labels[start:end] = ids[start:end]
+        if o.mask_history and o.train_on_prompt:
+            for start, end in turn_tokens[:-1]:
+                labels[start:end] = [IGNORE] * (end - start)
+        return Sequence(ids, labels, text, truncated)
+
+
+def _token_range(offsets: list[tuple[int, int]], start: int, end: int) -> tuple[int, int]:
+    """First and one-past-last token whose characters overlap [start, end)."""
+    first = last = None
+    for j, (a, b) in enumerate(offsets):
+        if b > a and a < end and b > start:
+            if first is None:
+                first = j
+            last = j + 1
+        elif a >= end:
+            break
+    if first is None:
+        return (0, 0)
+    return (first, last)
+
+
+def trained_spans(labels: list[int]) -> list[tuple[int, int]]:
+    """Maximal runs of positions whose label is not IGNORE."""
+    spans, start = [], None
+    for i, label in enumerate(labels):
+        if label != IGNORE and start is None:
+            start = i
+        elif label == IGNORE and start is not None:
+            spans.append((start, i))
+            start = None
+    if start is not None:
+        spans.append((start, len(labels)))
+    return spans
