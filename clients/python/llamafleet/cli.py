@@ -24,12 +24,13 @@ from llamafleet.commands import api as api_commands
 from llamafleet.commands import chat as chat_commands
 from llamafleet.commands import data as data_commands
 from llamafleet.commands import train as train_commands
+from llamafleet.commands import web as web_commands
 from llamafleet.redis_local import RedisNotInstalledError
 
 DEFAULT_RUN_DIR = os.environ.get("LLAMAFLEET_RUN_DIR", ".llamafleet")
 
 # Command groups living in llamafleet/commands/: each adds its sub-commands in register().
-COMMAND_MODULES: tuple = (data_commands, train_commands, chat_commands, api_commands)
+COMMAND_MODULES: tuple = (data_commands, train_commands, chat_commands, api_commands, web_commands)
 
 # Status codes that mean the request was wrong (exit 2), as opposed to the cluster failing (1).
 USER_ERROR_CODES = {
@@ -166,15 +167,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_error(command: str, exc: Exception) -> None:
+    """The error as exactly one line on stderr: its own newlines folded, never wrapped."""
+    text = " ".join(str(exc).split())
+    err_console.print(
+        f"llamafleet {command}: {text}", markup=False, highlight=False, soft_wrap=True
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (UserError, cluster.ClusterError, RedisNotInstalledError) as exc:
-        err_console.print(f"llamafleet {args.command}: {exc}", markup=False, highlight=False)
+        _one_line_error(args.command, exc)
         return 2
     except RpcError as exc:
-        err_console.print(f"llamafleet {args.command}: {exc}", markup=False, highlight=False)
+        _one_line_error(args.command, exc)
         return 2 if exc.code in USER_ERROR_CODES else 1
     except KeyboardInterrupt:
         return 130

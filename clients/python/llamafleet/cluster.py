@@ -64,9 +64,15 @@ class ClusterState:
         path = Path(run_dir) / STATE_FILE
         if not path.exists():
             raise ClusterError(f"no cluster in {run_dir} (no {STATE_FILE}); run `llamafleet up`")
-        data = json.loads(path.read_text())
-        services = {k: ServiceProcess(**v) for k, v in data.pop("services", {}).items()}
-        return cls(services=services, **data)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            services = {k: ServiceProcess(**v) for k, v in data.pop("services", {}).items()}
+            return cls(services=services, **data)
+        except (UnicodeDecodeError, ValueError, TypeError, AttributeError) as exc:
+            raise ClusterError(
+                f"{path} is unreadable ({type(exc).__name__}); run `llamafleet down` and "
+                "`llamafleet up` to recreate it"
+            ) from None
 
 
 def pid_alive(pid: int | None) -> bool:

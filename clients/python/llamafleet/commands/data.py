@@ -72,7 +72,12 @@ def _record(args: argparse.Namespace) -> struct_pb2.Struct:
         path = Path(raw[1:])
         if not path.is_file():
             raise UserError(f"--record {raw}: no such file")
-        raw = path.read_text(encoding="utf-8")
+        try:
+            raw = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise UserError(
+                f"--record {args.record}: not valid UTF-8 ({exc.reason} at byte {exc.start})"
+            ) from None
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:

@@ -1,0 +1,43 @@
+"""``llamafleet web``: the browser UI (Train, Jobs, Chat, Cluster) in front of the local cluster."""
+
+from __future__ import annotations
+
+import argparse
+
+from llamafleet.client import Client
+from llamafleet.cluster import ClusterState
+from llamafleet.commands import UserError
+from llamafleet.commands.api import _loopback
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from llamafleet.web.app import create_app
+    except ImportError:
+        raise UserError("the web UI needs its extra: pip install -e '.[web]'") from None
+    if not args.token and not _loopback(args.host):
+        raise UserError(f"refusing to serve on {args.host} without --token (a shared secret)")
+    state = ClusterState.load(args.run_dir)
+    addresses = {name: svc.address for name, svc in state.services.items()}
+    with Client(addresses, timeout=args.timeout) as client:
+        app = create_app(client, state.run_dir, state.base_model, token=args.token)
+        shown = "localhost" if _loopback(args.host) else args.host
+        print(f"llamafleet web: http://{shown}:{args.port}/", flush=True)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def register(sub) -> None:
+    from llamafleet.cli import DEFAULT_RUN_DIR
+
+    p = sub.add_parser("web", help="browser UI: train, follow jobs, chat, cluster health")
+    p.add_argument("--run-dir", default=DEFAULT_RUN_DIR)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument(
+        "--token", default="", help="shared secret, required on a non-loopback --host"
+    )
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per unary call")
+    p.set_defaults(func=cmd_web)

@@ -1,0 +1,333 @@
+"""The LLaMA-Factory flat-YAML vocabulary llamafleet reads: each key, how its value is read, and
+where in a ``TrainingJobSpec`` it goes (``FLAT_KEYS``); keys accepted but without effect here
+(``NO_EFFECT_KEYS``). ``lf_config`` reads files and assembles the spec with this table.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Any
+
+from llamafleet.common.v1 import common_pb2
+from llamafleet.data.v1 import data_pb2
+from llamafleet.training.v1 import training_pb2 as pb
+
+
+class ConfigFileError(ValueError):
+    """The config file is wrong; the message says which key and what to do."""
+
+
+# --- value readers -------------------------------------------------------------------------
+
+
+def _bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ConfigFileError(f"{key}: expected true or false, got {value!r}")
+
+
+def _int(key: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise ConfigFileError(f"{key}: expected an integer, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigFileError(f"{key}: expected an integer, got {value!r}") from None
+    if not number.is_integer():
+        raise ConfigFileError(f"{key}: expected an integer, got {value!r}")
+    return int(number)
+
+
+def _float(key: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise ConfigFileError(f"{key}: expected a number, got {value!r}")
+    try:  # YAML reads 1e-4 (no dot) as a string; LLaMA-Factory accepts it, so do we
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigFileError(f"{key}: expected a number, got {value!r}") from None
+
+
+def _str(key: str, value: Any) -> str:
+    if isinstance(value, dict | list) or value is None:
+        raise ConfigFileError(f"{key}: expected a string, got {value!r}")
+    return str(value)
+
+
+def _names(key: str, value: Any) -> list[str]:
+    """A comma-separated string or a list of names."""
+    items = value if isinstance(value, list) else _str(key, value).split(",")
+    names = [str(item).strip() for item in items if str(item).strip()]
+    if not names:
+        raise ConfigFileError(f"{key}: expected one or more names")
+    return names
+
+
+def _choice(key: str, value: Any, table: dict[str, int]) -> int:
+    text = _str(key, value).lower()
+    if text not in table:
+        raise ConfigFileError(
+            f"{key}: {value!r} is not supported; use one of {', '.join(table)}"
+            + hint(text, list(table))
+        )
+    return table[text]
+
+
+def _path(key: str, value: Any) -> str:
+    return str(Path(_str(key, value)).expanduser().absolute())
+
+
+def _adapter(key: str, value: Any) -> common_pb2.AdapterRef:
+    adapter_id, sep, version = _str(key, value).partition("@")
+    if not sep or not version.isdigit() or int(version) < 1:
+        raise ConfigFileError(
+            f"{key}: expected a training job's adapter as JOB_ID@VERSION (e.g. sft-1@3), "
+            f"got {value!r}; adapters come from the training service, not from a folder"
+        )
+    return common_pb2.AdapterRef(id=adapter_id, version=int(version))
+
+
+def hint(key: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# --- the flat form -------------------------------------------------------------------------
+
+STAGES = {"pt": pb.STAGE_PT, "sft": pb.STAGE_SFT, "rm": pb.STAGE_RM, "dpo": pb.STAGE_DPO}
+STAGES["ppo"] = pb.STAGE_PPO
+FINETUNING = {
+    "lora": pb.FINETUNING_TYPE_LORA,
+    "freeze": pb.FINETUNING_TYPE_FREEZE,
+    "full": pb.FINETUNING_TYPE_FULL,
+}
+FLASH_ATTN = {
+    "auto": pb.ATTENTION_IMPLEMENTATION_UNSPECIFIED,
+    "disabled": pb.ATTENTION_IMPLEMENTATION_EAGER,
+    "sdpa": pb.ATTENTION_IMPLEMENTATION_SDPA,
+    "fa2": pb.ATTENTION_IMPLEMENTATION_FLASH_ATTENTION_2,
+}
+SCHEDULERS = {
+    name: pb.LrSchedulerType.Value(f"LR_SCHEDULER_TYPE_{name.upper()}")
+    for name in (
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+        "constant_with_warmup", "inverse_sqrt",
+    )
+}  # fmt: skip
+PREF_LOSSES = {
+    name: pb.PreferenceLoss.Value(f"PREFERENCE_LOSS_{name.upper()}")
+    for name in ("sigmoid", "ipo", "hinge", "orpo", "simpo")
+}
+GALORE_PROJ = {
+    name: pb.GaloreProjectionType.Value(f"GALORE_PROJECTION_TYPE_{name.upper()}")
+    for name in ("std", "reverse_std", "right", "left", "full")
+}
+EXAMPLE_KINDS = {
+    pb.STAGE_PT: data_pb2.EXAMPLE_KIND_PRETRAIN,
+    pb.STAGE_SFT: data_pb2.EXAMPLE_KIND_SFT,
+    pb.STAGE_RM: data_pb2.EXAMPLE_KIND_PREFERENCE,
+    pb.STAGE_DPO: data_pb2.EXAMPLE_KIND_PREFERENCE,
+    pb.STAGE_PPO: data_pb2.EXAMPLE_KIND_PROMPT,
+}
+
+# Accepted for compatibility with LLaMA-Factory files; they change nothing in llamafleet.
+NO_EFFECT_KEYS = {
+    "overwrite_cache": "the data service caches prepared datasets by content",
+    "preprocessing_num_workers": "the data service sizes its own workers",
+    "dataloader_num_workers": "batches stream from the data service",
+    "plot_loss": "every job writes loss_curve.png",
+    "overwrite_output_dir": "a job's folder belongs to its job_id",
+    "report_to": "metrics go to the job's events, metrics.jsonl and TensorBoard",
+    "ddp_timeout": "the launcher sets process-group timeouts",
+    "per_device_eval_batch_size": "evaluation uses the training batch size",
+    "eval_strategy": "eval_steps (0 = each epoch) decides when to evaluate",
+    "do_eval": "jobs evaluate whenever they have eval data",
+    "save_only_model": "checkpoints always keep what resume needs",
+}
+
+
+def _flat_keys() -> dict[str, Any]:
+    """key -> setter(spec, ctx, key, value). ``ctx`` collects the dataset keys."""
+    top = lambda s: s  # noqa: E731
+    ft = lambda s: s.finetuning  # noqa: E731
+    hp = lambda s: s.hyperparameters  # noqa: E731
+    lora = lambda s: s.finetuning.lora  # noqa: E731
+    freeze = lambda s: s.finetuning.freeze  # noqa: E731
+    galore_cfg = lambda s: s.finetuning.galore  # noqa: E731
+    pref = lambda s: s.preference  # noqa: E731
+    ppo = lambda s: s.ppo  # noqa: E731
+
+    def put(target, field, reader):
+        return lambda s, c, k, v: setattr(target(s), field, reader(k, v))
+
+    def choice(table):
+        return lambda k, v: _choice(k, v, table)
+
+    def data(field, reader):
+        return lambda s, c, k, v: c.__setitem__(field, reader(k, v))
+
+    def listed(target, field, all_means_empty=False):
+        def setter(s, c, k, v):
+            names = _names(k, v)
+            if all_means_empty and names == ["all"]:
+                names = []
+            getattr(target(s), field)[:] = names
+
+        return setter
+
+    def max_steps(s, c, k, v):
+        if _int(k, v) > 0:  # LLaMA-Factory's -1 means "use num_train_epochs"
+            s.hyperparameters.max_steps = _int(k, v)
+
+    def do_train(s, c, k, v):
+        if not _bool(k, v):
+            raise ConfigFileError("do_train: llamafleet jobs train; remove do_train: false")
+
+    def resume(s, c, k, v):
+        if isinstance(v, bool) or str(v).lower() in ("true", "false"):
+            s.resume = _bool(k, v)
+            return
+        raise ConfigFileError(
+            "resume_from_checkpoint: a job resumes from its own checkpoints; use "
+            "resume_from_checkpoint: true with the same job_id"
+        )
+
+    def seed(s, c, k, v):
+        s.hyperparameters.seed = _int(k, v)
+        c["seed"] = _int(k, v)
+
+    def dtype(value):
+        def setter(s, c, k, v):
+            if _bool(k, v):
+                s.compute_dtype = value
+
+        return setter
+
+    def gc_disabled(s, c, k, v):
+        s.hyperparameters.gradient_checkpointing = not _bool(k, v)
+
+    def galore(s, c, k, v):
+        if _bool(k, v):
+            s.finetuning.galore.SetInParent()
+
+    def deepspeed(s, c, k, v):
+        apply_deepspeed(s, _path(k, v))
+
+    def ppo_target(s, c, k, v):
+        s.ppo.kl_target = _float(k, v)
+        s.ppo.adaptive_kl = True
+
+    sampling = lambda s: s.ppo.sampling  # noqa: E731
+    return {
+        # model
+        "model_name_or_path": put(top, "base_model", _path),
+        "trust_remote_code": put(top, "trust_remote_code", _bool),
+        "flash_attn": put(top, "attention_implementation", choice(FLASH_ATTN)),
+        "quantization_bit": put(ft, "quantization_bits", _int),
+        "adapter_name_or_path": lambda s, c, k, v: s.init_adapter.CopyFrom(_adapter(k, v)),
+        "disable_gradient_checkpointing": gc_disabled,
+        # method
+        "stage": put(top, "stage", choice(STAGES)),
+        "do_train": do_train,
+        "finetuning_type": put(ft, "type", choice(FINETUNING)),
+        "lora_rank": put(lora, "rank", _int),
+        "lora_alpha": put(lora, "alpha", _float),
+        "lora_dropout": put(lora, "dropout", _float),
+        "lora_target": listed(lora, "target_modules"),
+        "additional_target": listed(lora, "additional_target_modules"),
+        "use_rslora": put(lora, "use_rslora", _bool),
+        "use_dora": put(lora, "use_dora", _bool),
+        "pissa_init": put(lora, "pissa_init", _bool),
+        "pissa_iter": put(lora, "pissa_iters", _int),
+        "loraplus_lr_ratio": put(lora, "loraplus_lr_ratio", _float),
+        "loraplus_lr_embedding": put(lora, "loraplus_lr_embedding", _float),
+        "freeze_trainable_layers": put(freeze, "trainable_layers", _int),
+        "freeze_trainable_modules": listed(freeze, "trainable_modules", True),
+        "freeze_extra_modules": listed(freeze, "extra_modules"),
+        "use_galore": galore,
+        "galore_target": listed(galore_cfg, "target_modules", True),
+        "galore_rank": put(galore_cfg, "rank", _int),
+        "galore_update_interval": put(galore_cfg, "update_interval", _int),
+        "galore_scale": put(galore_cfg, "scale", _float),
+        "galore_proj_type": put(galore_cfg, "projection_type", choice(GALORE_PROJ)),
+        "galore_layerwise": put(galore_cfg, "layerwise", _bool),
+        "pref_beta": put(pref, "beta", _float),
+        "pref_ftx": put(pref, "pref_ftx", _float),
+        "pref_loss": put(pref, "loss_type", choice(PREF_LOSSES)),
+        "dpo_label_smoothing": put(pref, "label_smoothing", _float),
+        "simpo_gamma": put(pref, "simpo_gamma", _float),
+        "ppo_epochs": put(ppo, "ppo_epochs", _int),
+        "ppo_target": ppo_target,
+        "ppo_whiten_rewards": put(ppo, "whiten_rewards", _bool),
+        "reward_model": lambda s, c, k, v: s.ppo.reward_adapter.CopyFrom(_adapter(k, v)),
+        "reward_scorer": put(ppo, "reward_scorer", _str),  # llamafleet's own
+        "temperature": put(sampling, "temperature", _float),
+        "top_p": put(sampling, "top_p", _float),
+        "top_k": put(sampling, "top_k", _int),
+        "max_new_tokens": put(sampling, "max_tokens", _int),
+        # dataset
+        "dataset": data("dataset", _names),
+        "eval_dataset": data("eval_dataset", _names),
+        "dataset_dir": data("dataset_dir", _path),
+        "template": data("template", _str),
+        "default_system": data("default_system", _str),
+        "tool_format": data("tool_format", _str),
+        "cutoff_len": data("cutoff_len", _int),
+        "train_on_prompt": data("train_on_prompt", _bool),
+        "mask_history": data("mask_history", _bool),
+        "packing": data("packing", _bool),
+        "streaming": data("streaming", _bool),
+        "val_size": data("val_size", _float),
+        "max_samples": data("max_samples", _int),
+        # output and training
+        "job_id": put(top, "job_id", _str),  # llamafleet's own
+        "output_dir": put(top, "output_dir", _path),
+        "resume_from_checkpoint": resume,
+        "learning_rate": put(hp, "learning_rate", _float),
+        "num_train_epochs": put(hp, "num_epochs", _float),
+        "max_steps": max_steps,
+        "per_device_train_batch_size": put(hp, "per_device_batch_size", _int),
+        "gradient_accumulation_steps": put(hp, "gradient_accumulation_steps", _int),
+        "lr_scheduler_type": put(hp, "lr_scheduler", choice(SCHEDULERS)),
+        "warmup_ratio": put(hp, "warmup_ratio", _float),
+        "warmup_steps": put(hp, "warmup_steps", _int),
+        "weight_decay": put(hp, "weight_decay", _float),
+        "max_grad_norm": put(hp, "max_grad_norm", _float),
+        "seed": seed,
+        "logging_steps": put(hp, "logging_steps", _int),
+        "save_steps": put(hp, "save_steps", _int),
+        "save_total_limit": put(hp, "save_total_limit", _int),
+        "eval_steps": put(hp, "eval_steps", _int),
+        "gradient_checkpointing": put(hp, "gradient_checkpointing", _bool),
+        "bf16": dtype(pb.COMPUTE_DTYPE_BFLOAT16),
+        "fp16": dtype(pb.COMPUTE_DTYPE_FLOAT16),
+        "deepspeed": deepspeed,
+        "world_size": put(lambda s: s.distributed, "world_size", _int),  # llamafleet's own
+    }
+
+
+FLAT_KEYS = _flat_keys()
+
+
+def apply_deepspeed(spec: pb.TrainingJobSpec, path: str) -> None:
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigFileError(f"deepspeed: cannot read the JSON config {path}: {exc}") from None
+    zero = config.get("zero_optimization", {}) if isinstance(config, dict) else {}
+    stage = zero.get("stage", 0)
+    if not isinstance(stage, int) or not 0 <= stage <= 3:
+        raise ConfigFileError(
+            f"deepspeed: {path}: zero_optimization.stage must be 0-3, got {stage!r}"
+        )
+    spec.distributed.backend = pb.DISTRIBUTED_BACKEND_DEEPSPEED
+    spec.distributed.deepspeed_zero_stage = stage
+    spec.distributed.offload_optimizer = _offloaded(zero.get("offload_optimizer"))
+    spec.distributed.offload_params = _offloaded(zero.get("offload_param"))
+
+
+def _offloaded(section: Any) -> bool:
+    return isinstance(section, dict) and section.get("device") in ("cpu", "nvme")

@@ -1,0 +1,211 @@
+"""Where a job's batches come from: the ``BatchSource`` protocol and its two implementations.
+
+- ``DataServiceSource`` streams ``DataService.StreamBatches`` through ``llamafleet.client.Client``
+  (preparing an inline ``DatasetSpec`` first with the idempotent ``PrepareDataset``).
+- ``InMemorySource`` serves hand-built ``TokenRow``s with the same contract (seeded shuffle per
+  epoch, the same number of batches on every rank, resumable cursors). Tests use it directly; a
+  runner given ``--data-address file://DIR`` reads ``DIR/train.binpb`` (and ``DIR/eval.binpb``
+  when present), each a serialized ``data.v1.Batch`` holding all rows of the split.
+
+Each streamed batch comes with a cursor; a checkpoint stores the cursor of the last batch it
+trained on, and resuming streams from just after it, so no example is trained twice or skipped.
+Rank ``r`` of ``w`` gets rows ``[r*b, (r+1)*b)`` of each global batch of ``w*b`` rows, so a world
+of ``w`` processes sees the same global batches as one process with ``w*b`` rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+from llamafleet.data.v1 import data_pb2, data_service_pb2
+from llamafleet.training.v1 import training_pb2
+
+logger = logging.getLogger(__name__)
+
+STREAM_TIMEOUT_S = 7 * 24 * 3600.0  # a stream lives as long as the epoch
+
+
+@dataclass(frozen=True)
+class StreamRequest:
+    """What one rank asks for; mirrors ``StreamBatchesRequest``."""
+
+    split: int = data_pb2.SPLIT_TRAIN
+    rank: int = 0
+    world_size: int = 1
+    epoch: int = 0
+    seed: int = 42
+    batch_rows: int | None = 8
+    batch_tokens: int | None = None
+    cursor: str = ""
+
+
+class BatchSource(Protocol):
+    """A stream of ``(batch, cursor)`` pairs for one rank and epoch."""
+
+    def stream(self, request: StreamRequest) -> Iterator[tuple[data_pb2.Batch, str]]: ...
+
+    def has_eval(self) -> bool: ...
+
+    def count(self, request: StreamRequest) -> int:
+        """Batches one rank gets in one epoch."""
+        ...
+
+
+class InMemorySource:
+    """The StreamBatches contract over rows held in memory."""
+
+    def __init__(
+        self,
+        train_rows: Sequence[data_pb2.TokenRow],
+        eval_rows: Sequence[data_pb2.TokenRow] = (),
+    ) -> None:
+        self.rows = {data_pb2.SPLIT_TRAIN: list(train_rows), data_pb2.SPLIT_EVAL: list(eval_rows)}
+
+    @classmethod
+    def from_dir(cls, folder: str | Path) -> InMemorySource:
+        """Rows from ``train.binpb`` (and ``eval.binpb``) in ``folder``: serialized Batches."""
+        folder = Path(folder)
+        splits = []
+        for name in ("train.binpb", "eval.binpb"):
+            batch = data_pb2.Batch()
+            if (folder / name).exists():
+                batch.ParseFromString((folder / name).read_bytes())
+            splits.append(list(batch.rows))
+        return cls(*splits)
+
+    def has_eval(self) -> bool:
+        return bool(self.rows[data_pb2.SPLIT_EVAL])
+
+    def _batches(self, request: StreamRequest) -> list[list[data_pb2.TokenRow]]:
+        rows = self.rows[request.split or data_pb2.SPLIT_TRAIN]
+        order = list(range(len(rows)))
+        if request.split != data_pb2.SPLIT_EVAL:
+            random.Random(f"{request.seed}:{request.epoch}").shuffle(order)
+        world, rank = max(1, request.world_size), request.rank
+        if request.batch_rows:
+            size = request.batch_rows
+            step = size * world
+            usable = len(order) - len(order) % world
+            mine = []
+            for start in range(0, usable, step):
+                chunk = order[start : start + step]
+                per = len(chunk) // world
+                mine.append(chunk[rank * per : (rank + 1) * per])
+            return [[rows[i] for i in b] for b in mine if b]
+        per_rank = [order[r::world] for r in range(world)]
+        batched = [_token_batches([rows[i] for i in ids], request.batch_tokens) for ids in per_rank]
+        fewest = min(len(b) for b in batched)
+        return batched[rank][:fewest]
+
+    def count(self, request: StreamRequest) -> int:
+        return len(self._batches(replace(request, cursor="")))
+
+    def stream(self, request: StreamRequest) -> Iterator[tuple[data_pb2.Batch, str]]:
+        epoch, start = request.epoch, 0
+        if request.cursor:
+            position = json.loads(request.cursor)
+            epoch, start = position["epoch"], position["index"] + 1
+        batches = self._batches(replace(request, epoch=epoch))
+        for index in range(start, len(batches)):
+            rows = batches[index]
+            batch = data_pb2.Batch(epoch=epoch, index=index, rows=rows)
+            batch.tokens = sum(len(r.input_ids) for r in rows)
+            batch.trained_tokens = sum(sum(1 for x in r.labels if x != -100) for r in rows)
+            yield batch, json.dumps({"epoch": epoch, "index": index})
+
+
+def _token_batches(rows: list[data_pb2.TokenRow], budget: int) -> list[list[data_pb2.TokenRow]]:
+    batches: list[list[data_pb2.TokenRow]] = []
+    current: list[data_pb2.TokenRow] = []
+    for row in rows:
+        longest = max([len(r.input_ids) for r in current] + [len(row.input_ids)])
+        if current and (len(current) + 1) * longest > budget:
+            batches.append(current)
+            current = []
+        current.append(row)
+    if current:
+        batches.append(current)
+    return batches
+
+
+class DataServiceSource:
+    """Batches from the data service's ``StreamBatches``."""
+
+    def __init__(self, client, dataset_id: str, eval_dataset_id: str | None = None) -> None:
+        self.client = client
+        self.dataset_id = dataset_id
+        self.eval_dataset_id = eval_dataset_id
+
+    def _eval_target(self) -> tuple[str, int] | None:
+        if self.eval_dataset_id:
+            return self.eval_dataset_id, data_pb2.SPLIT_TRAIN
+        request = data_service_pb2.GetDatasetRequest(dataset_id=self.dataset_id)
+        dataset = self.client.data.GetDataset(request).dataset
+        if any(s.split == data_pb2.SPLIT_EVAL for s in dataset.splits):
+            return self.dataset_id, data_pb2.SPLIT_EVAL
+        return None
+
+    def has_eval(self) -> bool:
+        return self._eval_target() is not None
+
+    def count(self, request: StreamRequest) -> int:
+        return sum(1 for _ in self.stream(replace(request, cursor="")))
+
+    def stream(self, request: StreamRequest) -> Iterator[tuple[data_pb2.Batch, str]]:
+        dataset_id, split = self.dataset_id, request.split
+        if request.split == data_pb2.SPLIT_EVAL:
+            target = self._eval_target()
+            if target is None:
+                return
+            dataset_id, split = target
+        message = data_service_pb2.StreamBatchesRequest(
+            dataset_id=dataset_id,
+            split=split,
+            rank=request.rank,
+            world_size=request.world_size,
+            epoch=request.epoch,
+            seed=request.seed,
+            cursor=request.cursor,
+        )
+        if request.batch_tokens:
+            message.batch_tokens = request.batch_tokens
+        else:
+            message.batch_rows = request.batch_rows or 8
+        for response in self.client.data.StreamBatches(message, timeout=STREAM_TIMEOUT_S):
+            yield response.batch, response.cursor
+
+
+def prepare_dataset(client, ref: training_pb2.DatasetRef, dataset_id: str, base_model: str) -> str:
+    """The id of ``ref``'s dataset, preparing an inline spec (idempotently, as ``dataset_id``)."""
+    if ref.WhichOneof("dataset") == "dataset_id":
+        return ref.dataset_id
+    spec = data_pb2.DatasetSpec()
+    spec.CopyFrom(ref.spec)
+    if not spec.tokenization.tokenizer_path:
+        spec.tokenization.tokenizer_path = base_model
+    request = data_service_pb2.PrepareDatasetRequest(dataset_id=dataset_id, spec=spec)
+    dataset = client.data.PrepareDataset(request, timeout=STREAM_TIMEOUT_S).dataset
+    logger.info("dataset %s ready: %d rows", dataset.id, dataset.stats.rows)
+    return dataset.id
+
+
+def open_source(
+    spec: training_pb2.TrainingJobSpec, data_address: str, job_id: str, token: str = ""
+) -> BatchSource:
+    """The batch source of a job: ``file://DIR`` (offline rows) or a data service address."""
+    if data_address.startswith("file://"):
+        return InMemorySource.from_dir(data_address.removeprefix("file://"))
+    from llamafleet.client import Client
+
+    client = Client({"data": data_address}, token=token, timeout=60.0)
+    train_id = prepare_dataset(client, spec.dataset, f"{job_id}-train", spec.base_model)
+    eval_id = None
+    if spec.eval_dataset.WhichOneof("dataset"):
+        eval_id = prepare_dataset(client, spec.eval_dataset, f"{job_id}-eval", spec.base_model)
+    return DataServiceSource(client, train_id, eval_id)

@@ -1,0 +1,385 @@
+"""The job manager: creates jobs, runs each one's runner in its own process group, watches it.
+
+A job lives in ``<jobs_dir>/<job_id>/`` (a symlink to ``spec.output_dir`` when the spec names
+one). The manager writes ``spec.binpb`` and the QUEUED event, launches the runner
+(``services.training.launch.runner_command`` unless a test injects another launcher) with
+``start_new_session`` and its output in ``runner.log``, records ``runner.pid``, and when the runner
+exits appends the final state from the runner's ``result.json``; no result means the runner died,
+and the job is FAILED with a message that says how and that ``resume`` continues from the last
+checkpoint. Cancel sends SIGTERM to the process group and SIGKILL after ``cancel_grace_s``; the
+job ends CANCELLED either way. A watchdog thread polls the runners; a crashing runner never
+touches the service. On start-up every job folder is read back: a live runner is re-attached, a
+dead one's job is finished as above, a job queued but never launched is launched.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from llamafleet.training.v1 import training_pb2 as pb
+
+from services.common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    invalid,
+)
+from services.training import job_specs, runner_process
+from services.training.config import TrainingConfig
+from services.training.events import EventLog
+from services.training.job_dirs import (
+    RESULT_FILE,
+    SPEC_FILE,
+    JobView,
+    read_result,
+    repair_event_log,
+    write_spec,
+)
+from services.training.runner_process import (
+    LOG_FILE,
+    PID_FILE,
+    Launcher,
+    RunnerProcess,
+    attach,
+    core_validate,
+    death_message,
+    default_launcher,
+)
+
+logger = logging.getLogger(__name__)
+
+CANCEL_FILE = "cancel_requested"
+DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 1000
+
+
+class JobManager:
+    def __init__(
+        self,
+        config: TrainingConfig,
+        launcher: Launcher = default_launcher,
+        validator: Callable[[pb.TrainingJobSpec], None] = core_validate,
+    ) -> None:
+        self.config = config
+        self.root = Path(config.jobs_dir).resolve()
+        self._launcher, self._validator = launcher, validator
+        self._lock = threading.RLock()
+        self._jobs: dict[str, JobView] = {}
+        self._runs: dict[str, RunnerProcess] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._load()
+
+    # --- life cycle ------------------------------------------------------------------------
+
+    def start(self) -> JobManager:
+        self._thread = threading.Thread(target=self._watchdog, name="job-watchdog", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop watching (runners keep running; a new manager re-attaches them)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _load(self) -> None:
+        if not self.root.is_dir():
+            return  # created with the first job
+        for entry in sorted(self.root.iterdir()):
+            if not (entry / SPEC_FILE).is_file():
+                continue
+            try:
+                view = JobView(entry.resolve())
+            except Exception:
+                logger.exception("job folder %s is unreadable; skipped", entry)
+                continue
+            if view.job.last_event_sequence == 0:
+                logger.warning("job folder %s was never fully created; removed", entry)
+                _remove_job_dir(entry)
+                continue
+            self._jobs[view.id] = view
+            if view.terminal:
+                continue
+            run = attach(view.dir)
+            if run is not None:
+                self._runs[view.id] = run
+                if (view.dir / CANCEL_FILE).exists():
+                    run.kill_at = time.monotonic() + self.config.cancel_grace_s
+                logger.info("job %s: re-attached to runner pid %d", view.id, run.pid)
+            elif not (view.dir / PID_FILE).exists() and view.state == pb.JOB_STATE_QUEUED:
+                logger.info("job %s was queued but never launched; launching", view.id)
+                self._launch_or_fail(view)
+            else:
+                self._finish(view, None)
+
+    # --- queries ---------------------------------------------------------------------------
+
+    def view(self, job_id: str) -> JobView:
+        with self._lock:
+            found = self._jobs.get(job_id)
+        if found is None:
+            raise NotFound(f"no training job {job_id!r}", reason="JOB_NOT_FOUND")
+        return found
+
+    def get(self, job_id: str) -> pb.TrainingJob:
+        view = self.view(job_id)
+        view.hash_adapters()  # slow for big adapters: outside the lock (describe hits the cache)
+        with self._lock:
+            return view.describe()
+
+    def progress(self, job_id: str) -> tuple[int, int]:
+        """(state, last event sequence) of a job, current."""
+        view = self.view(job_id)
+        with self._lock:
+            view.refresh()
+            return view.state, view.job.last_event_sequence
+
+    def list(
+        self, states: list[int], page_size: int, page_token: str
+    ) -> tuple[list[pb.TrainingJob], str]:
+        if page_size < 0:
+            raise invalid("page_size", "must be >= 0")
+        for i, state in enumerate(states):
+            if state == pb.JOB_STATE_UNSPECIFIED or state not in pb.JobState.values():
+                raise invalid(f"states[{i}]", "must be a JobState other than UNSPECIFIED")
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        after = _decode_token(page_token) if page_token else None
+        with self._lock:
+            views = list(self._jobs.values())
+            for view in views:
+                view.refresh()
+        keyed = sorted(
+            ((-v.job.create_time.ToNanoseconds(), v.id), v)
+            for v in views
+            if not states or v.state in states
+        )
+        if after is not None:
+            keyed = [kv for kv in keyed if kv[0] > after]
+        page = keyed[:size]
+        for _, view in page:
+            view.hash_adapters()
+        with self._lock:
+            jobs = [view.describe() for _, view in page]
+        token = _encode_token(page[-1][0]) if len(keyed) > size else ""
+        return jobs, token
+
+    # --- commands --------------------------------------------------------------------------
+
+    def create(self, spec: pb.TrainingJobSpec) -> pb.TrainingJob:
+        spec = job_specs.normalize(spec)
+        job_specs.validate(spec)
+        self._validator(spec)
+        with self._lock:
+            existing = self._jobs.get(spec.job_id)
+            if existing is not None:
+                return self._create_existing(existing, spec)
+            job_dir = self._make_job_dir(spec)
+            try:
+                argv, env = self._launcher(spec, job_dir, self.config.data_address, self._token)
+            except BaseException:
+                _remove_job_dir(self.root / spec.job_id if spec.output_dir else job_dir)
+                raise
+            EventLog(job_dir).append(
+                pb.TrainingEvent(state_change=pb.StateChange(state=pb.JOB_STATE_QUEUED))
+            )
+            view = JobView(job_dir)
+            self._jobs[view.id] = view
+            self._spawn(view, argv, env)
+            logger.info("job %s created (%s)", view.id, pb.Stage.Name(spec.stage))
+            return view.describe()
+
+    @property
+    def _token(self) -> str:
+        return self.config.auth_token
+
+    def _make_job_dir(self, spec: pb.TrainingJobSpec) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        link = self.root / spec.job_id
+        if link.exists() or link.is_symlink():
+            raise FailedPrecondition(
+                f"{link} exists but holds no readable job; move it away to reuse the id",
+                reason="JOB_DIR_EXISTS",
+            )
+        if not spec.output_dir:
+            link.mkdir()
+            write_spec(link, spec)
+            return link
+        out = Path(spec.output_dir)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise FailedPrecondition(
+                f"spec.output_dir {out} exists and is not empty; pick another folder",
+                reason="OUTPUT_DIR_NOT_EMPTY",
+                violations=[FieldViolation("spec.output_dir", "exists and is not empty")],
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        write_spec(out, spec)
+        link.symlink_to(out, target_is_directory=True)
+        return out
+
+    def _create_existing(self, view: JobView, spec: pb.TrainingJobSpec) -> pb.TrainingJob:
+        view.refresh()
+        same = job_specs.same_spec(view.spec, spec)
+        if same and not (
+            spec.resume and view.state in (pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED)
+        ):
+            return view.describe()
+        if not same and not spec.resume:
+            raise AlreadyExists(
+                f"training job {view.id!r} exists with a different spec; choose another job_id, "
+                "or set resume to continue that job with this spec",
+                reason="JOB_EXISTS",
+            )
+        if not view.terminal:
+            raise FailedPrecondition(
+                f"training job {view.id!r} is {pb.JobState.Name(view.state)}; cancel it or wait "
+                "for it to finish before resuming it with a changed spec",
+                reason="JOB_ACTIVE",
+            )
+        argv, env = self._launcher(spec, view.dir, self.config.data_address, self._token)
+        view.set_spec(spec)
+        for name in (RESULT_FILE, CANCEL_FILE, PID_FILE):
+            (view.dir / name).unlink(missing_ok=True)
+        self._append_state(view, pb.JOB_STATE_QUEUED, "resumed from the last checkpoint")
+        self._spawn(view, argv, env)
+        logger.info("job %s resumed", view.id)
+        return view.describe()
+
+    def _launch_or_fail(self, view: JobView) -> None:
+        try:
+            argv, env = self._launcher(view.spec, view.dir, self.config.data_address, self._token)
+        except Exception as exc:
+            self._append_state(view, pb.JOB_STATE_FAILED, f"could not launch the runner: {exc}")
+            return
+        self._spawn(view, argv, env)
+
+    def _spawn(self, view: JobView, argv: list[str], env: dict[str, str]) -> None:
+        try:
+            self._runs[view.id] = runner_process.spawn(view.dir, argv, env)
+        except OSError as exc:
+            logger.warning("job %s: could not start %s: %s", view.id, argv[:1], exc)
+            self._append_state(view, pb.JOB_STATE_FAILED, f"could not start the runner: {exc}")
+
+    def cancel(self, job_id: str) -> pb.TrainingJob:
+        view = self.view(job_id)
+        with self._lock:
+            view.refresh()
+            run = self._runs.get(job_id)
+            if view.terminal or run is None:
+                return view.describe()
+            if run.kill_at is None:
+                (view.dir / CANCEL_FILE).touch()
+                run.kill_at = time.monotonic() + self.config.cancel_grace_s
+                run.signal(signal.SIGTERM)
+                logger.info("job %s: cancel requested (SIGTERM to group %d)", job_id, run.pid)
+            return view.describe()
+
+    # --- the watchdog ----------------------------------------------------------------------
+
+    def _watchdog(self) -> None:
+        while not self._stop.wait(self.config.poll_interval_s):
+            try:
+                self.check_runners()
+            except Exception:  # the watchdog must outlive any one job's oddities
+                logger.exception("job watchdog iteration failed")
+
+    def check_runners(self) -> None:
+        with self._lock:
+            for job_id, run in list(self._runs.items()):
+                alive, code = run.exit_code()
+                if alive:
+                    if (
+                        run.kill_at is not None
+                        and time.monotonic() >= run.kill_at
+                        and not run.killed
+                    ):
+                        logger.warning("job %s: runner ignored SIGTERM; sending SIGKILL", job_id)
+                        run.signal(signal.SIGKILL)
+                        run.killed = True
+                    continue
+                if run.proc is not None:
+                    run.signal(signal.SIGKILL)  # stray processes left in the runner's group
+                del self._runs[job_id]
+                self._finish(self._jobs[job_id], code, killed_on_cancel=run.killed)
+
+    def _finish(self, view: JobView, code: int | None, killed_on_cancel: bool = False) -> None:
+        """Append the final state of a job whose runner is gone."""
+        view.refresh()
+        (view.dir / PID_FILE).unlink(missing_ok=True)
+        if view.terminal:
+            return
+        result = read_result(view.dir)
+        cancelled = (view.dir / CANCEL_FILE).exists()
+        if result is not None:
+            state = pb.JobState.Value(f"JOB_STATE_{result['state']}")
+            message = str(result.get("message", ""))
+        elif cancelled:
+            state = pb.JOB_STATE_CANCELLED
+            how = (
+                f"did not stop within {self.config.cancel_grace_s:g}s of SIGTERM and was killed"
+                if killed_on_cancel
+                else "stopped without writing result.json"
+            )
+            message = f"the runner {how}; {self._checkpoint_note(view)}"
+        else:
+            state = pb.JOB_STATE_FAILED
+            message = (
+                f"{death_message(code)} at step {view.job.latest_step}; see {view.dir / LOG_FILE}. "
+            )
+            message += (
+                f"Create the job again with resume: true to continue; {self._checkpoint_note(view)}"
+            )
+        if state == pb.JOB_STATE_FAILED and not message:
+            message = f"the runner reported failure without a message; see {view.dir / LOG_FILE}"
+        self._append_state(view, state, message)
+        logger.info("job %s ended %s", view.id, pb.JobState.Name(state))
+
+    @staticmethod
+    def _checkpoint_note(view: JobView) -> str:
+        checkpoints = view.checkpoints()
+        if not checkpoints:
+            return "no checkpoint had been saved"
+        return f"the last checkpoint (step {checkpoints[-1].step}) is kept"
+
+    def _append_state(self, view: JobView, state: int, message: str = "") -> None:
+        view.refresh()
+        repair_event_log(view.dir)
+        change = pb.StateChange(previous_state=view.state, state=state, message=message)
+        EventLog(view.dir).append(pb.TrainingEvent(state_change=change))
+        view.refresh()
+
+
+def _remove_job_dir(path: Path) -> None:
+    if path.is_symlink():
+        target = path.resolve()
+        path.unlink()
+        shutil.rmtree(target, ignore_errors=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _encode_token(key: tuple[int, str]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode()
+
+
+def _decode_token(token: str) -> tuple[int, str]:
+    try:
+        ns, job_id = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return int(ns), str(job_id)
+    except (ValueError, TypeError):
+        raise InvalidArgument(
+            "page_token is not a token this service issued",
+            reason="INVALID_PAGE_TOKEN",
+            violations=[
+                FieldViolation("page_token", "not a next_page_token from ListTrainingJobs")
+            ],
+        ) from None

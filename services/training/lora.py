@@ -1,0 +1,108 @@
+"""LoRA through ``peft``: target-module expansion, set-up, and adapter folders.
+
+``apply_lora`` wraps a base model in a ``PeftModel`` whose only trainable weights are the adapters
+(and ``additional_target_modules``, trained in full and saved with the adapter). ``"all"`` (or an
+empty list) expands to every ``nn.Linear`` of the model except the output head, by module name
+suffix (``q_proj``, ``k_proj``, ..., ``down_proj``), which is also what vLLM's LoRA loader expects.
+Scaling is ``alpha / rank``, or ``alpha / sqrt(rank)`` with rsLoRA.
+
+``publish_adapter`` writes a folder that ``peft.PeftModel.from_pretrained`` loads
+(``adapter_config.json`` + ``adapter_model.safetensors``): first to a temporary sibling, then
+renamed, so a reader never sees half an adapter.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+
+from services.training.recipes import LoraSettings
+
+logger = logging.getLogger(__name__)
+
+
+def linear_module_names(model: torch.nn.Module) -> list[str]:
+    """Suffix names of every ``nn.Linear`` except the output head, sorted."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and module is not head
+    }
+    if head is not None:
+        head_names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if m is head}
+        names -= head_names
+    return sorted(names)
+
+
+def expand_target_modules(model: torch.nn.Module, requested: tuple[str, ...]) -> list[str]:
+    """Resolve the requested target modules; ``()`` or ``("all",)`` = every linear but the head."""
+    if not requested or "all" in requested:
+        return linear_module_names(model)
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in requested if m not in present]
+    if missing:
+        raise ValueError(
+            f"LoRA target modules {missing} are not in the model; linear layers are "
+            f"{linear_module_names(model)}"
+        )
+    return list(requested)
+
+
+def lora_config(model: torch.nn.Module, cfg: LoraSettings) -> LoraConfig:
+    """The ``peft.LoraConfig`` for ``cfg`` on ``model``."""
+    init: bool | str = True
+    if cfg.pissa_init:
+        init = "pissa" if cfg.pissa_iters < 0 else f"pissa_niter_{cfg.pissa_iters}"
+    return LoraConfig(
+        task_type="CAUSAL_LM",
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=expand_target_modules(model, cfg.target_modules),
+        modules_to_save=list(cfg.additional_target_modules) or None,
+        use_rslora=cfg.use_rslora,
+        use_dora=cfg.use_dora,
+        init_lora_weights=init,
+    )
+
+
+def apply_lora(model: torch.nn.Module, cfg: LoraSettings, seed: int) -> PeftModel:
+    """Freeze ``model`` and add adapters initialised from ``seed`` (float32 adapter weights)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        peft_model = get_peft_model(model, lora_config(model, cfg), autocast_adapter_dtype=True)
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    logger.info(
+        "LoRA rank %d alpha %g on %s: %d trainable parameters",
+        cfg.rank,
+        cfg.alpha,
+        ",".join(peft_model.peft_config["default"].target_modules),
+        trainable,
+    )
+    return peft_model
+
+
+def folder_size(path: Path) -> int:
+    """Sum of the sizes of the files under ``path``."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def save_adapter(model: PeftModel, dest: Path, state_dict: dict | None = None) -> int:
+    """Write the adapter folder at ``dest`` atomically (tmp + rename); returns its size in bytes.
+
+    ``state_dict`` overrides the weights (e.g. gathered from ZeRO-3 shards)."""
+    dest = Path(dest)
+    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    return folder_size(dest)

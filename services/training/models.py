@@ -1,0 +1,146 @@
+"""Loading the base model for training: device, dtypes and attention implementation.
+
+Precision policy (mixed precision, the way Transformers' Trainer does it):
+- Trained weights stay float32 (full fine-tuning keeps float32 master weights; LoRA adapters are
+  float32). The forward and backward passes run under ``torch.autocast`` in the compute dtype.
+- A frozen LoRA base is loaded directly in the compute dtype (half the memory), since it is never
+  updated.
+- float16 uses a gradient scaler (``torch.amp.GradScaler``). A model pre-trained in bfloat16 is
+  refused in float16 by ``recipes.validate`` (its activations exceed float16's range).
+- The attention softmax runs in float32 under float16: Transformers' eager attention computes
+  ``softmax(..., dtype=float32)``, and the SDPA / flash-attn kernels accumulate the softmax in
+  float32. Nothing here lowers that.
+
+Attention: ``sdpa`` on packed rows runs as "varlen SDPA": all rows of a micro-batch are
+concatenated into one (no padding) and ``torch.nn.functional.scaled_dot_product_attention`` runs
+causally on each example separately (``cu_seq_lens_q`` from ``collate``). That is exactly the
+block-diagonal causal attention the contract asks for, without materialising a T x T mask, so
+PyTorch's fused kernels apply. ``eager`` keeps the explicit 4-D block-diagonal mask;
+``flash_attention_2`` uses flash-attn's own varlen kernel.
+
+This module does not know about recipes or data.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from services.training.recipes import Settings
+
+logger = logging.getLogger(__name__)
+
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+VARLEN_SDPA = "llamafleet_varlen_sdpa"
+
+
+def varlen_sdpa_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,  # (1, H, N, D): every example of the micro-batch, concatenated
+    key: torch.Tensor,  # (1, Hkv, N, D)
+    value: torch.Tensor,  # (1, Hkv, N, D)
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    cu_seq_lens_q: torch.Tensor | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Causal SDPA inside each ``[cu[i], cu[i+1])`` segment; returns (1, N, H, D)."""
+    if cu_seq_lens_q is None:  # not packed (generation, plain calls): ordinary causal attention
+        bounds = [0, query.shape[2]]
+    else:
+        bounds = cu_seq_lens_q.tolist()
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+    p = dropout if module.training else 0.0
+    outputs = [
+        F.scaled_dot_product_attention(
+            query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True, scale=scaling,
+            dropout_p=p,
+        )
+        for s, e in zip(bounds, bounds[1:], strict=False)
+    ]  # fmt: skip
+    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(VARLEN_SDPA, varlen_sdpa_attention)
+
+
+def model_attention(attention: str) -> str:
+    """The ``attn_implementation`` a setting loads with (sdpa -> varlen SDPA on packed rows)."""
+    return VARLEN_SDPA if attention == "sdpa" else attention
+
+
+def pick_device(local_rank: int = 0) -> torch.device:
+    """``cuda:<local_rank>`` when a GPU is present, else the CPU."""
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def load_base(settings: Settings, device: torch.device) -> PreTrainedModel:
+    """The base model on ``device``, with the chosen attention implementation."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    compute = TORCH_DTYPES[settings.compute_dtype]
+    # A frozen LoRA base may live in the compute dtype; trained weights stay float32.
+    load_dtype = compute if settings.method == "lora" and compute != torch.float32 else None
+    model = AutoModelForCausalLM.from_pretrained(
+        settings.base_model,
+        dtype=load_dtype or torch.float32,
+        attn_implementation=model_attention(settings.attention),
+        trust_remote_code=settings.trust_remote_code,
+    )
+    model.config.use_cache = False
+    if settings.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    logger.info(
+        "loaded %s (%.1fM parameters, %s weights, %s compute, %s attention)",
+        settings.base_model,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        str(load_dtype or torch.float32).removeprefix("torch."),
+        settings.compute_dtype,
+        settings.attention,
+    )
+    return model.to(device)
+
+
+def load_tokenizer(settings: Settings):
+    """The base model's tokenizer (saved with full fine-tuned models)."""
+    return AutoTokenizer.from_pretrained(
+        settings.base_model, trust_remote_code=settings.trust_remote_code
+    )
+
+
+def autocast(settings: Settings, device: torch.device) -> AbstractContextManager:
+    """The autocast context of the compute dtype (a no-op for float32)."""
+    dtype = TORCH_DTYPES[settings.compute_dtype]
+    if dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(settings: Settings, device: torch.device) -> torch.amp.GradScaler | None:
+    """A loss scaler for float16, else None."""
+    if settings.compute_dtype != "float16":
+        return None
+    return torch.amp.GradScaler(device.type)
+
+
+def mask_dtype(settings: Settings) -> torch.dtype:
+    """dtype of eager attention's additive mask: the dtype attention scores are computed in."""
+    return TORCH_DTYPES[settings.compute_dtype]
+
+
+def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())

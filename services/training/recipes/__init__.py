@@ -1,0 +1,334 @@
+"""Recipes, and what a ``TrainingJobSpec`` means to them: defaults resolved, invalid specs refused.
+
+``validate(spec)`` is what the service calls before it launches a job: it checks the whole spec up
+front and raises one ``InvalidArgument`` listing every bad field (``spec.compute_dtype``,
+``spec.finetuning.lora.rank``, ...), or ``Unimplemented`` for a stage or method this version does
+not train yet. ``settings(spec, device)`` turns a valid spec into ``Settings``, a frozen record with
+every proto default of ``training.proto`` filled in, which is all the recipes read.
+
+The recipes themselves (``pt``, ``sft``) live in their own modules; ``RECIPES`` maps a stage to one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llamafleet.training.v1 import training_pb2 as tpb
+
+from services.common.errors import FieldViolation, InvalidArgument, Unimplemented
+
+SCHEDULERS = {
+    tpb.LR_SCHEDULER_TYPE_UNSPECIFIED: "linear",
+    tpb.LR_SCHEDULER_TYPE_LINEAR: "linear",
+    tpb.LR_SCHEDULER_TYPE_COSINE: "cosine",
+    tpb.LR_SCHEDULER_TYPE_COSINE_WITH_RESTARTS: "cosine_with_restarts",
+    tpb.LR_SCHEDULER_TYPE_POLYNOMIAL: "polynomial",
+    tpb.LR_SCHEDULER_TYPE_CONSTANT: "constant",
+    tpb.LR_SCHEDULER_TYPE_CONSTANT_WITH_WARMUP: "constant_with_warmup",
+    tpb.LR_SCHEDULER_TYPE_INVERSE_SQRT: "inverse_sqrt",
+}
+DTYPES = {
+    tpb.COMPUTE_DTYPE_FLOAT32: "float32",
+    tpb.COMPUTE_DTYPE_FLOAT16: "float16",
+    tpb.COMPUTE_DTYPE_BFLOAT16: "bfloat16",
+}
+ATTENTION = {
+    tpb.ATTENTION_IMPLEMENTATION_EAGER: "eager",
+    tpb.ATTENTION_IMPLEMENTATION_SDPA: "sdpa",
+    tpb.ATTENTION_IMPLEMENTATION_FLASH_ATTENTION_2: "flash_attention_2",
+}
+RECIPES = {tpb.STAGE_PT: "pt", tpb.STAGE_SFT: "sft"}
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ()  # empty = every linear layer but the head
+    additional_target_modules: tuple[str, ...] = ()
+    use_rslora: bool = False
+    use_dora: bool = False
+    pissa_init: bool = False
+    pissa_iters: int = 16
+    loraplus_lr_ratio: float | None = None
+    loraplus_lr_embedding: float = 1e-6
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A spec with every default resolved: the recipes' only input besides the data."""
+
+    recipe: str
+    base_model: str
+    method: str  # "full" | "lora"
+    lora: LoraSettings
+    learning_rate: float = 5e-5
+    lr_scheduler: str = "linear"
+    warmup_ratio: float = 0.0
+    warmup_steps: int = 0
+    num_epochs: float = 3.0
+    max_steps: int | None = None
+    batch_rows: int | None = 8
+    batch_tokens: int | None = None
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 1.0  # 0 = no clipping
+    seed: int = 42
+    weight_decay: float = 0.0
+    eval_steps: int = 0
+    logging_steps: int = 10
+    save_steps: int = 0
+    save_total_limit: int | None = None
+    gradient_checkpointing: bool = False
+    compute_dtype: str = "float32"
+    attention: str = "sdpa"
+    world_size: int = 1
+    backend: str = "ddp"  # "ddp" | "deepspeed"
+    zero_stage: int = 2
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    resume: bool = False
+    trust_remote_code: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def base_model_dtype(base_model: str) -> str | None:
+    """The dtype the base model was saved in (``config.json`` ``dtype``/``torch_dtype``)."""
+    try:
+        config = json.loads((Path(base_model) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    dtype = config.get("dtype") or config.get("torch_dtype")
+    return str(dtype) if dtype else None
+
+
+def _cuda() -> tuple[bool, bool, int]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return False, False, 0
+    return True, torch.cuda.is_bf16_supported(), torch.cuda.device_count()
+
+
+def settings(spec: tpb.TrainingJobSpec, device: str = "cpu") -> Settings:
+    """Resolve the defaults of a (valid) spec for ``device`` ("cpu" or "cuda")."""
+    hp, ft, dist = spec.hyperparameters, spec.finetuning, spec.distributed
+    lo = ft.lora
+    rank = lo.rank or 8
+    lora = LoraSettings(
+        rank=rank,
+        alpha=lo.alpha if lo.HasField("alpha") else 2.0 * rank,
+        dropout=lo.dropout,
+        target_modules=tuple(t for t in lo.target_modules if t != "all"),
+        additional_target_modules=tuple(lo.additional_target_modules),
+        use_rslora=lo.use_rslora,
+        use_dora=lo.use_dora,
+        pissa_init=lo.pissa_init,
+        pissa_iters=lo.pissa_iters if lo.HasField("pissa_iters") else 16,
+        loraplus_lr_ratio=lo.loraplus_lr_ratio if lo.HasField("loraplus_lr_ratio") else None,
+        loraplus_lr_embedding=(
+            lo.loraplus_lr_embedding if lo.HasField("loraplus_lr_embedding") else 1e-6
+        ),
+    )
+    which = hp.WhichOneof("batch_size")
+    if spec.compute_dtype == tpb.COMPUTE_DTYPE_UNSPECIFIED:
+        dtype = "bfloat16" if device == "cuda" and _cuda()[1] else "float32"
+    else:
+        dtype = DTYPES[spec.compute_dtype]
+    if spec.attention_implementation == tpb.ATTENTION_IMPLEMENTATION_UNSPECIFIED:
+        flash = device == "cuda" and importlib.util.find_spec("flash_attn") is not None
+        attention = "flash_attention_2" if flash and dtype != "float32" else "sdpa"
+    else:
+        attention = ATTENTION[spec.attention_implementation]
+    return Settings(
+        recipe=RECIPES[spec.stage],
+        base_model=spec.base_model,
+        method="full" if ft.type == tpb.FINETUNING_TYPE_FULL else "lora",
+        lora=lora,
+        learning_rate=hp.learning_rate or 5e-5,
+        lr_scheduler=SCHEDULERS[hp.lr_scheduler],
+        warmup_ratio=hp.warmup_ratio,
+        warmup_steps=hp.warmup_steps,
+        num_epochs=hp.num_epochs or 3.0,
+        max_steps=hp.max_steps if hp.HasField("max_steps") else None,
+        batch_rows=(hp.per_device_batch_size or 8) if which != "per_device_batch_tokens" else None,
+        batch_tokens=hp.per_device_batch_tokens if which == "per_device_batch_tokens" else None,
+        gradient_accumulation_steps=hp.gradient_accumulation_steps or 1,
+        max_grad_norm=hp.max_grad_norm if hp.HasField("max_grad_norm") else 1.0,
+        seed=hp.seed if hp.HasField("seed") else 42,
+        weight_decay=hp.weight_decay,
+        eval_steps=hp.eval_steps,
+        logging_steps=hp.logging_steps or 10,
+        save_steps=hp.save_steps,
+        save_total_limit=hp.save_total_limit if hp.HasField("save_total_limit") else None,
+        gradient_checkpointing=hp.gradient_checkpointing,
+        compute_dtype=dtype,
+        attention=attention,
+        world_size=max(1, dist.world_size),
+        backend="deepspeed" if dist.backend == tpb.DISTRIBUTED_BACKEND_DEEPSPEED else "ddp",
+        zero_stage=dist.deepspeed_zero_stage if dist.HasField("deepspeed_zero_stage") else 2,
+        offload_optimizer=dist.offload_optimizer,
+        offload_params=dist.offload_params,
+        resume=spec.resume,
+        trust_remote_code=spec.trust_remote_code,
+    )
+
+
+def validate(spec: tpb.TrainingJobSpec) -> None:
+    """Check ``spec`` before launch. Raises ``InvalidArgument`` naming every bad field, or
+    ``Unimplemented`` for a stage or method not trained by this version. Silent when valid."""
+    _refuse_unimplemented(spec)
+    bad: list[FieldViolation] = []
+
+    def check(ok: bool, path: str, description: str) -> None:
+        if not ok:
+            bad.append(FieldViolation(path, description))
+
+    check(spec.stage != tpb.STAGE_UNSPECIFIED, "spec.stage", "required: STAGE_PT or STAGE_SFT")
+    base = Path(spec.base_model) if spec.base_model else None
+    check(base is not None, "spec.base_model", "required: a Hugging Face model folder")
+    if base is not None:
+        check(
+            (base / "config.json").is_file(),
+            "spec.base_model",
+            f"{base} is not a model folder (no config.json)",
+        )
+    check(spec.dataset.WhichOneof("dataset") is not None, "spec.dataset", "required")
+
+    lo = spec.finetuning.lora
+    check(lo.rank >= 0, "spec.finetuning.lora.rank", "must be >= 0 (0 = 8)")
+    check(not lo.HasField("alpha") or lo.alpha > 0, "spec.finetuning.lora.alpha", "must be > 0")
+    check(0 <= lo.dropout < 1, "spec.finetuning.lora.dropout", "must be in [0, 1)")
+    check(
+        not lo.HasField("loraplus_lr_ratio") or lo.loraplus_lr_ratio > 0,
+        "spec.finetuning.lora.loraplus_lr_ratio",
+        "must be > 0",
+    )
+    check(not (lo.use_dora and lo.pissa_init), "spec.finetuning.lora", "DoRA and PiSSA exclude")
+
+    hp = spec.hyperparameters
+    path = "spec.hyperparameters."
+    check(hp.learning_rate >= 0, path + "learning_rate", "must be >= 0 (0 = 5e-5)")
+    check(0 <= hp.warmup_ratio < 1, path + "warmup_ratio", "must be in [0, 1)")
+    check(hp.warmup_steps >= 0, path + "warmup_steps", "must be >= 0")
+    check(hp.num_epochs >= 0, path + "num_epochs", "must be >= 0 (0 = 3)")
+    check(not hp.HasField("max_steps") or hp.max_steps > 0, path + "max_steps", "must be > 0")
+    which = hp.WhichOneof("batch_size")
+    check(
+        which != "per_device_batch_size" or hp.per_device_batch_size > 0,
+        path + "per_device_batch_size",
+        "must be > 0",
+    )
+    check(
+        which != "per_device_batch_tokens" or hp.per_device_batch_tokens > 0,
+        path + "per_device_batch_tokens",
+        "must be > 0",
+    )
+    check(hp.gradient_accumulation_steps >= 0, path + "gradient_accumulation_steps", "must be >= 0")
+    check(
+        not hp.HasField("max_grad_norm") or hp.max_grad_norm >= 0,
+        path + "max_grad_norm",
+        "must be >= 0 (0 = no clipping)",
+    )
+    check(hp.weight_decay >= 0, path + "weight_decay", "must be >= 0")
+    for name in ("eval_steps", "logging_steps", "save_steps"):
+        check(getattr(hp, name) >= 0, path + name, "must be >= 0")
+    check(
+        not hp.HasField("save_total_limit") or hp.save_total_limit >= 1,
+        path + "save_total_limit",
+        "must be >= 1 (resume needs a checkpoint)",
+    )
+
+    has_cuda, has_bf16, gpus = _cuda()
+    base_dtype = base_model_dtype(spec.base_model) if base is not None else None
+    if spec.compute_dtype == tpb.COMPUTE_DTYPE_FLOAT16 and base_dtype == "bfloat16":
+        bad.append(
+            FieldViolation(
+                "spec.compute_dtype",
+                "the base model was pre-trained in bfloat16; its activations overflow float16. "
+                "Use COMPUTE_DTYPE_BFLOAT16 (or FLOAT32)",
+            )
+        )
+    if spec.compute_dtype == tpb.COMPUTE_DTYPE_BFLOAT16 and has_cuda and not has_bf16:
+        bad.append(
+            FieldViolation("spec.compute_dtype", "this GPU has no bfloat16; use FLOAT16 or FLOAT32")
+        )
+    if spec.attention_implementation == tpb.ATTENTION_IMPLEMENTATION_FLASH_ATTENTION_2:
+        if not has_cuda:
+            bad.append(
+                FieldViolation("spec.attention_implementation", "flash_attention_2 needs a GPU")
+            )
+        elif importlib.util.find_spec("flash_attn") is None:
+            bad.append(
+                FieldViolation(
+                    "spec.attention_implementation",
+                    "flash-attn is not installed (pip install flash-attn); use SDPA",
+                )
+            )
+        if spec.compute_dtype == tpb.COMPUTE_DTYPE_FLOAT32:
+            bad.append(
+                FieldViolation(
+                    "spec.attention_implementation",
+                    "flash_attention_2 runs in float16/bfloat16 only; set compute_dtype",
+                )
+            )
+
+    dist = spec.distributed
+    deepspeed = dist.backend == tpb.DISTRIBUTED_BACKEND_DEEPSPEED
+    check(dist.world_size >= 0, "spec.distributed.world_size", "must be >= 0")
+    if has_cuda and dist.world_size > max(gpus, 1):
+        bad.append(
+            FieldViolation("spec.distributed.world_size", f"only {gpus} GPU(s) on this machine")
+        )
+    stage = dist.deepspeed_zero_stage if dist.HasField("deepspeed_zero_stage") else 2
+    check(0 <= stage <= 3, "spec.distributed.deepspeed_zero_stage", "must be 0, 1, 2 or 3")
+    check(
+        not dist.HasField("deepspeed_zero_stage") or deepspeed,
+        "spec.distributed.deepspeed_zero_stage",
+        "only with backend DISTRIBUTED_BACKEND_DEEPSPEED",
+    )
+    check(
+        not dist.offload_optimizer or (deepspeed and stage >= 2),
+        "spec.distributed.offload_optimizer",
+        "needs backend DEEPSPEED with ZeRO stage 2 or 3",
+    )
+    check(
+        not dist.offload_params or (deepspeed and stage == 3),
+        "spec.distributed.offload_params",
+        "needs backend DEEPSPEED with ZeRO stage 3",
+    )
+    if deepspeed and importlib.util.find_spec("deepspeed") is None:
+        bad.append(
+            FieldViolation(
+                "spec.distributed.backend",
+                "deepspeed is not installed (pip install llamafleet[train])",
+            )
+        )
+    if bad:
+        raise InvalidArgument("invalid training job spec", reason="INVALID_SPEC", violations=bad)
+
+
+def _refuse_unimplemented(spec: tpb.TrainingJobSpec) -> None:
+    def refuse(path: str, what: str) -> None:
+        raise Unimplemented(
+            f"{path}: {what} is not implemented yet",
+            reason="NOT_IMPLEMENTED",
+            violations=[FieldViolation(path, f"{what} is not implemented yet")],
+        )
+
+    if spec.stage in (tpb.STAGE_RM, tpb.STAGE_DPO, tpb.STAGE_PPO):
+        refuse("spec.stage", tpb.Stage.Name(spec.stage))
+    ft = spec.finetuning
+    if ft.type == tpb.FINETUNING_TYPE_FREEZE:
+        refuse("spec.finetuning.type", "FINETUNING_TYPE_FREEZE")
+    if ft.llama_pro.num_expand:
+        refuse("spec.finetuning.llama_pro", "LLaMA-Pro block expansion")
+    if ft.HasField("galore"):
+        refuse("spec.finetuning.galore", "GaLore")
+    if ft.HasField("quantization_bits"):
+        refuse("spec.finetuning.quantization_bits", "QLoRA quantization")
+    if spec.HasField("init_adapter"):
+        refuse("spec.init_adapter", "starting from an adapter version")

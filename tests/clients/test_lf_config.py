@@ -1,0 +1,270 @@
+"""LLaMA-Factory flat YAML (and native spec YAML) -> TrainingJobSpec, client-side."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+import yaml
+from llamafleet.data.v1 import data_pb2
+from llamafleet.lf_config import ConfigFileError, from_flat, load_job_spec
+from llamafleet.lf_keys import FLAT_KEYS, NO_EFFECT_KEYS
+from llamafleet.training.v1 import training_pb2 as pb
+
+
+def write(tmp_path, text: str, name: str = "job.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+SFT_YAML = """
+### model
+model_name_or_path: models/tiny
+trust_remote_code: true
+flash_attn: sdpa
+### method
+stage: sft
+do_train: true
+finetuning_type: lora
+lora_rank: 16
+lora_alpha: 32
+lora_dropout: 0.05
+lora_target: all
+additional_target: embed_tokens,lm_head
+use_rslora: true
+use_dora: false
+loraplus_lr_ratio: 16.0
+deepspeed: ds_z2.json
+### dataset
+dataset: identity,alpaca_en_demo
+dataset_dir: data
+template: llama3
+default_system: You are helpful.
+cutoff_len: 1024
+max_samples: 1000
+train_on_prompt: false
+mask_history: true
+packing: true
+overwrite_cache: true
+preprocessing_num_workers: 16
+### output
+output_dir: saves/tiny/lora/sft
+logging_steps: 5
+save_steps: 50
+save_total_limit: 3
+plot_loss: true
+### train
+per_device_train_batch_size: 2
+gradient_accumulation_steps: 8
+learning_rate: 1e-4
+num_train_epochs: 3.0
+max_steps: -1
+lr_scheduler_type: cosine
+warmup_ratio: 0.1
+weight_decay: 0.01
+max_grad_norm: 0.5
+bf16: true
+seed: 7
+gradient_checkpointing: true
+### eval
+val_size: 0.1
+eval_steps: 25
+"""
+
+
+def test_a_llama_factory_sft_lora_file_maps_every_key(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ds_z2.json").write_text(
+        json.dumps({"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}})
+    )
+    path = write(tmp_path, SFT_YAML)
+    spec, notes = load_job_spec(path)
+    assert spec.base_model == str(tmp_path / "models" / "tiny")
+    assert spec.trust_remote_code and spec.stage == pb.STAGE_SFT
+    assert spec.attention_implementation == pb.ATTENTION_IMPLEMENTATION_SDPA
+    lora = spec.finetuning.lora
+    assert spec.finetuning.type == pb.FINETUNING_TYPE_LORA
+    assert (lora.rank, lora.alpha, lora.dropout) == (16, 32.0, 0.05)
+    assert list(lora.target_modules) == ["all"]
+    assert list(lora.additional_target_modules) == ["embed_tokens", "lm_head"]
+    assert lora.use_rslora and not lora.use_dora and lora.loraplus_lr_ratio == 16.0
+    dist = spec.distributed
+    assert dist.backend == pb.DISTRIBUTED_BACKEND_DEEPSPEED and dist.deepspeed_zero_stage == 2
+    assert dist.offload_optimizer and not dist.offload_params
+
+    data = spec.dataset.spec
+    assert [(s.registry.name, s.registry.dataset_dir, s.max_samples) for s in data.sources] == [
+        ("identity", str(tmp_path / "data"), 1000),
+        ("alpaca_en_demo", str(tmp_path / "data"), 1000),
+    ]
+    assert data.kind == data_pb2.EXAMPLE_KIND_SFT
+    tok = data.tokenization
+    assert tok.template.name == "llama3" and tok.template.default_system == "You are helpful."
+    assert tok.cutoff_len == 1024 and tok.mask_history and not tok.train_on_prompt
+    assert tok.tokenizer_path == ""  # = the job's base model
+    assert data.packing and data.eval_fraction == pytest.approx(0.1) and data.seed == 7
+
+    hp = spec.hyperparameters
+    assert spec.output_dir == str(tmp_path / "saves" / "tiny" / "lora" / "sft")
+    assert (hp.logging_steps, hp.save_steps, hp.save_total_limit) == (5, 50, 3)
+    assert (hp.per_device_batch_size, hp.gradient_accumulation_steps) == (2, 8)
+    assert (hp.learning_rate, hp.num_epochs) == (1e-4, 3.0)
+    assert not hp.HasField("max_steps")  # -1 = by epochs
+    assert hp.lr_scheduler == pb.LR_SCHEDULER_TYPE_COSINE
+    assert (hp.warmup_ratio, hp.weight_decay, hp.max_grad_norm) == (0.1, 0.01, 0.5)
+    assert hp.seed == 7 and hp.gradient_checkpointing and hp.eval_steps == 25
+    assert spec.compute_dtype == pb.COMPUTE_DTYPE_BFLOAT16
+    assert sorted(n.split(":")[0] for n in notes) == [
+        "overwrite_cache",
+        "plot_loss",
+        "preprocessing_num_workers",
+    ]
+
+
+DPO_KEYS = {
+    "model_name_or_path": "/m", "stage": "dpo", "dataset": ["pairs"], "fp16": True,
+    "finetuning_type": "freeze", "freeze_trainable_layers": -2,
+    "freeze_trainable_modules": "all", "freeze_extra_modules": "embed_tokens",
+    "pref_beta": 0.2, "pref_loss": "simpo", "pref_ftx": 0.5, "simpo_gamma": 0.7,
+    "dpo_label_smoothing": 0.1, "quantization_bit": 4, "pissa_init": True,
+    "pissa_iter": -1, "adapter_name_or_path": "sft-1@3", "eval_dataset": "heldout",
+    "max_steps": 100, "warmup_steps": 10, "job_id": "dpo-1", "resume_from_checkpoint": True,
+    "disable_gradient_checkpointing": True, "world_size": 2,
+    "tool_format": "qwen", "streaming": True, "loraplus_lr_embedding": 1e-5,
+}  # fmt: skip
+
+PPO_KEYS = {
+    "model_name_or_path": "/m", "stage": "ppo", "dataset": "prompts",
+    "reward_model": "rm-1@2", "reward_scorer": "reward_model", "ppo_epochs": 2,
+    "ppo_target": 3.0, "ppo_whiten_rewards": True, "temperature": 0.7, "top_p": 0.9,
+    "top_k": 40, "max_new_tokens": 64, "use_galore": False,
+}  # fmt: skip
+
+GALORE_KEYS = {
+    "model_name_or_path": "/m", "dataset": "d", "finetuning_type": "full",
+    "use_galore": True, "galore_target": "all", "galore_rank": 32,
+    "galore_update_interval": 100, "galore_scale": 0.25, "galore_proj_type": "left",
+    "galore_layerwise": True, "stage": "pt",
+}  # fmt: skip
+
+
+def test_method_and_stage_keys():
+    spec, _ = from_flat(DPO_KEYS)
+    assert spec.stage == pb.STAGE_DPO and spec.compute_dtype == pb.COMPUTE_DTYPE_FLOAT16
+    assert spec.dataset.spec.kind == data_pb2.EXAMPLE_KIND_PREFERENCE
+    assert [s.registry.name for s in spec.eval_dataset.spec.sources] == ["heldout"]
+    freeze = spec.finetuning.freeze
+    assert spec.finetuning.type == pb.FINETUNING_TYPE_FREEZE
+    assert freeze.trainable_layers == -2 and list(freeze.trainable_modules) == []
+    assert list(freeze.extra_modules) == ["embed_tokens"]
+    pref = spec.preference
+    assert (pref.beta, pref.pref_ftx, pref.simpo_gamma, pref.label_smoothing) == (
+        0.2,
+        0.5,
+        0.7,
+        0.1,
+    )
+    assert pref.loss_type == pb.PREFERENCE_LOSS_SIMPO
+    assert spec.finetuning.quantization_bits == 4
+    assert spec.finetuning.lora.pissa_init and spec.finetuning.lora.pissa_iters == -1
+    assert (spec.init_adapter.id, spec.init_adapter.version) == ("sft-1", 3)
+    assert spec.hyperparameters.max_steps == 100 and spec.hyperparameters.warmup_steps == 10
+    assert spec.dataset.spec.tokenization.template.tool_format == "qwen"
+    assert spec.dataset.spec.streaming and spec.finetuning.lora.loraplus_lr_embedding == 1e-5
+    assert spec.job_id == "dpo-1" and spec.resume and spec.distributed.world_size == 2
+    assert not spec.hyperparameters.gradient_checkpointing
+
+    ppo, _ = from_flat(PPO_KEYS)
+    assert ppo.dataset.spec.kind == data_pb2.EXAMPLE_KIND_PROMPT
+    assert (ppo.ppo.reward_adapter.id, ppo.ppo.reward_adapter.version) == ("rm-1", 2)
+    assert ppo.ppo.kl_target == 3.0 and ppo.ppo.adaptive_kl and ppo.ppo.whiten_rewards
+    assert ppo.ppo.sampling.max_tokens == 64 and ppo.ppo.sampling.top_k == 40
+    assert ppo.ppo.sampling.temperature == pytest.approx(0.7)
+
+    galore, _ = from_flat(GALORE_KEYS)
+    g = galore.finetuning.galore
+    assert galore.finetuning.HasField("galore") and list(g.target_modules) == []
+    assert (g.rank, g.update_interval, g.scale, g.layerwise) == (32, 100, 0.25, True)
+    assert g.projection_type == pb.GALORE_PROJECTION_TYPE_LEFT
+    assert galore.dataset.spec.kind == data_pb2.EXAMPLE_KIND_PRETRAIN
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"lora_rnak": 8}, "unsupported key 'lora_rnak' (did you mean 'lora_rank'?)"),
+        ({"use_unsloth": True}, "unsupported key 'use_unsloth'"),
+        ({"lora_rank": "eight"}, "lora_rank: expected an integer, got 'eight'"),
+        ({"stage": "kto"}, "stage: 'kto' is not supported; use one of pt, sft, rm, dpo, ppo"),
+        ({"finetuning_type": "lroa"}, "(did you mean 'lora'?)"),
+        ({"val_size": 100}, "val_size: give the eval split as a fraction"),
+        ({"adapter_name_or_path": "saves/lora"}, "JOB_ID@VERSION"),
+        ({"do_train": False}, "do_train"),
+        ({"resume_from_checkpoint": "saves/x/checkpoint-100"}, "resume_from_checkpoint: true"),
+        ({"bf16": True, "fp16": True}, "bf16 and fp16"),
+        ({}, "dataset: required"),
+    ],
+)
+def test_flat_errors_name_the_key(data, message):
+    full = {"model_name_or_path": "/m", "dataset": "d", **data}
+    if data == {}:
+        full.pop("dataset")
+    with pytest.raises(ConfigFileError) as err:
+        from_flat(full)
+    assert message in str(err.value)
+
+
+def test_deepspeed_zero3_with_offload(tmp_path):
+    ds = tmp_path / "ds_z3_offload.json"
+    ds.write_text(
+        json.dumps(
+            {
+                "zero_optimization": {
+                    "stage": 3,
+                    "offload_optimizer": {"device": "cpu"},
+                    "offload_param": {"device": "cpu"},
+                }
+            }
+        )
+    )
+    spec, _ = from_flat({"model_name_or_path": "/m", "dataset": "d", "deepspeed": str(ds)})
+    assert spec.distributed.deepspeed_zero_stage == 3 and spec.distributed.offload_params
+    with pytest.raises(ConfigFileError, match="cannot read the JSON config"):
+        from_flat({"model_name_or_path": "/m", "dataset": "d", "deepspeed": str(tmp_path / "no")})
+
+
+def test_native_spec_yaml_is_detected_and_parsed(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        job_id: native-1
+        base_model: /models/tiny
+        stage: STAGE_SFT
+        dataset:
+          spec:
+            sources:
+              - registry: {name: alpaca_en_demo}
+        hyperparameters:
+          learning_rate: 0.0002
+          max_steps: 10
+        finetuning: {type: FINETUNING_TYPE_LORA, lora: {rank: 4}}
+        """,
+    )
+    spec, notes = load_job_spec(path)
+    assert notes == [] and spec.job_id == "native-1" and spec.stage == pb.STAGE_SFT
+    assert spec.hyperparameters.max_steps == 10 and spec.finetuning.lora.rank == 4
+    assert spec.dataset.spec.sources[0].registry.name == "alpaca_en_demo"
+
+    bad = write(tmp_path, "base_model: /m\nhyperparamters: {learning_rate: 1}\n", "bad.yaml")
+    with pytest.raises(ConfigFileError, match="did you mean 'hyperparameters'"):
+        load_job_spec(bad)
+    with pytest.raises(ConfigFileError, match="not valid YAML"):
+        load_job_spec(write(tmp_path, "a: [", "broken.yaml"))
+
+
+def test_every_supported_key_is_exercised_above():
+    used = set(yaml.safe_load(SFT_YAML)) | set(DPO_KEYS) | set(PPO_KEYS) | set(GALORE_KEYS)
+    assert set(FLAT_KEYS) - used == set()
+    assert set(NO_EFFECT_KEYS) & set(FLAT_KEYS) == set()
