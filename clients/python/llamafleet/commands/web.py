@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from llamafleet.client import Client
 from llamafleet.cluster import ClusterState
@@ -22,7 +23,12 @@ def cmd_web(args: argparse.Namespace) -> int:
     state = ClusterState.load(args.run_dir)
     addresses = {name: svc.address for name, svc in state.services.items()}
     with Client(addresses, timeout=args.timeout) as client:
-        app = create_app(client, state.run_dir, state.base_model, token=args.token)
+        dataset_dir = (
+            str(Path(args.dataset_dir).expanduser().absolute()) if args.dataset_dir else ""
+        )
+        app = create_app(
+            client, state.run_dir, state.base_model, token=args.token, dataset_dir=dataset_dir
+        )
         shown = "localhost" if _loopback(args.host) else args.host
         print(f"llamafleet web: http://{shown}:{args.port}/", flush=True)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
@@ -36,8 +42,12 @@ def register(sub) -> None:
     p.add_argument("--run-dir", default=DEFAULT_RUN_DIR)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--token", default="", help="shared secret, required on a non-loopback --host")
     p.add_argument(
-        "--token", default="", help="shared secret, required on a non-loopback --host"
+        "--dataset-dir",
+        default="",
+        help="folder of the dataset_info.json the Train form starts with "
+        "(default: <run-dir>/datasets)",
     )
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per unary call")
     p.set_defaults(func=cmd_web)

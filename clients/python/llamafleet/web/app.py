@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import grpc
 from fastapi import Body, FastAPI, Request
@@ -43,6 +43,7 @@ HTTP_STATUS = {
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
+JsonBody = Annotated[dict[str, Any], Body()]
 MAX_EVENTS = 2000  # per poll; the page asks again after the last one it got
 
 
@@ -130,12 +131,15 @@ def _highlight(text: str, trained: list[str]) -> list[dict[str, Any]]:
 class WebApi:
     """The JSON API's work, separate from routing so tests can call it without HTTP."""
 
-    def __init__(self, client: Client, run_dir: str = "", base_model: str = "") -> None:
+    def __init__(
+        self, client: Client, run_dir: str = "", base_model: str = "", dataset_dir: str = ""
+    ) -> None:
         self.client, self.run_dir, self.base_model = client, run_dir, base_model
+        self.dataset_dir = dataset_dir or (str(Path(run_dir) / "datasets") if run_dir else "")
         self.chat = ChatBackend(client, base_model) if base_model else None
 
     def info(self) -> dict[str, Any]:
-        dataset_dir = str(Path(self.run_dir) / "datasets") if self.run_dir else ""
+        dataset_dir = self.dataset_dir
         return {
             "base_model": self.base_model,
             "run_dir": self.run_dir,
@@ -318,9 +322,16 @@ def _float(data: dict, key: str) -> float:
         raise WebError(400, f"{key}: expected a number, got {data[key]!r}") from None
 
 
-def create_app(client: Client, run_dir: str = "", base_model: str = "", token: str = "") -> FastAPI:
-    """The app. ``token`` (when set) is required on every /api call as ``Bearer <token>``."""
-    web = WebApi(client, run_dir, base_model)
+def create_app(
+    client: Client,
+    run_dir: str = "",
+    base_model: str = "",
+    token: str = "",
+    dataset_dir: str = "",
+) -> FastAPI:
+    """The app. ``token`` (when set) is required on every /api call as ``Bearer <token>``;
+    ``dataset_dir`` is the registry the Train form starts with (default: the run's datasets)."""
+    web = WebApi(client, run_dir, base_model, dataset_dir)
     app = FastAPI(title="llamafleet web", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.middleware("http")
@@ -355,15 +366,15 @@ def create_app(client: Client, run_dir: str = "", base_model: str = "", token: s
         return {"datasets": web.datasets(dataset_dir)}
 
     @app.post("/api/preview")
-    def preview(form: dict = Body(...)) -> dict:
+    def preview(form: dict) -> dict:
         return web.preview(form)
 
     @app.post("/api/yaml")
-    def render_yaml(form: dict = Body(...)) -> dict:
+    def render_yaml(form: dict) -> dict:
         return web.render_yaml(form)
 
     @app.post("/api/jobs")
-    def create_job(body: dict = Body(...)) -> dict:
+    def create_job(body: dict) -> dict:
         if not isinstance(body.get("yaml"), str):
             raise WebError(400, "yaml: give the job's YAML text")
         return web.create_job(body["yaml"])
@@ -389,7 +400,7 @@ def create_app(client: Client, run_dir: str = "", base_model: str = "", token: s
         return {"models": web.models()}
 
     @app.post("/api/chat")
-    def chat(body: dict = Body(...)) -> dict:
+    def chat(body: dict) -> dict:
         return web.send(body)
 
     @app.get("/api/cluster")

@@ -26,7 +26,7 @@ STAGE_KEYS = {
 }  # fmt: skip
 METHOD_KEYS = {
     "lora": ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "use_rslora", "use_dora",
-             "pissa_init", "loraplus_lr_ratio"),
+             "pissa_init", "loraplus_lr_ratio", "quantization_bit"),
     "freeze": ("freeze_trainable_layers", "freeze_trainable_modules"),
     "full": ("use_galore", "galore_rank"),
 }  # fmt: skip
@@ -81,8 +81,8 @@ def to_flat(form: dict[str, Any]) -> dict[str, Any]:
             continue
         if key not in FLAT_KEYS:
             raise FormError(f"{key}: not a LLaMA-Factory key llamafleet reads")
-        if value is False and key not in ("train_on_prompt", "mask_history", "packing"):
-            continue  # unchecked boxes: leave the default, keep the YAML short
+        if value is False:
+            continue  # an unchecked box: the default, which keeps the YAML short
         flat[key] = value.strip() if isinstance(value, str) else value
     for key in ("model_name_or_path", "dataset"):
         if key not in flat:
