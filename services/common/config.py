@@ -141,7 +141,8 @@ def _read_yaml(path: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        detail = " ".join(str(exc).split())  # one line: run_service prints exactly one
+        raise ConfigError(f"config file {path} is not valid YAML: {detail}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -64,6 +64,7 @@ FILE_TYPES = {
     d.FILE_TYPE_PARQUET: "parquet",
     d.FILE_TYPE_TEXT: "text",
 }
+_POLICIES = (d.BAD_ROW_POLICY_UNSPECIFIED, d.BAD_ROW_POLICY_SKIP, d.BAD_ROW_POLICY_FAIL)
 SPLITS = {d.SPLIT_UNSPECIFIED: "train", d.SPLIT_TRAIN: "train", d.SPLIT_EVAL: "eval"}
 SPLIT_ENUM = {"train": d.SPLIT_TRAIN, "eval": d.SPLIT_EVAL}
 _COLUMN_KEYS = (
@@ -78,6 +79,13 @@ _COLUMN_KEYS = (
     "rejected",
 )
 _TAG_KEYS = tuple(f.name for f in d.RoleTags.DESCRIPTOR.fields)
+
+
+def _known(table: dict, value: int, field_path: str, enum) -> None:
+    """INVALID_ARGUMENT for an enum number this service does not know (proto3 keeps them)."""
+    if value not in table:
+        names = ", ".join(enum.Name(k) for k in table if k)
+        raise invalid(field_path, f"unknown value {value}; use one of {names}")
 
 
 def _format(options: d.FormatOptions, field: str, base: FormatSpec | None = None) -> FormatSpec:
@@ -115,6 +123,9 @@ def to_domain(spec: d.DatasetSpec, config: DataConfig) -> tuple[DataSpec, d.Data
     """The domain spec and the proto spec with defaults filled in."""
     if spec.tokenization.cutoff_len < 0:
         raise invalid("spec.tokenization.cutoff_len", "must not be negative")
+    if spec.kind:
+        _known(KINDS, spec.kind, "spec.kind", d.ExampleKind)
+    _known(_POLICIES, spec.bad_row_policy, "spec.bad_row_policy", d.BadRowPolicy)
     sources = []
     for i, s in enumerate(spec.sources):
         field = f"spec.sources[{i}]"
@@ -126,6 +137,7 @@ def to_domain(spec: d.DatasetSpec, config: DataConfig) -> tuple[DataSpec, d.Data
             if not s.files.paths:
                 raise invalid(f"{field}.files.paths", "name at least one file or folder")
             fmt = _format(s.format, f"{field}.format")
+            _known(FILE_TYPES, s.files.file_type, f"{field}.files.file_type", d.FileType)
             paths, file_type, limit = tuple(s.files.paths), FILE_TYPES[s.files.file_type], None
         else:
             raise invalid(field, "set files or registry")
@@ -259,6 +271,8 @@ class DataServicer(data_service_pb2_grpc.DataServiceServicer):
 
     def _preview(self, request: pb.PreviewExampleRequest) -> pb.PreviewExampleResponse:
         fmt = _format(request.format, "format")
+        if request.kind:
+            _known(KINDS, request.kind, "kind", d.ExampleKind)
         kind = resolve_kind([fmt.format], KINDS.get(request.kind, ""), "kind")
         fmt = format_for_kind(fmt, kind, "format")
         options = _encode_options(request.tokenization, self.config)
@@ -369,7 +383,9 @@ class DataServicer(data_service_pb2_grpc.DataServiceServicer):
         try:
             start = int(request.page_token or 0)
         except ValueError:
-            raise invalid("page_token", "not a token from ListDatasets") from None
+            start = -1
+        if start < 0:
+            raise invalid("page_token", "not a token from ListDatasets")
         metas = self.store.list_metas()
         page = metas[start : start + size]
         token = str(start + size) if start + size < len(metas) else ""
@@ -379,6 +395,7 @@ class DataServicer(data_service_pb2_grpc.DataServiceServicer):
 
     async def StreamBatches(self, request: pb.StreamBatchesRequest, context):
         meta = self.store.read_meta(request.dataset_id)
+        _known(SPLITS, request.split, "split", d.Split)
         split = SPLITS[request.split]
         shuffle = request.shuffle if request.HasField("shuffle") else split == "train"
         which = request.WhichOneof("batch_size")

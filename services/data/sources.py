@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.common.errors import invalid
+from services.common.errors import FieldViolation, InvalidArgument, invalid
 from services.data.formats import RowError
 
 FILE_TYPES = ("json", "jsonl", "csv", "parquet", "arrow", "text")
@@ -150,31 +150,49 @@ def _text(path: Path, column: str) -> Iterator[Record]:
                 yield Record(name, row, {column: text})
 
 
+def _unreadable(path: Path, what: str, exc: Exception) -> InvalidArgument:
+    """A whole file that its reader cannot open or decode (no row to blame)."""
+    detail = " ".join(str(exc).split())[:200]
+    return InvalidArgument(
+        f"{path.name} is not a readable {what} file: {detail}",
+        reason="UNREADABLE_FILE",
+        violations=[FieldViolation(str(path), f"not a readable {what} file")],
+    )
+
+
 def _parquet(path: Path) -> Iterator[Record]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     row = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=_ARROW_BATCH):
-        for item in batch.to_pylist():
-            row += 1
-            yield Record(path.name, row, item)
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=_ARROW_BATCH)
+        for batch in batches:
+            for item in batch.to_pylist():
+                row += 1
+                yield Record(path.name, row, item)
+    except (pa.ArrowException, OSError) as exc:  # not Parquet, or truncated/corrupt
+        raise _unreadable(path, "Parquet", exc) from None
 
 
 def _arrow(path: Path) -> Iterator[Record]:
     import pyarrow as pa
 
     row = 0
-    with pa.memory_map(str(path)) as source:
-        try:
-            reader = pa.ipc.open_file(source)
-            batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
-        except pa.ArrowInvalid:  # Hugging Face datasets write the IPC stream format
-            source.seek(0)
-            batches = iter(pa.ipc.open_stream(source))
-        for batch in batches:
-            for item in batch.to_pylist():
-                row += 1
-                yield Record(path.name, row, item)
+    try:
+        with pa.memory_map(str(path)) as source:
+            try:
+                reader = pa.ipc.open_file(source)
+                batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+            except pa.ArrowInvalid:  # Hugging Face datasets write the IPC stream format
+                source.seek(0)
+                batches = iter(pa.ipc.open_stream(source))
+            for batch in batches:
+                for item in batch.to_pylist():
+                    row += 1
+                    yield Record(path.name, row, item)
+    except (pa.ArrowException, OSError) as exc:  # not Arrow IPC, or truncated/corrupt
+        raise _unreadable(path, "Arrow", exc) from None
 
 
 _READERS = {

@@ -25,6 +25,7 @@ from typing import Protocol
 from llamafleet.common.v1 import common_pb2
 
 from services.common.adapter_cache import CachedAdapter, check_ref, ref_str
+from services.common.weight_files import require_safetensors_adapter
 from services.rollout.engines import GenerationEngine
 
 logger = logging.getLogger(__name__)
@@ -123,6 +124,7 @@ class ResidentAdapters:
             raise RuntimeError("no adapter source configured")  # pragma: no cover
         started = time.perf_counter()
         cached = self.source.fetch(ref, source_address)
+        require_safetensors_adapter(cached.path, f"adapter {key}")
         name = f"adapter{next(self._names)}"
         self.engine.load_adapter(name, cached.path)
         now = time.time()

@@ -22,6 +22,7 @@ from llamafleet.rollout.v1 import rollout_pb2
 
 from services.common.adapter_cache import AdapterCache, check_ref
 from services.common.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from services.common.weight_files import require_safetensors_model
 from services.rollout.adapters import ResidentAdapters
 from services.rollout.config import RolloutConfig
 from services.rollout.engines import GenerationEngine, Sampling, make_engine
@@ -106,6 +107,7 @@ class Generator:
                     "Hugging Face model folder",
                     reason="NO_BASE_MODEL",
                 )
+            require_safetensors_model(Path(config.base_model), "base_model")
             engine = make_engine(
                 config.engine,
                 config.base_model,
@@ -154,6 +156,14 @@ class Generator:
                 f"{field_path} is empty",
                 reason="EMPTY_PROMPT",
                 violations=[FieldViolation(field_path, "needs at least one token")],
+            )
+        context = int(getattr(engine, "max_positions", 0) or 0)
+        if context and len(prompt_ids) >= context:
+            raise InvalidArgument(
+                f"{field_path} has {len(prompt_ids)} tokens; the base model's context is "
+                f"{context} tokens, and generation needs at least one position left",
+                reason="PROMPT_TOO_LONG",
+                violations=[FieldViolation(field_path, f"at most {context - 1} tokens")],
             )
         for i, t in enumerate(prompt_ids):
             if t < 0 or (limit is not None and t >= limit):

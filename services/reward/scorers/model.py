@@ -37,6 +37,7 @@ import torch
 from safetensors import safe_open
 
 from services.common.errors import FailedPrecondition, NotFound
+from services.common.weight_files import require_safetensors_model
 from services.reward.scorers import Reads, ScoreInput
 
 logger = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ def _load_sequence_classifier(path: str | Path, device: str) -> torch.nn.Module:
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(
-        str(path), num_labels=1, dtype=torch.float32
+        str(path), num_labels=1, dtype=torch.float32, use_safetensors=True
     )
     return model.to(device).eval()
 
@@ -180,6 +181,9 @@ class RewardModels:
                     f"{key} {value!r} is not a folder; point it at a local model folder",
                     reason="MODEL_FOLDER_NOT_FOUND",
                 )
+        for key, value in (("base_model", base_model), ("reward_model", reward_model)):
+            if value and not is_adapter_folder(Path(value)):
+                require_safetensors_model(Path(value), key)
         if base_model:
             self._base = _load_sequence_classifier(base_model, device)
         if reward_model:

@@ -97,7 +97,9 @@ class HFEngine:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(str(base_model))
-        model = AutoModelForCausalLM.from_pretrained(str(base_model), dtype=self.dtype)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(base_model), dtype=self.dtype, use_safetensors=True
+        )
         self.model = model.to(self.device).eval()
         self._peft = None  # the PeftModel once the first adapter is loaded
         self._adapters: set[str] = set()
