@@ -178,7 +178,7 @@ def test_following_reconnects_after_the_last_event_seen(monkeypatch):
 
 
 def test_a_real_ctrl_c_detaches_the_cli_process(run):
-    argv = [sys.executable, "-m", "llamafleet.cli", "train", job_yaml(run, "sigint", steps=40)]
+    argv = [sys.executable, "-m", "llamafleet.cli", "train", job_yaml(run, "sigint", steps=2000)]
     argv += ["--job-id", "slow-sigint", "--address", run["service"].host.address]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     service = run["service"]

@@ -60,7 +60,9 @@ def test_adapter_score_is_the_hidden_state_at_eos_times_the_score_weight(models,
     merged = _merged(rm_folders.base, rm_folders.rm_a)
     alone = [models.score([seq], None)[0] for seq in SEQUENCES]
     expected = [_by_hand(merged, seq) for seq in SEQUENCES]
-    assert alone == pytest.approx(expected, abs=TOL)
+    # merged weights (W + BA folded) sum in another order than the adapter's W x + B(A x):
+    # scores of ~5 differ by ~1e-5 in float32, so this comparison is relative
+    assert alone == pytest.approx(expected, rel=1e-5, abs=TOL)
     # transformers' pooling agrees where pad_token_id does not occur inside a sequence
     with torch.no_grad():
         hf = [float(merged(input_ids=torch.tensor([s])).logits) for s in SEQUENCES[:3]]
