@@ -20,4 +20,4 @@ lint-imports
 echo "== Go client (stubs up to date, gofmt, vet, test)"
 bash scripts/check_go.sh
 echo "== pytest"
-python -m pytest -q -p no:cacheprovider "$@"
+python -m pytest -q -p no:cacheprovider --durations=15 "$@"
