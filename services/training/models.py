@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from services.training.methods import freeze, llama_pro, quantize
 from services.training.recipes import Settings
 
 logger = logging.getLogger(__name__)
@@ -92,13 +93,34 @@ def load_base(settings: Settings, device: torch.device) -> PreTrainedModel:
     compute = TORCH_DTYPES[settings.compute_dtype]
     # A frozen LoRA base may live in the compute dtype; trained weights stay float32.
     load_dtype = compute if settings.method == "lora" and compute != torch.float32 else None
+    quantized = {}
+    if settings.quantization_bits:  # QLoRA: the frozen linear layers in 4 or 8 bits
+        quantized = {
+            "quantization_config": quantize.quantization_config(
+                settings.quantization_bits, compute
+            ),
+            "device_map": {"": device},
+        }
     model = AutoModelForCausalLM.from_pretrained(
         settings.base_model,
         dtype=load_dtype or torch.float32,
         attn_implementation=model_attention(settings.attention),
         trust_remote_code=settings.trust_remote_code,
+        **quantized,
     )
     model.config.use_cache = False
+    if quantized:  # norms and embeddings to float32, inputs requiring grad for checkpointing
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=settings.gradient_checkpointing
+        )
+        quantize.keep_cpu_layout(model)
+    if settings.method == "freeze":  # LLaMA-Pro blocks (if any), then the trained subset
+        new_blocks = None
+        if settings.llama_pro_expand:
+            new_blocks = llama_pro.expand(model, settings.llama_pro_expand)
+        freeze.apply_freeze(model, settings.freeze, layers=new_blocks)
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
@@ -110,7 +132,7 @@ def load_base(settings: Settings, device: torch.device) -> PreTrainedModel:
         settings.compute_dtype,
         settings.attention,
     )
-    return model.to(device)
+    return model if quantized else model.to(device)  # bitsandbytes placed it already
 
 
 def load_tokenizer(settings: Settings):

@@ -13,6 +13,7 @@ import math
 import torch
 from transformers import get_scheduler
 
+from services.training.methods import galore
 from services.training.recipes import Settings
 
 
@@ -43,6 +44,8 @@ def build_optimizer(model: torch.nn.Module, settings: Settings) -> torch.optim.O
     groups = param_groups(model, settings)
     if not groups:
         raise ValueError("the model has no trainable parameters")
+    if settings.galore is not None:
+        return galore_optimizer(model, settings, groups)
     fused = next(iter(groups[0]["params"])).is_cuda
     return torch.optim.AdamW(groups, lr=settings.learning_rate, fused=fused or None)
 
@@ -64,3 +67,24 @@ def build_scheduler(
         num_warmup_steps=warmup_steps(settings, total_steps),
         num_training_steps=total_steps,
     )
+
+
+def galore_optimizer(
+    model: torch.nn.Module, settings: Settings, groups: list[dict]
+) -> torch.optim.Optimizer:
+    """GaLore-AdamW: the target matrices projected, every other parameter plain AdamW."""
+    g = settings.galore
+    targets = galore.target_parameters(model, g.target_modules)
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    split = []
+    for group in groups:
+        projected = [p for p in group["params"] if by_id[id(p)] in targets]
+        plain = [p for p in group["params"] if by_id[id(p)] not in targets]
+        if plain:
+            split.append({**group, "params": plain})
+        if projected:
+            split.append(
+                {**group, "params": projected, "rank": g.rank, "scale": g.scale,
+                 "update_interval": g.update_interval, "projection": g.projection}
+            )  # fmt: skip
+    return galore.GaLoreAdamW(split, lr=settings.learning_rate)

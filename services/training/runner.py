@@ -32,14 +32,14 @@ from llamafleet.training.v1 import training_pb2 as tpb
 
 from services.training.batches import open_source
 from services.training.events import EventLog
-from services.training.recipes import pt, settings, sft, validate
+from services.training.recipes import dpo, pt, rm, settings, sft, validate
 from services.training.trainer import TrainResult
 
 logger = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
 SPEC_FILE = "spec.binpb"
-RECIPES = {"pt": pt.run, "sft": sft.run}
+RECIPES = {"pt": pt.run, "sft": sft.run, "rm": rm.run, "dpo": dpo.run}
 LEVELS = {
     logging.DEBUG: tpb.LOG_LEVEL_DEBUG,
     logging.INFO: tpb.LOG_LEVEL_INFO,
@@ -74,6 +74,9 @@ class EventReporter:
 
     def metrics(self, record: dict) -> None:
         m = tpb.TrainingMetrics(step=record["step"])
+        for name, value in record.items():
+            if "/" in name:  # stage-specific, e.g. "eval_rewards/accuracy"
+                m.extra[name] = value
         if record.get("eval_only"):
             m.eval_loss = record["eval_loss"]
         else:

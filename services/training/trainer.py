@@ -318,7 +318,9 @@ class Trainer:
             dest = self.job_dir / "model"
             tmp = self.job_dir / f".model.tmp-{self.world.rank}"
             shutil.rmtree(tmp, ignore_errors=True)
-            self.model.save_pretrained(tmp, state_dict=weights or None)
+            # freeze trains a subset: the folder needs every weight, the model's own
+            full = weights if self.settings.method == "full" else None
+            self.model.save_pretrained(tmp, state_dict=full or None)
             # the chat template stays in tokenizer_config.json, where vLLM and older readers look
             models.load_tokenizer(self.settings).save_pretrained(tmp, save_jinja_files=False)
             shutil.rmtree(dest, ignore_errors=True)

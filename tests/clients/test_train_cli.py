@@ -180,7 +180,15 @@ def test_following_reconnects_after_the_last_event_seen(monkeypatch):
 def test_a_real_ctrl_c_detaches_the_cli_process(run):
     argv = [sys.executable, "-m", "llamafleet.cli", "train", job_yaml(run, "sigint", steps=2000)]
     argv += ["--job-id", "slow-sigint", "--address", run["service"].host.address]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell runs background jobs with SIGINT ignored, and an ignored SIGINT stays ignored in
+    # children (Python then installs no KeyboardInterrupt handler): give the CLI the default.
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     service = run["service"]
     wait_for(lambda: "slow-sigint" in [j.id for j in service.manager.list([], 0, "")[0]])
     time.sleep(1.0)  # following by now

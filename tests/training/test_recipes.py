@@ -136,7 +136,7 @@ def test_validate_refuses_float16_on_a_bfloat16_model(tiny_random, tmp_path):
 
 def test_validate_refuses_what_is_not_implemented(tiny_random):
     spec = job_spec(tiny_random)
-    spec.stage = tpb.STAGE_DPO
+    spec.stage = tpb.STAGE_PPO
     with pytest.raises(Unimplemented, match="spec.stage"):
         validate(spec)
 

@@ -6,7 +6,7 @@ front and raises one ``InvalidArgument`` listing every bad field (``spec.compute
 not train yet. ``settings(spec, device)`` turns a valid spec into ``Settings``, a frozen record with
 every proto default of ``training.proto`` filled in, which is all the recipes read.
 
-The recipes themselves (``pt``, ``sft``) live in their own modules; ``RECIPES`` maps a stage to one.
+The recipes themselves (``pt``, ``sft``, ``rm``, ``dpo``) live in their own modules; ``RECIPES`` maps a stage to one.
 """
 
 from __future__ import annotations
@@ -40,7 +40,16 @@ ATTENTION = {
     tpb.ATTENTION_IMPLEMENTATION_SDPA: "sdpa",
     tpb.ATTENTION_IMPLEMENTATION_FLASH_ATTENTION_2: "flash_attention_2",
 }
-RECIPES = {tpb.STAGE_PT: "pt", tpb.STAGE_SFT: "sft"}
+RECIPES = {tpb.STAGE_PT: "pt", tpb.STAGE_SFT: "sft", tpb.STAGE_RM: "rm", tpb.STAGE_DPO: "dpo"}
+PREFERENCE_LOSSES = {
+    tpb.PREFERENCE_LOSS_UNSPECIFIED: "sigmoid",
+    tpb.PREFERENCE_LOSS_SIGMOID: "sigmoid",
+    tpb.PREFERENCE_LOSS_IPO: "ipo",
+    tpb.PREFERENCE_LOSS_HINGE: "hinge",
+    tpb.PREFERENCE_LOSS_ORPO: "orpo",
+    tpb.PREFERENCE_LOSS_SIMPO: "simpo",
+}
+METHODS = {tpb.FINETUNING_TYPE_FULL: "full", tpb.FINETUNING_TYPE_FREEZE: "freeze"}
 
 
 @dataclass(frozen=True)
@@ -59,12 +68,39 @@ class LoraSettings:
 
 
 @dataclass(frozen=True)
+class FreezeSettings:
+    trainable_layers: int = 2  # > 0: the last n decoder layers; < 0: the first n
+    trainable_modules: tuple[str, ...] = ()  # inside those layers; empty = all
+    extra_modules: tuple[str, ...] = ()  # outside the decoder layers (e.g. "embed_tokens")
+
+
+@dataclass(frozen=True)
+class PreferenceSettings:
+    """``PreferenceConfig`` of the ``dpo`` stage."""
+
+    beta: float = 0.1
+    loss_type: str = "sigmoid"  # sigmoid | ipo | hinge | orpo | simpo
+    label_smoothing: float = 0.0
+    pref_ftx: float = 0.0
+    simpo_gamma: float = 0.5
+
+
+@dataclass(frozen=True)
+class GaloreSettings:
+    target_modules: tuple[str, ...] = ()  # empty = every linear layer but the head
+    rank: int = 16
+    update_interval: int = 200
+    scale: float = 2.0
+    projection: str = "std"  # "std" | "reverse_std" | "right" | "left"
+
+
+@dataclass(frozen=True)
 class Settings:
     """A spec with every default resolved: the recipes' only input besides the data."""
 
     recipe: str
     base_model: str
-    method: str  # "full" | "lora"
+    method: str  # "full" | "lora" | "freeze"
     lora: LoraSettings
     learning_rate: float = 5e-5
     lr_scheduler: str = "linear"
@@ -92,6 +128,11 @@ class Settings:
     offload_params: bool = False
     resume: bool = False
     trust_remote_code: bool = False
+    preference: PreferenceSettings = field(default_factory=PreferenceSettings)
+    freeze: FreezeSettings = field(default_factory=FreezeSettings)
+    llama_pro_expand: int = 0  # LLaMA-Pro blocks inserted (trained alone, with "freeze")
+    quantization_bits: int | None = None  # QLoRA: 4 (NF4, double quantisation) or 8
+    galore: GaloreSettings | None = None  # GaLore optimizer (full fine-tuning)
     extra: dict = field(default_factory=dict)
 
 
@@ -116,7 +157,7 @@ def _cuda() -> tuple[bool, bool, int]:
 def settings(spec: tpb.TrainingJobSpec, device: str = "cpu") -> Settings:
     """Resolve the defaults of a (valid) spec for ``device`` ("cpu" or "cuda")."""
     hp, ft, dist = spec.hyperparameters, spec.finetuning, spec.distributed
-    lo = ft.lora
+    lo, pref = ft.lora, spec.preference
     rank = lo.rank or 8
     lora = LoraSettings(
         rank=rank,
@@ -146,7 +187,7 @@ def settings(spec: tpb.TrainingJobSpec, device: str = "cpu") -> Settings:
     return Settings(
         recipe=RECIPES[spec.stage],
         base_model=spec.base_model,
-        method="full" if ft.type == tpb.FINETUNING_TYPE_FULL else "lora",
+        method=METHODS.get(ft.type, "lora"),
         lora=lora,
         learning_rate=hp.learning_rate or 5e-5,
         lr_scheduler=SCHEDULERS[hp.lr_scheduler],
@@ -174,6 +215,36 @@ def settings(spec: tpb.TrainingJobSpec, device: str = "cpu") -> Settings:
         offload_params=dist.offload_params,
         resume=spec.resume,
         trust_remote_code=spec.trust_remote_code,
+        preference=PreferenceSettings(
+            beta=pref.beta if pref.HasField("beta") else 0.1,
+            loss_type=PREFERENCE_LOSSES[pref.loss_type],
+            label_smoothing=pref.label_smoothing,
+            pref_ftx=pref.pref_ftx,
+            simpo_gamma=pref.simpo_gamma if pref.HasField("simpo_gamma") else 0.5,
+        ),
+        freeze=FreezeSettings(
+            trainable_layers=ft.freeze.trainable_layers or 2,
+            trainable_modules=tuple(ft.freeze.trainable_modules),
+            extra_modules=tuple(ft.freeze.extra_modules),
+        ),
+        llama_pro_expand=ft.llama_pro.num_expand,
+        quantization_bits=ft.quantization_bits if ft.HasField("quantization_bits") else None,
+        galore=_galore_settings(ft.galore) if ft.HasField("galore") else None,
+    )
+
+
+def _galore_settings(g: tpb.GaloreConfig) -> GaloreSettings:
+    names = {
+        tpb.GALORE_PROJECTION_TYPE_REVERSE_STD: "reverse_std",
+        tpb.GALORE_PROJECTION_TYPE_RIGHT: "right",
+        tpb.GALORE_PROJECTION_TYPE_LEFT: "left",
+    }
+    return GaloreSettings(
+        target_modules=tuple(t for t in g.target_modules if t != "all"),
+        rank=g.rank or 16,
+        update_interval=g.update_interval or 200,
+        scale=g.scale if g.HasField("scale") else 2.0,
+        projection=names.get(g.projection_type, "std"),
     )
 
 
@@ -187,7 +258,7 @@ def validate(spec: tpb.TrainingJobSpec) -> None:
         if not ok:
             bad.append(FieldViolation(path, description))
 
-    check(spec.stage != tpb.STAGE_UNSPECIFIED, "spec.stage", "required: STAGE_PT or STAGE_SFT")
+    check(spec.stage != tpb.STAGE_UNSPECIFIED, "spec.stage", "required: a Stage")
     base = Path(spec.base_model) if spec.base_model else None
     check(base is not None, "spec.base_model", "required: a Hugging Face model folder")
     if base is not None:
@@ -208,6 +279,28 @@ def validate(spec: tpb.TrainingJobSpec) -> None:
         "must be > 0",
     )
     check(not (lo.use_dora and lo.pissa_init), "spec.finetuning.lora", "DoRA and PiSSA exclude")
+    _check_freeze(spec, base, check)
+    _check_quantization(spec, check)
+    if spec.finetuning.HasField("galore"):
+        g, path = spec.finetuning.galore, "spec.finetuning.galore."
+        check(g.rank >= 0, path + "rank", "must be >= 0 (0 = 16)")
+        check(g.update_interval >= 0, path + "update_interval", "must be >= 0 (0 = 200)")
+        check(not g.HasField("scale") or g.scale > 0, path + "scale", "must be > 0")
+        check(
+            spec.distributed.backend != tpb.DISTRIBUTED_BACKEND_DEEPSPEED,
+            "spec.distributed.backend",
+            "GaLore with DeepSpeed is not supported; use DDP",
+        )
+    pref, path = spec.preference, "spec.preference."
+    check(not pref.HasField("beta") or pref.beta > 0, path + "beta", "must be > 0 (unset = 0.1)")
+    check(0 <= pref.label_smoothing < 0.5, path + "label_smoothing", "must be in [0, 0.5)")
+    check(
+        pref.label_smoothing == 0 or PREFERENCE_LOSSES[pref.loss_type] == "sigmoid",
+        path + "label_smoothing",
+        "applies to PREFERENCE_LOSS_SIGMOID only",
+    )
+    check(pref.pref_ftx >= 0, path + "pref_ftx", "must be >= 0")
+    check(pref.simpo_gamma >= 0, path + "simpo_gamma", "must be >= 0 (unset = 0.5)")
 
     hp = spec.hyperparameters
     path = "spec.hyperparameters."
@@ -311,6 +404,59 @@ def validate(spec: tpb.TrainingJobSpec) -> None:
         raise InvalidArgument("invalid training job spec", reason="INVALID_SPEC", violations=bad)
 
 
+def _check_freeze(spec: tpb.TrainingJobSpec, base: Path | None, check) -> None:
+    """FREEZE and LLaMA-Pro fields against the base model's layer count (``config.json``)."""
+    ft = spec.finetuning
+    try:
+        layers = int(json.loads((base / "config.json").read_text())["num_hidden_layers"])
+    except (OSError, ValueError, KeyError, TypeError):
+        layers = None  # no readable config: spec.base_model is reported on its own
+    expand = ft.llama_pro.num_expand
+    check(expand >= 0, "spec.finetuning.llama_pro.num_expand", "must be >= 0")
+    if layers and expand > 0:
+        check(
+            layers % expand == 0,
+            "spec.finetuning.llama_pro.num_expand",
+            f"must divide the base model's {layers} layers",
+        )
+    if ft.type == tpb.FINETUNING_TYPE_FREEZE and layers and not expand:
+        n = ft.freeze.trainable_layers
+        check(
+            abs(n) <= layers,
+            "spec.finetuning.freeze.trainable_layers",
+            f"the base model has only {layers} layers",
+        )
+    dist = spec.distributed
+    check(
+        not (
+            ft.type == tpb.FINETUNING_TYPE_FREEZE
+            and dist.backend == tpb.DISTRIBUTED_BACKEND_DEEPSPEED
+            and dist.deepspeed_zero_stage == 3
+        ),
+        "spec.distributed.deepspeed_zero_stage",
+        "FINETUNING_TYPE_FREEZE with ZeRO stage 3 is not supported; use stage 2 or DDP",
+    )
+
+
+def _check_quantization(spec: tpb.TrainingJobSpec, check) -> None:
+    """QLoRA: 4 or 8 bits, bitsandbytes installed, one process (no DeepSpeed)."""
+    ft = spec.finetuning
+    if not ft.HasField("quantization_bits"):
+        return
+    path = "spec.finetuning.quantization_bits"
+    check(ft.quantization_bits in (4, 8), path, "must be 4 or 8")
+    check(
+        importlib.util.find_spec("bitsandbytes") is not None,
+        path,
+        "bitsandbytes is not installed (pip install 'llamafleet[methods]')",
+    )
+    check(
+        spec.distributed.backend != tpb.DISTRIBUTED_BACKEND_DEEPSPEED,
+        "spec.distributed.backend",
+        "QLoRA (quantization_bits) with DeepSpeed is not supported; use DDP",
+    )
+
+
 def _refuse_unimplemented(spec: tpb.TrainingJobSpec) -> None:
     def refuse(path: str, what: str) -> None:
         raise Unimplemented(
@@ -319,16 +465,32 @@ def _refuse_unimplemented(spec: tpb.TrainingJobSpec) -> None:
             violations=[FieldViolation(path, f"{what} is not implemented yet")],
         )
 
-    if spec.stage in (tpb.STAGE_RM, tpb.STAGE_DPO, tpb.STAGE_PPO):
+    if spec.stage == tpb.STAGE_PPO:
         refuse("spec.stage", tpb.Stage.Name(spec.stage))
+    if spec.stage in (tpb.STAGE_RM, tpb.STAGE_DPO):
+        if spec.finetuning.type == tpb.FINETUNING_TYPE_FREEZE:
+            refuse("spec.finetuning.type", f"{tpb.Stage.Name(spec.stage)} with FREEZE")
+        if spec.distributed.world_size > 1:
+            refuse("spec.distributed.world_size", f"{tpb.Stage.Name(spec.stage)} on several ranks")
+        if spec.stage == tpb.STAGE_RM and spec.finetuning.HasField("quantization_bits"):
+            refuse("spec.finetuning.quantization_bits", "QLoRA in STAGE_RM")
     ft = spec.finetuning
-    if ft.type == tpb.FINETUNING_TYPE_FREEZE:
-        refuse("spec.finetuning.type", "FINETUNING_TYPE_FREEZE")
-    if ft.llama_pro.num_expand:
-        refuse("spec.finetuning.llama_pro", "LLaMA-Pro block expansion")
-    if ft.HasField("galore"):
-        refuse("spec.finetuning.galore", "GaLore")
-    if ft.HasField("quantization_bits"):
-        refuse("spec.finetuning.quantization_bits", "QLoRA quantization")
+    if ft.llama_pro.num_expand and ft.type != tpb.FINETUNING_TYPE_FREEZE:
+        refuse(
+            "spec.finetuning.llama_pro",
+            f"LLaMA-Pro block expansion with {tpb.FinetuningType.Name(ft.type)} (use FREEZE)",
+        )
+    if ft.HasField("galore") and ft.type != tpb.FINETUNING_TYPE_FULL:
+        refuse(
+            "spec.finetuning.galore",
+            f"GaLore with {tpb.FinetuningType.Name(ft.type)} (use FULL)",
+        )
+    if ft.galore.layerwise:
+        refuse("spec.finetuning.galore.layerwise", "layer-wise GaLore")
+    if ft.HasField("quantization_bits") and ft.type != tpb.FINETUNING_TYPE_LORA:
+        refuse(
+            "spec.finetuning.quantization_bits",
+            f"QLoRA quantization with {tpb.FinetuningType.Name(ft.type)} (use LORA)",
+        )
     if spec.HasField("init_adapter"):
         refuse("spec.init_adapter", "starting from an adapter version")

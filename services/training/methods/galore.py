@@ -1,0 +1,126 @@
+"""GaLore: AdamW whose moments live in a low-rank projection of each targeted matrix's gradient.
+
+For a targeted weight ``W`` (m, n) with gradient ``G``, every ``update_interval`` steps the
+projector ``P`` is recomputed from the top-``rank`` singular vectors of the current ``G``:
+
+- right projection (``P`` (n, r) from ``V``): ``R = G P`` (m, r); update ``= N P^T``,
+- left projection (``P`` (m, r) from ``U``): ``R = P^T G`` (r, n); update ``= P N``,
+
+where ``N`` is the Adam step (bias-corrected ``m / (sqrt(v) + eps)``) computed on ``R``. ``W``
+moves by ``lr * scale * update`` plus decoupled weight decay. The Adam moments are (m, r) or
+(r, n) instead of (m, n): that is the memory saved. ``std`` projects the smaller side (right when
+``m >= n``), ``reverse_std`` the larger one; ``right``/``left`` force a side. Every other
+trainable parameter gets plain AdamW in the same optimizer. Moments are kept across projector
+updates, as in the paper.
+
+Written from the paper (Zhao et al., 2024); everything is ordinary optimizer state, so
+checkpoints save and resume it through ``state_dict``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+PROJECTIONS = ("std", "reverse_std", "right", "left")
+
+
+def _side(shape: torch.Size, projection: str) -> str:
+    rows, cols = shape
+    if projection == "std":
+        return "right" if rows >= cols else "left"
+    if projection == "reverse_std":
+        return "left" if rows >= cols else "right"
+    return projection
+
+
+def _projector(grad: torch.Tensor, rank: int, side: str) -> torch.Tensor:
+    u, _, vh = torch.linalg.svd(grad.float(), full_matrices=False)
+    return vh[:rank].t().contiguous() if side == "right" else u[:, :rank].contiguous()
+
+
+class GaLoreAdamW(torch.optim.Optimizer):
+    """AdamW; groups with ``rank`` set are GaLore-projected (2-D parameters only)."""
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):  # fmt: skip
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rank=None,
+                        update_interval=200, scale=2.0, projection="std")  # fmt: skip
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            if group["rank"] is not None:
+                if group["projection"] not in PROJECTIONS:
+                    raise ValueError(f"GaLore projection must be one of {PROJECTIONS}")
+                if any(p.ndim != 2 for p in group["params"]):
+                    raise ValueError("GaLore projects matrices only (2-D parameters)")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.tensor(0.0)
+                step = int(state["step"].item()) + 1
+                state["step"].fill_(step)
+                scale = 1.0
+                if group["rank"] is not None:
+                    side = _side(p.shape, group["projection"])
+                    rank = min(group["rank"], *p.shape)
+                    if "projector" not in state or (step - 1) % group["update_interval"] == 0:
+                        state["projector"] = _projector(grad, rank, side)
+                    proj = state["projector"]
+                    grad = grad @ proj if side == "right" else proj.t() @ grad
+                    scale = group["scale"]
+                if "exp_avg" not in state:
+                    state["exp_avg"] = torch.zeros_like(grad)
+                    state["exp_avg_sq"] = torch.zeros_like(grad)
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m.lerp_(grad, 1 - beta1)
+                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                denom = (v / (1 - beta2**step)).sqrt_().add_(group["eps"])
+                update = (m / (1 - beta1**step)) / denom
+                if group["rank"] is not None:
+                    proj = state["projector"]
+                    update = update @ proj.t() if side == "right" else proj @ update
+                if group["weight_decay"]:
+                    p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(update.to(p.dtype), alpha=-group["lr"] * scale)
+        return loss
+
+
+def state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of every tensor in the optimizer's state (moments, projectors, step counters)."""
+    return sum(
+        t.numel() * t.element_size()
+        for state in optimizer.state.values()
+        for t in state.values()
+        if isinstance(t, torch.Tensor)
+    )
+
+
+def target_parameters(model: torch.nn.Module, targets: tuple[str, ...]) -> set[str]:
+    """Names of the 2-D weights of the linear layers named ``targets`` (empty: every linear
+    layer but the output head)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names = set()
+    present = set()
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or module is head:
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        present.add(leaf)
+        if (not targets or leaf in targets) and module.weight.requires_grad:
+            names.add(f"{name}.weight")
+    missing = [t for t in targets if t not in present]
+    if missing:
+        raise ValueError(f"GaLore target modules {missing} are not linear layers of the model; "
+                         f"those are {sorted(present)}")  # fmt: skip
+    return names

@@ -1,0 +1,72 @@
+"""LLaMA-Pro block expansion: interleave identity copies of decoder blocks into a model.
+
+With ``L`` layers and ``n`` new blocks (``n`` divides ``L``), after every ``L / n`` original
+layers a copy of the layer just before is inserted, with the output projections of its attention
+(``o_proj``) and MLP (``down_proj``) set to zero. A pre-norm decoder block adds its attention and
+MLP outputs to the residual stream, so a block whose output projections are zero is the identity:
+the expanded model computes exactly what the original did. Training then updates the new blocks
+only (``freeze.apply_freeze`` with their indices).
+
+The expanded model is an ordinary model with ``num_hidden_layers = L + n``; ``save_pretrained``
+writes a normal Hugging Face folder. Supports decoders laid out as ``model.layers[i]`` with
+``self_attn.o_proj`` and ``mlp.down_proj`` (Llama, Qwen2, Mistral, ...).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+ZEROED = ("self_attn.o_proj", "mlp.down_proj")
+
+
+def new_block_indices(num_layers: int, num_expand: int) -> list[int]:
+    """Indices, in the expanded model, of the inserted blocks."""
+    check(num_layers, num_expand)
+    group = num_layers // num_expand
+    return [(i + 1) * (group + 1) - 1 for i in range(num_expand)]
+
+
+def check(num_layers: int, num_expand: int) -> None:
+    if num_expand <= 0 or num_layers % num_expand:
+        raise ValueError(
+            f"llama_pro.num_expand={num_expand} must be > 0 and divide the model's "
+            f"{num_layers} layers"
+        )
+
+
+def expand(model: torch.nn.Module, num_expand: int) -> list[int]:
+    """Insert ``num_expand`` identity blocks into ``model`` in place; returns their indices."""
+    layers = model.model.layers
+    total = len(layers)
+    new_ids = new_block_indices(total, num_expand)
+    group = total // num_expand
+    expanded: list[torch.nn.Module] = []
+    for i, layer in enumerate(layers):
+        expanded.append(layer)
+        if (i + 1) % group == 0:
+            block = copy.deepcopy(layer)
+            for path in ZEROED:
+                module = block.get_submodule(path)
+                with torch.no_grad():
+                    module.weight.zero_()
+                    if getattr(module, "bias", None) is not None:
+                        module.bias.zero_()
+            expanded.append(block)
+    for index, layer in enumerate(expanded):
+        if hasattr(layer, "self_attn") and hasattr(layer.self_attn, "layer_idx"):
+            layer.self_attn.layer_idx = index
+    model.model.layers = torch.nn.ModuleList(expanded)
+    config = model.config
+    if getattr(config, "layer_types", None):
+        types = list(config.layer_types)
+        for index in new_ids:  # a copy keeps its source's attention type
+            types.insert(index, types[index - 1])
+        config.layer_types = types
+    config.num_hidden_layers = len(expanded)
+    logger.info("LLaMA-Pro: %d -> %d layers, new blocks %s", total, len(expanded), new_ids)
+    return new_ids

@@ -1,0 +1,132 @@
+"""Reward modelling recipe (``STAGE_RM``): a scalar score head trained on preference pairs.
+
+The model is the base as ``AutoModelForSequenceClassification`` with ``num_labels=1`` (for Llama
+the backbone under ``model`` and a bias-free ``score`` Linear(hidden, 1), freshly initialised).
+The score of a sequence is ``score(h[t])`` at its last real token ``t`` (the end of the rendered
+response, never padding), exactly what the reward service's scorer reads; chosen and rejected go
+through the backbone in one concatenated forward pass. The loss of a pair is
+``-log sigmoid(s_c - s_r)``, averaged over the pairs of a step.
+
+What is saved is what ``services.reward.scorers.model`` loads: with LoRA a PEFT ``SEQ_CLS``
+adapter whose ``modules_to_save`` holds the trained ``score`` head (published as adapter versions
+like the SFT adapters, served over the shared base); with full fine-tuning the whole
+sequence-classification model folder (``pad_token_id`` in its ``config.json``). Reads top to
+bottom: setup -> train -> save.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from peft import get_peft_model
+from transformers import AutoModelForSequenceClassification
+
+from services.training import lora, models
+from services.training.batches import BatchSource
+from services.training.distributed import World
+from services.training.preference import PairInputs, PreferenceTrainer
+from services.training.preference_losses import pairwise_reward_loss
+from services.training.recipes import Settings
+from services.training.trainer import Reporter, TrainResult
+
+logger = logging.getLogger(__name__)
+
+SCORE_HEAD = "score"
+
+
+def load_reward_model(settings: Settings, device: torch.device) -> torch.nn.Module:
+    """The base as a one-label sequence classifier (new ``score`` head), LoRA applied if asked."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    compute = models.TORCH_DTYPES[settings.compute_dtype]
+    lora_half = settings.method == "lora" and compute != torch.float32
+    model = AutoModelForSequenceClassification.from_pretrained(
+        settings.base_model,
+        num_labels=1,
+        dtype=compute if lora_half else torch.float32,
+        attn_implementation=models.model_attention(settings.attention),
+        trust_remote_code=settings.trust_remote_code,
+    )
+    if model.config.pad_token_id is None:  # the scorer and transformers' pooling need one
+        model.config.pad_token_id = model.config.eos_token_id
+    model.config.use_cache = False
+    head = getattr(model, SCORE_HEAD, None)
+    if not isinstance(head, torch.nn.Linear):
+        raise ValueError(
+            f"{settings.base_model}: its sequence-classification model has no '{SCORE_HEAD}' "
+            "Linear head; the reward service reads only models with one"
+        )
+    head.float()  # trained weights stay float32
+    if settings.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model = model.to(device)
+    if settings.method == "lora":
+        config = lora.lora_config(model, settings.lora)
+        config.task_type = "SEQ_CLS"
+        config.target_modules = {t for t in config.target_modules if t != SCORE_HEAD}
+        config.modules_to_save = [*(config.modules_to_save or []), SCORE_HEAD]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(settings.seed)
+            model = get_peft_model(model, config, autocast_adapter_dtype=True)
+        logger.info(
+            "reward model: LoRA rank %d on %s + trained score head",
+            settings.lora.rank,
+            ",".join(sorted(config.target_modules)),
+        )
+    return model
+
+
+def classifier(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a PEFT or DDP wrapper (LoRA layers follow the adapter)."""
+    model = getattr(model, "module", model)  # DDP
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+class RewardTrainer(PreferenceTrainer):
+    def build_model(self) -> torch.nn.Module:
+        return load_reward_model(self.settings, self.device)
+
+    def scores(self, x: PairInputs) -> torch.Tensor:
+        """Scores (2B,) at each sequence's last real token."""
+        model = classifier(self.engine.module)
+        backbone = getattr(model, model.base_model_prefix)
+        hidden = backbone(**x.inputs.model_kwargs()).last_hidden_state  # (N, T, H)
+        last = hidden.flatten(0, 1)[x.last_index]  # (2B, H)
+        return model.score(last).squeeze(-1).float()  # (2B,)
+
+    def pair_losses(self, x: PairInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        s = self.scores(x)
+        chosen, rejected = s[: x.num_pairs], s[x.num_pairs :]
+        return pairwise_reward_loss(chosen, rejected), chosen.detach(), rejected.detach()
+
+
+def run(
+    settings: Settings,
+    source: BatchSource,
+    job_dir: str | Path,
+    *,
+    output_dir: str | Path | None = None,
+    world: World | None = None,
+    reporter: Reporter | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> TrainResult:
+    """Train a reward model over ``settings.base_model`` on the preference pairs of ``source``."""
+    trainer = RewardTrainer(
+        settings,
+        source,
+        job_dir,
+        output_dir=output_dir,
+        world=world,
+        reporter=reporter,
+        should_stop=should_stop,
+    )
+    trainer.setup()  # sequence classifier (+ LoRA, score head saved), optimizer, engine, resume
+    result = trainer.train()  # steps, logging, eval (+ accuracy, margin), checkpoints
+    if result.state == "SUCCEEDED" and trainer.has_eval:
+        trainer.evaluate(log=True)
+    trainer.save_outputs()  # reward adapter (SEQ_CLS + score) or full reward model
+    return result
