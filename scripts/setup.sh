@@ -25,7 +25,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 VPY=.venv/bin/python
 stamp=.venv/.llamafleet-installed
-want="$(cat pyproject.toml requirements/constraints.txt | sha256sum | cut -c1-16)"
+want="$(cat pyproject.toml requirements/constraints.txt scripts/setup.sh | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing Python packages into .venv"
   pip_install() {  # quiet, minus this machine's noise about absent local indexes; keeps pip's status
