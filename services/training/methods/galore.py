@@ -13,8 +13,11 @@ moves by ``lr * scale * update`` plus decoupled weight decay. The Adam moments a
 trainable parameter gets plain AdamW in the same optimizer. Moments are kept across projector
 updates, as in the paper.
 
-Written from the paper (Zhao et al., 2024); everything is ordinary optimizer state, so
-checkpoints save and resume it through ``state_dict``.
+Written from the paper (Zhao et al., 2024) rather than taken from PyPI's ``galore-torch`` 1.0:
+that package keeps each projector as a Python object in the optimizer state, which a checkpoint
+can only restore by unpickling (``torch.load(weights_only=False)``), and its AdamW base class is
+deprecated. Here everything is ordinary tensor state, so checkpoints save and resume it through
+``state_dict`` with ``weights_only`` loading.
 """
 
 from __future__ import annotations
