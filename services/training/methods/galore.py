@@ -14,10 +14,9 @@ trainable parameter gets plain AdamW in the same optimizer. Moments are kept acr
 updates, as in the paper.
 
 Written from the paper (Zhao et al., 2024) rather than taken from PyPI's ``galore-torch`` 1.0:
-that package keeps each projector as a Python object in the optimizer state, which a checkpoint
-can only restore by unpickling (``torch.load(weights_only=False)``), and its AdamW base class is
-deprecated. Here everything is ordinary tensor state, so checkpoints save and resume it through
-``state_dict`` with ``weights_only`` loading.
+that package keeps each projector as a Python object in the optimizer state (a checkpoint
+restores it only by unpickling that class), and its AdamW base class is deprecated. Here everything is ordinary tensor state, saved and resumed through ``state_dict`` like
+AdamW's.
 """
 
 from __future__ import annotations
