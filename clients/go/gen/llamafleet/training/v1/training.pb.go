@@ -707,8 +707,9 @@ type AdapterFormat int32
 const (
 	// Not set (never sent).
 	AdapterFormat_ADAPTER_FORMAT_UNSPECIFIED AdapterFormat = 0
-	// An uncompressed POSIX tar of the PEFT adapter folder: adapter_config.json,
-	// adapter_model.safetensors and, for reward models and PPO value heads, value_head.safetensors.
+	// An uncompressed POSIX tar of the PEFT adapter folder: adapter_config.json and
+	// adapter_model.safetensors. A reward model's adapter is task_type SEQ_CLS with its `score`
+	// head inside adapter_model.safetensors (peft modules_to_save), as the reward service loads it.
 	// Member names are relative, sorted, with fixed mtimes, so equal weights give equal sha256.
 	AdapterFormat_ADAPTER_FORMAT_PEFT_TAR AdapterFormat = 1
 )
