@@ -47,3 +47,17 @@ class DeadLetter(_message.Message):
     consumer: str
     dead_letter_time: _timestamp_pb2.Timestamp
     def __init__(self, stream: _Optional[str] = ..., group: _Optional[str] = ..., entry_id: _Optional[str] = ..., item_id: _Optional[str] = ..., payload_type: _Optional[str] = ..., payload: _Optional[bytes] = ..., reason: _Optional[str] = ..., deliveries: _Optional[int] = ..., consumer: _Optional[str] = ..., dead_letter_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RewardSettings(_message.Message):
+    __slots__ = ("whiten", "scale", "clip", "regex_pattern", "ignore_case")
+    WHITEN_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    CLIP_FIELD_NUMBER: _ClassVar[int]
+    REGEX_PATTERN_FIELD_NUMBER: _ClassVar[int]
+    IGNORE_CASE_FIELD_NUMBER: _ClassVar[int]
+    whiten: bool
+    scale: float
+    clip: float
+    regex_pattern: str
+    ignore_case: bool
+    def __init__(self, whiten: _Optional[bool] = ..., scale: _Optional[float] = ..., clip: _Optional[float] = ..., regex_pattern: _Optional[str] = ..., ignore_case: _Optional[bool] = ...) -> None: ...

@@ -26,7 +26,7 @@ from llamafleet.common.v1 import common_pb2 as llamafleet_dot_common_dot_v1_dot_
 from llamafleet.reward.v1 import reward_pb2 as llamafleet_dot_reward_dot_v1_dot_reward__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)llamafleet/reward/v1/reward_service.proto\x12\x14llamafleet.reward.v1\x1a!llamafleet/common/v1/common.proto\x1a!llamafleet/reward/v1/reward.proto\"\xa0\x01\n\x14ScoreRolloutsRequest\x12.\n\x05items\x18\x01 \x03(\x0b\x32\x1f.llamafleet.reward.v1.ScoreItem\x12\x0e\n\x06scorer\x18\x02 \x01(\t\x12\x38\n\x0ereward_adapter\x18\x03 \x01(\x0b\x32 .llamafleet.common.v1.AdapterRef\x12\x0e\n\x06job_id\x18\x04 \x01(\t\"T\n\x15ScoreRolloutsResponse\x12+\n\x06scores\x18\x01 \x03(\x0b\x32\x1b.llamafleet.reward.v1.Score\x12\x0e\n\x06scorer\x18\x02 \x01(\t2y\n\rRewardService\x12h\n\rScoreRollouts\x12*.llamafleet.reward.v1.ScoreRolloutsRequest\x1a+.llamafleet.reward.v1.ScoreRolloutsResponseBOZMgithub.com/llamafleet/llamafleet/clients/go/gen/llamafleet/reward/v1;rewardv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)llamafleet/reward/v1/reward_service.proto\x12\x14llamafleet.reward.v1\x1a!llamafleet/common/v1/common.proto\x1a!llamafleet/reward/v1/reward.proto\"\xdf\x01\n\x14ScoreRolloutsRequest\x12.\n\x05items\x18\x01 \x03(\x0b\x32\x1f.llamafleet.reward.v1.ScoreItem\x12\x0e\n\x06scorer\x18\x02 \x01(\t\x12\x38\n\x0ereward_adapter\x18\x03 \x01(\x0b\x32 .llamafleet.common.v1.AdapterRef\x12\x0e\n\x06job_id\x18\x04 \x01(\t\x12=\n\x0freward_settings\x18\x05 \x01(\x0b\x32$.llamafleet.common.v1.RewardSettings\"T\n\x15ScoreRolloutsResponse\x12+\n\x06scores\x18\x01 \x03(\x0b\x32\x1b.llamafleet.reward.v1.Score\x12\x0e\n\x06scorer\x18\x02 \x01(\t2y\n\rRewardService\x12h\n\rScoreRollouts\x12*.llamafleet.reward.v1.ScoreRolloutsRequest\x1a+.llamafleet.reward.v1.ScoreRolloutsResponseBOZMgithub.com/llamafleet/llamafleet/clients/go/gen/llamafleet/reward/v1;rewardv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,9 +35,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZMgithub.com/llamafleet/llamafleet/clients/go/gen/llamafleet/reward/v1;rewardv1'
   _globals['_SCOREROLLOUTSREQUEST']._serialized_start=138
-  _globals['_SCOREROLLOUTSREQUEST']._serialized_end=298
-  _globals['_SCOREROLLOUTSRESPONSE']._serialized_start=300
-  _globals['_SCOREROLLOUTSRESPONSE']._serialized_end=384
-  _globals['_REWARDSERVICE']._serialized_start=386
-  _globals['_REWARDSERVICE']._serialized_end=507
+  _globals['_SCOREROLLOUTSREQUEST']._serialized_end=361
+  _globals['_SCOREROLLOUTSRESPONSE']._serialized_start=363
+  _globals['_SCOREROLLOUTSRESPONSE']._serialized_end=447
+  _globals['_REWARDSERVICE']._serialized_start=449
+  _globals['_REWARDSERVICE']._serialized_end=570
 # @@protoc_insertion_point(module_scope)

@@ -46,7 +46,7 @@ class SamplingParams(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., max_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., seed: _Optional[int] = ..., n: _Optional[int] = ..., repetition_penalty: _Optional[float] = ...) -> None: ...
 
 class RolloutTask(_message.Message):
-    __slots__ = ("item_id", "job_id", "policy_version", "step", "shard", "sample_index", "prompt_ids", "sampling", "adapter", "reference_answer", "scorer", "reward_adapter", "create_time")
+    __slots__ = ("item_id", "job_id", "policy_version", "step", "shard", "sample_index", "prompt_ids", "sampling", "adapter", "reference_answer", "scorer", "reward_adapter", "create_time", "reward_settings")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +60,7 @@ class RolloutTask(_message.Message):
     SCORER_FIELD_NUMBER: _ClassVar[int]
     REWARD_ADAPTER_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    REWARD_SETTINGS_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     job_id: str
     policy_version: int
@@ -73,7 +74,8 @@ class RolloutTask(_message.Message):
     scorer: str
     reward_adapter: _common_pb2.AdapterRef
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, item_id: _Optional[str] = ..., job_id: _Optional[str] = ..., policy_version: _Optional[int] = ..., step: _Optional[int] = ..., shard: _Optional[int] = ..., sample_index: _Optional[int] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., adapter: _Optional[_Union[_common_pb2.AdapterRef, _Mapping]] = ..., reference_answer: _Optional[str] = ..., scorer: _Optional[str] = ..., reward_adapter: _Optional[_Union[_common_pb2.AdapterRef, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    reward_settings: _common_pb2.RewardSettings
+    def __init__(self, item_id: _Optional[str] = ..., job_id: _Optional[str] = ..., policy_version: _Optional[int] = ..., step: _Optional[int] = ..., shard: _Optional[int] = ..., sample_index: _Optional[int] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., adapter: _Optional[_Union[_common_pb2.AdapterRef, _Mapping]] = ..., reference_answer: _Optional[str] = ..., scorer: _Optional[str] = ..., reward_adapter: _Optional[_Union[_common_pb2.AdapterRef, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reward_settings: _Optional[_Union[_common_pb2.RewardSettings, _Mapping]] = ...) -> None: ...
 
 class RolloutTimings(_message.Message):
     __slots__ = ("queue_time", "adapter_load_time", "generation_time")

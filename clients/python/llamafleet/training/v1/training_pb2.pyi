@@ -79,6 +79,20 @@ class GaloreProjectionType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     GALORE_PROJECTION_TYPE_LEFT: _ClassVar[GaloreProjectionType]
     GALORE_PROJECTION_TYPE_FULL: _ClassVar[GaloreProjectionType]
 
+class RopeScalingType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROPE_SCALING_TYPE_UNSPECIFIED: _ClassVar[RopeScalingType]
+    ROPE_SCALING_TYPE_LINEAR: _ClassVar[RopeScalingType]
+    ROPE_SCALING_TYPE_DYNAMIC: _ClassVar[RopeScalingType]
+    ROPE_SCALING_TYPE_YARN: _ClassVar[RopeScalingType]
+    ROPE_SCALING_TYPE_LLAMA3: _ClassVar[RopeScalingType]
+
+class QuantizationType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    QUANTIZATION_TYPE_UNSPECIFIED: _ClassVar[QuantizationType]
+    QUANTIZATION_TYPE_NF4: _ClassVar[QuantizationType]
+    QUANTIZATION_TYPE_FP4: _ClassVar[QuantizationType]
+
 class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     JOB_STATE_UNSPECIFIED: _ClassVar[JobState]
@@ -147,6 +161,14 @@ GALORE_PROJECTION_TYPE_REVERSE_STD: GaloreProjectionType
 GALORE_PROJECTION_TYPE_RIGHT: GaloreProjectionType
 GALORE_PROJECTION_TYPE_LEFT: GaloreProjectionType
 GALORE_PROJECTION_TYPE_FULL: GaloreProjectionType
+ROPE_SCALING_TYPE_UNSPECIFIED: RopeScalingType
+ROPE_SCALING_TYPE_LINEAR: RopeScalingType
+ROPE_SCALING_TYPE_DYNAMIC: RopeScalingType
+ROPE_SCALING_TYPE_YARN: RopeScalingType
+ROPE_SCALING_TYPE_LLAMA3: RopeScalingType
+QUANTIZATION_TYPE_UNSPECIFIED: QuantizationType
+QUANTIZATION_TYPE_NF4: QuantizationType
+QUANTIZATION_TYPE_FP4: QuantizationType
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_RUNNING: JobState
@@ -231,20 +253,24 @@ class GaloreConfig(_message.Message):
     def __init__(self, target_modules: _Optional[_Iterable[str]] = ..., rank: _Optional[int] = ..., update_interval: _Optional[int] = ..., scale: _Optional[float] = ..., projection_type: _Optional[_Union[GaloreProjectionType, str]] = ..., layerwise: _Optional[bool] = ...) -> None: ...
 
 class FinetuningConfig(_message.Message):
-    __slots__ = ("type", "lora", "freeze", "llama_pro", "quantization_bits", "galore")
+    __slots__ = ("type", "lora", "freeze", "llama_pro", "quantization_bits", "galore", "quantization_type", "double_quantization")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     LORA_FIELD_NUMBER: _ClassVar[int]
     FREEZE_FIELD_NUMBER: _ClassVar[int]
     LLAMA_PRO_FIELD_NUMBER: _ClassVar[int]
     QUANTIZATION_BITS_FIELD_NUMBER: _ClassVar[int]
     GALORE_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_TYPE_FIELD_NUMBER: _ClassVar[int]
+    DOUBLE_QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
     type: FinetuningType
     lora: LoraConfig
     freeze: FreezeConfig
     llama_pro: LlamaProConfig
     quantization_bits: int
     galore: GaloreConfig
-    def __init__(self, type: _Optional[_Union[FinetuningType, str]] = ..., lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., freeze: _Optional[_Union[FreezeConfig, _Mapping]] = ..., llama_pro: _Optional[_Union[LlamaProConfig, _Mapping]] = ..., quantization_bits: _Optional[int] = ..., galore: _Optional[_Union[GaloreConfig, _Mapping]] = ...) -> None: ...
+    quantization_type: QuantizationType
+    double_quantization: bool
+    def __init__(self, type: _Optional[_Union[FinetuningType, str]] = ..., lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., freeze: _Optional[_Union[FreezeConfig, _Mapping]] = ..., llama_pro: _Optional[_Union[LlamaProConfig, _Mapping]] = ..., quantization_bits: _Optional[int] = ..., galore: _Optional[_Union[GaloreConfig, _Mapping]] = ..., quantization_type: _Optional[_Union[QuantizationType, str]] = ..., double_quantization: _Optional[bool] = ...) -> None: ...
 
 class Hyperparameters(_message.Message):
     __slots__ = ("learning_rate", "lr_scheduler", "warmup_ratio", "warmup_steps", "num_epochs", "max_steps", "per_device_batch_size", "per_device_batch_tokens", "gradient_accumulation_steps", "max_grad_norm", "seed", "weight_decay", "eval_steps", "logging_steps", "save_steps", "save_total_limit", "gradient_checkpointing")
@@ -313,7 +339,7 @@ class PreferenceConfig(_message.Message):
     def __init__(self, beta: _Optional[float] = ..., loss_type: _Optional[_Union[PreferenceLoss, str]] = ..., label_smoothing: _Optional[float] = ..., pref_ftx: _Optional[float] = ..., simpo_gamma: _Optional[float] = ...) -> None: ...
 
 class PpoConfig(_message.Message):
-    __slots__ = ("sampling", "reward_scorer", "reward_adapter", "rollout_batch_size", "ppo_epochs", "kl_coef", "adaptive_kl", "kl_target", "kl_horizon", "gae_gamma", "gae_lambda", "clip_range", "value_clip_range", "value_loss_coef", "max_staleness", "whiten_rewards")
+    __slots__ = ("sampling", "reward_scorer", "reward_adapter", "rollout_batch_size", "ppo_epochs", "kl_coef", "adaptive_kl", "kl_target", "kl_horizon", "gae_gamma", "gae_lambda", "clip_range", "value_clip_range", "value_loss_coef", "max_staleness", "whiten_rewards", "reward_settings")
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     REWARD_SCORER_FIELD_NUMBER: _ClassVar[int]
     REWARD_ADAPTER_FIELD_NUMBER: _ClassVar[int]
@@ -330,6 +356,7 @@ class PpoConfig(_message.Message):
     VALUE_LOSS_COEF_FIELD_NUMBER: _ClassVar[int]
     MAX_STALENESS_FIELD_NUMBER: _ClassVar[int]
     WHITEN_REWARDS_FIELD_NUMBER: _ClassVar[int]
+    REWARD_SETTINGS_FIELD_NUMBER: _ClassVar[int]
     sampling: _rollout_pb2.SamplingParams
     reward_scorer: str
     reward_adapter: _common_pb2.AdapterRef
@@ -346,10 +373,11 @@ class PpoConfig(_message.Message):
     value_loss_coef: float
     max_staleness: int
     whiten_rewards: bool
-    def __init__(self, sampling: _Optional[_Union[_rollout_pb2.SamplingParams, _Mapping]] = ..., reward_scorer: _Optional[str] = ..., reward_adapter: _Optional[_Union[_common_pb2.AdapterRef, _Mapping]] = ..., rollout_batch_size: _Optional[int] = ..., ppo_epochs: _Optional[int] = ..., kl_coef: _Optional[float] = ..., adaptive_kl: _Optional[bool] = ..., kl_target: _Optional[float] = ..., kl_horizon: _Optional[int] = ..., gae_gamma: _Optional[float] = ..., gae_lambda: _Optional[float] = ..., clip_range: _Optional[float] = ..., value_clip_range: _Optional[float] = ..., value_loss_coef: _Optional[float] = ..., max_staleness: _Optional[int] = ..., whiten_rewards: _Optional[bool] = ...) -> None: ...
+    reward_settings: _common_pb2.RewardSettings
+    def __init__(self, sampling: _Optional[_Union[_rollout_pb2.SamplingParams, _Mapping]] = ..., reward_scorer: _Optional[str] = ..., reward_adapter: _Optional[_Union[_common_pb2.AdapterRef, _Mapping]] = ..., rollout_batch_size: _Optional[int] = ..., ppo_epochs: _Optional[int] = ..., kl_coef: _Optional[float] = ..., adaptive_kl: _Optional[bool] = ..., kl_target: _Optional[float] = ..., kl_horizon: _Optional[int] = ..., gae_gamma: _Optional[float] = ..., gae_lambda: _Optional[float] = ..., clip_range: _Optional[float] = ..., value_clip_range: _Optional[float] = ..., value_loss_coef: _Optional[float] = ..., max_staleness: _Optional[int] = ..., whiten_rewards: _Optional[bool] = ..., reward_settings: _Optional[_Union[_common_pb2.RewardSettings, _Mapping]] = ...) -> None: ...
 
 class TrainingJobSpec(_message.Message):
-    __slots__ = ("job_id", "base_model", "dataset", "eval_dataset", "stage", "finetuning", "hyperparameters", "compute_dtype", "attention_implementation", "distributed", "preference", "ppo", "resume", "output_dir", "init_adapter", "trust_remote_code")
+    __slots__ = ("job_id", "base_model", "dataset", "eval_dataset", "stage", "finetuning", "hyperparameters", "compute_dtype", "attention_implementation", "distributed", "preference", "ppo", "resume", "output_dir", "init_adapter", "trust_remote_code", "rope_scaling", "max_context_length")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
@@ -366,6 +394,8 @@ class TrainingJobSpec(_message.Message):
     OUTPUT_DIR_FIELD_NUMBER: _ClassVar[int]
     INIT_ADAPTER_FIELD_NUMBER: _ClassVar[int]
     TRUST_REMOTE_CODE_FIELD_NUMBER: _ClassVar[int]
+    ROPE_SCALING_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     base_model: str
     dataset: DatasetRef
@@ -382,7 +412,9 @@ class TrainingJobSpec(_message.Message):
     output_dir: str
     init_adapter: _common_pb2.AdapterRef
     trust_remote_code: bool
-    def __init__(self, job_id: _Optional[str] = ..., base_model: _Optional[str] = ..., dataset: _Optional[_Union[DatasetRef, _Mapping]] = ..., eval_dataset: _Optional[_Union[DatasetRef, _Mapping]] = ..., stage: _Optional[_Union[Stage, str]] = ..., finetuning: _Optional[_Union[FinetuningConfig, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., compute_dtype: _Optional[_Union[ComputeDtype, str]] = ..., attention_implementation: _Optional[_Union[AttentionImplementation, str]] = ..., distributed: _Optional[_Union[DistributedConfig, _Mapping]] = ..., preference: _Optional[_Union[PreferenceConfig, _Mapping]] = ..., ppo: _Optional[_Union[PpoConfig, _Mapping]] = ..., resume: _Optional[bool] = ..., output_dir: _Optional[str] = ..., init_adapter: _Optional[_Union[_common_pb2.AdapterRef, _Mapping]] = ..., trust_remote_code: _Optional[bool] = ...) -> None: ...
+    rope_scaling: RopeScalingType
+    max_context_length: int
+    def __init__(self, job_id: _Optional[str] = ..., base_model: _Optional[str] = ..., dataset: _Optional[_Union[DatasetRef, _Mapping]] = ..., eval_dataset: _Optional[_Union[DatasetRef, _Mapping]] = ..., stage: _Optional[_Union[Stage, str]] = ..., finetuning: _Optional[_Union[FinetuningConfig, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., compute_dtype: _Optional[_Union[ComputeDtype, str]] = ..., attention_implementation: _Optional[_Union[AttentionImplementation, str]] = ..., distributed: _Optional[_Union[DistributedConfig, _Mapping]] = ..., preference: _Optional[_Union[PreferenceConfig, _Mapping]] = ..., ppo: _Optional[_Union[PpoConfig, _Mapping]] = ..., resume: _Optional[bool] = ..., output_dir: _Optional[str] = ..., init_adapter: _Optional[_Union[_common_pb2.AdapterRef, _Mapping]] = ..., trust_remote_code: _Optional[bool] = ..., rope_scaling: _Optional[_Union[RopeScalingType, str]] = ..., max_context_length: _Optional[int] = ...) -> None: ...
 
 class TrainingMetrics(_message.Message):
     __slots__ = ("step", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_second", "eta", "eval_loss", "extra")
