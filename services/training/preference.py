@@ -18,21 +18,17 @@ which preference loss is used.
 
 from __future__ import annotations
 
-import json
-import math
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from llamafleet.data.v1 import data_pb2
-from transformers import set_seed
 
-from services.training import checkpoints, models, optim
-from services.training.batches import InMemorySource, StreamRequest
+from services.training import models
+from services.training.batches import InMemoryPairSource
 from services.training.collate import ModelInputs, collate
-from services.training.distributed import all_reduce_sum, build_engine
+from services.training.distributed import all_reduce_sum
 from services.training.losses import token_losses
-from services.training.outputs import MetricsWriter
 from services.training.trainer import Trainer
 
 __all__ = ["InMemoryPairSource", "PairInputs", "PreferenceTrainer", "collate_pairs"]
@@ -107,34 +103,6 @@ def collate_pairs(
     return PairInputs(inputs, segment, last_index, len(pairs))
 
 
-class InMemoryPairSource(InMemorySource):
-    """``InMemorySource`` over preference pairs: batches carry ``batch_rows`` ``pairs`` each."""
-
-    def __init__(
-        self,
-        train_pairs: Sequence[data_pb2.PreferencePair],
-        eval_pairs: Sequence[data_pb2.PreferencePair] = (),
-    ) -> None:
-        self.rows = {data_pb2.SPLIT_TRAIN: list(train_pairs), data_pb2.SPLIT_EVAL: list(eval_pairs)}
-
-    def _batches(self, request: StreamRequest) -> list[list[data_pb2.PreferencePair]]:
-        if not request.batch_rows:
-            raise ValueError("InMemoryPairSource batches by batch_rows (pairs per batch) only")
-        return super()._batches(request)
-
-    def stream(self, request: StreamRequest) -> Iterator[tuple[data_pb2.Batch, str]]:
-        epoch, start = request.epoch, 0
-        if request.cursor:
-            position = json.loads(request.cursor)
-            epoch, start = position["epoch"], position["index"] + 1
-        batches = self._batches(replace(request, epoch=epoch))
-        for index in range(start, len(batches)):
-            pairs = batches[index]
-            batch = data_pb2.Batch(epoch=epoch, index=index, pairs=pairs)
-            batch.tokens = sum(len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in pairs)
-            yield batch, json.dumps({"epoch": epoch, "index": index})
-
-
 class PreferenceTrainer(Trainer):
     """The ``Trainer`` loop over preference pairs: a per-pair loss, averaged over the step."""
 
@@ -143,48 +111,13 @@ class PreferenceTrainer(Trainer):
         self._stats = [0.0, 0.0, 0.0]  # correct pairs, summed margin, pairs
         self.last_eval_metrics: dict[str, float] = {}
 
-    # --- what a recipe defines ---------------------------------------------------------------
-
-    def build_model(self) -> torch.nn.Module:
-        """The trained model on ``self.device`` (LoRA applied when ``method == "lora"``)."""
-        raise NotImplementedError
+    # --- what a recipe defines (and ``Trainer.build_model`` / ``after_setup``) -------------
 
     def pair_losses(self, x: PairInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-pair losses (B,) and the chosen and rejected rewards (B,) (detached)."""
         raise NotImplementedError
 
-    def after_setup(self) -> None:
-        """Anything the recipe needs once the model exists (e.g. a reference model)."""
-
     # --- the Trainer seams -------------------------------------------------------------------
-
-    def setup(self) -> None:
-        # As ``Trainer.setup``, with the model from ``build_model``.
-        s = self.settings
-        set_seed(s.seed)
-        self.device = models.pick_device(self.world.local_rank)
-        self.model = self.build_model()
-        config = getattr(self.model, "config", None)
-        pad = getattr(config, "pad_token_id", None)
-        self.pad_id = pad if pad is not None else 0
-        self.batches_per_epoch = self.source.count(self._request(epoch=0))
-        if self.batches_per_epoch == 0:
-            raise ValueError("the training split yields no batch for this rank; add data")
-        per_step = s.gradient_accumulation_steps
-        self.total_steps = s.max_steps or math.ceil(
-            s.num_epochs * self.batches_per_epoch / per_step
-        )
-        optimizer = optim.build_optimizer(self.model, s)
-        scheduler = optim.build_scheduler(optimizer, s, self.total_steps)
-        self.engine = build_engine(
-            self.model, optimizer, scheduler, models.grad_scaler(s, self.device), s, self.world
-        )
-        self.has_eval = self.source.has_eval()
-        latest = checkpoints.latest_checkpoint(self.job_dir) if s.resume else None
-        if latest is not None:
-            self._resume(latest)
-        self.writer = MetricsWriter(self.output_dir) if self.world.is_main else None
-        self.after_setup()
 
     def _collate(self, batch: data_pb2.Batch) -> PairInputs:
         if not batch.pairs:

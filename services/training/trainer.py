@@ -97,10 +97,9 @@ class Trainer:
         s = self.settings
         set_seed(s.seed)
         self.device = models.pick_device(self.world.local_rank)
-        model = models.load_base(s, self.device)
-        self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
-        if s.method == "lora":
-            model = lora.apply_lora(model, s.lora, s.seed)
+        model = self.build_model()
+        pad = getattr(getattr(model, "config", None), "pad_token_id", None)
+        self.pad_id = pad if pad is not None else 0
         self.model = model
         trainable, total = models.trainable_parameters(model)
         logger.info("trainable parameters: %d of %d", trainable, total)
@@ -122,6 +121,20 @@ class Trainer:
         if latest is not None:
             self._resume(latest)
         self.writer = MetricsWriter(self.output_dir) if self.world.is_main else None
+        self.after_setup()
+
+    def build_model(self) -> torch.nn.Module:
+        """The trained model on ``self.device``: the base, with LoRA when ``method == "lora"``.
+
+        The seam recipes override (the reward model is a sequence classifier)."""
+        s = self.settings
+        model = models.load_base(s, self.device)
+        if s.method == "lora":
+            model = lora.apply_lora(model, s.lora, s.seed)
+        return model
+
+    def after_setup(self) -> None:
+        """Anything a recipe needs once the model and engine exist (e.g. a reference model)."""
 
     def _request(self, epoch: int, cursor: str = "", split=data_pb2.SPLIT_TRAIN) -> StreamRequest:
         s = self.settings

@@ -5,7 +5,9 @@ Per pair, the policy's log-probability of each response is summed over its respo
 
 - ``sigmoid`` / ``ipo`` / ``hinge`` compare with a reference model: with LoRA the same model with
   its adapters disabled (no second copy in memory), with full fine-tuning a frozen copy of the
-  base loaded once. The reference forward runs without gradients in eval mode.
+  base loaded once. The reference forward runs without gradients in eval mode. IPO's squared loss
+  takes the log-ratios averaged over each response's tokens (as TRL and LLaMA-Factory do; summed,
+  its target margin ``1 / (2 beta)`` would depend on the response length).
 - ``orpo`` and ``simpo`` are reference-free and work on length-averaged log-probs; ORPO adds the
   chosen NLL to ``beta`` times its odds-ratio term.
 - ``pref_ftx`` (DPO-ftx) adds ``pref_ftx`` times the SFT loss of the chosen response (its token-mean
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from services.training import lora, models
+from services.training import models
 from services.training.batches import BatchSource
 from services.training.distributed import World
 from services.training.preference import PairInputs, PreferenceTrainer
@@ -34,12 +36,7 @@ REFERENCE_FREE = ("orpo", "simpo")
 
 
 class DpoTrainer(PreferenceTrainer):
-    def build_model(self) -> torch.nn.Module:
-        s = self.settings
-        model = models.load_base(s, self.device)
-        if s.method == "lora":
-            model = lora.apply_lora(model, s.lora, s.seed)
-        return model
+    # the policy is ``Trainer.build_model``'s: the base, with LoRA when asked
 
     def after_setup(self) -> None:
         s = self.settings
@@ -79,6 +76,8 @@ class DpoTrainer(PreferenceTrainer):
             chosen, rejected = p.beta * average[:b], p.beta * average[b:]
         else:
             ref = self.reference_logps(x)  # (2B,)
+            if p.loss_type == "ipo":  # on length-averaged log-ratios, as TRL and LLaMA-Factory
+                logps, ref = average, ref / counts.clamp(min=1)
             out = dpo_loss(
                 logps[:b], logps[b:], ref[:b], ref[b:], p.beta, p.loss_type, p.label_smoothing
             )
