@@ -8,7 +8,7 @@ Formulas (``c`` = chosen, ``r`` = rejected, ``pi`` = policy, ``ref`` = reference
 - pairwise reward model: ``-log sigmoid(s_c - s_r)``
 - DPO (sigmoid): with ``h = (log pi(c) - log ref(c)) - (log pi(r) - log ref(r))``,
   ``-(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)`` (``eps`` = label smoothing)
-- IPO: ``(h - 1 / (2 beta))^2``
+- IPO: ``(h - 1 / (2 beta))^2`` (the ``dpo`` recipe passes length-averaged log-probs, as TRL)
 - hinge: ``max(0, 1 - beta h)``
 - ORPO (reference-free, on length-averaged log-probs ``a``): the log odds ratio
   ``l = (a_c - a_r) - (log(1 - e^{a_c}) - log(1 - e^{a_r}))`` and ``-log sigmoid(l)``;
@@ -86,10 +86,16 @@ def dpo_loss(
 
 def orpo_odds_ratio_loss(chosen_avg: torch.Tensor, rejected_avg: torch.Tensor) -> torch.Tensor:
     """``-log sigmoid(log odds(c) - log odds(r))`` on length-averaged log-probs (all < 0)."""
-    log_odds = (chosen_avg - rejected_avg) - (
-        torch.log1p(-torch.exp(chosen_avg)) - torch.log1p(-torch.exp(rejected_avg))
-    )  # (B,)
+    log_odds = (chosen_avg - rejected_avg) - (log1mexp(chosen_avg) - log1mexp(rejected_avg))  # (B,)
     return -F.logsigmoid(log_odds)  # (B,)
+
+
+def log1mexp(a: torch.Tensor) -> torch.Tensor:
+    """``log(1 - e^a)`` for ``a < 0``, accurate near 0 too (Maechler's two branches at -ln 2):
+    for a confident response (``a`` = -1e-8) ``e^a`` rounds to 1 and ``log1p(-e^a)`` is -inf."""
+    return torch.where(
+        a < -0.6931471805599453, torch.log1p(-torch.exp(a)), torch.log(-torch.expm1(a))
+    )
 
 
 def simpo_loss(

@@ -147,11 +147,13 @@ def trl_loss(policy, reference, tokenizer, pairs, beta, loss_type, tmp_path) -> 
         return float(trainer.compute_loss(trainer.model, inputs))
 
 
-@pytest.mark.parametrize("loss_type", ["sigmoid", "hinge"])
+@pytest.mark.parametrize("loss_type", ["sigmoid", "hinge", "ipo"])
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_dpo_loss_equals_trl_dpo_trainer(
     tiny_random, tokenizer, fixed_pairs, tmp_path, loss_type, attention
 ):
+    """TRL 1.16 ``DPOTrainer.compute_loss`` on the same policy, reference, pairs and beta. IPO:
+    TRL divides each log-ratio by its response's token count before the square (so do we)."""
     settings = dpo_settings(tiny_random, loss_type, beta=0.5, attention=attention, batch_rows=4)
     trainer = trainer_for(settings, fixed_pairs, tmp_path)
     perturb(trainer.model)
@@ -167,7 +169,8 @@ def test_dpo_loss_equals_trl_dpo_trainer(
     theirs = trl_loss(policy, reference, tokenizer, fixed_pairs, 0.5, loss_type, tmp_path)
     print(f"\n{loss_type}/{attention}: ours {ours:.8f} TRL {theirs:.8f} diff {ours - theirs:.2e}")
     assert abs(ours - theirs) < 1e-5
-    assert abs(ours - (0.6931 if loss_type == "sigmoid" else 1.0)) > 1e-3  # not the h = 0 value
+    at_zero = {"sigmoid": 0.6931, "hinge": 1.0, "ipo": 1.0}[loss_type]  # (1 / (2 * 0.5))^2
+    assert abs(ours - at_zero) > 1e-3  # not the h = 0 value
 
 
 def test_lora_reference_is_the_base_with_adapters_disabled(tiny_random, fixed_pairs, tmp_path):
