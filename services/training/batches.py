@@ -3,9 +3,10 @@
 - ``DataServiceSource`` streams ``DataService.StreamBatches`` through ``llamafleet.client.Client``
   (preparing an inline ``DatasetSpec`` first with the idempotent ``PrepareDataset``).
 - ``InMemorySource`` serves hand-built ``TokenRow``s with the same contract (seeded shuffle per
-  epoch, the same number of batches on every rank, resumable cursors). Tests use it directly; a
-  runner given ``--data-address file://DIR`` reads ``DIR/train.binpb`` (and ``DIR/eval.binpb``
-  when present), each a serialized ``data.v1.Batch`` holding all rows of the split.
+  epoch, the same number of batches on every rank, resumable cursors); ``InMemoryPairSource`` the
+  same over ``PreferencePair``s (batches carry ``pairs``). Tests use them directly; a runner given
+  ``--data-address file://DIR`` reads ``DIR/train.binpb`` (and ``DIR/eval.binpb`` when present),
+  each a serialized ``data.v1.Batch`` holding all rows, or all preference pairs, of the split.
 
 Each streamed batch comes with a cursor; a checkpoint stores the cursor of the last batch it
 trained on, and resuming streams from just after it, so no example is trained twice or skipped.
@@ -67,17 +68,27 @@ class InMemorySource:
     ) -> None:
         self.rows = {data_pb2.SPLIT_TRAIN: list(train_rows), data_pb2.SPLIT_EVAL: list(eval_rows)}
 
-    @classmethod
-    def from_dir(cls, folder: str | Path) -> InMemorySource:
-        """Rows from ``train.binpb`` (and ``eval.binpb``) in ``folder``: serialized Batches."""
+    @staticmethod
+    def from_dir(folder: str | Path) -> InMemorySource:
+        """The splits in ``folder``: ``train.binpb`` (and ``eval.binpb``), serialized Batches of
+        rows (an ``InMemorySource``) or of preference pairs (an ``InMemoryPairSource``)."""
         folder = Path(folder)
+        if not (folder / "train.binpb").is_file():
+            raise FileNotFoundError(f"{folder / 'train.binpb'}: no training split in {folder}")
         splits = []
         for name in ("train.binpb", "eval.binpb"):
             batch = data_pb2.Batch()
             if (folder / name).exists():
                 batch.ParseFromString((folder / name).read_bytes())
-            splits.append(list(batch.rows))
-        return cls(*splits)
+            if batch.rows and batch.pairs:
+                raise ValueError(f"{folder / name}: holds both rows and pairs; write one kind")
+            splits.append(batch)
+        kinds = {"pairs" if b.pairs else "rows" for b in splits if b.rows or b.pairs}
+        if len(kinds) > 1:
+            raise ValueError(f"{folder}: train.binpb and eval.binpb hold different kinds ({kinds})")
+        if kinds == {"pairs"}:
+            return InMemoryPairSource(*(list(b.pairs) for b in splits))
+        return InMemorySource(*(list(b.rows) for b in splits))
 
     def has_eval(self) -> bool:
         return bool(self.rows[data_pb2.SPLIT_EVAL])
@@ -117,6 +128,36 @@ class InMemorySource:
             batch = data_pb2.Batch(epoch=epoch, index=index, rows=rows)
             batch.tokens = sum(len(r.input_ids) for r in rows)
             batch.trained_tokens = sum(sum(1 for x in r.labels if x != -100) for r in rows)
+            yield batch, json.dumps({"epoch": epoch, "index": index})
+
+
+class InMemoryPairSource(InMemorySource):
+    """``InMemorySource`` over preference pairs: batches carry ``batch_rows`` ``pairs`` each."""
+
+    def __init__(
+        self,
+        train_pairs: Sequence[data_pb2.PreferencePair],
+        eval_pairs: Sequence[data_pb2.PreferencePair] = (),
+    ) -> None:
+        self.rows = {data_pb2.SPLIT_TRAIN: list(train_pairs), data_pb2.SPLIT_EVAL: list(eval_pairs)}
+
+    def _batches(self, request: StreamRequest) -> list[list[data_pb2.PreferencePair]]:
+        if not request.batch_rows:
+            raise ValueError("InMemoryPairSource batches by batch_rows (pairs per batch) only")
+        return super()._batches(request)
+
+    def stream(self, request: StreamRequest) -> Iterator[tuple[data_pb2.Batch, str]]:
+        epoch, start = request.epoch, 0
+        if request.cursor:
+            position = json.loads(request.cursor)
+            epoch, start = position["epoch"], position["index"] + 1
+        batches = self._batches(replace(request, epoch=epoch))
+        for index in range(start, len(batches)):
+            pairs = batches[index]
+            batch = data_pb2.Batch(epoch=epoch, index=index, pairs=pairs)
+            sides = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+            batch.tokens = sum(len(r.input_ids) for r in sides)
+            batch.trained_tokens = sum(sum(1 for x in r.labels if x != -100) for r in sides)
             yield batch, json.dumps({"epoch": epoch, "index": index})
 
 
