@@ -45,16 +45,83 @@ from redis import exceptions as rexc
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from services.common.errors import Unavailable
+from services.common.errors import FailedPrecondition, Unavailable
 
 logger = logging.getLogger(__name__)
 
-# Server replies that mean "not now" rather than "never": the worker loop waits them out.
+# Errors that mean "never, until someone fixes the configuration": retrying cannot help. redis-py
+# files wrong credentials under ConnectionError (NOAUTH, WRONGPASS, "invalid password"), so these
+# are told apart before the transient ones. InvalidResponse is a peer that is not Redis at all.
+_FATAL_ERRORS = (
+    rexc.AuthenticationError,
+    rexc.AuthorizationError,
+    rexc.AuthenticationWrongNumberOfArgsError,
+    rexc.NoPermissionError,
+    rexc.InvalidResponse,
+)
+# Server replies that mean "not now" rather than "never": the worker loop waits them out. A full
+# (maxmemory + noeviction), read-only, loading or script-busy Redis refuses work but loses nothing.
 _TRANSIENT_SERVER_ERRORS = (
     rexc.OutOfMemoryError,
     rexc.ReadOnlyError,
     rexc.BusyLoadingError,
+    rexc.MasterDownError,
+    rexc.TryAgainError,
 )
+# BUSY: a script or module command runs past busy-reply-threshold. UNBLOCKED: a blocked XREADGROUP
+# was released because the server turned into a replica (failover).
+_TRANSIENT_REPLY_PREFIXES = ("BUSY ", "MASTERDOWN", "LOADING", "UNBLOCKED")
+
+
+class RedisUnusable(FailedPrecondition):
+    """Redis answered, but no retry will make it usable: wrong credentials or ACL, not Redis, or a
+    reply the queue cannot work with. Raised by :func:`require_redis` and :meth:`WorkQueue.run`."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` from a Redis call may go away by itself (Redis restarting, full, loading).
+
+    Unreachable (refused, reset, timed out), ``LOADING``, ``OOM``, ``READONLY``, ``BUSY``,
+    ``MASTERDOWN`` and ``UNBLOCKED`` (a blocked read released by a failover) are; wrong credentials (``NOAUTH``, ``WRONGPASS``), ``NOPERM``, a peer that does
+    not speak the Redis protocol, and any other error reply (``WRONGTYPE``, unknown command) are
+    not. ``NOGROUP`` is neither: the worker loop recreates the group.
+    """
+    if isinstance(exc, _FATAL_ERRORS):
+        return False
+    if isinstance(exc, (rexc.ConnectionError, rexc.TimeoutError, *_TRANSIENT_SERVER_ERRORS)):
+        return True
+    return isinstance(exc, rexc.ResponseError) and str(exc).startswith(_TRANSIENT_REPLY_PREFIXES)
+
+
+def describe_client(r: redis.Redis) -> str:
+    """``redis://[user:***@]host:port/db`` of a client, for errors (never the password)."""
+    kw = r.get_connection_kwargs()
+    user = kw.get("username") or ""
+    auth = f"{user}:***@" if kw.get("password") else (f"{user}@" if user else "")
+    if kw.get("path"):
+        return f"unix://{auth}{kw['path']}?db={kw.get('db', 0)}"
+    return f"redis://{auth}{kw.get('host', '?')}:{kw.get('port', '?')}/{kw.get('db', 0)}"
+
+
+def unusable_message(shown_url: str, exc: BaseException) -> str:
+    """What is wrong with the Redis that ``redis_url`` names, and what to change: one line."""
+    text = str(exc).strip().rstrip(".") or type(exc).__name__
+    if isinstance(exc, rexc.AuthenticationError | rexc.AuthenticationWrongNumberOfArgsError):
+        hint = (
+            "Redis refused the credentials; put the right user and password in redis_url "
+            "(redis://[user]:password@host:port/db), or none if Redis has no password"
+        )
+    elif isinstance(exc, rexc.AuthorizationError | rexc.NoPermissionError):
+        hint = (
+            "the Redis user in redis_url lacks a permission the queue needs (stream commands, "
+            "EVAL/EVALSHA, keys llamafleet:*); grant it with ACL SETUSER or use another user"
+        )
+    elif isinstance(exc, rexc.InvalidResponse):
+        hint = "the server there does not speak the Redis protocol; point redis_url at redis-server"
+    else:
+        hint = "Redis refused a queue command; check redis_url and the Redis server's version"
+    return f"cannot use Redis at {shown_url} (setting redis_url): {hint} ({text})"
+
 
 ROLLOUT_TASKS = "llamafleet:rollout:tasks"
 ROLLOUT_RESULTS = "llamafleet:rollout:results"
@@ -502,9 +569,11 @@ class WorkQueue:
     ) -> None:
         """The worker loop: fetch, handle under a kept lease, commit; until ``stop`` is set.
 
-        A handler that raises gets :meth:`fail`. Redis being unreachable is logged and retried
-        with an explicit backoff. With ``count`` > 1 later deliveries of a batch wait unrenewed,
-        so keep ``count`` * handler time under the lease.
+        A handler that raises gets :meth:`fail`. Redis being unreachable or refusing work for a
+        while (:func:`is_transient`) is logged and retried with an explicit backoff; an error no
+        retry can fix (wrong password, missing ACL permission, not a Redis server) ends the loop
+        with :class:`RedisUnusable`. With ``count`` > 1 later deliveries of a batch wait
+        unrenewed, so keep ``count`` * handler time under the lease.
         """
         backoff = _BACKOFF_MIN_S
         need_group = True
@@ -518,38 +587,37 @@ class WorkQueue:
                         break  # the rest stay pending and are re-claimed after the lease
                     self._handle(handler, delivery)
                 backoff = _BACKOFF_MIN_S
-            except (rexc.ConnectionError, rexc.TimeoutError) as exc:
-                logger.warning(
-                    "redis unavailable for %s/%s (%s); retrying in %.1fs",
-                    self.stream,
-                    self.group,
-                    exc,
-                    backoff,
-                )
-                stop.wait(backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX_S)
-            except rexc.ResponseError as exc:
-                if "NOGROUP" in str(exc):
+            except rexc.RedisError as exc:
+                if isinstance(exc, rexc.ResponseError) and "NOGROUP" in str(exc):
                     logger.warning(
                         "group %s on %s is gone (%s); recreating", self.group, self.stream, exc
                     )
                     need_group = True
                     stop.wait(backoff)
                     continue
-                if not isinstance(exc, _TRANSIENT_SERVER_ERRORS):
-                    raise
-                # A full (maxmemory + noeviction), read-only or busy Redis refuses writes but
-                # loses nothing: publish and commit are all-or-nothing scripts, so the item in
-                # hand stays pending and is retried when the server accepts writes again.
+                if not is_transient(exc):
+                    # Wrong credentials or a server that is not Redis do not heal: stop, and say
+                    # which setting to fix. The item in hand (if any) stays pending for others.
+                    raise self.unusable(exc) from exc
+                # Unreachable, restarting, loading, full, read-only or busy: nothing is lost
+                # (publish and commit are all-or-nothing scripts), so the item in hand stays
+                # pending and is retried when the server accepts work again.
                 logger.warning(
-                    "redis refuses work for %s/%s (%s); retrying in %.1fs",
+                    "redis unavailable for %s/%s (%s: %s); retrying in %.1fs",
                     self.stream,
                     self.group,
+                    type(exc).__name__,
                     exc,
                     backoff,
                 )
                 stop.wait(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX_S)
+
+    def unusable(self, exc: BaseException) -> RedisUnusable:
+        """The error that ends this consumer for ``exc`` (see :func:`is_transient`)."""
+        return RedisUnusable(
+            unusable_message(describe_client(self.r), exc), reason="REDIS_UNUSABLE"
+        )
 
     def _handle(self, handler: Callable[[Delivery], Sequence[Output]], delivery: Delivery) -> None:
         with self.lease_keeper(delivery):
@@ -577,10 +645,19 @@ class WorkQueue:
 
 
 def require_redis(url: str, timeout_s: float = 5.0) -> None:
-    """Fail a service's start-up with a clear message when its work-queue Redis is unreachable."""
+    """Fail a service's start-up with a clear message when its work-queue Redis is not usable.
+
+    Unreachable or not ready (:func:`is_transient`): :class:`Unavailable`. Wrong credentials, a
+    missing ACL permission or a server that is not Redis: :class:`RedisUnusable`. Both name
+    ``redis_url`` with its password redacted; ``run_service`` turns either into exit code 1.
+    """
     try:
         connect(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s).ping()
     except redis.RedisError as exc:
+        if not is_transient(exc):
+            raise RedisUnusable(
+                unusable_message(redact_url(url), exc), reason="REDIS_UNUSABLE"
+            ) from None
         raise Unavailable(
             f"cannot reach Redis at {redact_url(url)}: {exc}; start redis-server or fix redis_url",
             reason="REDIS_UNAVAILABLE",

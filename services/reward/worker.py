@@ -110,17 +110,22 @@ class RewardWorker:
             for i in range(threads)
         ]
         self._threads: list[threading.Thread] = []
+        self.failure: Exception | None = None  # why the loops ended by themselves, if they did
 
     def handle(self, delivery: Delivery) -> Sequence[Output]:
         return [score_rollout(self.engine, delivery.payload)]
 
     def start(self) -> None:
         for q in self.queues:
-            q.ensure_group()
+            try:
+                q.ensure_group()
+            except redis.RedisError as exc:
+                if not queues.is_transient(exc):
+                    raise q.unusable(exc) from exc
+                # Redis is down for now: the loop creates the group when it is back.
             thread = threading.Thread(
-                target=q.run,
-                args=(self.handle,),
-                kwargs={"stop": self.stop_event, "block_ms": self._block_ms},
+                target=self._run,
+                args=(q,),
                 name=f"reward-worker:{q.consumer}",
                 daemon=True,
             )
@@ -132,6 +137,17 @@ class RewardWorker:
             queues.ROLLOUT_RESULTS,
             GROUP,
         )
+
+    def _run(self, queue: WorkQueue) -> None:
+        try:
+            queue.run(self.handle, stop=self.stop_event, block_ms=self._block_ms)
+        except queues.RedisUnusable as exc:  # wrong password, ACL, not Redis: no retry helps
+            self.failure = exc
+            self.stop_event.set()  # the other threads share the client: they would fail alike
+            logger.error("reward worker %s stopped: %s", queue.consumer, exc)
+        except Exception as exc:
+            self.failure = exc
+            logger.exception("reward worker %s stopped on an unexpected error", queue.consumer)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop fetching; an item in hand is finished (or left to be re-claimed)."""

@@ -45,6 +45,7 @@ class RolloutWorker:
         self.generator = generator
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.failure: Exception | None = None  # why the loop ended by itself, if it did
 
     def handle(self, delivery: Delivery) -> list[Output]:
         try:
@@ -104,7 +105,11 @@ class RolloutWorker:
     def _run(self) -> None:
         try:
             self.queue.run(self.handle, stop=self._stop, block_ms=500)
-        except Exception:
+        except queues.RedisUnusable as exc:  # wrong password, ACL, not Redis: no retry helps
+            self.failure = exc
+            logger.error("rollout worker stopped: %s", exc)
+        except Exception as exc:
+            self.failure = exc
             logger.exception("rollout worker stopped on an unexpected error")
 
     def stop(self, timeout: float = 30.0) -> None:

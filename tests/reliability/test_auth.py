@@ -33,6 +33,7 @@ from services.common.errors import Unavailable
 from services.common.queues import (
     DEADLETTER,
     Outcome,
+    RedisUnusable,
     WorkQueue,
     connect,
     publish,
@@ -322,9 +323,9 @@ def test_queue_works_with_a_redis_password_and_fails_clearly_without_it(secured_
     for url in (f"redis://127.0.0.1:{port}/0", f"redis://:not-{REDIS_PASSWORD}@127.0.0.1:{port}/0"):
         with pytest.raises(redis.AuthenticationError):
             connect(url).ping()
-        with pytest.raises(Unavailable) as err:
+        with pytest.raises(RedisUnusable) as err:  # not "unavailable": retrying cannot help
             require_redis(url, timeout_s=2)
-        assert "cannot reach Redis" in str(err.value)
+        assert "cannot use Redis" in str(err.value) and "redis_url" in str(err.value)
         assert "Authentication required" in str(err.value) or "invalid username-password" in str(
             err.value
         )
