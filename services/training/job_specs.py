@@ -3,9 +3,9 @@
 ``normalize`` gives the spec a job id, absolute paths and the defaults the contract documents
 (the stored spec is what ``TrainingJob.spec`` shows and what "identical spec" compares).
 ``validate`` rejects what can be seen without loading a model: missing required fields, values out
-of range, a base model folder that is not there. Deeper, recipe-specific checks belong to the
-training core (``services.training.launch.validate``), which is called too when it exists.
-This module knows nothing about processes or files other than the base model folder.
+of range, a base model folder that is not there or whose only weights are a pickle. Deeper,
+recipe-specific checks belong to the training core (``services.training.launch.validate``), which
+is called too when it exists. This module knows nothing about processes or files other than the base model folder.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 from llamafleet.training.v1 import training_pb2 as pb
 
 from services.common.errors import FieldViolation, InvalidArgument
+from services.common.weight_files import pickle_files
 
 JOB_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 TERMINAL_STATES = frozenset({pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED})
@@ -140,6 +141,8 @@ def validate(spec: pb.TrainingJobSpec) -> None:
                 "base_model",
                 f"{folder} has no config.json (not a Hugging Face model folder)",
             )
+            why = pickle_only(folder)
+            check(why is None, "base_model", why or "")
     _check_dataset(spec.dataset, "dataset", check, required=True)
     if spec.HasField("eval_dataset"):
         _check_dataset(spec.eval_dataset, "eval_dataset", check, required=False)
@@ -162,6 +165,22 @@ def validate(spec: pb.TrainingJobSpec) -> None:
         raise InvalidArgument(
             "the training job spec is invalid", reason="INVALID_JOB_SPEC", violations=bad
         )
+
+
+def pickle_only(folder: Path) -> str | None:
+    """Why ``folder`` is refused when its only weights are a pickle (``pytorch_model.bin``, ...),
+    else None. A folder with no weight files at all is left to the loader, which needs
+    ``*.safetensors`` (``models.load_base``)."""
+    if any(folder.glob("*.safetensors")):
+        return None
+    pickles = pickle_files(folder)
+    if not pickles:
+        return None
+    return (
+        f"{folder} has no *.safetensors weights; it holds {', '.join(pickles)}, a pickle, which "
+        "is never loaded (it can run code): re-save the model with "
+        "save_pretrained(..., safe_serialization=True)"
+    )
 
 
 def _check_dataset(ref: pb.DatasetRef, path: str, check, *, required: bool) -> None:

@@ -26,12 +26,20 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import (
+    AttentionInterface,
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+)
 
-from services.training.methods import freeze, llama_pro, quantize
+from services.common.weight_files import require_safetensors_model
+from services.training.methods import freeze, llama_pro, quantize, rope
 from services.training.recipes import Settings
 
 logger = logging.getLogger(__name__)
@@ -87,9 +95,22 @@ def pick_device(local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def base_config(settings: Settings):
+    """The base model's config, RoPE-scaled for ``settings.max_context_length`` when asked."""
+    config = AutoConfig.from_pretrained(
+        settings.base_model, trust_remote_code=settings.trust_remote_code
+    )
+    if settings.rope_scaling:
+        rope.rope_scaling(config, settings.rope_scaling, settings.max_context_length)
+    return config
+
+
 def load_base(settings: Settings, device: torch.device) -> PreTrainedModel:
-    """The base model on ``device``, with the chosen attention implementation."""
+    """The base model on ``device``, with the chosen attention implementation, its RoPE scaled
+    and LLaMA-Pro blocks inserted when asked; FREEZE's trained subset marked. Weights load from
+    ``*.safetensors`` only (a pickle is never unpickled)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    require_safetensors_model(Path(settings.base_model), "base_model")
     compute = TORCH_DTYPES[settings.compute_dtype]
     # A frozen LoRA base may live in the compute dtype; trained weights stay float32.
     load_dtype = compute if settings.method == "lora" and compute != torch.float32 else None
@@ -97,12 +118,17 @@ def load_base(settings: Settings, device: torch.device) -> PreTrainedModel:
     if settings.quantization_bits:  # QLoRA: the frozen linear layers in 4 or 8 bits
         quantized = {
             "quantization_config": quantize.quantization_config(
-                settings.quantization_bits, compute
+                settings.quantization_bits,
+                compute,
+                quant_type=settings.quantization_type,
+                double_quant=settings.double_quantization,
             ),
             "device_map": {"": device},
         }
     model = AutoModelForCausalLM.from_pretrained(
         settings.base_model,
+        config=base_config(settings),
+        use_safetensors=True,
         dtype=load_dtype or torch.float32,
         attn_implementation=model_attention(settings.attention),
         trust_remote_code=settings.trust_remote_code,
@@ -116,10 +142,10 @@ def load_base(settings: Settings, device: torch.device) -> PreTrainedModel:
             model, use_gradient_checkpointing=settings.gradient_checkpointing
         )
         quantize.keep_cpu_layout(model)
-    if settings.method == "freeze":  # LLaMA-Pro blocks (if any), then the trained subset
-        new_blocks = None
-        if settings.llama_pro_expand:
-            new_blocks = llama_pro.expand(model, settings.llama_pro_expand)
+    new_blocks = None
+    if settings.llama_pro_expand:  # FREEZE trains the new blocks, LoRA adapts only them
+        new_blocks = llama_pro.expand(model, settings.llama_pro_expand)
+    if settings.method == "freeze":
         freeze.apply_freeze(model, settings.freeze, layers=new_blocks)
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

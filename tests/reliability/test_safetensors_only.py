@@ -7,7 +7,8 @@ weights are a pickle, with an error that says so, before any unpickler runs:
 
 - rollout: its base model (start-up), and adapters fetched from the training service;
 - reward: its reward model / base model (start-up), and reward adapters;
-- training: the base model of a job (not fixed here: see the xfail test and RELIABILITY.md).
+- training: the base model of a job (``job_specs.validate`` and ``recipes.validate`` at
+  CreateTrainingJob, and ``models.load_base``).
 
 Adapter transfer (item 13): a byte flipped in transit is caught by the sha256 and leaves nothing
 in the cache; a transfer whose process is SIGKILLed leaves no file under a hash name, and the next
@@ -281,21 +282,13 @@ def test_reward_refuses_a_pickle_reward_adapter(tiny, folders):
     assert "adapter_model.safetensors is missing" in str(err.value)
 
 
-# -- training (reported, not fixed here: services/training is owned by another engineer) -----
+# -- training --------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,  # "DID NOT RAISE"; any other error is a real failure
-    reason="services/training/models.py:load_base calls from_pretrained without "
-    "use_safetensors=True and job_specs.validate accepts a pickle-only base_model; "
-    "see RELIABILITY.md 'Bugs found'",
-)
-def test_training_refuses_a_pickle_only_base_model(folders):
-    from services.common.errors import LlamafleetError
+def test_training_refuses_a_pickle_only_base_model(folders, tmp_path):
     from services.training import job_specs
     from services.training.models import load_base
-    from services.training.recipes import LoraSettings, Settings
+    from services.training.recipes import LoraSettings, Settings, validate
 
     spec = training_pb2.TrainingJobSpec(
         job_id="pickled",
@@ -303,15 +296,26 @@ def test_training_refuses_a_pickle_only_base_model(folders):
         base_model=str(folders["pickle_model"]),
         dataset=training_pb2.DatasetRef(dataset_id="good"),
     )
-    try:
-        job_specs.validate(job_specs.normalize(spec))
-    except LlamafleetError:
-        return  # refused at CreateTrainingJob: what we want
+    # CreateTrainingJob's checks, then the training core's: INVALID_ARGUMENT on spec.base_model
+    for check in (lambda s: job_specs.validate(job_specs.normalize(s)), validate):
+        with pytest.raises(errors.InvalidArgument) as err:
+            check(spec)
+        assert [v.field for v in err.value.violations] == ["spec.base_model"], err.value
+        description = err.value.violations[0].description
+        assert "safetensors" in description and "pytorch_model.bin" in description
+    # the loader itself never unpickles, even when called without a validated spec
     settings = Settings(
         recipe="sft", base_model=str(folders["pickle_model"]), method="lora", lora=LoraSettings()
     )
-    with pytest.raises((LlamafleetError, OSError, ValueError)):
-        load_base(settings, torch.device("cpu"))  # today: unpickles pytorch_model.bin
+    with pytest.raises(errors.FailedPrecondition, match="safetensors.*pytorch_model.bin"):
+        load_base(settings, torch.device("cpu"))
+    # a folder with no weights at all passes the name-only checks and is refused by the loader
+    empty = tmp_path / "no-weights"
+    empty.mkdir()
+    (empty / "config.json").write_bytes((folders["pickle_model"] / "config.json").read_bytes())
+    with pytest.raises(errors.FailedPrecondition, match="no \\*.safetensors"):
+        load_base(Settings(recipe="sft", base_model=str(empty), method="full",
+                           lora=LoraSettings()), torch.device("cpu"))  # fmt: skip
 
 
 # -- adapter transfer (item 13) --------------------------------------------------------------

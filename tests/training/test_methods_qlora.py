@@ -94,6 +94,10 @@ def test_validate(tiny_random):
     with pytest.raises(Unimplemented, match="QLoRA.*FINETUNING_TYPE_FULL"):
         validate(_spec(tiny_random, tpb.FINETUNING_TYPE_FULL, 4))
     spec = _spec(tiny_random, tpb.FINETUNING_TYPE_FREEZE, 4)
-    spec.finetuning.llama_pro.num_expand = 2
     with pytest.raises(Unimplemented, match="QLoRA.*FINETUNING_TYPE_FREEZE"):
         validate(spec)
+    for finetuning_type in (tpb.FINETUNING_TYPE_FREEZE, tpb.FINETUNING_TYPE_LORA):
+        spec = _spec(tiny_random, finetuning_type, 4)
+        spec.finetuning.llama_pro.num_expand = 2
+        with pytest.raises(Unimplemented, match="LLaMA-Pro.*QLoRA"):
+            validate(spec)

@@ -19,6 +19,7 @@ from pathlib import Path
 from llamafleet.training.v1 import training_pb2 as tpb
 
 from services.common.errors import FieldViolation, InvalidArgument, Unimplemented
+from services.training.job_specs import pickle_only
 
 SCHEDULERS = {
     tpb.LR_SCHEDULER_TYPE_UNSPECIFIED: "linear",
@@ -50,6 +51,17 @@ PREFERENCE_LOSSES = {
     tpb.PREFERENCE_LOSS_SIMPO: "simpo",
 }
 METHODS = {tpb.FINETUNING_TYPE_FULL: "full", tpb.FINETUNING_TYPE_FREEZE: "freeze"}
+ROPE_SCALING = {
+    tpb.ROPE_SCALING_TYPE_LINEAR: "linear",
+    tpb.ROPE_SCALING_TYPE_DYNAMIC: "dynamic",
+    tpb.ROPE_SCALING_TYPE_YARN: "yarn",
+    tpb.ROPE_SCALING_TYPE_LLAMA3: "llama3",
+}
+QUANTIZATION_TYPES = {
+    tpb.QUANTIZATION_TYPE_UNSPECIFIED: "nf4",
+    tpb.QUANTIZATION_TYPE_NF4: "nf4",
+    tpb.QUANTIZATION_TYPE_FP4: "fp4",
+}
 
 
 @dataclass(frozen=True)
@@ -92,6 +104,7 @@ class GaloreSettings:
     update_interval: int = 200
     scale: float = 2.0
     projection: str = "std"  # "std" | "reverse_std" | "right" | "left"
+    layerwise: bool = False  # one optimizer per parameter, stepped as its gradient arrives
 
 
 @dataclass(frozen=True)
@@ -130,8 +143,12 @@ class Settings:
     trust_remote_code: bool = False
     preference: PreferenceSettings = field(default_factory=PreferenceSettings)
     freeze: FreezeSettings = field(default_factory=FreezeSettings)
-    llama_pro_expand: int = 0  # LLaMA-Pro blocks inserted (trained alone, with "freeze")
-    quantization_bits: int | None = None  # QLoRA: 4 (NF4, double quantisation) or 8
+    llama_pro_expand: int = 0  # LLaMA-Pro blocks inserted (trained alone: freeze or LoRA on them)
+    quantization_bits: int | None = None  # QLoRA: 4 or 8
+    quantization_type: str = "nf4"  # QLoRA 4-bit data type: "nf4" | "fp4"
+    double_quantization: bool = True  # QLoRA 4-bit: quantise the absmax constants too
+    rope_scaling: str | None = None  # "linear" | "dynamic" | "yarn" | "llama3"
+    max_context_length: int | None = None  # the context RoPE scaling is for
     galore: GaloreSettings | None = None  # GaLore optimizer (full fine-tuning)
     extra: dict = field(default_factory=dict)
 
@@ -198,7 +215,7 @@ def settings(spec: tpb.TrainingJobSpec, device: str = "cpu") -> Settings:
         batch_rows=(hp.per_device_batch_size or 8) if which != "per_device_batch_tokens" else None,
         batch_tokens=hp.per_device_batch_tokens if which == "per_device_batch_tokens" else None,
         gradient_accumulation_steps=hp.gradient_accumulation_steps or 1,
-        max_grad_norm=hp.max_grad_norm if hp.HasField("max_grad_norm") else 1.0,
+        max_grad_norm=_max_grad_norm(hp, ft),
         seed=hp.seed if hp.HasField("seed") else 42,
         weight_decay=hp.weight_decay,
         eval_steps=hp.eval_steps,
@@ -229,8 +246,25 @@ def settings(spec: tpb.TrainingJobSpec, device: str = "cpu") -> Settings:
         ),
         llama_pro_expand=ft.llama_pro.num_expand,
         quantization_bits=ft.quantization_bits if ft.HasField("quantization_bits") else None,
+        quantization_type=QUANTIZATION_TYPES[ft.quantization_type],
+        double_quantization=(
+            ft.double_quantization if ft.HasField("double_quantization") else True
+        ),
+        rope_scaling=ROPE_SCALING.get(spec.rope_scaling),
+        max_context_length=(
+            spec.max_context_length
+            if spec.rope_scaling and spec.HasField("max_context_length")
+            else None
+        ),
         galore=_galore_settings(ft.galore) if ft.HasField("galore") else None,
     )
+
+
+def _max_grad_norm(hp: tpb.Hyperparameters, ft: tpb.FinetuningConfig) -> float:
+    """Unset: 1.0, or 0 (no clipping) with layer-wise GaLore, which has no whole-model gradient."""
+    if hp.HasField("max_grad_norm"):
+        return hp.max_grad_norm
+    return 0.0 if ft.HasField("galore") and ft.galore.layerwise else 1.0
 
 
 def _galore_settings(g: tpb.GaloreConfig) -> GaloreSettings:
@@ -245,6 +279,7 @@ def _galore_settings(g: tpb.GaloreConfig) -> GaloreSettings:
         update_interval=g.update_interval or 200,
         scale=g.scale if g.HasField("scale") else 2.0,
         projection=names.get(g.projection_type, "std"),
+        layerwise=g.layerwise,
     )
 
 
@@ -267,6 +302,8 @@ def validate(spec: tpb.TrainingJobSpec) -> None:
             "spec.base_model",
             f"{base} is not a model folder (no config.json)",
         )
+        pickled = pickle_only(base) if base.is_dir() else None
+        check(pickled is None, "spec.base_model", pickled or "")
     check(spec.dataset.WhichOneof("dataset") is not None, "spec.dataset", "required")
 
     lo = spec.finetuning.lora
@@ -281,16 +318,9 @@ def validate(spec: tpb.TrainingJobSpec) -> None:
     check(not (lo.use_dora and lo.pissa_init), "spec.finetuning.lora", "DoRA and PiSSA exclude")
     _check_freeze(spec, base, check)
     _check_quantization(spec, check)
+    _check_rope(spec, check)
     if spec.finetuning.HasField("galore"):
-        g, path = spec.finetuning.galore, "spec.finetuning.galore."
-        check(g.rank >= 0, path + "rank", "must be >= 0 (0 = 16)")
-        check(g.update_interval >= 0, path + "update_interval", "must be >= 0 (0 = 200)")
-        check(not g.HasField("scale") or g.scale > 0, path + "scale", "must be > 0")
-        check(
-            spec.distributed.backend != tpb.DISTRIBUTED_BACKEND_DEEPSPEED,
-            "spec.distributed.backend",
-            "GaLore with DeepSpeed is not supported; use DDP",
-        )
+        _check_galore(spec, check)
     pref, path = spec.preference, "spec.preference."
     check(not pref.HasField("beta") or pref.beta > 0, path + "beta", "must be > 0 (unset = 0.1)")
     check(0 <= pref.label_smoothing < 0.5, path + "label_smoothing", "must be in [0, 0.5)")
@@ -438,9 +468,77 @@ def _check_freeze(spec: tpb.TrainingJobSpec, base: Path | None, check) -> None:
     )
 
 
+def _check_rope(spec: tpb.TrainingJobSpec, check) -> None:
+    """RoPE scaling: a known type, and the context length it is for (> 0)."""
+    path = "spec.max_context_length"
+    check(
+        spec.rope_scaling == tpb.ROPE_SCALING_TYPE_UNSPECIFIED or spec.rope_scaling in ROPE_SCALING,
+        "spec.rope_scaling",
+        f"unknown RopeScalingType {spec.rope_scaling}",
+    )
+    if spec.HasField("max_context_length"):
+        check(spec.max_context_length > 0, path, "must be > 0 (tokens)")
+    check(
+        not spec.rope_scaling or spec.HasField("max_context_length"),
+        path,
+        "required with rope_scaling: the context length (tokens) the RoPE scaling is for",
+    )
+
+
+def _check_galore(spec: tpb.TrainingJobSpec, check) -> None:
+    """GaLore ranges; layer-wise GaLore steps each parameter inside the backward pass, so it
+    needs one micro-batch per step, one process, unscaled gradients and no global clipping."""
+    g, path = spec.finetuning.galore, "spec.finetuning.galore."
+    check(g.rank >= 0, path + "rank", "must be >= 0 (0 = 16)")
+    check(g.update_interval >= 0, path + "update_interval", "must be >= 0 (0 = 200)")
+    check(not g.HasField("scale") or g.scale > 0, path + "scale", "must be > 0")
+    check(
+        spec.distributed.backend != tpb.DISTRIBUTED_BACKEND_DEEPSPEED,
+        "spec.distributed.backend",
+        "GaLore with DeepSpeed is not supported; use DDP",
+    )
+    if not g.layerwise:
+        return
+    why = "layer-wise GaLore (galore.layerwise) steps each parameter as its gradient arrives"
+    hp = spec.hyperparameters
+    check(
+        hp.gradient_accumulation_steps <= 1,
+        "spec.hyperparameters.gradient_accumulation_steps",
+        f"{why}: must be 1 (or 0 = 1)",
+    )
+    check(spec.distributed.world_size <= 1, "spec.distributed.world_size", f"{why}: one process")
+    check(
+        spec.compute_dtype != tpb.COMPUTE_DTYPE_FLOAT16,
+        "spec.compute_dtype",
+        f"{why}, before a float16 loss scale could be undone: use BFLOAT16 or FLOAT32",
+    )
+    check(
+        not hp.HasField("max_grad_norm") or hp.max_grad_norm == 0,
+        "spec.hyperparameters.max_grad_norm",
+        f"{why}: there is no whole-model gradient to clip; set 0 or leave it unset",
+    )
+
+
 def _check_quantization(spec: tpb.TrainingJobSpec, check) -> None:
-    """QLoRA: 4 or 8 bits, bitsandbytes installed, one process (no DeepSpeed)."""
+    """QLoRA: 4 or 8 bits, bitsandbytes installed, one process (no DeepSpeed); the 4-bit data
+    type and double quantisation only with 4 bits."""
     ft = spec.finetuning
+    four = ft.HasField("quantization_bits") and ft.quantization_bits == 4
+    check(
+        ft.quantization_type in QUANTIZATION_TYPES,
+        "spec.finetuning.quantization_type",
+        f"unknown QuantizationType {ft.quantization_type}",
+    )
+    check(
+        ft.quantization_type == tpb.QUANTIZATION_TYPE_UNSPECIFIED or four,
+        "spec.finetuning.quantization_type",
+        "applies to quantization_bits 4 only",
+    )
+    check(
+        not ft.HasField("double_quantization") or four,
+        "spec.finetuning.double_quantization",
+        "applies to quantization_bits 4 only",
+    )
     if not ft.HasField("quantization_bits"):
         return
     path = "spec.finetuning.quantization_bits"
@@ -474,19 +572,35 @@ def _refuse_unimplemented(spec: tpb.TrainingJobSpec) -> None:
             refuse("spec.distributed.world_size", f"{tpb.Stage.Name(spec.stage)} on several ranks")
         if spec.stage == tpb.STAGE_RM and spec.finetuning.HasField("quantization_bits"):
             refuse("spec.finetuning.quantization_bits", "QLoRA in STAGE_RM")
+        if spec.stage == tpb.STAGE_RM and spec.finetuning.llama_pro.num_expand:
+            refuse("spec.finetuning.llama_pro", "LLaMA-Pro block expansion in STAGE_RM")
+        if spec.stage == tpb.STAGE_RM and spec.rope_scaling:
+            refuse("spec.rope_scaling", "RoPE scaling in STAGE_RM")
     ft = spec.finetuning
-    if ft.llama_pro.num_expand and ft.type != tpb.FINETUNING_TYPE_FREEZE:
+    if ft.llama_pro.num_expand and ft.type == tpb.FINETUNING_TYPE_FULL:
         refuse(
             "spec.finetuning.llama_pro",
-            f"LLaMA-Pro block expansion with {tpb.FinetuningType.Name(ft.type)} (use FREEZE)",
+            "LLaMA-Pro block expansion with FINETUNING_TYPE_FULL (use FREEZE or LORA)",
+        )
+    if ft.llama_pro.num_expand and ft.HasField("quantization_bits"):
+        refuse(
+            "spec.finetuning.llama_pro",
+            "LLaMA-Pro block expansion with QLoRA (quantization_bits): a quantised block "
+            "cannot be copied with zeroed output projections",
+        )
+    if ft.llama_pro.num_expand and ft.lora.use_dora and ft.type != tpb.FINETUNING_TYPE_FREEZE:
+        refuse(
+            "spec.finetuning.llama_pro",
+            "LLaMA-Pro block expansion with DoRA (lora.use_dora): the new blocks' zeroed "
+            "output projections have no weight norm to decompose",
         )
     if ft.HasField("galore") and ft.type != tpb.FINETUNING_TYPE_FULL:
         refuse(
             "spec.finetuning.galore",
             f"GaLore with {tpb.FinetuningType.Name(ft.type)} (use FULL)",
         )
-    if ft.galore.layerwise:
-        refuse("spec.finetuning.galore.layerwise", "layer-wise GaLore")
+    if ft.galore.projection_type == tpb.GALORE_PROJECTION_TYPE_FULL:
+        refuse("spec.finetuning.galore.projection_type", "GALORE_PROJECTION_TYPE_FULL")
     if ft.HasField("quantization_bits") and ft.type != tpb.FINETUNING_TYPE_LORA:
         refuse(
             "spec.finetuning.quantization_bits",
