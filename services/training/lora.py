@@ -4,7 +4,9 @@
 (and ``additional_target_modules``, trained in full and saved with the adapter). ``"all"`` (or an
 empty list) expands to every ``nn.Linear`` of the model except the output head, by module name
 suffix (``q_proj``, ``k_proj``, ..., ``down_proj``), which is also what vLLM's LoRA loader expects.
-Scaling is ``alpha / rank``, or ``alpha / sqrt(rank)`` with rsLoRA.
+Scaling is ``alpha / rank``, or ``alpha / sqrt(rank)`` with rsLoRA. On a model expanded with
+LLaMA-Pro blocks, adapters go on the new blocks only (peft's ``layers_to_transform``); the
+original blocks stay bit-identical.
 
 ``publish_adapter`` writes a folder that ``peft.PeftModel.from_pretrained`` loads
 (``adapter_config.json`` + ``adapter_model.safetensors``): first to a temporary sibling, then
@@ -21,6 +23,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
+from services.training.methods import llama_pro
 from services.training.recipes import LoraSettings
 
 logger = logging.getLogger(__name__)
@@ -59,6 +62,7 @@ def lora_config(model: torch.nn.Module, cfg: LoraSettings) -> LoraConfig:
     init: bool | str = True
     if cfg.pissa_init:
         init = "pissa" if cfg.pissa_iters < 0 else f"pissa_niter_{cfg.pissa_iters}"
+    blocks = llama_pro.new_blocks(model)
     return LoraConfig(
         task_type="CAUSAL_LM",
         r=cfg.rank,
@@ -69,6 +73,8 @@ def lora_config(model: torch.nn.Module, cfg: LoraSettings) -> LoraConfig:
         use_rslora=cfg.use_rslora,
         use_dora=cfg.use_dora,
         init_lora_weights=init,
+        layers_to_transform=list(blocks) or None,
+        layers_pattern="layers" if blocks else None,
     )
 
 

@@ -92,8 +92,9 @@ def _spec(base, finetuning_type, num_expand):
 
 def test_validate(tiny_random):
     validate(_spec(tiny_random, tpb.FINETUNING_TYPE_FREEZE, 2))
-    with pytest.raises(Unimplemented, match="LLaMA-Pro.*FINETUNING_TYPE_LORA"):
-        validate(_spec(tiny_random, tpb.FINETUNING_TYPE_LORA, 2))
+    validate(_spec(tiny_random, tpb.FINETUNING_TYPE_LORA, 2))  # test_methods_llama_pro_lora.py
+    with pytest.raises(Unimplemented, match="LLaMA-Pro.*FINETUNING_TYPE_FULL"):
+        validate(_spec(tiny_random, tpb.FINETUNING_TYPE_FULL, 2))
     with pytest.raises(InvalidArgument) as err:
         validate(_spec(tiny_random, tpb.FINETUNING_TYPE_FREEZE, 3))
     assert [v.field for v in err.value.violations] == ["spec.finetuning.llama_pro.num_expand"]

@@ -5,7 +5,9 @@ layers a copy of the layer just before is inserted, with the output projections 
 (``o_proj``) and MLP (``down_proj``) set to zero. A pre-norm decoder block adds its attention and
 MLP outputs to the residual stream, so a block whose output projections are zero is the identity:
 the expanded model computes exactly what the original did. Training then updates the new blocks
-only (``freeze.apply_freeze`` with their indices).
+only: with FREEZE every parameter of them (``freeze.apply_freeze`` with their indices), with LoRA
+adapters on their linear layers only (``new_blocks`` tells ``lora.lora_config`` which), as
+LLaMA-Factory's ``find_expanded_modules`` does.
 
 The expanded model is an ordinary model with ``num_hidden_layers = L + n``; ``save_pretrained``
 writes a normal Hugging Face folder. Supports decoders laid out as ``model.layers[i]`` with
@@ -22,6 +24,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 ZEROED = ("self_attn.o_proj", "mlp.down_proj")
+NEW_BLOCKS_ATTR = "llama_pro_new_blocks"  # set on an expanded model (not saved in its config)
 
 
 def new_block_indices(num_layers: int, num_expand: int) -> list[int]:
@@ -68,5 +71,11 @@ def expand(model: torch.nn.Module, num_expand: int) -> list[int]:
             types.insert(index, types[index - 1])
         config.layer_types = types
     config.num_hidden_layers = len(expanded)
+    setattr(model, NEW_BLOCKS_ATTR, tuple(new_ids))
     logger.info("LLaMA-Pro: %d -> %d layers, new blocks %s", total, len(expanded), new_ids)
     return new_ids
+
+
+def new_blocks(model: torch.nn.Module) -> tuple[int, ...]:
+    """Indices of the blocks ``expand`` inserted into ``model``; () when it was not expanded."""
+    return tuple(getattr(model, NEW_BLOCKS_ATTR, ()))
