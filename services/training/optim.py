@@ -2,7 +2,8 @@
 
 AdamW over the trainable parameters, with weight decay on matrices only (biases and norm weights
 are not decayed, as in Transformers' Trainer). LoRA+ gives the ``lora_B`` matrices
-``lr * loraplus_lr_ratio`` and embedding adapters ``loraplus_lr_embedding``. The schedule comes
+``lr * loraplus_lr_ratio`` and embedding adapters ``loraplus_lr_embedding``. GaLore (and its
+layer-wise form) replaces AdamW when the settings ask for it. The schedule comes
 from ``transformers.get_scheduler`` by name (``recipes.SCHEDULERS`` maps the proto enum).
 """
 
@@ -72,7 +73,8 @@ def build_scheduler(
 def galore_optimizer(
     model: torch.nn.Module, settings: Settings, groups: list[dict]
 ) -> torch.optim.Optimizer:
-    """GaLore-AdamW: the target matrices projected, every other parameter plain AdamW."""
+    """GaLore-AdamW: the target matrices projected, every other parameter plain AdamW; layer-wise,
+    one such optimizer per parameter, stepped in the backward pass."""
     g = settings.galore
     targets = galore.target_parameters(model, g.target_modules)
     by_id = {id(p): n for n, p in model.named_parameters()}
@@ -87,4 +89,6 @@ def galore_optimizer(
                 {**group, "params": projected, "rank": g.rank, "scale": g.scale,
                  "update_interval": g.update_interval, "projection": g.projection}
             )  # fmt: skip
+    if g.layerwise:
+        return galore.layerwise(split, lr=settings.learning_rate)
     return galore.GaLoreAdamW(split, lr=settings.learning_rate)

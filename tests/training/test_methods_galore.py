@@ -106,6 +106,6 @@ def test_spec_settings_and_refusals(tiny_random):
     with pytest.raises(Unimplemented, match="GaLore.*FINETUNING_TYPE_LORA"):
         validate(spec)
     spec.finetuning.type = tpb.FINETUNING_TYPE_FULL
-    spec.finetuning.galore.layerwise = True
-    with pytest.raises(Unimplemented, match="layer-wise"):
+    spec.finetuning.galore.projection_type = tpb.GALORE_PROJECTION_TYPE_FULL
+    with pytest.raises(Unimplemented, match="GALORE_PROJECTION_TYPE_FULL"):
         validate(spec)

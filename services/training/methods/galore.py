@@ -13,6 +13,14 @@ moves by ``lr * scale * update`` plus decoupled weight decay. The Adam moments a
 trainable parameter gets plain AdamW in the same optimizer. Moments are kept across projector
 updates, as in the paper.
 
+Layer-wise (``LayerwiseOptimizer``), as LLaMA-Factory does it: one optimizer per parameter, stepped
+by a post-accumulate-grad hook the moment that parameter's gradient is complete in the backward
+pass, after which the gradient is freed. At no time does the model hold every gradient, and no
+optimizer holds every parameter. The price: one micro-batch per step (no gradient accumulation),
+one process, no float16 loss scale and no clipping by the whole model's gradient norm
+(``recipes.validate`` refuses those). The learning-rate schedule still applies: the wrapper's
+``param_groups`` are the per-parameter optimizers' own group dicts.
+
 Written from the paper (Zhao et al., 2024) rather than taken from PyPI's ``galore-torch`` 1.0:
 that package keeps each projector as a Python object in the optimizer state (a checkpoint
 restores it only by unpickling that class), and its AdamW base class is deprecated. Here everything is ordinary tensor state, saved and resumed through ``state_dict`` like
@@ -98,8 +106,72 @@ class GaLoreAdamW(torch.optim.Optimizer):
         return loss
 
 
+class LayerwiseOptimizer(torch.optim.Optimizer):
+    """Per-parameter optimizers stepped inside the backward pass; ``step()`` itself does nothing.
+
+    ``optimizers`` maps each trained parameter to the optimizer that owns it alone. Hooks are
+    registered on construction (``remove_hooks`` takes them off). ``param_groups`` is the list of
+    the inner optimizers' group dicts, so an LR scheduler built on this object sets their
+    learning rate; ``state_dict`` / ``load_state_dict`` hold every inner optimizer's state.
+    """
+
+    def __init__(self, optimizers: dict[torch.nn.Parameter, torch.optim.Optimizer]):
+        for param, optimizer in optimizers.items():
+            owned = [p for group in optimizer.param_groups for p in group["params"]]
+            if len(owned) != 1 or owned[0] is not param:
+                raise ValueError("a layer-wise optimizer owns exactly its one parameter")
+        self.optimizers = optimizers
+        super().__init__(list(optimizers), {})
+        self._link_groups()
+        self._hooks = [p.register_post_accumulate_grad_hook(self._step_one) for p in optimizers]
+
+    def _link_groups(self) -> None:
+        self.param_groups = [g for opt in self.optimizers.values() for g in opt.param_groups]
+
+    def _step_one(self, param: torch.Tensor) -> None:
+        optimizer = self.optimizers[param]
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def step(self, closure=None):
+        """Nothing to do: every parameter was stepped when its gradient arrived."""
+        if closure is None:
+            return None
+        with torch.enable_grad():
+            return closure()
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [opt.state_dict() for opt in self.optimizers.values()]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        inner = state_dict["optimizers"]
+        if len(inner) != len(self.optimizers):
+            raise ValueError(
+                f"the checkpoint has {len(inner)} layer-wise optimizers, the model "
+                f"{len(self.optimizers)}"
+            )
+        for optimizer, state in zip(self.optimizers.values(), inner, strict=True):
+            optimizer.load_state_dict(state)
+        self._link_groups()  # loading replaced the inner group dicts
+
+    def remove_hooks(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+
+
+def layerwise(groups: list[dict], lr: float) -> LayerwiseOptimizer:
+    """A ``GaLoreAdamW`` for every parameter of ``groups`` (each keeps its group's settings)."""
+    return LayerwiseOptimizer(
+        {p: GaLoreAdamW([{**group, "params": [p]}], lr=lr) for group in groups
+         for p in group["params"]}
+    )  # fmt: skip
+
+
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes of every tensor in the optimizer's state (moments, projectors, step counters)."""
+    if isinstance(optimizer, LayerwiseOptimizer):
+        return sum(state_bytes(opt) for opt in optimizer.optimizers.values())
     return sum(
         t.numel() * t.element_size()
         for state in optimizer.state.values()
