@@ -148,6 +148,11 @@ GALORE_KEYS = {
     "galore_update_interval": 100, "galore_scale": 0.25, "galore_proj_type": "left",
     "galore_layerwise": True, "stage": "pt",
 }  # fmt: skip
+QLORA_ROPE_KEYS = {
+    "model_name_or_path": "/m", "dataset": "d", "finetuning_type": "lora", "quantization_bit": 4,
+    "quantization_type": "fp4", "double_quantization": False, "rope_scaling": "yarn",
+    "cutoff_len": 8192,
+}  # fmt: skip
 
 
 def test_method_and_stage_keys():
@@ -189,6 +194,13 @@ def test_method_and_stage_keys():
     assert (g.rank, g.update_interval, g.scale, g.layerwise) == (32, 100, 0.25, True)
     assert g.projection_type == pb.GALORE_PROJECTION_TYPE_LEFT
     assert galore.dataset.spec.kind == data_pb2.EXAMPLE_KIND_PRETRAIN
+
+    qlora, _ = from_flat(QLORA_ROPE_KEYS)
+    ft = qlora.finetuning
+    assert (ft.quantization_bits, ft.quantization_type) == (4, pb.QUANTIZATION_TYPE_FP4)
+    assert ft.HasField("double_quantization") and not ft.double_quantization
+    # RoPE scaled for cutoff_len tokens: LLaMA-Factory's model_max_length
+    assert (qlora.rope_scaling, qlora.max_context_length) == (pb.ROPE_SCALING_TYPE_YARN, 8192)
 
 
 @pytest.mark.parametrize(
@@ -266,5 +278,6 @@ def test_native_spec_yaml_is_detected_and_parsed(tmp_path):
 
 def test_every_supported_key_is_exercised_above():
     used = set(yaml.safe_load(SFT_YAML)) | set(DPO_KEYS) | set(PPO_KEYS) | set(GALORE_KEYS)
+    used |= set(QLORA_ROPE_KEYS)
     assert set(FLAT_KEYS) - used == set()
     assert set(NO_EFFECT_KEYS) & set(FLAT_KEYS) == set()

@@ -185,3 +185,63 @@ def test_quantization_fields_only_with_4_bits(tiny_random):
     assert list(bad) == ["spec.finetuning.quantization_type"]
     bad = violations(qlora_spec(tiny_random, quantization_bits=4, quantization_type=7))
     assert "unknown" in bad["spec.finetuning.quantization_type"]
+
+
+# --- LLaMA-Factory YAML keys -> spec -> settings --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "yaml_keys, rope, length",
+    [
+        ({"rope_scaling": "linear", "cutoff_len": 150}, "linear", 150),
+        ({"rope_scaling": "DYNAMIC", "cutoff_len": 4096}, "dynamic", 4096),
+        ({"rope_scaling": "yarn"}, "yarn", 2048),  # LLaMA-Factory's default cutoff_len
+        ({"rope_scaling": "llama3", "cutoff_len": 300}, "llama3", 300),
+        ({"cutoff_len": 300}, None, None),
+    ],
+)
+def test_lf_rope_scaling_key_reaches_settings(short_context_model, yaml_keys, rope, length):
+    from llamafleet.lf_config import from_flat
+
+    spec, notes = from_flat(
+        {"model_name_or_path": str(short_context_model), "stage": "pt", "dataset": "c4_demo",
+         "finetuning_type": "full", **yaml_keys}
+    )  # fmt: skip
+    assert not notes
+    validate(spec)
+    resolved = settings(spec)
+    assert (resolved.rope_scaling, resolved.max_context_length) == (rope, length)
+
+
+@pytest.mark.parametrize(
+    "yaml_keys, quant_type, double",
+    [
+        ({}, "nf4", True),
+        ({"quantization_type": "fp4"}, "fp4", True),
+        ({"quantization_type": "nf4", "double_quantization": False}, "nf4", False),
+    ],
+)
+def test_lf_quantization_keys_reach_settings(tiny_random, yaml_keys, quant_type, double):
+    pytest.importorskip("bitsandbytes")
+    from llamafleet.lf_config import from_flat
+
+    spec, _ = from_flat(
+        {"model_name_or_path": str(tiny_random), "stage": "sft", "dataset": "alpaca_en_demo",
+         "finetuning_type": "lora", "quantization_bit": 4, **yaml_keys}
+    )  # fmt: skip
+    validate(spec)
+    resolved = settings(spec)
+    assert (resolved.quantization_bits, resolved.quantization_type) == (4, quant_type)
+    assert resolved.double_quantization is double
+
+
+def test_lf_keys_refuse_bad_values():
+    from llamafleet.lf_config import ConfigFileError, from_flat
+
+    base = {"model_name_or_path": "m", "dataset": "d"}
+    with pytest.raises(ConfigFileError, match="rope_scaling: 'ntk'.*linear, dynamic, yarn, llama3"):
+        from_flat({**base, "rope_scaling": "ntk"})
+    with pytest.raises(ConfigFileError, match="quantization_type: 'int4'.*nf4, fp4"):
+        from_flat({**base, "quantization_type": "int4"})
+    with pytest.raises(ConfigFileError, match="double_quantization: expected true or false"):
+        from_flat({**base, "double_quantization": "yes"})

@@ -7,7 +7,8 @@ The flat form is what LLaMA-Factory's ``llamafactory-cli train`` reads (``stage`
 targets) are accepted with a note (``NO_EFFECT_KEYS``); any other key is an error naming the
 nearest supported one. ``dataset`` names with ``dataset_dir``, ``template`` and ``cutoff_len``
 become an inline ``data.v1.DatasetSpec`` of registry sources. Relative paths are made absolute
-against the current directory, as LLaMA-Factory resolves them.
+against the current directory, as LLaMA-Factory resolves them. ``rope_scaling`` scales RoPE for
+``cutoff_len`` tokens (2048 when unset), the ``model_max_length`` LLaMA-Factory derives from it.
 
 The native form is the ``TrainingJobSpec`` message written as YAML (``base_model``,
 ``hyperparameters: {learning_rate: ...}``, enum names such as ``STAGE_SFT``), read with
@@ -32,6 +33,8 @@ from llamafleet.lf_keys import (
 from llamafleet.training.v1 import training_pb2 as pb
 
 __all__ = ["ConfigFileError", "FLAT_KEYS", "load_job_spec", "from_flat", "from_native"]
+
+DEFAULT_CUTOFF_LEN = 2048  # LLaMA-Factory's cutoff_len default, and the data service's
 
 
 def load_job_spec(path: str | Path) -> tuple[pb.TrainingJobSpec, list[str]]:
@@ -94,6 +97,8 @@ def from_flat(data: dict) -> tuple[pb.TrainingJobSpec, list[str]]:
         raise ConfigFileError("bf16 and fp16: set at most one")
     if "dataset" not in ctx:
         raise ConfigFileError("dataset: required (names of dataset_info.json entries)")
+    if spec.rope_scaling:  # LLaMA-Factory scales RoPE for model_max_length = cutoff_len
+        spec.max_context_length = ctx.get("cutoff_len") or DEFAULT_CUTOFF_LEN
     spec.dataset.spec.CopyFrom(_dataset_spec(spec, ctx, ctx["dataset"]))
     if "eval_dataset" in ctx:
         spec.eval_dataset.spec.CopyFrom(_dataset_spec(spec, ctx, ctx["eval_dataset"]))

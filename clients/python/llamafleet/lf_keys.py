@@ -125,6 +125,13 @@ GALORE_PROJ = {
     name: pb.GaloreProjectionType.Value(f"GALORE_PROJECTION_TYPE_{name.upper()}")
     for name in ("std", "reverse_std", "right", "left", "full")
 }
+ROPE_SCALING = {
+    name: pb.RopeScalingType.Value(f"ROPE_SCALING_TYPE_{name.upper()}")
+    for name in ("linear", "dynamic", "yarn", "llama3")
+}
+QUANTIZATION_TYPES = {
+    name: pb.QuantizationType.Value(f"QUANTIZATION_TYPE_{name.upper()}") for name in ("nf4", "fp4")
+}
 EXAMPLE_KINDS = {
     pb.STAGE_PT: data_pb2.EXAMPLE_KIND_PRETRAIN,
     pb.STAGE_SFT: data_pb2.EXAMPLE_KIND_SFT,
@@ -227,6 +234,10 @@ def _flat_keys() -> dict[str, Any]:
         "trust_remote_code": put(top, "trust_remote_code", _bool),
         "flash_attn": put(top, "attention_implementation", choice(FLASH_ATTN)),
         "quantization_bit": put(ft, "quantization_bits", _int),
+        "quantization_type": put(ft, "quantization_type", choice(QUANTIZATION_TYPES)),
+        "double_quantization": put(ft, "double_quantization", _bool),
+        # the context length comes from cutoff_len, as in LLaMA-Factory (lf_config.from_flat)
+        "rope_scaling": put(top, "rope_scaling", choice(ROPE_SCALING)),
         "adapter_name_or_path": lambda s, c, k, v: s.init_adapter.CopyFrom(_adapter(k, v)),
         "disable_gradient_checkpointing": gc_disabled,
         # method
