@@ -13,7 +13,9 @@ used: ``RowError("too_long_prompt")``. Preference pairs apply the rule to each s
 examples longer than ``cutoff_len`` are ``too_long_prompt``.
 
 Named templates are tokenized piece by piece (each (prompt, response) text separately, in one
-batched call to the fast tokenizer). The ``tokenizer`` template renders the whole conversation
+batched call to the fast tokenizer). ``Encoder.start`` renders a batch and hands its pieces to a
+background thread (the Rust tokenizer releases the GIL), so the caller can read and normalise the
+next batch, or pack the previous one, while this one is tokenized; ``Pending.result`` assembles. The ``tokenizer`` template renders the whole conversation
 with the tokenizer's Jinja ``chat_template`` and tokenizes it once, so the ids equal
 ``apply_chat_template``; assistant spans come from rendering prefixes of the conversation (a
 template whose rendering of a prefix is not a prefix of the full rendering is refused).
@@ -23,6 +25,9 @@ It knows nothing about files, packing or storage.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -67,8 +72,32 @@ class EncodeOptions:
     tool_format: str = ""
 
 
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _tokenizer_pool() -> ThreadPoolExecutor:
+    """Threads that run the Rust tokenizer (GIL released) beside the Python stages."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tokenize")
+        return _POOL
+
+
+class Pending:
+    """A batch being tokenized in the background; ``result`` waits and assembles it."""
+
+    def __init__(self, future: Future | None, finish: Callable[[Any], list]) -> None:
+        self._future = future
+        self._finish = finish
+
+    def result(self) -> list[Encoded | RowError]:
+        return self._finish(self._future.result() if self._future is not None else None)
+
+
 class Encoder:
-    """Holds a tokenizer and the options; ``encode`` a batch of examples at a time."""
+    """Holds a tokenizer and the options; ``encode`` (or ``start``) a batch of examples at a time."""
 
     def __init__(self, tokenizer: Any, options: EncodeOptions) -> None:
         self.tokenizer = tokenizer
@@ -94,18 +123,27 @@ class Encoder:
             )
 
     def encode(self, examples: list[Example]) -> list[Encoded | RowError]:
-        out: list[Encoded | RowError] = []
+        return self.start(examples).result()
+
+    def start(self, examples: list[Example]) -> Pending:
+        """Render ``examples`` now and tokenize them in the background."""
         if not examples:
-            return out
+            return Pending(None, lambda _: [])
         if examples[0].kind == "pretrain":
             texts = [e.text for e in examples]
-            for text, ids in zip(texts, self._tokenize(texts), strict=True):
-                out.append(self._pretrain(text, ids))
-            return out
+            return Pending(
+                self._submit(texts),
+                lambda ids: [self._pretrain(t, i) for t, i in zip(texts, ids, strict=True)],
+            )
         if self.template is None:
             self.check_jinja()
-            return [self._safe(self._jinja, e) for e in examples]
-        return self._named(examples)
+            done = [self._safe(self._jinja, e) for e in examples]
+            return Pending(None, lambda _: done)
+        plans, pieces = self._plan(examples)
+        return Pending(self._submit(pieces), lambda ids: self._assemble_all(plans, ids))
+
+    def _submit(self, texts: list[str]) -> Future:
+        return _tokenizer_pool().submit(self._tokenize, texts)
 
     def _safe(self, fn, example: Example) -> Encoded | RowError:
         try:
@@ -131,7 +169,8 @@ class Encoder:
     def _fill(self, text: str) -> str:
         return text.replace("{bos}", self._bos).replace("{eos}", self._eos)
 
-    def _named(self, examples: list[Example]) -> list[Encoded | RowError]:
+    def _plan(self, examples: list[Example]) -> tuple[list, list[str]]:
+        """(example, first piece, its texts) per example, and every piece of the batch."""
         t, o = self.template, self.options
         plans, pieces = [], []
         for e in examples:
@@ -144,7 +183,9 @@ class Encoder:
                 texts += [tail]
             plans.append((e, len(pieces), texts))
             pieces += texts
-        ids = self._tokenize(pieces)
+        return plans, pieces
+
+    def _assemble_all(self, plans: list, ids: list[list[int]]) -> list[Encoded | RowError]:
         out: list[Encoded | RowError] = []
         for e, start, texts in plans:
             seg = ids[start : start + len(texts)]

@@ -46,6 +46,17 @@ def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]
     return bins
 
 
+_POSITIONS = array("i", range(4096))
+
+
+def _positions(n: int) -> array:
+    """``array("i", range(n))`` sliced from a cached one (a copy of bytes, no Python ints)."""
+    global _POSITIONS
+    if n > len(_POSITIONS):
+        _POSITIONS = array("i", range(max(n, 2 * len(_POSITIONS))))
+    return _POSITIONS[:n]
+
+
 def make_row(segments: Sequence[tuple[str, Ints, Ints]]) -> Row:
     """One row from (example_id, ids, labels) segments, in order; int columns are int32 arrays."""
     input_ids = array("i")
@@ -56,7 +67,7 @@ def make_row(segments: Sequence[tuple[str, Ints, Ints]]) -> Row:
     for example_id, ids, labs in segments:
         input_ids.extend(ids)
         labels.extend(labs)
-        position_ids.extend(range(len(ids)))
+        position_ids.extend(_positions(len(ids)))
         cu_seqlens.append(len(input_ids))
         example_ids.append(example_id)
     return {

@@ -19,14 +19,15 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from services.common.errors import FailedPrecondition, FieldViolation, InvalidArgument, invalid
 from services.data import sources as src
-from services.data.encode import Encoded, EncodeOptions, Encoder
+from services.data.encode import Encoded, EncodeOptions, Encoder, Pending
 from services.data.formats import KIND_OF_FORMAT, Example, FormatSpec, RowError, to_example
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -171,19 +172,34 @@ def iter_encoded(
     stats: Stats,
     batch: int,
 ) -> Iterator[tuple[str, Encoded]]:
-    """Encode in batches; rows that cannot be encoded go through the policy."""
-    chunk: list[tuple[str, Example]] = []
-    for item in examples:
+    """Encode in batches; rows that cannot be encoded go through the policy.
+
+    One batch is tokenized in the background while the next one is read and normalised and the
+    consumer works on the previous one's results; the order of the output is the input's.
+    """
+    pending = None
+    for chunk in _chunks(examples, batch):
+        started = (chunk, encoder.start([e for _, e in chunk]))
+        if pending is not None:
+            yield from _finish_chunk(spec, *pending, stats)
+        pending = started
+    if pending is not None:
+        yield from _finish_chunk(spec, *pending, stats)
+
+
+def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    chunk: list[T] = []
+    for item in items:
         chunk.append(item)
-        if len(chunk) >= batch:
-            yield from _encode_chunk(spec, encoder, chunk, stats)
+        if len(chunk) >= size:
+            yield chunk
             chunk = []
     if chunk:
-        yield from _encode_chunk(spec, encoder, chunk, stats)
+        yield chunk
 
 
-def _encode_chunk(spec, encoder, chunk, stats):
-    results = encoder.encode([e for _, e in chunk])
+def _finish_chunk(spec, chunk, pending: Pending, stats):
+    results = pending.result()
     for (example_id, _), result in zip(chunk, results, strict=True):
         if isinstance(result, RowError):
             file, _, row = example_id.split("/", 1)[1].rpartition(":")

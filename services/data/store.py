@@ -145,12 +145,15 @@ def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
             for v in values:
                 flat.extend(v)
                 offsets.append(len(flat))
-            columns.append(
-                pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(flat, pa.int32()))
-            )
+            columns.append(pa.ListArray.from_arrays(_int32s(offsets), _int32s(flat)))
         else:
             columns.append(pa.array(values, f.type))
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _int32s(values: array) -> pa.Array:
+    """An int32 Arrow array over an ``array("i")``'s buffer (no per-element conversion)."""
+    return pa.Array.from_buffers(pa.int32(), len(values), [None, pa.py_buffer(values)])
 
 
 @dataclass
