@@ -5,7 +5,9 @@
 On a built tiny model (no hub): (1) packed SFT loss with sdpa in bfloat16 against float32,
 (2) flash_attention_2 with varlen packing (cu_seq_lens) against sdpa's block-diagonal mask, when
 flash-attn is importable, (3) a few bf16 and fp16 (GradScaler) LoRA training steps through the
-``sft`` recipe, loss finite and falling. Prints one JSON report; exit 1 if a check that ran failed,
+``sft`` recipe, loss finite and falling, (4) QLoRA: a few bf16 LoRA steps over a 4-bit base in NF4
+and in FP4 (double quantisation), the linear layers checked to be bitsandbytes ``Linear4bit`` of
+that type on the GPU, with peak GPU memory. Prints one JSON report; exit 1 if a check that ran failed,
 0 otherwise (checks that could not run are reported as skipped, with the reason).
 """
 
@@ -45,7 +47,10 @@ def packed_loss(base, rows, pad_id, attention, dtype) -> float:
     return float(total) / count
 
 
-def train_steps(base, rows, job_dir, dtype: str, attention: str) -> dict:
+QLORA_CHECKS = ("qlora_nf4_train_bf16", "qlora_fp4_train_bf16")
+
+
+def train_steps(base, rows, job_dir, dtype: str, attention: str, **overrides) -> dict:
     settings = make_settings(
         base,
         method="lora",
@@ -56,6 +61,7 @@ def train_steps(base, rows, job_dir, dtype: str, attention: str) -> dict:
         batch_rows=4,
         logging_steps=5,
         learning_rate=2e-3,
+        **overrides,
     )
     started = time.perf_counter()
     result = sft.run(settings, InMemorySource(rows), job_dir)
@@ -68,6 +74,39 @@ def train_steps(base, rows, job_dir, dtype: str, attention: str) -> dict:
     return {"ok": bool(ok), "losses": losses, "seconds": round(time.perf_counter() - started, 1)}
 
 
+def qlora_steps(base, rows, job_dir, quant_type: str) -> dict:
+    """A few LoRA steps over the base quantised to 4 bits (``quant_type``, double quantisation)."""
+    import bitsandbytes as bnb
+
+    from services.training import models
+
+    settings = make_settings(
+        base, method="lora", lora=LoraSettings(rank=8, alpha=16), compute_dtype="bfloat16",
+        quantization_bits=4, quantization_type=quant_type, double_quantization=True,
+    )  # fmt: skip
+    model = models.load_base(settings, torch.device("cuda"))
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    layout = {
+        "linear4bit_layers": len(layers),
+        "quant_types": sorted({m.weight.quant_state.quant_type for m in layers}),
+        "double_quant": all(m.weight.quant_state.state2 is not None for m in layers),
+        "on_cuda": all(m.weight.device.type == "cuda" for m in layers),
+    }
+    del model
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    result = train_steps(
+        base, rows, job_dir, "bfloat16", "sdpa", quantization_bits=4,
+        quantization_type=quant_type, double_quantization=True,
+    )  # fmt: skip
+    result.update(layout, peak_gpu_mib=round(torch.cuda.max_memory_allocated() / 2**20, 1))
+    result["ok"] = bool(
+        result["ok"] and layers and layout["quant_types"] == [quant_type]
+        and layout["double_quant"] and layout["on_cuda"]
+    )  # fmt: skip
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=None)
@@ -75,6 +114,8 @@ def main() -> int:
     report: dict = {"torch": torch.__version__, "cuda": torch.cuda.is_available(), "checks": {}}
     if not torch.cuda.is_available():
         report["checks"]["all"] = {"skipped": "no CUDA device"}
+        for name in QLORA_CHECKS:
+            report["checks"][name] = {"skipped": "no CUDA device"}
         print(json.dumps(report, indent=1))
         return 0
     report["device"] = torch.cuda.get_device_name(0)
@@ -117,6 +158,12 @@ def main() -> int:
         "train_fp16_sdpa_gradscaler",
         lambda: train_steps(base, rows, work / "j-fp16", "float16", "sdpa"),
     )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        for name in QLORA_CHECKS:
+            checks[name] = {"skipped": "bitsandbytes is not installed (llamafleet[methods])"}
+    else:
+        for name, quant_type in zip(QLORA_CHECKS, ("nf4", "fp4"), strict=True):
+            run(name, lambda q=quant_type: qlora_steps(base, rows, work / f"j-{q}", q))
     text = json.dumps(report, indent=1)
     print(text)
     if args.out:
