@@ -50,6 +50,7 @@ PREFERENCE_LOSSES = {
     tpb.PREFERENCE_LOSS_ORPO: "orpo",
     tpb.PREFERENCE_LOSS_SIMPO: "simpo",
 }
+REFERENCED = ("sigmoid", "ipo", "hinge")  # DPO losses that compare with a reference model
 METHODS = {tpb.FINETUNING_TYPE_FULL: "full", tpb.FINETUNING_TYPE_FREEZE: "freeze"}
 ROPE_SCALING = {
     tpb.ROPE_SCALING_TYPE_LINEAR: "linear",
@@ -566,8 +567,16 @@ def _refuse_unimplemented(spec: tpb.TrainingJobSpec) -> None:
     if spec.stage == tpb.STAGE_PPO:
         refuse("spec.stage", tpb.Stage.Name(spec.stage))
     if spec.stage in (tpb.STAGE_RM, tpb.STAGE_DPO):
-        if spec.finetuning.type == tpb.FINETUNING_TYPE_FREEZE:
-            refuse("spec.finetuning.type", f"{tpb.Stage.Name(spec.stage)} with FREEZE")
+        if spec.stage == tpb.STAGE_RM and spec.finetuning.type == tpb.FINETUNING_TYPE_FREEZE:
+            refuse("spec.finetuning.type", "STAGE_RM with FREEZE")
+        loss = PREFERENCE_LOSSES.get(spec.preference.loss_type)
+        if spec.stage == tpb.STAGE_DPO and spec.finetuning.lora.pissa_init and loss in REFERENCED:
+            refuse(
+                "spec.finetuning.lora.pissa_init",
+                f"PiSSA with {tpb.PreferenceLoss.Name(spec.preference.loss_type or 1)} (the "
+                "adapter-disabled reference would be PiSSA's residual, not the base; use ORPO or "
+                "SIMPO)",
+            )
         if spec.distributed.world_size > 1:
             refuse("spec.distributed.world_size", f"{tpb.Stage.Name(spec.stage)} on several ranks")
         if spec.stage == tpb.STAGE_RM and spec.finetuning.HasField("quantization_bits"):
