@@ -2,7 +2,9 @@
 
 Loss mask: every assistant turn (content, tool calls and its end-of-turn token) is trained;
 prompts (system, user, tool results) are masked unless ``train_on_prompt``; ``mask_history``
-trains only the last kept assistant turn. Preference examples train the chosen/rejected turn
+trains only the last kept assistant turn. An efficient-eos template (glm4) has no end-of-turn token:
+the row ends with the eos (trained; ``cutoff_len`` keeps room for it) and the first token of each
+later prompt is labelled eos when the turn before it is trained (its input id stays the prompt's). Preference examples train the chosen/rejected turn
 only. Pre-training text is ``bos + text + eos``, all trained, split into ``cutoff_len`` chunks.
 
 Truncation rule (both template kinds): whole turns are kept from the first while the row fits in
@@ -108,11 +110,17 @@ class Encoder:
         self._eos = tokenizer.eos_token or ""
         template = tpl.get_template(options.template)
         if template is not None:  # resolve {bos}/{eos} in the slots, never inside content
-            slots = ("user", "assistant", "observation", "system", "prefix")
+            slots = ("user", "assistant", "function", "observation", "system", "prefix")
             template = replace(template, **{k: self._fill(getattr(template, k)) for k in slots})
         self.template = template
         self._eos_id = tokenizer.eos_token_id
         self._bos_id = tokenizer.bos_token_id
+        if template is not None and template.efficient_eos and self._eos_id is None:
+            raise FailedPrecondition(
+                f"template {template.name!r} ends rows with the tokenizer's eos token, and this "
+                "tokenizer has none; set eos_token in its tokenizer_config.json",
+                reason="NO_EOS_TOKEN",
+            )
 
     def check_jinja(self) -> None:
         if self.template is None and not getattr(self.tokenizer, "chat_template", None):
@@ -170,17 +178,23 @@ class Encoder:
         return text.replace("{bos}", self._bos).replace("{eos}", self._eos)
 
     def _plan(self, examples: list[Example]) -> tuple[list, list[str]]:
-        """(example, first piece, its texts) per example, and every piece of the batch."""
+        """(example, first piece, its texts or its RowError) per example, and every piece."""
         t, o = self.template, self.options
         plans, pieces = [], []
         for e in examples:
-            pairs, tail = tpl.render_pairs(t, e, o.default_system, o.tool_format)
-            texts = [s for pair in pairs for s in pair]
-            if e.kind == "preference":
-                texts += [tail]
-                texts += [tpl.render_response(t, m, o.tool_format) for m in (e.chosen, e.rejected)]
-            elif e.kind == "prompt":
-                texts += [tail]
+            try:
+                pairs, tail = tpl.render_pairs(t, e, o.default_system, o.tool_format)
+                texts = [s for pair in pairs for s in pair]
+                if e.kind == "preference":
+                    texts += [tail]
+                    texts += [
+                        tpl.render_response(t, m, o.tool_format) for m in (e.chosen, e.rejected)
+                    ]
+                elif e.kind == "prompt":
+                    texts += [tail]
+            except RowError as exc:
+                plans.append((e, len(pieces), exc))
+                continue
             plans.append((e, len(pieces), texts))
             pieces += texts
         return plans, pieces
@@ -188,6 +202,9 @@ class Encoder:
     def _assemble_all(self, plans: list, ids: list[list[int]]) -> list[Encoded | RowError]:
         out: list[Encoded | RowError] = []
         for e, start, texts in plans:
+            if isinstance(texts, RowError):
+                out.append(texts)
+                continue
             seg = ids[start : start + len(texts)]
             out.append(
                 self._safe(lambda ex, seg=seg, texts=texts: self._assemble(ex, seg, texts), e)
@@ -223,7 +240,8 @@ class Encoder:
     ) -> Sequence:
         o = self.options
         train_prompt = o.train_on_prompt if train_prompt is None else train_prompt
-        budget, kept, truncated = o.cutoff_len, [], False
+        efficient_eos = self.template.efficient_eos
+        budget, kept, truncated = o.cutoff_len - efficient_eos, [], False
         for prompt, response in turns:
             if len(prompt) + len(response) <= budget:
                 kept.append((prompt, response))
@@ -240,10 +258,19 @@ class Encoder:
         last = len(kept) - 1
         for i, (prompt, response) in enumerate(kept):
             ids += prompt
-            labels += prompt if train_prompt else [IGNORE] * len(prompt)
+            if train_prompt:
+                labels += prompt
+            elif efficient_eos and i > 0 and not o.mask_history:  # the previous turn's end
+                labels += [self._eos_id] + [IGNORE] * (len(prompt) - 1)
+            else:
+                labels += [IGNORE] * len(prompt)
             ids += response
             trained = not o.mask_history or i == last
             labels += response if trained else [IGNORE] * len(response)
+        if efficient_eos:  # the last turn's end
+            ids.append(self._eos_id)
+            labels.append(self._eos_id)
+            text += self._eos
         return Sequence(ids, labels, text, truncated)
 
     # --- the tokenizer's Jinja template ---------------------------------------------------

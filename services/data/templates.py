@@ -7,9 +7,13 @@ header; the response part is one assistant turn with its end-of-turn token. ``{b
 ``{eos}`` stand for the tokenizer's own tokens. The ``tokenizer`` template instead hands OpenAI
 style messages to the tokenizer's Jinja ``chat_template`` (``jinja_messages``).
 
-Templates: default, alpaca, chatml, qwen, llama2, llama3, mistral, gemma, tokenizer.
+Templates: default, alpaca, chatml, qwen, llama2, llama3, mistral, gemma, glm4, tokenizer.
 Tool formats: default (ReAct-style "Action:" lines), qwen (<tool_call> JSON), llama3 (JSON with
-"parameters"), mistral ([TOOL_CALLS]).
+"parameters"), mistral ([TOOL_CALLS]), glm4 (each tool as a "## name" section of indented JSON;
+a call is its name, a newline and the arguments; one call per turn).
+
+An "efficient eos" template (glm4) closes no assistant turn with a token of its own: the row ends
+with one eos, and the first token of each later prompt is labelled eos (encode.py does this).
 
 It knows nothing about tokenizers (encode.py turns the pieces into ids and labels).
 """
@@ -21,15 +25,28 @@ from dataclasses import dataclass
 
 from services.common.config import nearest
 from services.common.errors import FieldViolation, InvalidArgument
-from services.data.formats import Example, Message, ToolCall
+from services.data.formats import Example, Message, RowError, ToolCall
 
 TOKENIZER_TEMPLATE = "tokenizer"
+
+# GLM-4's own tool preamble (as its chat template and LLaMA-Factory's glm4 tool format write it):
+# "You are an AI assistant named ChatGLM, built on the GLM-4 language model trained by Zhipu AI;
+# your task is to give appropriate answers and support for users' questions and requests.
+# Available tools", and after each tool "When calling the function above, give its arguments
+# as JSON."
+GLM4_TOOLS_HEADER = (
+    "你是一个名为 ChatGLM 的人工智能助手。你是基于智谱 AI 公司训练的语言模型 GLM-4 模型开发的，"
+    "你的任务是针对用户的问题和要求提供适当的答复和支持。\n\n# 可用工具"
+)
+GLM4_CALL_HINT = "在调用上述函数时，请使用 Json 格式表示调用的参数。"
 
 
 @dataclass(frozen=True)
 class Template:
     """Slots take ``{content}`` (and ``{bos}``/``{eos}``); ``system_in_user`` merges the system
-    block into the first user turn (llama2, mistral, gemma have no system role)."""
+    block into the first user turn (llama2, mistral, gemma have no system role); ``function``
+    renders an assistant turn that calls tools (default: the ``assistant`` slot);
+    ``efficient_eos``: see the module docstring."""
 
     name: str
     user: str
@@ -40,6 +57,8 @@ class Template:
     default_system: str = ""
     system_in_user: bool = False
     tool_format: str = "default"
+    function: str = ""
+    efficient_eos: bool = False
 
 
 _CHATML = dict(
@@ -121,10 +140,21 @@ TEMPLATES: dict[str, Template] = {
             assistant="{content}<end_of_turn>\n",
             observation="<start_of_turn>tool\n{content}<end_of_turn>\n<start_of_turn>model\n",
         ),
+        Template(
+            "glm4",
+            prefix="[gMASK]<sop>",
+            system="<|system|>\n{content}",
+            user="<|user|>\n{content}<|assistant|>",
+            assistant="\n{content}",
+            function="{content}",
+            observation="<|observation|>\n{content}<|assistant|>",
+            tool_format="glm4",
+            efficient_eos=True,
+        ),
     )
 }
 TEMPLATE_NAMES = (*TEMPLATES, TOKENIZER_TEMPLATE)
-TOOL_FORMATS = ("default", "qwen", "llama3", "mistral")
+TOOL_FORMATS = ("default", "qwen", "llama3", "mistral", "glm4")
 
 
 def get_template(name: str, field: str = "tokenization.template.name") -> Template | None:
@@ -172,8 +202,9 @@ def render_pairs(
     if system is None:
         system = t.default_system
     tools_text = _tools_text(fmt, example.tools)
-    if tools_text:
-        system = f"{system}\n\n{tools_text}" if system else tools_text
+    if tools_text:  # glm4's tool text opens with its own sentence, appended as it is
+        joiner = "" if fmt == "glm4" else "\n\n"
+        system = f"{system}{joiner}{tools_text}" if system else tools_text
     head = t.prefix
     pending_system = ""
     if system:
@@ -205,10 +236,12 @@ def render_pairs(
 
 
 def render_response(t: Template, message: Message, tool_format: str = "") -> str:
+    """One assistant turn; ``RowError`` when the tool format cannot express its calls."""
     content = message.content
     if message.tool_calls:
         calls = _calls_text(tool_format or t.tool_format, message.tool_calls)
         content = f"{content}\n{calls}" if content else calls
+        return _fill(t.function or t.assistant, content)
     return _fill(t.assistant, content)
 
 
@@ -243,6 +276,13 @@ def _tools_text(fmt: str, tools: list[dict]) -> str:
     if fmt == "mistral":
         wrapped = [{"type": "function", "function": f} for f in fns]
         return f"[AVAILABLE_TOOLS] {json.dumps(wrapped, ensure_ascii=False)}[/AVAILABLE_TOOLS]"
+    if fmt == "glm4":
+        sections = "".join(
+            f"\n\n## {f.get('name', '')}\n\n{json.dumps(f, indent=4, ensure_ascii=False)}\n"
+            + GLM4_CALL_HINT
+            for f in fns
+        )
+        return GLM4_TOOLS_HEADER + sections
     parts = []
     for f in fns:
         params = (f.get("parameters") or {}).get("properties", {})
@@ -267,6 +307,14 @@ def _tools_text(fmt: str, tools: list[dict]) -> str:
 
 
 def _calls_text(fmt: str, calls: list[ToolCall]) -> str:
+    if fmt == "glm4":
+        if len(calls) > 1:
+            raise RowError(
+                "parallel_tool_calls",
+                "",
+                f"the glm4 tool format takes one tool call per turn, got {len(calls)}",
+            )
+        return f"{calls[0].name}\n{calls[0].arguments}"
     if fmt == "qwen":
         return "\n".join(
             f'<tool_call>\n{{"name": {json.dumps(c.name)}, "arguments": {c.arguments}}}\n</tool_call>'
