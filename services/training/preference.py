@@ -11,8 +11,9 @@ padding.
 
 ``PreferenceTrainer`` is the shared ``Trainer`` loop with one optimizer step averaging a per-pair
 loss over the step's pairs (all micro-batches, all ranks) instead of a per-token loss. A recipe
-subclasses it with ``build_model`` and ``pair_losses``; evaluation adds pairwise accuracy and the
-mean margin (``eval_rewards/accuracy``, ``eval_rewards/margin``). This module knows nothing about
+subclasses it with ``pair_losses`` (and ``Trainer``'s ``build_model`` / ``after_setup`` hooks);
+evaluation adds pairwise accuracy and the mean margin (``eval_rewards/accuracy``,
+``eval_rewards/margin``), also once at step 0 before training. This module knows nothing about
 which preference loss is used.
 """
 
@@ -29,7 +30,7 @@ from services.training.batches import InMemoryPairSource
 from services.training.collate import ModelInputs, collate
 from services.training.distributed import all_reduce_sum
 from services.training.losses import token_losses
-from services.training.trainer import Trainer
+from services.training.trainer import Trainer, TrainResult
 
 __all__ = ["InMemoryPairSource", "PairInputs", "PreferenceTrainer", "collate_pairs"]
 
@@ -110,6 +111,12 @@ class PreferenceTrainer(Trainer):
         super().__init__(*args, train_all_tokens=False, **kwargs)
         self._stats = [0.0, 0.0, 0.0]  # correct pairs, summed margin, pairs
         self.last_eval_metrics: dict[str, float] = {}
+        self.evaluated_step: int | None = None  # the step of the last evaluation
+
+    def evaluate_if_stale(self) -> None:
+        """The final evaluation of a recipe, unless the loop just evaluated this step."""
+        if self.has_eval and self.evaluated_step != self.step:
+            self.evaluate(log=True)
 
     # --- what a recipe defines (and ``Trainer.build_model`` / ``after_setup``) -------------
 
@@ -118,6 +125,14 @@ class PreferenceTrainer(Trainer):
         raise NotImplementedError
 
     # --- the Trainer seams -------------------------------------------------------------------
+
+    def train(self) -> TrainResult:
+        """The shared loop, after one evaluation at step 0 (when there is eval data and the job
+        is not resuming): the held-out accuracy and margin before any update are logged, so a
+        job's events show what it learned (for DPO the margin starts at 0: policy = reference)."""
+        if self.has_eval and self.step == 0:
+            self.evaluate(log=True)
+        return super().train()
 
     def _collate(self, batch: data_pb2.Batch) -> PairInputs:
         if not batch.pairs:
@@ -151,6 +166,7 @@ class PreferenceTrainer(Trainer):
         self._stats = [0.0, 0.0, 0.0]
         loss = super().evaluate(log=False)
         correct, margin, count = all_reduce_sum(self._stats, self.world)
+        self.evaluated_step = self.step
         self.last_eval_metrics = {
             "eval_loss": loss,
             "eval_rewards/accuracy": correct / max(count, 1.0),

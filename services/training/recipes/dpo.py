@@ -109,7 +109,7 @@ def run(
     )
     trainer.setup()  # policy (+ LoRA), reference, optimizer, schedule, engine, resume state
     result = trainer.train()  # steps, logging, eval (+ accuracy, margin), checkpoints
-    if result.state == "SUCCEEDED" and trainer.has_eval:
-        trainer.evaluate(log=True)
+    if result.state == "SUCCEEDED":
+        trainer.evaluate_if_stale()  # held-out accuracy and margin of the final model
     trainer.save_outputs()  # final adapter or model, loss curve
     return result

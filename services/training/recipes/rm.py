@@ -126,7 +126,7 @@ def run(
     )
     trainer.setup()  # sequence classifier (+ LoRA, score head saved), optimizer, engine, resume
     result = trainer.train()  # steps, logging, eval (+ accuracy, margin), checkpoints
-    if result.state == "SUCCEEDED" and trainer.has_eval:
-        trainer.evaluate(log=True)
+    if result.state == "SUCCEEDED":
+        trainer.evaluate_if_stale()  # held-out accuracy and margin of the final model
     trainer.save_outputs()  # reward adapter (SEQ_CLS + score) or full reward model
     return result
