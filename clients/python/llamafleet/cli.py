@@ -23,6 +23,7 @@ from llamafleet.commands import UserError
 from llamafleet.commands import api as api_commands
 from llamafleet.commands import chat as chat_commands
 from llamafleet.commands import data as data_commands
+from llamafleet.commands import deadletters as deadletter_commands
 from llamafleet.commands import train as train_commands
 from llamafleet.commands import web as web_commands
 from llamafleet.redis_local import RedisNotInstalledError
@@ -30,7 +31,14 @@ from llamafleet.redis_local import RedisNotInstalledError
 DEFAULT_RUN_DIR = os.environ.get("LLAMAFLEET_RUN_DIR", ".llamafleet")
 
 # Command groups living in llamafleet/commands/: each adds its sub-commands in register().
-COMMAND_MODULES: tuple = (data_commands, train_commands, chat_commands, api_commands, web_commands)
+COMMAND_MODULES: tuple = (
+    data_commands,
+    train_commands,
+    chat_commands,
+    api_commands,
+    web_commands,
+    deadletter_commands,
+)
 
 # Status codes that mean the request was wrong (exit 2), as opposed to the cluster failing (1).
 USER_ERROR_CODES = {
@@ -66,7 +74,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    report = cluster.status(args.run_dir)
+    report = cluster.status(args.run_dir, dead_letter_limit=getattr(args, "dead_letters", 10))
     if getattr(args, "json", False):
         print(json.dumps(report, indent=2))
         return 0 if _all_serving(report) else 1
@@ -91,8 +99,36 @@ def cmd_status(args: argparse.Namespace) -> int:
         console.print(queues)
     else:
         console.print("queues: none yet")
-    console.print(f"dead letters: {report['dead_letters']}")
+    _print_dead_letters(report["dead_letter_entries"], report["dead_letters"])
     return 0 if _all_serving(report) else 1
+
+
+def _print_dead_letters(entries: list[dict], total: int) -> None:
+    """One block per dead letter, as plain lines (a table folds the reasons past reading)."""
+    head = f"dead letters: {total}"
+    if entries:
+        head += f" (the latest {len(entries)}, newest first; `llamafleet requeue ID` replays one):"
+    console.print(head, markup=False, highlight=False, soft_wrap=True)
+    for d in entries:
+        deliveries = "?" if d["deliveries"] is None else str(d["deliveries"])
+        console.print(
+            f"  {d['entry_id']}  item {d['item_id'] or '?'}  from {d['stream'] or '?'} "
+            f"(group {d['group'] or '?'}, {deliveries} deliveries)\n"
+            f"      reason: {d['reason'] or '?'}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
 
 
 def _all_serving(report: dict) -> bool:
@@ -147,6 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_run_dir(sub.add_parser("status", help="health of each service and queue"))
     p.add_argument("--json", action="store_true", help="print the status as JSON")
+    p.add_argument(
+        "--dead-letters",
+        type=_non_negative,
+        default=10,
+        metavar="N",
+        help="show the latest N dead letters with their reasons (default 10; 0: count only)",
+    )
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("health", help="check one service's gRPC health (exit 0 if SERVING)")
