@@ -62,6 +62,9 @@ class Stats:
     truncated_examples: int = 0
     dropped_rows: Counter = field(default_factory=Counter)
     estimated: bool = False
+    # the part of dropped_rows dropped while encoding (after the eval split is drawn, so a
+    # streaming pass over one split sees only that split's); not a DatasetStats field
+    encode_dropped: Counter = field(default_factory=Counter)
 
 
 def resolve_kind(formats: list[str], kind: str, field_name: str = "spec.kind") -> str:
@@ -204,6 +207,7 @@ def _finish_chunk(spec, chunk, pending: Pending, stats):
         if isinstance(result, RowError):
             file, _, row = example_id.split("/", 1)[1].rpartition(":")
             bad_row(stats, spec.fail_on_bad_rows, file, int(row), result)
+            stats.encode_dropped[result.reason] += 1
             continue
         stats.examples += 1
         stats.truncated_examples += result.truncated

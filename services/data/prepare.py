@@ -3,7 +3,9 @@
 ``prepare`` runs the whole pipeline in memory-sized steps (all encoded examples of a dataset are
 held to pack them by best-fit decreasing; data larger than memory uses a streaming dataset) and
 returns the rows of each split with their stats, ready for ``store.DatasetStore.write``.
-``estimate`` counts a streaming dataset over its first records. ``fingerprint`` hashes the spec,
+``estimate_stats`` counts a streaming dataset over its first records (marked ``estimated``: the
+counts are those of the prefix, not of the whole); ``stream_rows`` counts exactly as it goes, and
+the service records those counts when a pass reaches the end of a split. ``fingerprint`` hashes the spec,
 the sources' contents and the tokenizer files.
 
 It knows nothing about protos or gRPC.
@@ -172,19 +174,29 @@ def stream_rows(
     encode_batch: int,
     pack_window: int,
 ) -> Iterator[tuple[dict, int]]:
-    """(row, length) lazily: encode, then pack each window of ``pack_window`` examples."""
+    """(row, length) lazily: encode, then pack each window of ``pack_window`` examples.
+
+    Every row made is counted into ``stats`` (rows, tokens, trained tokens, padding), so a pass
+    that reaches the end has counted the whole stream exactly.
+    """
     layout = LAYOUT_OF_KIND[spec.kind]
     cutoff = encoder.options.cutoff_len
     window: list[tuple[str, Ints, Ints]] = []
     for example_id, enc in iter_encoded(spec, encoder, examples, stats, encode_batch):
         if layout != "rows":
             row = pair_or_prompt(example_id, enc)
+            count(stats, [row], layout, cutoff)
             yield row, max(len(s.ids) for s in enc.sequences)
             continue
         window.extend(row_items(example_id, enc))
         if len(window) >= pack_window or not spec.packing:
-            for row in rows_of(window, spec.packing, cutoff):
-                yield row, len(row["input_ids"])
+            yield from _counted(stats, rows_of(window, spec.packing, cutoff), cutoff)
             window = []
-    for row in rows_of(window, spec.packing, cutoff) if window else ():
+    if window:
+        yield from _counted(stats, rows_of(window, spec.packing, cutoff), cutoff)
+
+
+def _counted(stats: Stats, rows: list[dict], cutoff: int) -> Iterator[tuple[dict, int]]:
+    count(stats, rows, "rows", cutoff)
+    for row in rows:
         yield row, len(row["input_ids"])

@@ -186,6 +186,7 @@ def _stats_proto(stats: dict) -> d.DatasetStats:
 def _stats_dict(stats: Stats) -> dict:
     out = asdict(stats)
     out["dropped_rows"] = dict(stats.dropped_rows)
+    del out["encode_dropped"]
     return out
 
 
@@ -366,6 +367,49 @@ class DataServicer(data_service_pb2_grpc.DataServiceServicer):
             return self.store.write_meta_only(meta)
         return self.store.write(meta, result.splits, LAYOUT_OF_KIND[spec.kind])
 
+    def _record_pass(self, dataset_id: str, split: str, spec: DataSpec, counted: Stats) -> None:
+        """A streaming pass reached the end of ``split``: it counted all of it, so its stats
+        replace the prefix estimate. The dataset's own stats become exact once every split has
+        been passed over (each pass reads every record, so source rows and the rows dropped while
+        reading come from any pass; rows dropped while encoding come from their split's pass). ``rows`` and ``padding_fraction`` are those of the epoch that was passed over
+        (the pack windows follow the epoch's shuffle); the other counts do not depend on it."""
+        with self._lock(dataset_id):
+            meta = self.store.read_meta(dataset_id)
+            if not meta.get("streaming"):
+                return
+            spec_bytes = base64.b64decode(meta["spec_b64"])
+            if fingerprint(spec_bytes, spec) != meta["fingerprint"]:
+                logger.info("dataset %s: sources changed; stats left as they were", dataset_id)
+                return
+            exact = {**_stats_dict(counted), "estimated": False}
+            for item in meta["splits"]:
+                if item["split"] == split:
+                    item["stats"] = {**exact, "source_rows": 0, "dropped_rows": {}}
+                    item["encode_dropped"] = dict(counted.encode_dropped)
+            if all(not item["stats"]["estimated"] for item in meta["splits"]):
+                dropped = counted.dropped_rows - counted.encode_dropped  # read stage: every pass
+                for item in meta["splits"]:
+                    dropped.update(item["encode_dropped"])
+                exact["dropped_rows"] = dict(dropped)
+                total = {
+                    key: sum(item["stats"][key] for item in meta["splits"])
+                    for key in (
+                        "examples",
+                        "rows",
+                        "tokens",
+                        "trained_tokens",
+                        "truncated_examples",
+                    )
+                }
+                cutoff = spec.encode.cutoff_len
+                rows = total["rows"]
+                meta["stats"] = {
+                    **exact,
+                    **total,
+                    "padding_fraction": 1.0 - total["tokens"] / (rows * cutoff) if rows else 0.0,
+                }
+            self.store.write_meta_only(meta)
+
     def _lock(self, dataset_id: str) -> threading.Lock:
         with self._guard:
             return self._locks.setdefault(dataset_id, threading.Lock())
@@ -421,6 +465,7 @@ class DataServicer(data_service_pb2_grpc.DataServiceServicer):
                 d.DatasetSpec.FromString(base64.b64decode(meta["spec_b64"])), self.config
             )
             cfg = self.config
+            counted = Stats()
             batches = streaming_batches(
                 spec,
                 make_encoder(spec.tokenizer_path, spec.encode),
@@ -430,6 +475,7 @@ class DataServicer(data_service_pb2_grpc.DataServiceServicer):
                 shuffle_size=cfg.shuffle_buffer,
                 encode_batch=cfg.encode_batch,
                 pack_window=cfg.pack_window,
+                stats=counted,
             )
         else:
             reader = await asyncio.to_thread(self.store.open_split, meta, split)
@@ -437,6 +483,8 @@ class DataServicer(data_service_pb2_grpc.DataServiceServicer):
         while True:
             item = await asyncio.to_thread(next, batches, None)
             if item is None:
+                if meta["streaming"]:
+                    await asyncio.to_thread(self._record_pass, meta["id"], split, spec, counted)
                 return
             index, rows = item
             yield pb.StreamBatchesResponse(

@@ -220,3 +220,51 @@ def test_registry_source_with_max_samples_and_pretrain_from_alpaca_columns(
     ds = stub.PrepareDataset(pb.PrepareDatasetRequest(spec=s)).dataset
     assert ds.kind == d.EXAMPLE_KIND_PRETRAIN and ds.stats.trained_tokens == ds.stats.tokens
     assert ds.stats.rows >= ds.stats.tokens / 64
+
+
+def test_streaming_stats_become_exact_after_a_pass_over_each_split(stub, model_dir, tmp_path):
+    records = [sharegpt_record(i, turns=1 + i % 3, words=2 + i % 40) for i in range(90)]
+    records[5] = {"conversations": [{"from": "robot", "value": "x"}]}
+    records[9] = {"conversations": []}
+    long_answer = [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "because " * 300}]
+    records.append({"conversations": long_answer})  # over cutoff_len: truncated
+    records.append({"conversations": [{"from": "human", "value": "why " * 300}, long_answer[1]]})
+    path = write_jsonl(tmp_path / "chat.jsonl", records)
+    stored = stub.PrepareDataset(
+        pb.PrepareDatasetRequest(dataset_id="m", spec=spec(model_dir, path, eval_fraction=0.2))
+    ).dataset
+    s = spec(model_dir, path, eval_fraction=0.2, streaming=True)
+    ds = stub.PrepareDataset(pb.PrepareDatasetRequest(dataset_id="x", spec=s)).dataset
+    assert ds.stats.estimated and all(sp.stats.estimated for sp in ds.splits)
+    keys = ("examples", "tokens", "trained_tokens", "truncated_examples", "rows")
+    by_split = {sp.split: sp.stats for sp in stored.splits}
+
+    def counts(stats):
+        return {k: getattr(stats, k) for k in keys}
+
+    partial = stub.StreamBatches(pb.StreamBatchesRequest(dataset_id="x", batch_rows=1))
+    next(partial)  # a pass that stops early counts nothing
+    partial.cancel()
+    assert stub.GetDataset(pb.GetDatasetRequest(dataset_id="x")).dataset.stats.estimated
+    _stream(stub, dataset_id="x", batch_rows=4, world_size=2, rank=1)  # the train split
+    ds = stub.GetDataset(pb.GetDatasetRequest(dataset_id="x")).dataset
+    train = next(sp.stats for sp in ds.splits if sp.split == d.SPLIT_TRAIN)
+    assert not train.estimated and ds.stats.estimated  # the eval split is not counted yet
+    # unpacked rows: one per example, so every count equals the materialised dataset's
+    assert counts(train) == counts(by_split[d.SPLIT_TRAIN])
+    _stream(stub, dataset_id="x", split=d.SPLIT_EVAL, batch_rows=4)
+    ds = stub.GetDataset(pb.GetDatasetRequest(dataset_id="x")).dataset
+    assert not ds.stats.estimated
+    assert counts(ds.stats) == counts(stored.stats)
+    assert ds.stats.truncated_examples >= 1
+    assert ds.stats.source_rows == stored.stats.source_rows == 92
+    assert (
+        dict(ds.stats.dropped_rows)
+        == dict(stored.stats.dropped_rows)
+        == {
+            "unknown_role": 1,
+            "empty_conversation": 1,
+            "too_long_prompt": 1,
+        }
+    )
+    assert ds.stats.padding_fraction == pytest.approx(stored.stats.padding_fraction)
