@@ -48,6 +48,7 @@ from services.training.job_dirs import (
 from services.training.runner_process import (
     LOG_FILE,
     PID_FILE,
+    PPO_REDIS_URL_ENV,
     Launcher,
     RunnerProcess,
     attach,
@@ -179,6 +180,12 @@ class JobManager:
         spec = job_specs.normalize(spec)
         job_specs.validate(spec)
         self._validator(spec)
+        if spec.stage == pb.STAGE_PPO and not self.config.redis_url:
+            raise FailedPrecondition(
+                "STAGE_PPO reaches the rollout and reward workers through Redis, and this training "
+                "service has none: set redis_url (LLAMAFLEET_TRAINING_REDIS_URL)",
+                reason="NO_WORK_QUEUE",
+            )
         with self._lock:
             existing = self._jobs.get(spec.job_id)
             if existing is not None:
@@ -263,6 +270,8 @@ class JobManager:
         self._spawn(view, argv, env)
 
     def _spawn(self, view: JobView, argv: list[str], env: dict[str, str]) -> None:
+        if view.spec.stage == pb.STAGE_PPO:  # the trainer talks to the fleets through Redis
+            env = {**env, PPO_REDIS_URL_ENV: self.config.redis_url}
         try:
             self._runs[view.id] = runner_process.spawn(view.dir, argv, env)
         except OSError as exc:

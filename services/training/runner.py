@@ -32,14 +32,14 @@ from llamafleet.training.v1 import training_pb2 as tpb
 
 from services.training.batches import open_source
 from services.training.events import EventLog
-from services.training.recipes import dpo, pt, rm, settings, sft, validate
+from services.training.recipes import dpo, ppo, pt, rm, settings, sft, validate
 from services.training.trainer import TrainResult
 
 logger = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
 SPEC_FILE = "spec.binpb"
-RECIPES = {"pt": pt.run, "sft": sft.run, "rm": rm.run, "dpo": dpo.run}
+RECIPES = {"pt": pt.run, "sft": sft.run, "rm": rm.run, "dpo": dpo.run, "ppo": ppo.run}
 LEVELS = {
     logging.DEBUG: tpb.LOG_LEVEL_DEBUG,
     logging.INFO: tpb.LOG_LEVEL_INFO,

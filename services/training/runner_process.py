@@ -24,6 +24,9 @@ from services.common.errors import FailedPrecondition
 logger = logging.getLogger(__name__)
 
 PID_FILE = "runner.pid"
+# The work-queue Redis of a STAGE_PPO runner (the service's redis_url; never argv: it may hold a
+# password).
+PPO_REDIS_URL_ENV = "LLAMAFLEET_REDIS_URL"
 LOG_FILE = "runner.log"
 
 # (spec, job_dir, data_address, token) -> (argv, extra environment)
@@ -41,6 +44,12 @@ def default_launcher(spec, job_dir, data_address, token):
             "this training service has no runner installed (services.training.launch is missing)",
             reason="RUNNER_UNAVAILABLE",
         ) from None
+    if not data_address:
+        raise FailedPrecondition(
+            "this training service has no data service to read the job's batches from: set "
+            "data_address (LLAMAFLEET_TRAINING_DATA_ADDRESS, host:port)",
+            reason="NO_DATA_SERVICE",
+        )
     return launch.runner_command(spec, job_dir, data_address, token)
 
 

@@ -136,8 +136,8 @@ def test_validate_refuses_float16_on_a_bfloat16_model(tiny_random, tmp_path):
 
 def test_validate_refuses_what_is_not_implemented(tiny_random):
     spec = job_spec(tiny_random)
-    spec.stage = tpb.STAGE_PPO
-    with pytest.raises(Unimplemented, match="spec.stage"):
+    spec.init_adapter.id, spec.init_adapter.version = "sft-job", 1
+    with pytest.raises(Unimplemented, match="spec.init_adapter"):
         validate(spec)
 
 

@@ -6,7 +6,7 @@ front and raises one ``InvalidArgument`` listing every bad field (``spec.compute
 not train yet. ``settings(spec, device)`` turns a valid spec into ``Settings``, a frozen record with
 every proto default of ``training.proto`` filled in, which is all the recipes read.
 
-The recipes themselves (``pt``, ``sft``, ``rm``, ``dpo``) live in their own modules; ``RECIPES`` maps a stage to one.
+The recipes themselves (``pt``, ``sft``, ``rm``, ``dpo``, ``ppo``) live in their own modules; ``RECIPES`` maps a stage to one.
 """
 
 from __future__ import annotations
@@ -41,7 +41,13 @@ ATTENTION = {
     tpb.ATTENTION_IMPLEMENTATION_SDPA: "sdpa",
     tpb.ATTENTION_IMPLEMENTATION_FLASH_ATTENTION_2: "flash_attention_2",
 }
-RECIPES = {tpb.STAGE_PT: "pt", tpb.STAGE_SFT: "sft", tpb.STAGE_RM: "rm", tpb.STAGE_DPO: "dpo"}
+RECIPES = {
+    tpb.STAGE_PT: "pt",
+    tpb.STAGE_SFT: "sft",
+    tpb.STAGE_RM: "rm",
+    tpb.STAGE_DPO: "dpo",
+    tpb.STAGE_PPO: "ppo",
+}
 PREFERENCE_LOSSES = {
     tpb.PREFERENCE_LOSS_UNSPECIFIED: "sigmoid",
     tpb.PREFERENCE_LOSS_SIGMOID: "sigmoid",
@@ -99,6 +105,31 @@ class PreferenceSettings:
 
 
 @dataclass(frozen=True)
+class PpoSettings:
+    """``PpoConfig`` of the ``ppo`` stage. Messages stay serialized (``sampling``,
+    ``reward_settings``: the task fields they are copied into)."""
+
+    sampling: bytes = b""  # rollout.v1.SamplingParams
+    samples_per_prompt: int = 1
+    reward_scorer: str = ""
+    reward_adapter: tuple[str, int] | None = None  # (id, version)
+    reward_settings: bytes = b""  # common.v1.RewardSettings; empty = the reward service's own
+    rollout_batch_size: int = 8  # prompts per PPO step
+    ppo_epochs: int = 4
+    kl_coef: float = 0.2
+    adaptive_kl: bool = False
+    kl_target: float = 6.0
+    kl_horizon: int = 10_000
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip_range: float = 0.2
+    value_clip_range: float = 0.2
+    value_loss_coef: float = 0.1
+    max_staleness: int = 1
+    whiten_rewards: bool = False
+
+
+@dataclass(frozen=True)
 class GaloreSettings:
     target_modules: tuple[str, ...] = ()  # empty = every linear layer but the head
     rank: int = 16
@@ -143,6 +174,7 @@ class Settings:
     resume: bool = False
     trust_remote_code: bool = False
     preference: PreferenceSettings = field(default_factory=PreferenceSettings)
+    ppo: PpoSettings = field(default_factory=PpoSettings)
     freeze: FreezeSettings = field(default_factory=FreezeSettings)
     llama_pro_expand: int = 0  # LLaMA-Pro blocks inserted (trained alone: freeze or LoRA on them)
     quantization_bits: int | None = None  # QLoRA: 4 or 8
@@ -240,6 +272,7 @@ def settings(spec: tpb.TrainingJobSpec, device: str = "cpu") -> Settings:
             pref_ftx=pref.pref_ftx,
             simpo_gamma=pref.simpo_gamma if pref.HasField("simpo_gamma") else 0.5,
         ),
+        ppo=_ppo_settings(spec.ppo, hp.per_device_batch_size or 8, hp.gradient_accumulation_steps),
         freeze=FreezeSettings(
             trainable_layers=ft.freeze.trainable_layers or 2,
             trainable_modules=tuple(ft.freeze.trainable_modules),
@@ -258,6 +291,86 @@ def settings(spec: tpb.TrainingJobSpec, device: str = "cpu") -> Settings:
             else None
         ),
         galore=_galore_settings(ft.galore) if ft.HasField("galore") else None,
+    )
+
+
+def _max_grad_norm(hp: tpb.Hyperparameters, ft: tpb.FinetuningConfig) -> float:
+    """Unset: 1.0, or 0 (no clipping) with layer-wise GaLore, which has no whole-model gradient."""
+    if hp.HasField("max_grad_norm"):
+        return hp.max_grad_norm
+    return 0.0 if ft.HasField("galore") and ft.galore.layerwise else 1.0
+
+
+def _ppo_settings(p: tpb.PpoConfig, batch_rows: int, accumulation: int) -> PpoSettings:
+    def opt(name: str, default: float) -> float:
+        return getattr(p, name) if p.HasField(name) else default
+
+    ref = p.reward_adapter
+    return PpoSettings(
+        sampling=p.sampling.SerializeToString(),
+        samples_per_prompt=p.sampling.n if p.sampling.HasField("n") else 1,
+        reward_scorer=p.reward_scorer,
+        reward_adapter=(ref.id, ref.version) if ref.id else None,
+        reward_settings=(
+            p.reward_settings.SerializeToString() if p.HasField("reward_settings") else b""
+        ),
+        rollout_batch_size=p.rollout_batch_size or batch_rows * max(1, accumulation),
+        ppo_epochs=p.ppo_epochs or 4,
+        kl_coef=opt("kl_coef", 0.2),
+        adaptive_kl=p.adaptive_kl,
+        kl_target=opt("kl_target", 6.0),
+        kl_horizon=int(opt("kl_horizon", 10_000)),
+        gamma=opt("gae_gamma", 1.0),
+        lam=opt("gae_lambda", 0.95),
+        clip_range=opt("clip_range", 0.2),
+        value_clip_range=opt("value_clip_range", 0.2),
+        value_loss_coef=opt("value_loss_coef", 0.1),
+        max_staleness=int(opt("max_staleness", 1)),
+        whiten_rewards=p.whiten_rewards,
+    )
+
+
+def _check_ppo(spec: tpb.TrainingJobSpec, check) -> None:
+    """``PpoConfig`` ranges (STAGE_PPO only; other stages ignore it)."""
+    if spec.stage != tpb.STAGE_PPO:
+        return
+    p, path = spec.ppo, "spec.ppo."
+    check(bool(p.reward_scorer), path + "reward_scorer", "required: a reward service scorer name")
+    check(
+        not p.reward_adapter.id or p.reward_adapter.version >= 1,
+        path + "reward_adapter.version",
+        "must be >= 1 (an explicit version)",
+    )
+    check(p.rollout_batch_size >= 0, path + "rollout_batch_size", "must be >= 0")
+    check(p.ppo_epochs >= 0, path + "ppo_epochs", "must be >= 0 (0 = 4)")
+    check(not p.sampling.HasField("n") or p.sampling.n >= 1, path + "sampling.n", "must be >= 1")
+    check(not p.HasField("kl_coef") or p.kl_coef >= 0, path + "kl_coef", "must be >= 0")
+    check(not p.HasField("kl_target") or p.kl_target > 0, path + "kl_target", "must be > 0")
+    check(not p.HasField("kl_horizon") or p.kl_horizon > 0, path + "kl_horizon", "must be > 0")
+    check(not p.HasField("gae_gamma") or 0 < p.gae_gamma <= 1, path + "gae_gamma", "in (0, 1]")
+    check(not p.HasField("gae_lambda") or 0 <= p.gae_lambda <= 1, path + "gae_lambda", "in [0, 1]")
+    for name in ("clip_range", "value_clip_range"):
+        check(not p.HasField(name) or getattr(p, name) > 0, path + name, "must be > 0")
+    check(
+        not p.HasField("value_loss_coef") or p.value_loss_coef >= 0,
+        path + "value_loss_coef",
+        "must be >= 0",
+    )
+    check(
+        not p.HasField("max_staleness") or p.max_staleness >= 1,
+        path + "max_staleness",
+        "must be >= 1 (1 = on-policy)",
+    )
+    rows = spec.hyperparameters.per_device_batch_size or 8
+    check(
+        spec.hyperparameters.WhichOneof("batch_size") != "per_device_batch_tokens",
+        "spec.hyperparameters.per_device_batch_tokens",
+        "STAGE_PPO batches by per_device_batch_size (prompts)",
+    )
+    check(
+        p.rollout_batch_size % rows == 0,
+        path + "rollout_batch_size",
+        f"must be a multiple of per_device_batch_size ({rows})",
     )
 
 
@@ -319,6 +432,7 @@ def validate(spec: tpb.TrainingJobSpec) -> None:
     check(not (lo.use_dora and lo.pissa_init), "spec.finetuning.lora", "DoRA and PiSSA exclude")
     _check_freeze(spec, base, check)
     _check_quantization(spec, check)
+    _check_ppo(spec, check)
     _check_rope(spec, check)
     if spec.finetuning.HasField("galore"):
         _check_galore(spec, check)
@@ -565,7 +679,18 @@ def _refuse_unimplemented(spec: tpb.TrainingJobSpec) -> None:
         )
 
     if spec.stage == tpb.STAGE_PPO:
-        refuse("spec.stage", tpb.Stage.Name(spec.stage))
+        if spec.finetuning.type not in (tpb.FINETUNING_TYPE_UNSPECIFIED, tpb.FINETUNING_TYPE_LORA):
+            refuse(
+                "spec.finetuning.type",
+                f"STAGE_PPO with {tpb.FinetuningType.Name(spec.finetuning.type)} (the policy is a "
+                "LoRA adapter on a frozen base; use LORA)",
+            )
+        if spec.distributed.world_size > 1:
+            refuse("spec.distributed.world_size", "STAGE_PPO on several ranks")
+        if spec.distributed.backend == tpb.DISTRIBUTED_BACKEND_DEEPSPEED:
+            refuse("spec.distributed.backend", "STAGE_PPO with DeepSpeed")
+        if spec.finetuning.llama_pro.num_expand:
+            refuse("spec.finetuning.llama_pro", "STAGE_PPO with LLaMA-Pro")
     if spec.stage in (tpb.STAGE_RM, tpb.STAGE_DPO):
         if spec.stage == tpb.STAGE_RM and spec.finetuning.type == tpb.FINETUNING_TYPE_FREEZE:
             refuse("spec.finetuning.type", "STAGE_RM with FREEZE")

@@ -1,0 +1,154 @@
+"""The PPO trainer's side of the queues: rollout tasks out, scored rollouts in, acks after the
+checkpoint.
+
+- **Out.** ``publish_tasks`` adds ``RolloutTask``s to ``llamafleet:rollout:tasks`` with the
+  idempotent ``queues.publish``: task ids are deterministic (``job:version:step:prompt:sample``),
+  so a resumed trainer that publishes a step again adds nothing.
+- **In.** The job's ``llamafleet:reward:results:{job}`` stream is read in the ``training`` group by
+  one consumer named after the job. A (re)started trainer first reads that consumer's own pending
+  entries (delivered before a crash, never acked), then new ones. Entries are not acked when read:
+  ``ack`` runs after the checkpoint that records their ids as consumed, so a crash in between
+  redelivers them and the resumed trainer skips those it already used.
+- **Dead letters.** A task that a rollout or reward worker gave up on never produces a scored
+  rollout; waiting for it would hang the job. ``dead_letters`` reads the dead-letter stream for
+  this job's items, so the trainer fails with the reason instead.
+
+Knows Redis and the payload types; nothing about models or PPO arithmetic.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import redis
+from google.protobuf.message import DecodeError
+from llamafleet.reward.v1 import reward_pb2
+from llamafleet.rollout.v1 import rollout_pb2
+
+from services.common import queues
+
+logger = logging.getLogger(__name__)
+
+GROUP = "training"
+READ_COUNT = 256
+
+
+def task_id(job_id: str, version: int, step: int, prompt: int, sample: int) -> str:
+    """The deterministic id of one rollout task (DESIGN.md section 2)."""
+    return f"{job_id}:{version}:{step}:{prompt}:{sample}"
+
+
+def parse_task_id(item_id: str) -> tuple[str, int, int, int, int] | None:
+    """``(job, version, step, prompt, sample)`` of a task id, or None if it is not one."""
+    parts = item_id.split(":")
+    if len(parts) < 5 or not all(p.isdigit() for p in parts[-4:]):
+        return None
+    return ":".join(parts[:-4]), *(int(p) for p in parts[-4:])  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Received:
+    entry_id: str
+    item_id: str
+    scored: reward_pb2.ScoredRollout | None  # None: the payload did not decode
+
+
+@dataclass(frozen=True)
+class DeadTask:
+    item_id: str
+    group: str
+    deliveries: str
+    reason: str
+
+
+class RolloutExchange:
+    """Tasks out, scored rollouts in, for one PPO job."""
+
+    def __init__(self, r: redis.Redis, job_id: str) -> None:
+        self.r = r
+        self.job_id = job_id
+        self.results = queues.reward_results_stream(job_id)
+        self.consumer = f"trainer-{job_id}"
+        self._history = "0"  # own pending entries first, then ">" (new ones)
+        self._deadletter_cursor = "0"
+
+    def ensure_group(self) -> None:
+        try:
+            self.r.xgroup_create(self.results, GROUP, id="0", mkstream=True)
+        except redis.exceptions.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def publish_tasks(self, tasks: list[rollout_pb2.RolloutTask]) -> int:
+        """Publish ``tasks``; returns how many were new (0 when all were published before)."""
+        added = 0
+        for task in tasks:
+            added += queues.publish(
+                self.r, queues.ROLLOUT_TASKS, task.item_id, task.SerializeToString()
+            )
+        return added
+
+    def published_version(self, step: int, versions: list[int]) -> int | None:
+        """The first of ``versions`` under which ``step``'s tasks were already published (by a
+        run that crashed after publishing them), or None."""
+        for version in versions:
+            key = queues.published_key(
+                queues.ROLLOUT_TASKS, task_id(self.job_id, version, step, 0, 0)
+            )
+            if self.r.exists(key):
+                return version
+        return None
+
+    def read(self, block_ms: int) -> list[Received]:
+        """Scored rollouts delivered to this trainer: its own unacked ones first (after a
+        restart), then new ones, blocking up to ``block_ms`` when there are none."""
+        if self._history != ">":
+            reply = self.r.xreadgroup(
+                GROUP, self.consumer, {self.results: self._history}, count=READ_COUNT
+            )
+            entries = reply[0][1] if reply else []
+            if entries:
+                self._history = entries[-1][0].decode()
+                return [self._received(eid, fields) for eid, fields in entries]
+            self._history = ">"
+        reply = self.r.xreadgroup(
+            GROUP, self.consumer, {self.results: ">"}, count=READ_COUNT, block=block_ms or None
+        )
+        entries = reply[0][1] if reply else []
+        return [self._received(eid, fields) for eid, fields in entries]
+
+    @staticmethod
+    def _received(entry_id: bytes, fields: dict) -> Received:
+        item_id = (fields.get(b"id") or b"").decode()
+        try:
+            scored = reward_pb2.ScoredRollout.FromString(fields.get(b"payload") or b"")
+        except DecodeError:
+            scored = None
+        return Received(entry_id.decode(), item_id, scored)
+
+    def ack(self, entry_ids: list[str]) -> None:
+        for start in range(0, len(entry_ids), 1000):
+            self.r.xack(self.results, GROUP, *entry_ids[start : start + 1000])
+
+    def dead_letters(self) -> list[DeadTask]:
+        """Dead-lettered items of this job added since the last call (all of them, first)."""
+        out: list[DeadTask] = []
+        prefix = f"{self.job_id}:"
+        while True:
+            start = "-" if self._deadletter_cursor == "0" else f"({self._deadletter_cursor}"
+            entries = self.r.xrange(queues.DEADLETTER, min=start, count=1000)
+            if not entries:
+                return out
+            self._deadletter_cursor = entries[-1][0].decode()
+            for _eid, fields in entries:
+                item_id = (fields.get(b"id") or b"").decode()
+                if item_id.startswith(prefix):
+                    out.append(
+                        DeadTask(
+                            item_id,
+                            (fields.get(b"group") or b"").decode(),
+                            (fields.get(b"deliveries") or b"").decode(),
+                            (fields.get(b"reason") or b"").decode(),
+                        )
+                    )

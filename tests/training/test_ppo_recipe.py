@@ -1,0 +1,129 @@
+"""The ``ppo`` recipe on the built tiny model, with the fleets stood in for in-process.
+
+``inline_fleet.InlineFleet`` generates with the rollout service's real HF engine from the adapter
+versions the trainer publishes, and scores with a rule: 1 when the answer starts with "yes". The
+model first gets a short SFT on questions answered "yes" or "no" at random, so it says "yes" only
+sometimes; PPO must make it say so more often.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from inline_fleet import InlineFleet, PromptSource, yes_no_prompts, yes_no_rows
+from llamafleet.rollout.v1 import rollout_pb2
+from synthetic import make_settings
+
+from services.training import checkpoints
+from services.training.batches import InMemorySource
+from services.training.recipes import LoraSettings, PpoSettings, ppo, sft
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def yes_no_model(tiny_random, tokenizer, tmp_path_factory):
+    job = tmp_path_factory.mktemp("sft-yes-no")
+    settings = make_settings(tiny_random, learning_rate=3e-3, max_steps=30, batch_rows=8)
+    sft.run(settings, InMemorySource(yes_no_rows(tokenizer, 200)), job)
+    return job / "model"
+
+
+def yes_first(tokenizer):
+    yes = tokenizer("yes", add_special_tokens=False)["input_ids"][0]
+    return lambda ids: float(len(ids) > 0 and ids[0] == yes)
+
+
+def ppo_settings(model, **overrides):
+    sampling = rollout_pb2.SamplingParams(max_tokens=3, temperature=1.0, seed=1)
+    ppo_fields = {
+        "sampling": sampling.SerializeToString(),
+        "samples_per_prompt": 4,
+        "reward_scorer": "yes",
+        "rollout_batch_size": 8,
+        "ppo_epochs": 4,
+        "kl_coef": 0.05,
+    }
+    ppo_fields.update(overrides.pop("ppo", {}))
+    fields = {
+        "recipe": "ppo",
+        "method": "lora",
+        "lora": LoraSettings(rank=8, alpha=16),
+        "learning_rate": 1e-3,
+        "batch_rows": 8,
+        "max_steps": 12,
+        "logging_steps": 1,
+        "ppo": PpoSettings(**ppo_fields),
+    }
+    fields.update(overrides)
+    return make_settings(model, **fields)
+
+
+def metrics(job):
+    return [json.loads(x) for x in (job / "output" / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_ppo_raises_a_reward_the_sft_model_meets_only_sometimes(yes_no_model, tokenizer, tmp_path):
+    job = tmp_path / "ppo"
+    fleet = InlineFleet(yes_no_model, job, yes_first(tokenizer))
+    prompts = PromptSource(yes_no_prompts(tokenizer, range(1000, 1064)))
+    result = ppo.run(ppo_settings(yes_no_model), prompts, job, exchange=fleet, job_id="ppo-t")
+    assert result.state == "SUCCEEDED" and result.step == 12
+    records = metrics(job)
+    rewards = [r["reward/mean"] for r in records]
+    first, last = sum(rewards[:2]) / 2, sum(rewards[-4:]) / 4
+    assert last > first + 0.25, rewards
+    # the trainer recomputes exactly what the engine reported (same weights, float32)
+    assert all(abs(r["ppo/engine_ratio"] - 1.0) < 1e-3 for r in records)
+    # every task was generated once, consumed once, and acked once (after its checkpoint)
+    assert len(fleet.published) == 12 * 8 * 4
+    assert len(fleet.acked) == len(set(fleet.acked)) == len(fleet.published)
+    counts = json.loads((job / "output" / "ppo_counts.json").read_text())
+    assert counts["consumed"] == counts["published"] == len(fleet.published)
+    assert counts["redelivered"] == counts["stray"] == 0
+    # one adapter version per update, plus v1 (the untrained LoRA) for the first tasks
+    versions = sorted(int(p.name[1:]) for p in (job / "adapters").iterdir())
+    assert versions == list(range(1, 14))
+    assert counts["final_adapter_version"] == 13
+    assert {t.adapter.version for t in fleet.published.values()} == set(range(1, 13))
+    assert (job / "output" / "adapter" / "adapter_model.safetensors").is_file()
+    assert (job / "output" / ppo.VALUE_HEAD_FILE).is_file()
+
+
+def test_a_resumed_trainer_skips_used_rollouts_and_reuses_unacked_ones(
+    yes_no_model, tokenizer, tmp_path
+):
+    job = tmp_path / "ppo"
+    prompts = yes_no_prompts(tokenizer, range(2000, 2032))
+    settings = ppo_settings(yes_no_model, max_steps=4, save_steps=2)
+    fleet = InlineFleet(yes_no_model, job, yes_first(tokenizer))
+    ppo.run(settings, PromptSource(prompts), job, exchange=fleet, job_id="ppo-r")
+    assert [s for s, _ in checkpoints.list_checkpoints(job)] == [2, 4]
+    # Crash between training step 4 and its checkpoint; the checkpoint at step 2 was written
+    # but its ack was lost. Redis redelivers every scored rollout of steps 0-3.
+    shutil.rmtree(job / "checkpoints" / "step-4")
+    by_step = {}
+    for item_id in fleet.published:
+        by_step.setdefault(int(item_id.split(":")[2]), []).append(item_id)
+    replay = InlineFleet(yes_no_model, job, yes_first(tokenizer))
+    replay.published = dict(fleet.published)
+    delivered = {r.item_id: r for r in fleet.history}
+    replay.queue = [delivered[i] for s in range(4) for i in by_step[s]]
+    settings = ppo_settings(yes_no_model, max_steps=4, save_steps=2, resume=True)
+    result = ppo.run(settings, PromptSource(prompts), job, exchange=replay, job_id="ppo-r")
+    assert result.state == "SUCCEEDED" and result.step == 4
+    counts = json.loads((job / "output" / "ppo_counts.json").read_text())
+    used_before = len(by_step[0]) + len(by_step[1])
+    assert counts["redelivered"] == used_before  # steps 0-1: in the checkpoint, skipped
+    assert len(replay.published) == len(fleet.published)  # steps 2-3 not generated again
+    assert counts["consumed"] == 4 * 8 * 4  # each rollout used once over both runs
+    assert sorted(replay.acked) == sorted(r.entry_id for r in replay_history(replay))
+    # adapter versions never reuse a number: the lost run's v4/v5 stay, the new ones follow
+    versions = sorted(int(p.name[1:]) for p in (job / "adapters").iterdir())
+    assert versions == [1, 2, 3, 4, 5, 6, 7]
+
+
+def replay_history(fleet):
+    return fleet.history
