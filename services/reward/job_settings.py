@@ -1,8 +1,9 @@
 """Per-job reward settings: normalisation (whiten, scale, clip) and rule-scorer options.
 
-The contract (``ScoreRolloutsRequest``, ``RolloutTask``) carries only a job id, so the settings
-come from the service: its config gives every job's defaults, and ``job_settings_file`` (YAML)
-overrides them per job::
+A request may carry the job's settings itself (``RewardSettings`` in ``ScoreRolloutsRequest`` and
+``RolloutTask``, which a PPO job fills from its ``PpoConfig``): then every reward worker applies
+the same settings without a shared file (``from_proto``). Otherwise they come from the service:
+its config gives every job's defaults, and ``job_settings_file`` (YAML) overrides them per job::
 
     ppo-gsm8k:            # job id
       whiten: true
@@ -26,7 +27,7 @@ from typing import Any
 import yaml
 
 from services.common.config import ConfigError, nearest
-from services.common.errors import InvalidArgument
+from services.common.errors import FieldViolation, InvalidArgument
 from services.reward.config import RewardConfig
 from services.reward.scorers.rules import PatternLimits, compile_pattern
 
@@ -75,6 +76,27 @@ class JobSettingsTable:
         if config.job_settings_file:
             per_job = load_file(Path(config.job_settings_file), defaults, limits)
         return cls(defaults, per_job)
+
+
+def from_proto(message, field: str, limits: PatternLimits) -> JobSettings:
+    """A request's ``common.v1.RewardSettings`` (which then overrides the service's settings for
+    the job); INVALID_ARGUMENT naming ``field`` when a value is bad."""
+    settings = JobSettings(
+        whiten=message.whiten,
+        scale=message.scale if message.HasField("scale") else 1.0,
+        clip=message.clip,
+        regex_pattern=message.regex_pattern,
+        ignore_case=message.ignore_case,
+    )
+    if not (settings.clip >= 0 and abs(settings.scale) < float("inf")):
+        raise InvalidArgument(
+            f"{field}: clip must be >= 0 and scale finite",
+            reason="BAD_REWARD_SETTINGS",
+            violations=[FieldViolation(f"{field}.clip", "must be >= 0 (0 = no clipping)")],
+        )
+    if settings.regex_pattern:
+        compile_pattern(settings.regex_pattern, f"{field}.regex_pattern", limits)
+    return settings
 
 
 def load_file(path: Path, defaults: JobSettings, limits: PatternLimits) -> dict[str, JobSettings]:

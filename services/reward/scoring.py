@@ -27,13 +27,14 @@ from llamafleet.common.v1 import common_pb2
 
 from services.common.adapter_cache import AdapterCache, check_ref
 from services.common.errors import FailedPrecondition, FieldViolation, InvalidArgument
-from services.reward import scorers
+from services.reward import job_settings, scorers
 from services.reward.batching import Batcher
 from services.reward.config import RewardConfig
-from services.reward.job_settings import JobSettingsTable
+from services.reward.job_settings import JobSettings, JobSettingsTable
 from services.reward.normalize import Normalizer
 from services.reward.scorers import Reads, ScoreInput, Scorer, ScorerContext
 from services.reward.scorers.model import AdapterKey, AdapterSource, LocalAdapterDir, RewardModels
+from services.reward.scorers.rules import PatternLimits
 
 logger = logging.getLogger(__name__)
 
@@ -172,11 +173,20 @@ class ScoringEngine:
 
     # -- the steps ------------------------------------------------------------------------------
 
+    def job_settings(self, job_id: str, override: JobSettings | None) -> JobSettings:
+        """The request's own settings when it carries them, else the service's for the job."""
+        return override if override is not None else self.settings.for_job(job_id)
+
     def resolve(
-        self, name: str, job_id: str, adapter: AdapterKey | None, field_prefix: str = ""
+        self,
+        name: str,
+        job_id: str,
+        adapter: AdapterKey | None,
+        field_prefix: str = "",
+        override: JobSettings | None = None,
     ) -> Scorer:
         ctx = ScorerContext(
-            settings=self.settings.for_job(job_id),
+            settings=self.job_settings(job_id, override),
             adapter=adapter,
             models=self.models,
             max_pattern_chars=self.config.max_pattern_chars,
@@ -255,7 +265,14 @@ class ScoringEngine:
             return self.batcher.submit(scorer, items)
         return self._rules.submit(scorer.score, list(items))
 
-    def finish(self, scorer: Scorer, job_id: str, raws: Sequence[float], field: str) -> Scored:
+    def finish(
+        self,
+        scorer: Scorer,
+        job_id: str,
+        raws: Sequence[float],
+        field: str,
+        override: JobSettings | None = None,
+    ) -> Scored:
         bad = [i for i, r in enumerate(raws) if not math.isfinite(r)]
         if bad:
             raise FailedPrecondition(
@@ -263,7 +280,7 @@ class ScoringEngine:
                 "the reward model is broken (NaN/inf weights?)",
                 reason="NON_FINITE_SCORE",
             )
-        settings = self.settings.for_job(job_id)
+        settings = self.job_settings(job_id, override)
         normalized = self.normalizer.apply(job_id, settings, raws)
         return Scored(scorer.name, list(raws), normalized)
 
@@ -278,18 +295,29 @@ class ScoringEngine:
         *,
         field_prefix: str = "",
         items_field: str = "items",
+        override: JobSettings | None = None,
     ) -> Scored:
-        """Blocking: for worker threads."""
-        scorer = self.resolve(name, job_id, adapter, field_prefix)
+        """Blocking: for worker threads. ``override``: the request's own job settings."""
+        scorer = self.resolve(name, job_id, adapter, field_prefix, override)
         prepared = self.prepare(scorer, items, items_field)
         raws = self.submit(scorer, prepared).result()
-        return self.finish(scorer, job_id, raws, items_field)
+        return self.finish(scorer, job_id, raws, items_field, override)
 
     async def score_async(
-        self, name: str, job_id: str, adapter: AdapterKey | None, items: Sequence[ScoreInput]
+        self,
+        name: str,
+        job_id: str,
+        adapter: AdapterKey | None,
+        items: Sequence[ScoreInput],
+        override: JobSettings | None = None,
     ) -> Scored:
         """For the event loop: waits on the batch without holding a thread."""
-        scorer = self.resolve(name, job_id, adapter)
+        scorer = self.resolve(name, job_id, adapter, override=override)
         prepared = self.prepare(scorer, items)
         raws = await asyncio.wrap_future(self.submit(scorer, prepared))
-        return self.finish(scorer, job_id, raws, "items")
+        return self.finish(scorer, job_id, raws, "items", override)
+
+    def settings_from(self, message, field: str) -> JobSettings:
+        """A request's ``RewardSettings``, checked with this service's pattern limits."""
+        limits = PatternLimits(self.config.max_pattern_chars, self.config.regex_timeout_ms)
+        return job_settings.from_proto(message, field, limits)

@@ -38,7 +38,12 @@ class RewardServicer(reward_service_pb2_grpc.RewardServiceServicer):
             request.reward_adapter.id, request.reward_adapter.version, "reward_adapter"
         )
         items = [item_from_proto(item) for item in request.items]
-        scored = await self.engine.score_async(request.scorer, request.job_id, adapter, items)
+        override = None
+        if request.HasField("reward_settings"):
+            override = self.engine.settings_from(request.reward_settings, "reward_settings")
+        scored = await self.engine.score_async(
+            request.scorer, request.job_id, adapter, items, override
+        )
         return reward_service_pb2.ScoreRolloutsResponse(
             scorer=scored.scorer,
             scores=[

@@ -63,6 +63,9 @@ def score_rollout(engine: ScoringEngine, payload: bytes) -> tuple[str, str, byte
     adapter = adapter_key(
         task.reward_adapter.id, task.reward_adapter.version, "task.reward_adapter"
     )
+    override = None
+    if task.HasField("reward_settings"):  # the job's own settings, carried by its task
+        override = engine.settings_from(task.reward_settings, "task.reward_settings")
     scored = engine.score(
         task.scorer,
         task.job_id,
@@ -70,6 +73,7 @@ def score_rollout(engine: ScoringEngine, payload: bytes) -> tuple[str, str, byte
         [rollout_item(rollout)],
         field_prefix="task.",
         items_field="rollout",
+        override=override,
     )
     out = reward_pb2.ScoredRollout(
         rollout=rollout,

@@ -210,3 +210,33 @@ def test_job_scores_are_whitened_with_running_statistics_scaled_and_clipped():
         assert [s.normalized_score for s in reply.scores] == [1.5, 0.0]
 
     _run(scenario, config)
+
+
+def test_settings_carried_by_the_request_override_the_services():
+    config = replace(BASE_CONFIG, whiten=False, scale=1.0, clip=0.0)
+
+    async def scenario(stub, app):
+        items = [
+            reward_pb2.ScoreItem(completion_text=a, reference_answer="yes")
+            for a in ("yes", "no", "no", "no")
+        ]
+        carried = common_pb2.RewardSettings(whiten=True, scale=2.0, clip=1.5)
+        request = _request("exact_match", items, job_id="j2", reward_settings=carried)
+        reply = await stub.ScoreRollouts(request)
+        # as the service-configured whitening above: the request's settings applied
+        normalized = [s.normalized_score for s in reply.scores]
+        assert normalized == pytest.approx([1.5, -1.1547005, -1.1547005, -1.1547005])
+        # the regex rule reads its pattern from the request too
+        pattern = common_pb2.RewardSettings(regex_pattern=r"^y", ignore_case=True)
+        reply = await stub.ScoreRollouts(
+            _request("regex", items[:2], job_id="j3", reward_settings=pattern)
+        )
+        assert [s.raw_score for s in reply.scores] == [1.0, 0.0]
+        # a bad pattern is the caller's error, named
+        bad = common_pb2.RewardSettings(regex_pattern="(unclosed")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.ScoreRollouts(_request("regex", items[:1], reward_settings=bad))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert _details(err.value)[1] == ["reward_settings.regex_pattern"]
+
+    _run(scenario, config)

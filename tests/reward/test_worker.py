@@ -154,3 +154,21 @@ def test_worker_runs_inside_the_service_when_redis_is_configured(redis_url, r):
     finally:
         app.close()
     assert got[ro.task.item_id].raw_score == 1.0
+
+
+def test_the_tasks_reward_settings_are_applied_by_the_worker(engine, r):
+    carried = common_pb2.RewardSettings(scale=-2.0, clip=1.0)
+    sent = [
+        rollout("job-s", s, "exact_match", a, reference_answer="42", reward_settings=carried)
+        for s, a in enumerate(["42", "7"])
+    ]
+    for ro in sent:
+        queues.publish(r, queues.ROLLOUT_RESULTS, ro.task.item_id, ro.SerializeToString())
+    worker = start_worker(engine, r, threads=1)
+    try:
+        wait_for(lambda: len(scored_in(r, "job-s")) == 2, what="2 scored rollouts")
+    finally:
+        worker.stop()
+    scored = scored_in(r, "job-s")
+    assert [scored[ro.task.item_id].raw_score for ro in sent] == [1.0, 0.0]
+    assert [scored[ro.task.item_id].normalized_score for ro in sent] == [-1.0, 0.0]  # x-2, clip 1
