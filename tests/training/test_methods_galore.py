@@ -11,7 +11,7 @@ from method_checks import logits, moved, repeated_batch_rows, train_on_repeated_
 from synthetic import make_settings
 from transformers import AutoModelForCausalLM
 
-from services.common.errors import Unimplemented
+from services.common.errors import InvalidArgument, Unimplemented
 from services.training.batches import InMemorySource
 from services.training.methods.galore import GaLoreAdamW, state_bytes, target_parameters
 from services.training.optim import build_optimizer
@@ -21,9 +21,9 @@ from services.training.trainer import Trainer
 RANK = 4
 
 
-def galore_settings(base, **kw):
+def galore_settings(base, projection="std", **kw):
     return make_settings(
-        base, galore=GaloreSettings(rank=RANK, update_interval=3, scale=1.0),
+        base, galore=GaloreSettings(rank=RANK, update_interval=3, scale=1.0, projection=projection),
         batch_rows=2, max_steps=6, **kw,
     )  # fmt: skip
 
@@ -40,17 +40,46 @@ def test_one_step_moves_a_target_matrix_by_a_rank_r_update():
     assert state["exp_avg"].shape == (24, RANK) and state["projector"].shape == (10, RANK)
 
 
-def test_galore_trains_everything_with_smaller_optimizer_state(tiny_random, tokenizer, tmp_path):
+def test_full_projection_first_step_matches_hand_derivation():
+    """full: R = U_r^T G V_r (r, r). Adam's first bias-corrected step is R / (|R| + eps), so W
+    moves by -lr * scale * U_r (R / (|R| + eps)) V_r^T, a rank-r matrix."""
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(24, 10))
+    opt = GaLoreAdamW(
+        [{"params": [w], "rank": RANK, "update_interval": 5, "scale": 0.5, "projection": "full"}],
+        lr=0.1,
+    )
+    before = w.detach().clone()
+    grad = torch.randn(24, 10)
+    w.grad = grad.clone()
+    opt.step()
+    u, _, vh = torch.linalg.svd(grad, full_matrices=False)
+    p, q = u[:, :RANK], vh[:RANK].t()
+    r = p.t() @ grad @ q
+    expected = before - 0.1 * 0.5 * p @ (r / (r.abs() + 1e-8)) @ q.t()
+    torch.testing.assert_close(w.detach(), expected, rtol=1e-5, atol=1e-6)
+    assert torch.linalg.matrix_rank(w.detach() - before).item() == RANK
+    state = opt.state[w]
+    assert state["exp_avg"].shape == (RANK, RANK)
+    assert state["projector"].shape == (24, RANK) and state["projector_right"].shape == (10, RANK)
+
+
+@pytest.mark.parametrize("projection", ["std", "full"])
+def test_galore_trains_everything_with_smaller_optimizer_state(
+    tiny_random, tokenizer, tmp_path, projection
+):
     rows = repeated_batch_rows(tokenizer)
     trainer, losses, before = train_on_repeated_batch(
-        galore_settings(tiny_random, logging_steps=1, learning_rate=3e-3), rows, tmp_path
+        galore_settings(tiny_random, projection, logging_steps=1, learning_rate=3e-3),
+        rows,
+        tmp_path,
     )
     assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0], losses
     assert isinstance(trainer.engine.optimizer, GaLoreAdamW)
     assert moved(trainer.model, before) == set(before)  # full fine-tuning: every tensor moves
 
     resumed = Trainer(
-        galore_settings(tiny_random, resume=True), InMemorySource(rows), tmp_path,
+        galore_settings(tiny_random, projection, resume=True), InMemorySource(rows), tmp_path,
         train_all_tokens=False,
     )  # fmt: skip
     resumed.setup()
@@ -107,5 +136,8 @@ def test_spec_settings_and_refusals(tiny_random):
         validate(spec)
     spec.finetuning.type = tpb.FINETUNING_TYPE_FULL
     spec.finetuning.galore.projection_type = tpb.GALORE_PROJECTION_TYPE_FULL
-    with pytest.raises(Unimplemented, match="GALORE_PROJECTION_TYPE_FULL"):
+    validate(spec)
+    assert settings(spec).galore.projection == "full"
+    spec.finetuning.galore.projection_type = 42
+    with pytest.raises(InvalidArgument, match="invalid"):
         validate(spec)

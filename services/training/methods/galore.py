@@ -5,11 +5,14 @@ projector ``P`` is recomputed from the top-``rank`` singular vectors of the curr
 
 - right projection (``P`` (n, r) from ``V``): ``R = G P`` (m, r); update ``= N P^T``,
 - left projection (``P`` (m, r) from ``U``): ``R = P^T G`` (r, n); update ``= P N``,
+- full projection (both, ``P`` (m, r) from ``U`` and ``Q`` (n, r) from ``V``): ``R = P^T G Q``
+  (r, r); update ``= P N Q^T`` (galore-torch's ``full``),
 
 where ``N`` is the Adam step (bias-corrected ``m / (sqrt(v) + eps)``) computed on ``R``. ``W``
 moves by ``lr * scale * update`` plus decoupled weight decay. The Adam moments are (m, r) or
 (r, n) instead of (m, n): that is the memory saved. ``std`` projects the smaller side (right when
-``m >= n``), ``reverse_std`` the larger one; ``right``/``left`` force a side. Every other
+``m >= n``), ``reverse_std`` the larger one; ``right``/``left`` force a side; ``full`` projects
+both sides, moments (r, r). Every other
 trainable parameter gets plain AdamW in the same optimizer. Moments are kept across projector
 updates, as in the paper.
 
@@ -31,7 +34,7 @@ from __future__ import annotations
 
 import torch
 
-PROJECTIONS = ("std", "reverse_std", "right", "left")
+PROJECTIONS = ("std", "reverse_std", "right", "left", "full")
 
 
 def _side(shape: torch.Size, projection: str) -> str:
@@ -43,9 +46,32 @@ def _side(shape: torch.Size, projection: str) -> str:
     return projection
 
 
-def _projector(grad: torch.Tensor, rank: int, side: str) -> torch.Tensor:
+def _projectors(grad: torch.Tensor, rank: int, side: str) -> dict[str, torch.Tensor]:
+    """``projector`` (U's or V's first ``rank`` columns) and, for ``full``, ``projector_right``."""
     u, _, vh = torch.linalg.svd(grad.float(), full_matrices=False)
-    return vh[:rank].t().contiguous() if side == "right" else u[:, :rank].contiguous()
+    if side == "right":
+        return {"projector": vh[:rank].t().contiguous()}
+    if side == "left":
+        return {"projector": u[:, :rank].contiguous()}
+    return {"projector": u[:, :rank].contiguous(), "projector_right": vh[:rank].t().contiguous()}
+
+
+def _project(grad: torch.Tensor, state: dict, side: str) -> torch.Tensor:
+    proj = state["projector"]
+    if side == "right":
+        return grad @ proj  # (m, r)
+    if side == "left":
+        return proj.t() @ grad  # (r, n)
+    return proj.t() @ grad @ state["projector_right"]  # (r, r)
+
+
+def _project_back(update: torch.Tensor, state: dict, side: str) -> torch.Tensor:
+    proj = state["projector"]
+    if side == "right":
+        return update @ proj.t()
+    if side == "left":
+        return proj @ update
+    return proj @ update @ state["projector_right"].t()  # (m, n)
 
 
 class GaLoreAdamW(torch.optim.Optimizer):
@@ -85,9 +111,8 @@ class GaLoreAdamW(torch.optim.Optimizer):
                     side = _side(p.shape, group["projection"])
                     rank = min(group["rank"], *p.shape)
                     if "projector" not in state or (step - 1) % group["update_interval"] == 0:
-                        state["projector"] = _projector(grad, rank, side)
-                    proj = state["projector"]
-                    grad = grad @ proj if side == "right" else proj.t() @ grad
+                        state.update(_projectors(grad, rank, side))
+                    grad = _project(grad, state, side)
                     scale = group["scale"]
                 if "exp_avg" not in state:
                     state["exp_avg"] = torch.zeros_like(grad)
@@ -98,8 +123,7 @@ class GaLoreAdamW(torch.optim.Optimizer):
                 denom = (v / (1 - beta2**step)).sqrt_().add_(group["eps"])
                 update = (m / (1 - beta1**step)) / denom
                 if group["rank"] is not None:
-                    proj = state["projector"]
-                    update = update @ proj.t() if side == "right" else proj @ update
+                    update = _project_back(update, state, side)
                 if group["weight_decay"]:
                     p.mul_(1 - group["lr"] * group["weight_decay"])
                 p.add_(update.to(p.dtype), alpha=-group["lr"] * scale)

@@ -135,7 +135,7 @@ class GaloreSettings:
     rank: int = 16
     update_interval: int = 200
     scale: float = 2.0
-    projection: str = "std"  # "std" | "reverse_std" | "right" | "left"
+    projection: str = "std"  # "std" | "reverse_std" | "right" | "left" | "full"
     layerwise: bool = False  # one optimizer per parameter, stepped as its gradient arrives
 
 
@@ -386,6 +386,7 @@ def _galore_settings(g: tpb.GaloreConfig) -> GaloreSettings:
         tpb.GALORE_PROJECTION_TYPE_REVERSE_STD: "reverse_std",
         tpb.GALORE_PROJECTION_TYPE_RIGHT: "right",
         tpb.GALORE_PROJECTION_TYPE_LEFT: "left",
+        tpb.GALORE_PROJECTION_TYPE_FULL: "full",
     }
     return GaloreSettings(
         target_modules=tuple(t for t in g.target_modules if t != "all"),
@@ -608,6 +609,11 @@ def _check_galore(spec: tpb.TrainingJobSpec, check) -> None:
     check(g.update_interval >= 0, path + "update_interval", "must be >= 0 (0 = 200)")
     check(not g.HasField("scale") or g.scale > 0, path + "scale", "must be > 0")
     check(
+        g.projection_type in tpb.GaloreProjectionType.values(),
+        path + "projection_type",
+        f"unknown GaloreProjectionType {g.projection_type}",
+    )
+    check(
         spec.distributed.backend != tpb.DISTRIBUTED_BACKEND_DEEPSPEED,
         "spec.distributed.backend",
         "GaLore with DeepSpeed is not supported; use DDP",
@@ -733,8 +739,6 @@ def _refuse_unimplemented(spec: tpb.TrainingJobSpec) -> None:
             "spec.finetuning.galore",
             f"GaLore with {tpb.FinetuningType.Name(ft.type)} (use FULL)",
         )
-    if ft.galore.projection_type == tpb.GALORE_PROJECTION_TYPE_FULL:
-        refuse("spec.finetuning.galore.projection_type", "GALORE_PROJECTION_TYPE_FULL")
     if ft.HasField("quantization_bits") and ft.type != tpb.FINETUNING_TYPE_LORA:
         refuse(
             "spec.finetuning.quantization_bits",
