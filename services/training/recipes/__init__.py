@@ -294,13 +294,6 @@ def settings(spec: tpb.TrainingJobSpec, device: str = "cpu") -> Settings:
     )
 
 
-def _max_grad_norm(hp: tpb.Hyperparameters, ft: tpb.FinetuningConfig) -> float:
-    """Unset: 1.0, or 0 (no clipping) with layer-wise GaLore, which has no whole-model gradient."""
-    if hp.HasField("max_grad_norm"):
-        return hp.max_grad_norm
-    return 0.0 if ft.HasField("galore") and ft.galore.layerwise else 1.0
-
-
 def _ppo_settings(p: tpb.PpoConfig, batch_rows: int, accumulation: int) -> PpoSettings:
     def opt(name: str, default: float) -> float:
         return getattr(p, name) if p.HasField(name) else default
