@@ -10,6 +10,10 @@ The order is a pure function of (spec, seed, epoch), so a cursor (batch index) r
 replaying the stream up to that batch without sending it: resuming costs re-reading and
 re-encoding the skipped part, but needs no server-side state.
 
+Every row made is counted into the ``stats`` passed in (records read, dropped rows by reason,
+examples, rows, tokens, trained tokens, padding), so a pass that reaches the end of a split has
+its exact stats; the service then records them in place of the prefix estimate.
+
 Stored datasets are served from their Arrow shards by ``stored_batches``.
 
 It knows nothing about protos.
