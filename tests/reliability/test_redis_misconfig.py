@@ -142,6 +142,7 @@ def bad_urls(server: LocalRedis, not_redis: NotRedis) -> dict[str, tuple[str, st
 
 
 def test_worker_loop_stops_at_once_on_settings_no_retry_can_fix(secured, not_redis):
+    figures = {}
     for what, (url, says) in bad_urls(secured, not_redis).items():
         before = connections_received(secured) - 1  # minus the one counting
         started = time.monotonic()
@@ -159,6 +160,11 @@ def test_worker_loop_stops_at_once_on_settings_no_retry_can_fix(secured, not_red
             assert ":***@" in str(error)
         else:
             assert tried <= 1, (what, tried)
+        figures[what] = {
+            "stopped_after_s": round(took, 2),
+            "connections": not_redis.connections if what == "not a Redis server" else tried,
+        }
+    print("\nFIGURES", figures)
 
 
 def wait_for(pred, timeout: float, what: str) -> None:
@@ -178,6 +184,11 @@ def publish_items(server: LocalRedis, start: int, n: int) -> list[str]:
     return ids
 
 
+def same(outputs: list[str], sent: list[str]) -> bool:
+    """Each item committed once (in any order: an item re-claimed after a fault comes later)."""
+    return sorted(outputs) == sorted(sent)
+
+
 def outputs(server: LocalRedis) -> list[str]:
     return [f[b"id"].decode() for _e, f in connect(server.url).xrange(OUT)]
 
@@ -191,14 +202,14 @@ def test_transient_faults_are_waited_out_and_a_rotated_password_stops_the_loop(s
     admin = lambda: connect(secured.url)  # noqa: E731 - a fresh client after each restart
     loop = LoopThread(secured.url)
     sent = publish_items(secured, 0, 5)
-    wait_for(lambda: outputs(secured) == sent, 20, "the first 5 items")
+    wait_for(lambda: same(outputs(secured), sent), 20, "the first 5 items")
 
     # 1. Redis restarted (connection refused meanwhile), with the AOF.
     secured.stop()
     time.sleep(0.8)
     secured.start()
     sent += publish_items(secured, 5, 5)
-    wait_for(lambda: outputs(secured) == sent, 30, "the items published after the restart")
+    wait_for(lambda: same(outputs(secured), sent), 30, "the items published after the restart")
     assert warnings_about(caplog, "ConnectionError") >= 1
 
     # 2. READONLY: Redis turned into a replica of a master that is not there (keeps its data).
@@ -206,11 +217,11 @@ def test_transient_faults_are_waited_out_and_a_rotated_password_stops_the_loop(s
     sent_while_readonly = sent
     time.sleep(1.5)
     assert loop.thread.is_alive(), repr(loop.error)
-    assert outputs(secured) == sent_while_readonly
+    assert same(outputs(secured), sent_while_readonly)
     assert warnings_about(caplog, "ReadOnlyError") >= 1
     admin().execute_command("REPLICAOF", "NO", "ONE")
     sent += publish_items(secured, 10, 5)
-    wait_for(lambda: outputs(secured) == sent, 30, "the items published after READONLY")
+    wait_for(lambda: same(outputs(secured), sent), 30, "the items published after READONLY")
 
     # 3. BUSY: a script runs past busy-reply-threshold; other clients get BUSY until it ends.
     admin().config_set("busy-reply-threshold", 100)
@@ -222,7 +233,7 @@ def test_transient_faults_are_waited_out_and_a_rotated_password_stops_the_loop(s
     )
     admin().eval(busy_loop, 0)
     sent += pending
-    wait_for(lambda: outputs(secured) == sent, 30, "the items published before BUSY")
+    wait_for(lambda: same(outputs(secured), sent), 30, "the items published before BUSY")
     assert loop.thread.is_alive() and loop.error is None
     assert warnings_about(caplog, "BUSY") >= 1
 
@@ -245,7 +256,7 @@ def test_transient_faults_are_waited_out_and_a_rotated_password_stops_the_loop(s
             "busy_warnings": warnings_about(caplog, "BUSY"),
         },
     )
-    assert outputs_with(secured.port, new_password) == sent  # nothing lost, nothing doubled
+    assert same(outputs_with(secured.port, new_password), sent)  # none lost or doubled
 
 
 def outputs_with(port: int, password: str) -> list[str]:
