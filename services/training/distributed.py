@@ -160,13 +160,23 @@ class DeepSpeedEngine:
         self.module = self.engine
         self.scaler = None
         self.uses_autocast = False  # DeepSpeed casts the model itself (bf16/fp16 sections)
+        self._norm: float | None = None
+        if settings.zero_stage == 3:
+            _gather_on_load(model)
 
     def backward(self, loss: torch.Tensor, last: bool) -> None:
         self.engine.backward(loss * self.world.world_size, scale_wrt_gas=False)
+        if last and self.settings.zero_stage == 0:
+            # Without ZeRO (and without DeepSpeed's bf16/fp16 optimizer wrappers) DeepSpeed clips
+            # but keeps no norm: get_global_grad_norm() is None. The gradients are all-reduced
+            # by now and the same on every rank, so their norm is the global one.
+            self._norm = _grad_norm(self.model)
         self.engine.step()  # steps the optimizer only at the accumulation boundary
 
     def step(self) -> float:
         norm = self.engine.get_global_grad_norm()
+        if norm is None:
+            norm = self._norm
         return float(norm) if norm is not None else float("nan")
 
     def learning_rate(self) -> float:
@@ -191,6 +201,46 @@ class DeepSpeedEngine:
             load_lr_scheduler_states=True,
             load_module_strict=False,
         )
+
+
+def _grad_norm(model: torch.nn.Module) -> float | None:
+    """The L2 norm of the gradients present (None if no parameter has one)."""
+    grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+    if not grads:
+        return None
+    return float(torch.linalg.vector_norm(torch.stack([g.double().norm() for g in grads])))
+
+
+def _gather_on_load(model: torch.nn.Module) -> None:
+    """Make ``model.load_state_dict`` work on ZeRO-3's partitioned parameters.
+
+    Under ZeRO-3 each rank holds a slice of every parameter and ``param.data`` is empty, so
+    loading full tensors (the trainer restores ``trainable.safetensors`` on resume, before
+    DeepSpeed's own checkpoint) fails with "size mismatch ... torch.Size([0])". The loaded
+    parameters are gathered for the copy and re-partitioned after it (rank 0's values are kept;
+    every rank loads the same file). A collective: every rank must call it, as resume does.
+    """
+    from deepspeed.runtime.zero.partition_parameters import GatheredParameters
+
+    load = model.load_state_dict
+    named = dict(model.named_parameters())
+
+    def load_gathered(state_dict, strict: bool = True, assign: bool = False):
+        # Only full tensors for partitioned parameters: DeepSpeed's own load_checkpoint passes
+        # this rank's slices (shape [0] here) and must reach the plain method.
+        params = [
+            named[k]
+            for k, tensor in state_dict.items()
+            if k in named
+            and tuple(tensor.shape) == tuple(getattr(named[k], "ds_shape", ()))
+            and tuple(named[k].shape) != tuple(tensor.shape)
+        ]
+        if not params:
+            return load(state_dict, strict=strict, assign=assign)
+        with GatheredParameters(params, modifier_rank=0):
+            return load(state_dict, strict=strict, assign=assign)
+
+    model.load_state_dict = load_gathered
 
 
 def deepspeed_config(settings: Settings, world_size: int) -> dict:
