@@ -60,11 +60,20 @@ def cmd_up(args: argparse.Namespace) -> int:
             redis_url=args.redis_url,
             timeout=args.timeout,
             base_model=args.base_model,
+            rollout_workers=args.rollout_workers,
+            reward_workers=args.reward_workers,
         )
     console.print(
         f"[green]cluster up[/green] in {state.run_dir} (redis {cluster.redact_url(state.redis_url)})"
     )
     return cmd_status(args)
+
+
+def cmd_add_worker(args: argparse.Namespace) -> int:
+    with console.status(f"starting one more {args.kind} worker..."):
+        svc = cluster.add_worker(args.run_dir, args.kind, timeout=args.timeout)
+    console.print(f"[green]{svc.name}[/green] serving at {svc.address} (pid {svc.pid})")
+    return 0
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -119,6 +128,13 @@ def _print_dead_letters(entries: list[dict], total: int) -> None:
             highlight=False,
             soft_wrap=True,
         )
+
+
+def _positive(text: str) -> int:
+    value = _non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def _non_negative(text: str) -> int:
@@ -176,7 +192,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-model", help="model folder the rollout and reward services serve")
     p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for health")
     p.add_argument("--json", action="store_true", help="print the status as JSON")
+    for kind in ("rollout", "reward"):
+        p.add_argument(
+            f"--{kind}-workers",
+            type=_positive,
+            default=1,
+            metavar="N",
+            help=f"{kind} service processes sharing its work queue (default 1)",
+        )
     p.set_defaults(func=cmd_up)
+
+    p = with_run_dir(
+        sub.add_parser(
+            "add-worker", help="start one more rollout or reward worker in the running cluster"
+        )
+    )
+    p.add_argument("kind", choices=("rollout", "reward"))
+    p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for health")
+    p.set_defaults(func=cmd_add_worker)
 
     p = with_run_dir(sub.add_parser("down", help="stop the local cluster"))
     p.set_defaults(func=cmd_down)

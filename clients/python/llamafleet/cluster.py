@@ -52,6 +52,7 @@ class ClusterState:
     redis_port: int | None = None
     base_model: str = ""  # what the rollout and reward services serve ("" = none)
     services: dict[str, ServiceProcess] = field(default_factory=dict)
+    settings: dict[str, dict[str, str]] = field(default_factory=dict)  # extra, per service
 
     def save(self) -> None:
         path = Path(self.run_dir) / STATE_FILE
@@ -110,13 +111,21 @@ def up(
     timeout: float = 60.0,
     python: str = sys.executable,
     base_model: str | None = None,
+    rollout_workers: int = 1,
+    reward_workers: int = 1,
+    settings: dict[str, dict[str, str]] | None = None,
 ) -> ClusterState:
     """Start Redis (if needed) and the four services; return once all are SERVING.
 
     ``base_model`` (a local Hugging Face folder) is the model the rollout and reward services
     serve; without one they start but answer generation and model scoring with
-    FAILED_PRECONDITION.
+    FAILED_PRECONDITION. ``rollout_workers`` / ``reward_workers`` processes of those two services
+    share the work queues (each also serves gRPC on its own port; the first of each kind is named
+    ``rollout`` / ``reward``, the others ``rollout-2`` ...). ``settings`` adds service settings
+    (``{"rollout": {"worker_lease_ms": "2000"}}``), passed like the others by environment.
     """
+    if rollout_workers < 1 or reward_workers < 1:
+        raise ClusterError("rollout_workers and reward_workers must be at least 1")
     run = Path(run_dir).resolve()
     if (run / STATE_FILE).exists():
         old = ClusterState.load(run)
@@ -128,6 +137,7 @@ def up(
         run_dir=str(run),
         redis_url=redis_url or "",
         base_model=str(Path(base_model).resolve()) if base_model else "",
+        settings={k: dict(v) for k, v in (settings or {}).items()},
     )
     if not redis_url:
         local = LocalRedis(run / "redis", free_port()).start()
@@ -143,7 +153,9 @@ def up(
     try:
         deadline = time.monotonic() + timeout
         # data, then training (it needs data's address), then the workers (they need training's).
-        for group in (("data",), ("training",), ("rollout", "reward")):
+        workers = [worker_name("rollout", i) for i in range(1, rollout_workers + 1)]
+        workers += [worker_name("reward", i) for i in range(1, reward_workers + 1)]
+        for group in (("data",), ("training",), tuple(workers)):
             for name in group:
                 _start_service(state, name, run, python, _service_env(state, name))
             for name in group:
@@ -156,6 +168,38 @@ def up(
     return state
 
 
+def worker_name(kind: str, index: int) -> str:
+    """``rollout``, ``rollout-2``, ...: the cluster's name of the ``index``-th process of a kind."""
+    return kind if index == 1 else f"{kind}-{index}"
+
+
+def kind_of(name: str) -> str:
+    """The service a cluster process runs (``rollout-2`` -> ``rollout``)."""
+    return name.split("-", 1)[0]
+
+
+def add_worker(
+    run_dir: str | os.PathLike, kind: str, timeout: float = 60.0, python: str = sys.executable
+) -> ServiceProcess:
+    """Start one more ``rollout`` or ``reward`` process in a running cluster; it joins the work
+    queue's consumer group and takes work without anything being restarted."""
+    if kind not in ("rollout", "reward"):
+        raise ClusterError(f"only rollout and reward workers scale out, not {kind!r}")
+    run = Path(run_dir).resolve()
+    state = ClusterState.load(run)
+    index = 1
+    while worker_name(kind, index) in state.services and pid_alive(
+        state.services[worker_name(kind, index)].pid
+    ):
+        index += 1
+    name = worker_name(kind, index)
+    _start_service(state, name, run, python, _service_env(state, name))
+    svc = state.services[name]
+    svc.address = _wait_serving(name, svc.pid, run, time.monotonic() + timeout)
+    state.save()
+    return svc
+
+
 def _service_env(state: ClusterState, name: str) -> dict[str, str]:
     """Settings of one service in the local cluster, passed as LLAMAFLEET_<SERVICE>_<FIELD>.
 
@@ -163,6 +207,7 @@ def _service_env(state: ClusterState, name: str) -> dict[str, str]:
     password) go by environment, never on a command line where `ps` would show them.
     """
     run = Path(state.run_dir)
+    name, process = kind_of(name), name
     settings: dict[str, str] = {}
     if name in USES_REDIS:
         settings["redis_url"] = state.redis_url
@@ -173,9 +218,10 @@ def _service_env(state: ClusterState, name: str) -> dict[str, str]:
         settings["jobs_dir"] = str(run / "jobs")
     if name in ("rollout", "reward"):
         settings["training_address"] = state.services["training"].address
-        settings["adapter_cache_dir"] = str(run / f"{name}-adapters")
+        settings["adapter_cache_dir"] = str(run / f"{process}-adapters")
         if state.base_model:
             settings["base_model"] = state.base_model
+    settings.update(state.settings.get(name, {}))
     return {f"LLAMAFLEET_{name.upper()}_{key.upper()}": value for key, value in settings.items()}
 
 
@@ -186,7 +232,7 @@ def _start_service(
     addr_file.unlink(missing_ok=True)
     logs = run / "logs"
     args = [
-        python, "-m", f"services.{name}",
+        python, "-m", f"services.{kind_of(name)}",
         "host=127.0.0.1", "port=0",
         f"address_file={addr_file}",
         f"log_file={logs / f'{name}.log'}",

@@ -130,7 +130,7 @@ class RegexMatch:
         if not pattern:
             raise FailedPrecondition(
                 "scorer 'regex' needs a pattern: set regex_pattern in the reward service config "
-                "or for this job in its job_settings_file",
+                "or for this job in its job_settings_file or its RewardSettings",
                 reason="REGEX_PATTERN_NOT_CONFIGURED",
             )
         return cls(compile_pattern(pattern, "regex_pattern", limits), limits.timeout_ms)

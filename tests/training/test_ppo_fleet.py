@@ -1,0 +1,158 @@
+"""PPO end to end across the real services (the proof of issue 7).
+
+Real ``redis-server``, the data and training services, rollout and reward workers as separate
+processes (``llamafleet.cluster``), the built tiny model after a short SFT that answers "yes" to
+about a third of the questions, and the ``regex`` rule scorer rewarding an answer that starts with
+"yes", its pattern carried by the job (``PpoConfig.reward_settings``). During the run a reward
+worker and then the first rollout worker are killed with SIGKILL, and a second rollout worker
+joins. The run finishes, its mean reward rises, and the queues' own records show every task
+produced exactly one scored rollout, used once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+from inline_fleet import yes_no_rows
+from llamafleet import cluster
+from llamafleet.client import Client
+from llamafleet.common.v1 import common_pb2
+from llamafleet.data.v1 import data_pb2
+from llamafleet.reward.v1 import reward_pb2
+from llamafleet.rollout.v1 import rollout_pb2
+from llamafleet.training.v1 import training_pb2 as pb
+from llamafleet.training.v1 import training_service_pb2 as api
+from synthetic import make_settings
+
+from services.common import queues
+from services.training.batches import InMemorySource
+from services.training.recipes import sft
+
+pytestmark = pytest.mark.slow
+
+JOB = "ppo-e2e"
+STEPS, PROMPTS, SAMPLES = 12, 8, 4
+LEASE_MS = "3000"  # killed workers' items are re-claimed after this
+
+
+@pytest.fixture(scope="module")
+def sft_model(tiny_random, tokenizer, tmp_path_factory):
+    job = tmp_path_factory.mktemp("sft-yes-no")
+    settings = make_settings(tiny_random, learning_rate=3e-3, max_steps=30, batch_rows=8)
+    sft.run(settings, InMemorySource(yes_no_rows(tokenizer, 200)), job)
+    return job / "model"
+
+
+def prompts_file(path):
+    rows = [{"instruction": f"Is {n} a good number?", "output": "yes"} for n in range(3000, 3200)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def ppo_spec(model, data) -> pb.TrainingJobSpec:
+    source = data_pb2.DatasetSource(
+        files=data_pb2.FileSource(paths=[str(data)]),
+        format=data_pb2.FormatOptions(format=data_pb2.DATASET_FORMAT_ALPACA),
+    )
+    spec = pb.TrainingJobSpec(
+        job_id=JOB,
+        base_model=str(model),
+        stage=pb.STAGE_PPO,
+        compute_dtype=pb.COMPUTE_DTYPE_FLOAT32,
+    )
+    spec.dataset.spec.CopyFrom(
+        data_pb2.DatasetSpec(sources=[source], kind=data_pb2.EXAMPLE_KIND_PROMPT)
+    )
+    spec.finetuning.type = pb.FINETUNING_TYPE_LORA
+    spec.finetuning.lora.rank = 8
+    hp = spec.hyperparameters
+    hp.learning_rate, hp.per_device_batch_size, hp.max_steps, hp.seed = 1e-3, PROMPTS, STEPS, 0
+    hp.logging_steps = 1
+    p = spec.ppo
+    p.sampling.CopyFrom(
+        rollout_pb2.SamplingParams(max_tokens=3, temperature=1.0, n=SAMPLES, seed=5)
+    )
+    p.reward_scorer = "regex"
+    p.reward_settings.CopyFrom(common_pb2.RewardSettings(regex_pattern=r"^\s*yes"))
+    p.kl_coef = 0.05
+    return spec
+
+
+def metrics(run):
+    path = run / "jobs" / JOB / "output" / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def kill(state, name):
+    os.kill(state.services[name].pid, signal.SIGKILL)
+
+
+def test_ppo_across_the_fleets_survives_kills_scales_out_and_learns(sft_model, tmp_path):
+    run = tmp_path / "cluster"
+    state = cluster.up(
+        run,
+        base_model=sft_model,
+        rollout_workers=1,
+        reward_workers=2,
+        settings={
+            "rollout": {"worker_lease_ms": LEASE_MS},
+            "reward": {"lease_ms": LEASE_MS, "worker_threads": "1"},
+        },
+        timeout=120,
+    )
+    try:
+        client = Client.from_run_dir(run, timeout=60)
+        spec = ppo_spec(sft_model, prompts_file(tmp_path / "prompts.jsonl"))
+        client.training.CreateTrainingJob(api.CreateTrainingJobRequest(spec=spec))
+        events = {"joined": None}
+        deadline = time.monotonic() + 900
+        while True:
+            job = client.training.GetTrainingJob(api.GetTrainingJobRequest(job_id=JOB)).job
+            if job.state in (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED):
+                break
+            assert time.monotonic() < deadline, "the PPO job did not finish in time"
+            done = len(metrics(run))
+            if done >= 2 and "reward" in state.services and "killed_reward" not in events:
+                kill(state, "reward")  # reward-2 takes over its re-claimed items
+                events["killed_reward"] = done
+            if done >= 4 and events["joined"] is None:
+                events["joined"] = cluster.add_worker(run, "rollout").name
+            if done >= 6 and "killed_rollout" not in events:
+                kill(state, "rollout")  # the joiner is now the only rollout worker
+                events["killed_rollout"] = done
+            time.sleep(0.2)
+        assert job.state == pb.JOB_STATE_SUCCEEDED, job.message
+        assert {"killed_reward", "killed_rollout"} <= set(events)
+
+        records = metrics(run)
+        rewards = [r["reward/mean"] for r in records]
+        assert len(rewards) == STEPS
+        assert sum(rewards[-4:]) / 4 > sum(rewards[:2]) / 2 + 0.2, rewards
+
+        r = queues.connect(state.redis_url)
+        tasks = [
+            fields[b"id"].decode()
+            for _, fields in r.xrange(queues.ROLLOUT_TASKS)
+            if fields[b"id"].decode().startswith(JOB + ":")
+        ]
+        assert len(tasks) == len(set(tasks)) == STEPS * PROMPTS * SAMPLES
+        results = r.xrange(queues.reward_results_stream(JOB))
+        scored = [reward_pb2.ScoredRollout.FromString(f[b"payload"]) for _, f in results]
+        ids = [s.rollout.task.item_id for s in scored]
+        assert sorted(ids) == sorted(tasks)  # every task: exactly one scored rollout
+        assert r.xlen(queues.DEADLETTER) == 0
+        assert r.xpending(queues.reward_results_stream(JOB), "training")["pending"] == 0
+        counts = json.loads((run / "jobs" / JOB / "output" / "ppo_counts.json").read_text())
+        assert counts["published"] == counts["consumed"] == len(tasks)  # each used once
+        assert counts["stray"] == 0
+        # the joiner generated some of the rollouts
+        by_worker = {s.rollout.worker for s in scored}
+        assert len(by_worker) >= 2, by_worker
+    finally:
+        cluster.down(run)
