@@ -8,6 +8,7 @@ dead-letter fields the client reads), on a real ``redis-server``.
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from llamafleet import cli, cluster
@@ -43,6 +44,7 @@ def dead_letter_two(r) -> WorkQueue:
     q.ensure_group()
     outcomes = []
     for _attempt in range(2):
+        time.sleep(0.01)  # past the 1 ms lease, so the second fetch re-claims the failed two
         for d in q.fetch(count=10):
             if d.item_id == GOOD:
                 outcomes.append(q.commit(d, [(RESULTS, d.item_id, b"done")]))
