@@ -7,7 +7,8 @@ On a built tiny model (no hub): (1) packed SFT loss with sdpa in bfloat16 agains
 flash-attn is importable, (3) a few bf16 and fp16 (GradScaler) LoRA training steps through the
 ``sft`` recipe, loss finite and falling, (4) QLoRA: a few bf16 LoRA steps over a 4-bit base in NF4
 and in FP4 (double quantisation), the linear layers checked to be bitsandbytes ``Linear4bit`` of
-that type on the GPU, with peak GPU memory. Prints one JSON report; exit 1 if a check that ran failed,
+that type on the GPU, with peak GPU memory, (5) the ``ppo`` recipe in float32 and bfloat16 with the
+rollout service's HF engine on CUDA as an in-process fleet. Prints one JSON report; exit 1 if a check that ran failed,
 0 otherwise (checks that could not run are reported as skipped, with the reason).
 """
 
@@ -48,6 +49,7 @@ def packed_loss(base, rows, pad_id, attention, dtype) -> float:
 
 
 QLORA_CHECKS = ("qlora_nf4_train_bf16", "qlora_fp4_train_bf16")
+PPO_CHECKS = ("ppo_inline_fleet_float32", "ppo_inline_fleet_bfloat16")
 
 
 def train_steps(base, rows, job_dir, dtype: str, attention: str, **overrides) -> dict:
@@ -107,6 +109,54 @@ def qlora_steps(base, rows, job_dir, quant_type: str) -> dict:
     return result
 
 
+def ppo_steps(tiny, tokenizer, work: Path, dtype: str, device: str = "cuda") -> dict:
+    """The ``ppo`` recipe on CUDA with the rollout service's HF engine on CUDA as the fleet (in
+    process): a short SFT to a model that answers "yes" sometimes, then PPO rewarding "yes".
+    Reports the reward per step and how far the trainer's log-probs are from the engine's
+    (``ppo/engine_ratio``: 1 when they agree; bf16 shows the mismatch the importance weights
+    correct)."""
+    from inline_fleet import InlineFleet, PromptSource, yes_no_prompts, yes_no_rows
+    from llamafleet.rollout.v1 import rollout_pb2
+
+    from services.training.recipes import PpoSettings, ppo
+
+    sft_job = work / f"sft-{dtype}"
+    sft.run(
+        make_settings(tiny, learning_rate=3e-3, max_steps=30, batch_rows=8, compute_dtype=dtype),
+        InMemorySource(yes_no_rows(tokenizer, 200)),
+        sft_job,
+    )
+    model = sft_job / "model"
+    yes = tokenizer("yes", add_special_tokens=False)["input_ids"][0]
+    job = work / f"ppo-{dtype}"
+    fleet = InlineFleet(
+        model, job, lambda ids: float(bool(ids) and ids[0] == yes), device=device, dtype=dtype
+    )
+    sampling = rollout_pb2.SamplingParams(max_tokens=3, temperature=1.0, seed=1)
+    settings = make_settings(
+        model, recipe="ppo", method="lora", lora=LoraSettings(rank=8, alpha=16),
+        learning_rate=1e-3, batch_rows=8, max_steps=12, logging_steps=1, compute_dtype=dtype,
+        ppo=PpoSettings(
+            sampling=sampling.SerializeToString(), samples_per_prompt=4, reward_scorer="yes",
+            rollout_batch_size=8, ppo_epochs=4, kl_coef=0.05,
+        ),
+    )  # fmt: skip
+    started = time.perf_counter()
+    prompts = PromptSource(yes_no_prompts(tokenizer, range(1000, 1064)))
+    result = ppo.run(settings, prompts, job, exchange=fleet, job_id=f"gpu-ppo-{dtype}")
+    records = [json.loads(x) for x in (job / "output" / "metrics.jsonl").read_text().splitlines()]
+    rewards = [r["reward/mean"] for r in records]
+    ratios = [r["ppo/engine_ratio"] for r in records]
+    finite = all(map(torch.isfinite, torch.tensor([r["loss"] for r in records])))
+    return {
+        "ok": bool(result.state == "SUCCEEDED" and finite and all(0.5 < x < 2 for x in ratios)),
+        "rewards": [round(x, 3) for x in rewards],
+        "reward_first2_last4": [sum(rewards[:2]) / 2, sum(rewards[-4:]) / 4],
+        "engine_ratio_min_max": [min(ratios), max(ratios)],
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=None)
@@ -114,7 +164,7 @@ def main() -> int:
     report: dict = {"torch": torch.__version__, "cuda": torch.cuda.is_available(), "checks": {}}
     if not torch.cuda.is_available():
         report["checks"]["all"] = {"skipped": "no CUDA device"}
-        for name in QLORA_CHECKS:
+        for name in QLORA_CHECKS + PPO_CHECKS:
             report["checks"][name] = {"skipped": "no CUDA device"}
         print(json.dumps(report, indent=1))
         return 0
@@ -164,6 +214,8 @@ def main() -> int:
     else:
         for name, quant_type in zip(QLORA_CHECKS, ("nf4", "fp4"), strict=True):
             run(name, lambda q=quant_type: qlora_steps(base, rows, work / f"j-{q}", q))
+    for name, dtype in zip(PPO_CHECKS, ("float32", "bfloat16"), strict=True):
+        run(name, lambda d=dtype: ppo_steps(base, tokenizer, work, d))
     text = json.dumps(report, indent=1)
     print(text)
     if args.out:

@@ -23,8 +23,16 @@ from services.training.ppo_exchange import Received
 
 
 class InlineFleet:
-    def __init__(self, base_model: Path, job_dir: Path, score: Callable[[list[int]], float]):
-        self.engine = HFEngine(base_model, device="cpu", dtype="float32")
+    def __init__(
+        self,
+        base_model: Path,
+        job_dir: Path,
+        score: Callable[[list[int]], float],
+        *,
+        device: str = "cpu",
+        dtype: str = "float32",
+    ):
+        self.engine = HFEngine(base_model, device=device, dtype=dtype)
         self.job_dir = Path(job_dir)
         self.score = score
         self.queue: list[Received] = []
