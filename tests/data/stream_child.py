@@ -1,8 +1,9 @@
 """Child process of the streaming memory test: streams a file, reports its own peak RSS (VmHWM).
 
 ``python stream_child.py FILE TOKENIZER MODE`` where MODE is ``read`` (the whole file through
-reading, the shuffle buffer and record normalisation) or ``batches:N`` (the full pipeline --
-template, tokenize, pack, batch -- for the first N batches). Prints one JSON line.
+reading, the shuffle buffer and record normalisation), ``batches:N`` (the full pipeline --
+template, tokenize, pack, batch -- for the first N batches) or ``all`` (the full pipeline to the
+end of the file). Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def main() -> None:
         for _ in iter_examples(spec, stats, shuffle_buffer(records, SHUFFLE, epoch_rng(1, 0))):
             count += 1
     else:
-        n = int(mode.split(":")[1])
+        n = int(mode.split(":")[1]) if mode != "all" else -1
         encoder = Encoder(load_tokenizer(tokenizer_path), options)
         plan = BatchPlan("x", "train", 0, 1, 1, True, "rows", 8)
         for index, _rows in streaming_batches(
@@ -59,7 +60,7 @@ def main() -> None:
             stats=stats,
         ):  # fmt: skip
             count = index + 1
-            if count >= n:
+            if count == n:
                 break
     print(
         json.dumps(
@@ -67,6 +68,7 @@ def main() -> None:
                 "peak_rss_mb": peak_rss_mb(),
                 "count": count,
                 "source_rows": stats.source_rows,
+                "examples": stats.examples,
                 "seconds": time.perf_counter() - started,
             }
         )
