@@ -77,8 +77,10 @@ def test_preference_config_is_validated_and_resolved(tiny_random):
     rm_spec.stage = tpb.STAGE_RM
     validate(rm_spec)
     assert settings(rm_spec).recipe == "rm"
-    rm_spec.distributed.world_size = 2  # not trained on several ranks yet: refused, not faked
-    with pytest.raises(Unimplemented):
+    rm_spec.distributed.world_size = 2  # DDP (test_preference_distributed), not DeepSpeed
+    validate(rm_spec)
+    rm_spec.distributed.backend = tpb.DISTRIBUTED_BACKEND_DEEPSPEED
+    with pytest.raises(Unimplemented, match="DeepSpeed"):
         validate(rm_spec)
     rm_spec.distributed.world_size = 1
     rm_spec.finetuning.quantization_bits = 4  # the reward model is not loaded quantized

@@ -701,8 +701,10 @@ def _refuse_unimplemented(spec: tpb.TrainingJobSpec) -> None:
                 "adapter-disabled reference would be PiSSA's residual, not the base; use ORPO or "
                 "SIMPO)",
             )
-        if spec.distributed.world_size > 1:
-            refuse("spec.distributed.world_size", f"{tpb.Stage.Name(spec.stage)} on several ranks")
+        multi_rank = spec.distributed.world_size > 1
+        if multi_rank and spec.distributed.backend == tpb.DISTRIBUTED_BACKEND_DEEPSPEED:
+            stage = tpb.Stage.Name(spec.stage)
+            refuse("spec.distributed.backend", f"{stage} with DeepSpeed (use DDP)")
         if spec.stage == tpb.STAGE_RM and spec.finetuning.HasField("quantization_bits"):
             refuse("spec.finetuning.quantization_bits", "QLoRA in STAGE_RM")
         if spec.stage == tpb.STAGE_RM and spec.finetuning.llama_pro.num_expand:

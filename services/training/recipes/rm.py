@@ -91,12 +91,20 @@ class RewardTrainer(PreferenceTrainer):
         return load_reward_model(self.settings, self.device)
 
     def scores(self, x: PairInputs) -> torch.Tensor:
-        """Scores (2B,) at each sequence's last real token."""
-        model = classifier(self.engine.module)
-        backbone = getattr(model, model.base_model_prefix)
-        hidden = backbone(**x.inputs.model_kwargs()).last_hidden_state  # (N, T, H)
-        last = hidden.flatten(0, 1)[x.last_index]  # (2B, H)
-        return model.score(last).squeeze(-1).float()  # (2B,)
+        """Scores (2B,) at each sequence's last real token.
+
+        The forward is the engine's (under DDP the wrapper's own, so gradients are reduced over
+        ranks); the per-position scores are taken from the ``score`` head's output, before the
+        classifier pools them (its pooling assumes one right-padded sequence per row)."""
+        head = getattr(classifier(self.engine.module), SCORE_HEAD)
+        captured: list[torch.Tensor] = []
+        handle = head.register_forward_hook(lambda module, args, out: captured.append(out))
+        try:
+            self.engine.module(**x.inputs.model_kwargs())
+        finally:
+            handle.remove()
+        per_position = captured[0]  # (N, T, 1)
+        return per_position.flatten(0, 1)[x.last_index].squeeze(-1).float()  # (2B,)
 
     def pair_losses(self, x: PairInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         s = self.scores(x)
