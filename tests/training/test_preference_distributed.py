@@ -47,9 +47,8 @@ def spec_for(base, stage, world_size: int) -> tpb.TrainingJobSpec:
 
 
 def curves(spec, job_dir, data) -> tuple[list[float], list[dict]]:
-    assert start(spec, job_dir, data).wait(timeout=280) == 0, (
-        job_dir / "runner.log"
-    ).read_text()[-3000:]
+    code = start(spec, job_dir, data).wait(timeout=280)
+    assert code == 0, (job_dir / "runner.log").read_text()[-3000:]
     assert result_of(job_dir)["state"] == "SUCCEEDED"
     records = read_metrics(job_dir / "output")
     evals = [r for r in records if "eval_rewards/accuracy" in r]
