@@ -146,8 +146,12 @@ func (x *TokenSpan) GetEnd() int32 {
 	return 0
 }
 
-// Payload of the `llamafleet:deadletter` Redis stream: a work item that could not be processed
-// after the maximum number of deliveries, or that could not be decoded at all.
+// A work item that could not be processed after the maximum number of deliveries, or that could
+// not be decoded at all. The `llamafleet:deadletter` Redis stream holds one entry per item with
+// these fields flat, as the queue's Lua script writes them atomically with the ack: `id`
+// (item_id), `payload`, `stream`, `group`, `entry` (entry_id), `reason`, `deliveries`; the entry's
+// own id gives the time. Clients (`llamafleet status`, `llamafleet requeue`) present it as this
+// message.
 type DeadLetter struct {
 	state         protoimpl.MessageState
 	sizeCache     protoimpl.SizeCache
