@@ -2,6 +2,8 @@
 
     python scripts/demo.py pretrain RUN_DIR   # full pre-training job on a built-in text corpus
     python scripts/demo.py sft RUN_DIR        # held-out accuracy, LoRA SFT job, accuracy again
+    python scripts/demo.py rm RUN_DIR         # LoRA reward model, scored by the reward service
+    python scripts/demo.py dpo RUN_DIR        # LoRA DPO, its adapter fetched and evaluated
 
 The task: "Increment the digits of 3819" -> "4920" (each digit plus one, 9 wraps to 0), which a
 freshly built model cannot do. A LoRA on a random-initialised model learns little, so the base
@@ -9,6 +11,13 @@ first gets a short full pre-training with the `pt` recipe, as a real base model 
 scripts/demo.sh then restarts the cluster with that model as the base the rollout service
 serves, and accuracy is measured by generating through the rollout service (greedy), before
 with the base and after with the SFT job's adapter.
+
+The preference steps use the same task as pairs: the correct answer is chosen, the digits copied
+back rejected; held-out pairs use numbers never trained on. ``rm`` trains a LoRA reward model and scores the held-out pairs through
+the reward service, which fetches the adapter from training by id@version. ``dpo`` trains a LoRA
+policy with DPO from the pre-trained base; the job reports its implicit reward accuracy on the
+held-out pairs before and after, and the demo fetches the adapter (``FetchAdapter``) and compares
+log pi(chosen) with log pi(rejected) for the base and the DPO policy.
 """
 
 from __future__ import annotations
@@ -22,7 +31,9 @@ from pathlib import Path
 from llamafleet.chat import ChatBackend
 from llamafleet.client import Client
 from llamafleet.cluster import ClusterState
-from llamafleet.data.v1 import data_pb2
+from llamafleet.common.v1 import common_pb2
+from llamafleet.data.v1 import data_pb2, data_service_pb2
+from llamafleet.reward.v1 import reward_pb2, reward_service_pb2
 from llamafleet.rollout.v1 import rollout_pb2
 from llamafleet.training.v1 import training_pb2 as pb
 from llamafleet.training.v1 import training_service_pb2 as api
@@ -32,6 +43,8 @@ from services.training.corpus import synthetic_corpus
 SUCCESSOR = str.maketrans("0123456789", "1234567890")
 PRETRAIN_STEPS = 150
 SFT_STEPS = 250
+RM_STEPS = 150
+DPO_STEPS = 100
 
 
 def digit_pairs(seed: int, count: int, exclude: set[str]) -> list[tuple[str, str]]:
@@ -154,11 +167,177 @@ def sft(run_dir: Path, client: Client, base: str) -> None:
     print(f"demo result: {before:.0%} -> {after:.0%}")
 
 
+# --- preference steps --------------------------------------------------------------------------
+
+
+def preference_files(run_dir: Path) -> tuple[Path, Path]:
+    """Train and held-out preference pairs (preference_alpaca JSONL), written once."""
+    train_path, held_path = (
+        run_dir / "demo" / "pref-train.jsonl",
+        run_dir / "demo" / "pref-held.jsonl",
+    )
+    seen: set[str] = set()
+    for path, pairs in (
+        (held_path, digit_pairs(11, 50, seen)),
+        (train_path, digit_pairs(12, 600, seen)),
+    ):
+        rows = []
+        for prompt, answer in pairs:  # rejected: the digits copied back
+            rows.append({"instruction": prompt, "chosen": answer, "rejected": prompt.split()[-1]})
+        write_jsonl(path, rows)
+    return train_path, held_path
+
+
+def preference_dataset(path: Path) -> pb.DatasetRef:
+    return inline_dataset(path, data_pb2.DATASET_FORMAT_PREFERENCE_ALPACA, cutoff=128)
+
+
+def preference_spec(
+    job_id: str, base: str, stage: int, steps: int, learning_rate: float, files
+) -> pb.TrainingJobSpec:
+    train, held = files
+    spec = pb.TrainingJobSpec(
+        job_id=job_id,
+        base_model=base,
+        stage=stage,
+        dataset=preference_dataset(train),
+        eval_dataset=preference_dataset(held),
+        finetuning=pb.FinetuningConfig(
+            type=pb.FINETUNING_TYPE_LORA, lora=pb.LoraConfig(rank=16, alpha=32.0)
+        ),
+        preference=pb.PreferenceConfig(beta=0.5),
+        hyperparameters=pb.Hyperparameters(
+            learning_rate=learning_rate,
+            lr_scheduler=pb.LR_SCHEDULER_TYPE_LINEAR,
+            warmup_steps=10,
+            max_steps=steps,
+            per_device_batch_size=8,
+            logging_steps=25,
+            eval_steps=steps,
+        ),
+    )
+    for d in (spec.dataset, spec.eval_dataset):
+        d.spec.packing = False  # preference pairs are never packed
+    return spec
+
+
+def held_out_accuracy(client: Client, job_id: str) -> list[tuple[int, float, float]]:
+    """(step, accuracy, margin) of every held-out evaluation the job reported."""
+    request = api.WatchTrainingJobRequest(job_id=job_id)
+    out = []
+    for reply in client.training.WatchTrainingJob(request, timeout=60):
+        extra = reply.event.metrics.extra
+        if reply.event.HasField("metrics") and "eval_rewards/accuracy" in extra:
+            step = reply.event.metrics.step
+            out.append((step, extra["eval_rewards/accuracy"], extra["eval_rewards/margin"]))
+    return out
+
+
+def held_out_pairs(client: Client, path: Path, base: str) -> list[data_pb2.PreferencePair]:
+    """The held-out pairs as the data service tokenizes them (the same ids the jobs see)."""
+    spec = preference_dataset(path).spec
+    spec.packing = False
+    spec.tokenization.tokenizer_path = base
+    request = data_service_pb2.PrepareDatasetRequest(dataset_id="demo-pref-held", spec=spec)
+    client.data.PrepareDataset(request, timeout=600)
+    stream = data_service_pb2.StreamBatchesRequest(dataset_id="demo-pref-held", batch_rows=64)
+    return [p for r in client.data.StreamBatches(stream, timeout=600) for p in r.batch.pairs]
+
+
+def split(row: data_pb2.TokenRow) -> tuple[list[int], list[int]]:
+    """(prompt ids, completion ids): the completion starts at the first trained label."""
+    start = next(i for i, y in enumerate(row.labels) if y != -100)
+    return list(row.input_ids[:start]), list(row.input_ids[start:])
+
+
+def rm(run_dir: Path, client: Client, base: str) -> None:
+    files = preference_files(run_dir)
+    spec = preference_spec("demo-rm", base, pb.STAGE_RM, RM_STEPS, 1e-3, files)
+    started = time.perf_counter()
+    job = run_job(client, spec)
+    version = job.adapter_versions[-1].version
+    (_, before, _), *_, (_, after, margin) = held_out_accuracy(client, spec.job_id)
+    print(f"reward model (LoRA + score head) in {time.perf_counter() - started:.0f}s")
+    print(f"held-out pairwise accuracy of the job: {before:.0%} (fresh head) -> {after:.0%}")
+    pairs = held_out_pairs(client, files[1], base)
+    request = reward_service_pb2.ScoreRolloutsRequest(
+        scorer="reward_model", reward_adapter=common_pb2.AdapterRef(id=job.id, version=version)
+    )
+    for i, pair in enumerate(pairs):
+        for side, row in (("chosen", pair.chosen), ("rejected", pair.rejected)):
+            prompt, completion = split(row)
+            request.items.append(
+                reward_pb2.ScoreItem(
+                    item_id=f"{i}:{side}", prompt_ids=prompt, completion_ids=completion
+                )
+            )
+    scores = {s.item_id: s.raw_score for s in client.reward.ScoreRollouts(request).scores}
+    wins = sum(scores[f"{i}:chosen"] > scores[f"{i}:rejected"] for i in range(len(pairs)))
+    print(
+        f"reward service ({job.id}@{version}): chosen scored above rejected on "
+        f"{wins}/{len(pairs)} held-out pairs ({wins / len(pairs):.0%}), mean margin {margin:.2f}"
+    )
+    print(f"demo result (rm): {before:.0%} -> {wins / len(pairs):.0%}")
+
+
+def policy_preference(model, pairs) -> float:
+    """Fraction of pairs where log pi(chosen) > log pi(rejected) (response tokens summed)."""
+    import torch
+
+    def logp(row: data_pb2.TokenRow) -> float:
+        logits = model(input_ids=torch.tensor([list(row.input_ids)])).logits[0, :-1]
+        labels = torch.tensor(list(row.labels)[1:])
+        keep = labels != -100
+        return float(logits.log_softmax(-1)[keep].gather(1, labels[keep, None]).sum())
+
+    with torch.no_grad():
+        return sum(logp(p.chosen) > logp(p.rejected) for p in pairs) / len(pairs)
+
+
+def dpo(run_dir: Path, client: Client, base: str) -> None:
+    import io
+    import tarfile
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(1)
+    files = preference_files(run_dir)
+    spec = preference_spec("demo-dpo", base, pb.STAGE_DPO, DPO_STEPS, 2e-3, files)
+    started = time.perf_counter()
+    job = run_job(client, spec)
+    version = job.adapter_versions[-1].version
+    (_, before, _), *_, (_, after, margin) = held_out_accuracy(client, spec.job_id)
+    print(f"DPO (LoRA, beta 0.5, reference = base with the adapter off) in "
+          f"{time.perf_counter() - started:.0f}s")  # fmt: skip
+    print(
+        f"held-out implicit reward accuracy of the job: {before:.0%} (policy = reference) -> "
+        f"{after:.0%}, mean margin beta*h {margin:.2f}"
+    )
+    request = api.FetchAdapterRequest(adapter=common_pb2.AdapterRef(id=job.id, version=version))
+    blob = b"".join(r.chunk.data for r in client.training.FetchAdapter(request, timeout=600))
+    folder = run_dir / "demo" / "dpo-adapter"
+    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+        tar.extractall(folder, filter="data")
+    pairs = held_out_pairs(client, files[1], base)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), folder).eval()
+    with model.disable_adapter():
+        base_pref = policy_preference(model, pairs)
+    dpo_pref = policy_preference(model, pairs)
+    print(
+        f"held-out pairs where log pi(chosen) > log pi(rejected), fetched adapter "
+        f"{job.id}@{version} ({len(blob)} bytes): base {base_pref:.0%} -> DPO policy {dpo_pref:.0%}"
+    )
+    print(f"demo result (dpo): {base_pref:.0%} -> {dpo_pref:.0%}")
+
+
 def main() -> None:
     phase, run_dir = sys.argv[1], Path(sys.argv[2]).resolve()
     state = ClusterState.load(run_dir)
+    phases = {"pretrain": pretrain, "sft": sft, "rm": rm, "dpo": dpo}
     with Client({n: s.address for n, s in state.services.items()}, timeout=120) as client:
-        {"pretrain": pretrain, "sft": sft}[phase](run_dir, client, state.base_model)
+        phases[phase](run_dir, client, state.base_model)
 
 
 if __name__ == "__main__":

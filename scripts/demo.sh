@@ -3,7 +3,9 @@
 # own tokenizer, start the local cluster (a private redis-server and the four services), and
 # run the demo pipeline through the services: a short full pre-training job, then a LoRA SFT job
 # on a task the model cannot do, with held-out accuracy measured through the rollout service
-# before and after. Takes a few minutes on 2 cores.
+# before and after; then a LoRA reward model on preference pairs of the same task, scored through
+# the reward service, and a LoRA DPO job, its fetched adapter compared with the base on held-out
+# pairs. Takes several minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
@@ -27,5 +29,9 @@ llamafleet up --base-model "$(cat "$RUN_DIR/demo/pretrained_model")"
 echo "== SFT job (sft, LoRA) and held-out accuracy through the rollout service"
 python scripts/demo.py sft "$RUN_DIR"
 llamafleet plot demo-sft -o "$RUN_DIR/demo/sft-loss.png"
+echo "== reward model job (rm, LoRA) and held-out pairwise accuracy through the reward service"
+python scripts/demo.py rm "$RUN_DIR"
+echo "== DPO job (dpo, LoRA) and held-out pairwise accuracy of the fetched adapter"
+python scripts/demo.py dpo "$RUN_DIR"
 echo "== llamafleet status"
 llamafleet status
