@@ -5,7 +5,8 @@ processes (``llamafleet.cluster``), the built tiny model after a short SFT that 
 about a third of the questions, and the ``regex`` rule scorer rewarding an answer that starts with
 "yes", its pattern carried by the job (``PpoConfig.reward_settings``). During the run a reward
 worker and then the first rollout worker are killed with SIGKILL, and a second rollout worker
-joins. The run finishes, its mean reward rises, and the queues' own records show every task
+joins; later the trainer itself is killed with SIGKILL and the job resumed from its last
+checkpoint. The run finishes, its mean reward rises, and the queues' own records show every task
 produced exactly one scored rollout, used once.
 """
 
@@ -89,6 +90,16 @@ def metrics(run):
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
+def wait_state(client, state, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.training.GetTrainingJob(api.GetTrainingJobRequest(job_id=JOB)).job
+        if job.state == state:
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {JOB} did not reach {pb.JobState.Name(state)}")
+
+
 def kill(state, name):
     os.kill(state.services[name].pid, signal.SIGKILL)
 
@@ -126,13 +137,20 @@ def test_ppo_across_the_fleets_survives_kills_scales_out_and_learns(sft_model, t
             if done >= 6 and "killed_rollout" not in events:
                 kill(state, "rollout")  # the joiner is now the only rollout worker
                 events["killed_rollout"] = done
+            if done >= 8 and "killed_trainer" not in events:
+                pid_file = run / "jobs" / JOB / "runner.pid"
+                os.kill(json.loads(pid_file.read_text())["pid"], signal.SIGKILL)
+                events["killed_trainer"] = done
+                wait_state(client, pb.JOB_STATE_FAILED)
+                spec.resume = True  # from the last checkpoint; rollouts it had not acked return
+                client.training.CreateTrainingJob(api.CreateTrainingJobRequest(spec=spec))
             time.sleep(0.2)
         assert job.state == pb.JOB_STATE_SUCCEEDED, job.message
-        assert {"killed_reward", "killed_rollout"} <= set(events)
+        assert {"killed_reward", "killed_rollout", "killed_trainer"} <= set(events)
 
-        records = metrics(run)
-        rewards = [r["reward/mean"] for r in records]
-        assert len(rewards) == STEPS
+        records = {r["step"]: r for r in metrics(run)}  # a step redone after the kill: the last
+        rewards = [records[step]["reward/mean"] for step in sorted(records)]
+        assert sorted(records) == list(range(1, STEPS + 1))
         assert sum(rewards[-4:]) / 4 > sum(rewards[:2]) / 2 + 0.2, rewards
 
         r = queues.connect(state.redis_url)
@@ -154,5 +172,13 @@ def test_ppo_across_the_fleets_survives_kills_scales_out_and_learns(sft_model, t
         # the joiner generated some of the rollouts
         by_worker = {s.rollout.worker for s in scored}
         assert len(by_worker) >= 2, by_worker
+        figures = {
+            "tasks": len(tasks), "scored": len(scored), "consumed": counts["consumed"],
+            "redelivered_skipped": counts["redelivered"], "stray": counts["stray"],
+            "lost": len(set(tasks) - set(ids)), "doubled": len(ids) - len(set(ids)),
+            "rollout_workers_used": len(by_worker), "kills": sorted(events),
+            "reward_first2": sum(rewards[:2]) / 2, "reward_last4": sum(rewards[-4:]) / 4,
+        }  # fmt: skip
+        print("FIGURES", json.dumps(figures))
     finally:
         cluster.down(run)

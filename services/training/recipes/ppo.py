@@ -90,12 +90,13 @@ class StepPlan:
     prompts: list[data_pb2.PromptExample]
     start: tuple[int, str]  # (epoch, cursor) of the prompt stream before this step
     end: tuple[int, str]  # and after them
-    version: int | None = None  # adapter version its tasks name, once published
+    version: int | None = None  # adapter version its tasks name, once admitted
+    sent: bool = False  # published by this process
 
 
 @dataclass
 class Counts:
-    published: int = 0  # tasks newly added to the task stream
+    published: int = 0  # tasks admitted (each counted once, however often it is re-sent)
     consumed: int = 0  # scored rollouts trained on
     redelivered: int = 0  # scored rollouts delivered again after being used: acked, skipped
     stray: int = 0  # scored rollouts of no outstanding task: acked, logged, not used
@@ -288,7 +289,10 @@ class PpoTrainer:
                 lost = self.lost_versions
                 found = self.exchange.published_version(step, lost) if lost else None
                 plan.version = max(buffered, default=None) or found or self.adapter_version
-            self.counts.published += self.exchange.publish_tasks(self._tasks(step, plan))
+                self.counts.published += len(plan.prompts) * self.settings.ppo.samples_per_prompt
+            if not plan.sent:  # idempotent: tasks already in the stream are not added again
+                self.exchange.publish_tasks(self._tasks(step, plan))
+                plan.sent = True
 
     def _expected(self, step: int) -> list[str]:
         plan = self.plans[step]
