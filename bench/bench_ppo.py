@@ -425,6 +425,13 @@ def run_fleet_job(client, run: Path, r, job: str, spec, workers: int) -> dict:
                 "publish_and_dispatch": min(picked) - begin,  # admit + serialise + XREADGROUP
                 "adapter_fetch_load": load,
                 "rollout_worker_gaps": (last_rollout - min(picked)) - gen - load,
+                # of which: end of generation -> its Rollout in the results stream (Lua commit;
+                # stream ids have ms resolution) -- the rest is fetching the next task
+                "rollout_commit": sum(
+                    rollout_commit[x.task.item_id] - p - _dur(x.timings.adapter_load_time)
+                    - _dur(x.timings.generation_time)
+                    for p, x in zip(picked, ro, strict=True)
+                ) / workers,
                 "reward_stage": last_scored - last_rollout - scoring,
                 "trainer_pickup": waited_until - last_scored,
                 "save_publish_log": wall - m["time/wait_rollouts"] - train,
@@ -651,11 +658,28 @@ def bench_fleet(args, work: Path) -> dict:
         client = Client.from_run_dir(run, timeout=60)
         r = queues.connect(state.redis_url)
         throughput(r, tokenizer, f"warm-{os.getpid()}", 2, 4)  # the worker's first generate
-        last_job = None
+        # Throughput first, while the first worker has no adapter resident (a worker that
+        # served a PPO job generates the base model much more slowly: measured at the end).
         for rep in range(args.repeats):
             t1 = throughput(r, tokenizer, f"{os.getpid()}-{rep}-1", args.tasks, args.tput_tokens)
             out["throughput"][1].append(t1)
             print(f"  rep {rep} throughput 1 worker: {t1['rollouts_per_s']:.2f} rollouts/s")
+            joined = cluster.add_worker(run, "rollout", timeout=300)
+            for attempt in range(5):  # until the joiner has generated (its first is slow)
+                warm = throughput(r, tokenizer, f"warm2-{os.getpid()}-{rep}-{attempt}", 4, 4)
+                if len(warm["by_worker"]) == 2:
+                    break
+            t2 = throughput(r, tokenizer, f"{os.getpid()}-{rep}-2", args.tasks, args.tput_tokens)
+            out["throughput"][2].append(t2)
+            print(f"  rep {rep} throughput 2 workers: {t2['rollouts_per_s']:.2f} rollouts/s "
+                  f"{t2['by_worker']}")  # fmt: skip
+            os.kill(joined.pid, signal.SIGTERM)  # back to one worker
+            for _ in range(300):
+                if not cluster.pid_alive(joined.pid):
+                    break
+                time.sleep(0.1)
+        last_job = None
+        for rep in range(args.repeats):  # a PPO job across the services, then the same in-process
             job = f"bench-ppo-{os.getpid()}-{rep}"
             spec = ppo_spec(job, model, data, args)
             last_job = run_fleet_job(client, run, r, job, spec, workers=1)
@@ -666,20 +690,11 @@ def bench_fleet(args, work: Path) -> dict:
             iw = median([s["wall"] for s in inline["steps"][1:]])
             print(f"  rep {rep} PPO step wall (median of steps 1..): services {fw:.2f}s, "
                   f"in-process {iw:.2f}s")  # fmt: skip
-            joined = cluster.add_worker(run, "rollout", timeout=300)
-            for attempt in range(5):  # until the joiner has generated (its first is slow)
-                warm = throughput(r, tokenizer, f"warm2-{os.getpid()}-{rep}-{attempt}", 4, 4)
-                if len(warm["by_worker"]) == 2:
-                    break
-            t2 = throughput(r, tokenizer, f"{os.getpid()}-{rep}-2", args.tasks, args.tput_tokens)
-            out["throughput"][2].append(t2)
-            print(f"  rep {rep} throughput 2 workers: {t2['rollouts_per_s']:.2f} rollouts/s "
-                  f"{t2['by_worker']}")  # fmt: skip
-            os.kill(joined.pid, signal.SIGTERM)  # back to one worker for the next repeat
-            for _ in range(300):
-                if not cluster.pid_alive(joined.pid):
-                    break
-                time.sleep(0.1)
+        after = throughput(r, tokenizer, f"{os.getpid()}-after", args.tasks, args.tput_tokens)
+        out["throughput_after_ppo"] = after
+        print(f"  throughput 1 worker after the PPO jobs (adapter versions resident): "
+              f"{after['rollouts_per_s']:.2f} rollouts/s, generation sum "
+              f"{after['generation_sum']:.2f}s for {after['tokens']} tokens")  # fmt: skip
         out["sync"] = adapter_sync(client, last_job, model)
     finally:
         cluster.down(run)
@@ -720,8 +735,17 @@ def report_fleet(res: dict) -> None:
           f"{median([i[0]['wall'] for i in res['inline']]):.2f}s")  # fmt: skip
     t1 = median([t["rollouts_per_s"] for t in res["throughput"][1]])
     t2 = median([t["rollouts_per_s"] for t in res["throughput"][2]])
-    print(f"\n  rollout throughput: 1 worker {t1:.2f}/s, 2 workers {t2:.2f}/s, ratio {t2 / t1:.2f}"
-          " (2 workers share the same 2 cores)")  # fmt: skip
+    g1 = median([t["generation_sum"] for t in res["throughput"][1]])
+    g2 = median([t["generation_sum"] for t in res["throughput"][2]])
+    print(
+        f"\n  rollout throughput: 1 worker {t1:.2f}/s, 2 workers {t2:.2f}/s, ratio {t2 / t1:.2f}"
+        f" (2 workers share the same 2 cores); generation sum {g1:.2f}s vs {g2:.2f}s"
+    )
+    after = res["throughput_after_ppo"]
+    print(
+        f"  1 worker after the PPO jobs: {after['rollouts_per_s']:.2f}/s, generation sum "
+        f"{after['generation_sum']:.2f}s ({after['generation_sum'] / g1:.1f}x the fresh worker's)"
+    )
     sync = res["sync"]
     print(f"\n  adapter sync (base model {sync['base_model_bytes']:,d} bytes):")
     for v in sync["versions"]:
