@@ -88,3 +88,13 @@ def completion_gather(per_position: torch.Tensor, starts: torch.Tensor, steps: i
         0, per_position.shape[1] - 1
     )
     return per_position.gather(1, index)
+
+
+def selected_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """``log_softmax(logits)[..., tokens]`` in float32 without a float32 copy of the whole
+    ``(N, L, V)`` logits: the log-normaliser is taken one sequence at a time, so the extra memory
+    is one ``(L, V)`` slice however large the vocabulary (128k tokens x 2k positions is 1 GiB per
+    sequence in float32). logits ``(N, L, V)``, tokens ``(N, L)`` -> ``(N, L)`` float32."""
+    picked = logits.gather(2, tokens[..., None]).squeeze(-1).float()  # (N, L)
+    norms = torch.stack([torch.logsumexp(row.float(), dim=-1) for row in logits])  # (N, L)
+    return picked - norms

@@ -119,3 +119,16 @@ def test_adaptive_kl_controller_moves_towards_the_target():
     down = KlController(0.2, adaptive=True, target=1.0, horizon=100)
     down.update(0.9, 10)  # error -0.1
     assert down.coef == pytest.approx(0.2 * (1 - 0.1 * 10 / 100))
+
+
+def test_selected_logprobs_equal_log_softmax_gathered():
+    from services.training.ppo_batch import selected_logprobs
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 11) * 4
+    tokens = torch.randint(0, 11, (3, 5))
+    expected = torch.log_softmax(logits, -1).gather(2, tokens[..., None]).squeeze(-1)
+    assert torch.allclose(selected_logprobs(logits, tokens), expected, atol=1e-6)
+    half = selected_logprobs(logits.bfloat16(), tokens)
+    assert half.dtype == torch.float32
+    assert torch.allclose(half, expected, atol=0.1)

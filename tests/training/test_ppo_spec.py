@@ -73,6 +73,10 @@ def test_bad_ppo_fields_are_named(tmp_path, edit, path):
             lambda s: setattr(s.distributed, "backend", pb.DISTRIBUTED_BACKEND_DEEPSPEED),
             "spec.distributed.backend",
         ),
+        (
+            lambda s: setattr(s.finetuning.lora, "pissa_init", True),
+            "spec.finetuning.lora.pissa_init",
+        ),
     ],
 )
 def test_unsupported_ppo_layouts_are_refused_by_name(tmp_path, edit, path):

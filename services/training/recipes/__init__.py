@@ -690,6 +690,12 @@ def _refuse_unimplemented(spec: tpb.TrainingJobSpec) -> None:
             refuse("spec.distributed.backend", "STAGE_PPO with DeepSpeed")
         if spec.finetuning.llama_pro.num_expand:
             refuse("spec.finetuning.llama_pro", "STAGE_PPO with LLaMA-Pro")
+        if spec.finetuning.lora.pissa_init:
+            refuse(
+                "spec.finetuning.lora.pissa_init",
+                "STAGE_PPO with PiSSA (it rewrites the trainer's base weights: the reference would "
+                "be PiSSA's residual and the rollout workers' base would differ from the trainer's)",
+            )
     if spec.stage in (tpb.STAGE_RM, tpb.STAGE_DPO):
         if spec.stage == tpb.STAGE_RM and spec.finetuning.type == tpb.FINETUNING_TYPE_FREEZE:
             refuse("spec.finetuning.type", "STAGE_RM with FREEZE")

@@ -61,6 +61,7 @@ from services.training.ppo_batch import (
     Rollouts,
     collate_rollouts,
     completion_gather,
+    selected_logprobs,
 )
 from services.training.ppo_exchange import Received, RolloutExchange, parse_task_id, task_id
 from services.training.ppo_math import (
@@ -379,8 +380,7 @@ class PpoTrainer:
                 values = None
             else:
                 logits, values = self.engine.module(ids, attention)
-        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        token_logp = logp.gather(2, ids[:, 1:, None]).squeeze(-1)  # (n, L-1)
+        token_logp = selected_logprobs(logits[:, :-1], ids[:, 1:])  # (n, L-1)
         starts = x.starts[rows]
         logprobs = completion_gather(token_logp, starts, steps)
         if values is not None:

@@ -383,7 +383,8 @@ type RolloutTimings struct {
 	sizeCache     protoimpl.SizeCache
 	unknownFields protoimpl.UnknownFields
 
-	// From RolloutTask.create_time to the start of generation (includes queueing and adapter load).
+	// From RolloutTask.create_time to the worker picking the task up (queueing; the adapter load
+	// that may follow is adapter_load_time).
 	QueueTime *durationpb.Duration `protobuf:"bytes,1,opt,name=queue_time,json=queueTime,proto3" json:"queue_time,omitempty"`
 	// Fetching and loading the adapter, when it was not resident.
 	AdapterLoadTime *durationpb.Duration `protobuf:"bytes,2,opt,name=adapter_load_time,json=adapterLoadTime,proto3" json:"adapter_load_time,omitempty"`
