@@ -147,3 +147,27 @@ def test_repetition_penalty_and_top_k_follow_transformers():
     for seed in range(20):
         picked = sample_next(logits, seen, s, torch.Generator().manual_seed(seed))
         assert allowed[torch.arange(3), picked].all()
+
+
+def test_base_requests_between_adapter_requests_stay_pure_and_toggle_once(
+    engine, tiny_model, monkeypatch
+):
+    """Interleaved base and adapter requests: the base is the model without any adapter, and
+    a run of base-model decoding steps switches the LoRA layers off once, not every step."""
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    p = prompt(engine)
+    calls = []
+    real = engine._peft.base_model.disable_adapter_layers
+    monkeypatch.setattr(
+        engine._peft.base_model, "disable_adapter_layers", lambda: (calls.append(1), real())[1]
+    )
+    (a,) = run(engine, p, "a", temperature=0, max_tokens=12)
+    (base,) = run(engine, p, None, temperature=0, max_tokens=12)
+    (a_again,) = run(engine, p, "a", temperature=0, max_tokens=12)
+    assert len(calls) == 1  # 12 base steps, one switch
+    assert a.token_ids == a_again.token_ids != base.token_ids
+    assert base.logprobs == pytest.approx(
+        teacher_forced_logprobs(plain, p, base.token_ids), abs=1e-4
+    )

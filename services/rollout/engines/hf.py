@@ -124,7 +124,10 @@ class HFEngine:
                 self._peft = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
                 self._peft.eval()
             else:
+                was_off = self._layers_off()
                 self._peft.load_adapter(str(path), adapter_name=name)
+                if was_off:  # layers it added start enabled: keep them all off
+                    self._peft.base_model.disable_adapter_layers()
             self._adapters.add(name)
 
     def unload_adapter(self, name: str) -> None:
@@ -137,6 +140,13 @@ class HFEngine:
                     self._peft.set_adapter(next(iter(self._adapters)))
                 self._peft.delete_adapter(name)
 
+    def _layers_off(self) -> bool:
+        """Whether the LoRA layers are disabled (peft toggles them all together)."""
+        for module in self._peft.modules():
+            if hasattr(module, "disable_adapters") and hasattr(module, "lora_A"):
+                return bool(module.disable_adapters)
+        return False
+
     def adapters(self) -> set[str]:
         return set(self._adapters)
 
@@ -147,11 +157,17 @@ class HFEngine:
                 raise KeyError(f"adapter {adapter!r} is not loaded")
             yield self.model
         elif adapter is None:
-            with self._peft.disable_adapter():
-                yield self._peft
+            # The LoRA layers stay off until an adapter's request comes: toggling them around
+            # every decoding step (``disable_adapter()``) walks every module each time, which made
+            # base-model steps several times slower once a few adapters were resident.
+            if not self._layers_off():
+                self._peft.base_model.disable_adapter_layers()
+            yield self._peft
         else:
             if adapter not in self._adapters:
                 raise KeyError(f"adapter {adapter!r} is not loaded")
+            if self._layers_off():
+                self._peft.base_model.enable_adapter_layers()
             if self._peft.active_adapters != [adapter]:
                 self._peft.set_adapter(adapter)
             yield self._peft
