@@ -1019,7 +1019,8 @@ type DatasetSpec struct {
 	// (position_ids restart and cu_seqlens mark the boundaries). PRETRAIN and SFT only.
 	Packing bool `protobuf:"varint,4,opt,name=packing,proto3" json:"packing,omitempty"`
 	// Do not materialise the dataset: read, tokenize and pack while streaming batches. Stats are then
-	// estimated from a prefix (DatasetStats.estimated).
+	// estimated from a prefix until a streaming pass reaches the end of each split
+	// (DatasetStats.estimated).
 	Streaming bool `protobuf:"varint,5,opt,name=streaming,proto3" json:"streaming,omitempty"`
 	// Seed for shuffling records before max_samples and the eval split. Batch order is seeded per
 	// StreamBatches call.
@@ -1142,7 +1143,8 @@ type DatasetStats struct {
 	// Dropped records by reason (e.g. "empty_response", "invalid_role_order", "missing_column",
 	// "too_long_prompt"). Reasons are snake_case keys chosen by the data service.
 	DroppedRows map[string]int64 `protobuf:"bytes,8,rep,name=dropped_rows,json=droppedRows,proto3" json:"dropped_rows,omitempty" protobuf_key:"bytes,1,opt,name=key,proto3" protobuf_val:"varint,2,opt,name=value,proto3"`
-	// True when the numbers were estimated from a prefix (streaming datasets).
+	// True when the numbers were estimated from a prefix (streaming datasets, until a StreamBatches
+	// pass has reached the end of every split; the counts are then that pass's, exact).
 	Estimated bool `protobuf:"varint,9,opt,name=estimated,proto3" json:"estimated,omitempty"`
 }
 
