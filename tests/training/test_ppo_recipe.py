@@ -127,3 +127,23 @@ def test_a_resumed_trainer_skips_used_rollouts_and_reuses_unacked_ones(
 
 def replay_history(fleet):
     return fleet.history
+
+
+def test_at_a_sampling_temperature_the_engine_is_compared_like_for_like(
+    yes_no_model, tokenizer, tmp_path
+):
+    """Rollouts sampled at temperature 0.7: PPO works on the tempered policy, while the engine's
+    log-probs (temperature 1, the contract) are compared with the trainer's temperature-1 ones,
+    so the ratio stays 1 when nothing is stale."""
+    job = tmp_path / "ppo"
+    sampling = rollout_pb2.SamplingParams(max_tokens=3, temperature=0.7, seed=2)
+    settings = ppo_settings(
+        yes_no_model, max_steps=3, ppo={"sampling": sampling.SerializeToString()}
+    )
+    fleet = InlineFleet(yes_no_model, job, yes_first(tokenizer))
+    prompts = PromptSource(yes_no_prompts(tokenizer, range(4000, 4032)))
+    ppo.run(settings, prompts, job, exchange=fleet, job_id="ppo-temp")
+    records = metrics(job)
+    assert len(records) == 3
+    assert all(abs(r["ppo/engine_ratio"] - 1.0) < 1e-3 for r in records)
+    assert all(r["ppo/kl"] == r["ppo/kl"] for r in records)  # finite

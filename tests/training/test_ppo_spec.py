@@ -53,6 +53,7 @@ def test_defaults_are_resolved_and_messages_carried(tmp_path):
         (lambda s: setattr(s.ppo, "gae_lambda", 1.5), "spec.ppo.gae_lambda"),
         (lambda s: setattr(s.ppo, "max_staleness", 0), "spec.ppo.max_staleness"),
         (lambda s: s.ppo.sampling.__setattr__("n", 0), "spec.ppo.sampling.n"),
+        (lambda s: s.ppo.sampling.__setattr__("temperature", 0.0), "spec.ppo.sampling.temperature"),
         (lambda s: setattr(s.ppo.reward_adapter, "id", "rm"), "spec.ppo.reward_adapter.version"),
     ],
 )

@@ -337,6 +337,11 @@ def _check_ppo(spec: tpb.TrainingJobSpec, check) -> None:
     check(p.rollout_batch_size >= 0, path + "rollout_batch_size", "must be >= 0")
     check(p.ppo_epochs >= 0, path + "ppo_epochs", "must be >= 0 (0 = 4)")
     check(not p.sampling.HasField("n") or p.sampling.n >= 1, path + "sampling.n", "must be >= 1")
+    check(
+        not p.sampling.HasField("temperature") or p.sampling.temperature > 0,
+        path + "sampling.temperature",
+        "must be > 0: PPO learns from sampled rollouts (0 = greedy; unset = 1.0)",
+    )
     check(not p.HasField("kl_coef") or p.kl_coef >= 0, path + "kl_coef", "must be >= 0")
     check(not p.HasField("kl_target") or p.kl_target > 0, path + "kl_target", "must be > 0")
     check(not p.HasField("kl_horizon") or p.kl_horizon > 0, path + "kl_horizon", "must be > 0")

@@ -23,8 +23,13 @@ One PPO step ``s``:
    scored rollouts, whose ids the checkpoint records: a trainer resumed after a crash skips the
    redelivered ones it already used, and reuses those it had not.
 
+Sampling temperature: rollouts are sampled from ``softmax(logits / temperature)``, so that is the
+policy PPO optimises: the trainer's log-probs (policy, old and reference, hence the KL penalty)
+are taken at the same temperature, as TRL does.
+
 Engine/trainer mismatch: the rollout engine reports each token's log-prob under the policy
-version it generated with (temperature 1, like the trainer's). ``ppo/engine_ratio`` is the mean of
+version it generated with, at temperature 1 (the contract); the trainer compares its own
+temperature-1 log-probs with them. ``ppo/engine_ratio`` is the mean of
 ``exp(old - engine)`` over tokens (1 when the engine and trainer agree and nothing is stale), and
 each token's policy-loss term is weighted by that ratio truncated at ``IS_CAP`` (truncated
 importance sampling, Yao et al. 2025), which corrects both staleness and numeric mismatch.
@@ -166,6 +171,8 @@ class PpoTrainer:
             self.model, optimizer, scheduler, models.grad_scaler(s, self.device), s, self.world
         )
         self.kl = KlController(p.kl_coef, p.adaptive_kl, p.kl_target, p.kl_horizon)
+        sampling = rollout_pb2.SamplingParams.FromString(p.sampling)
+        self.temperature = sampling.temperature if sampling.HasField("temperature") else 1.0
         self.start = (0, "")
         latest = checkpoints.latest_checkpoint(self.job_dir) if s.resume else None
         if latest is not None:
@@ -367,8 +374,12 @@ class PpoTrainer:
 
     # --- one PPO step -------------------------------------------------------------------------
 
-    def _forward(self, x: Rollouts, rows: torch.Tensor, *, reference: bool = False):
-        """Log-probs of the completion tokens and values, ``(n, T)`` each, for ``rows``."""
+    def _forward(
+        self, x: Rollouts, rows: torch.Tensor, *, reference: bool = False, raw: bool = False
+    ):
+        """Log-probs of the completion tokens under the sampling temperature, and values,
+        ``(n, T)`` each, for ``rows``; with ``raw`` also the temperature-1 log-probs (what the
+        engine reports) as a third value."""
         ids, attention = x.input_ids[rows], x.attention_mask[rows]
         width = int(attention.sum(dim=1).max())
         ids, attention = ids[:, :width], attention[:, :width]
@@ -380,12 +391,17 @@ class PpoTrainer:
                 values = None
             else:
                 logits, values = self.engine.module(ids, attention)
-        token_logp = selected_logprobs(logits[:, :-1], ids[:, 1:])  # (n, L-1)
         starts = x.starts[rows]
-        logprobs = completion_gather(token_logp, starts, steps)
+        tempered = selected_logprobs(logits[:, :-1] / self.temperature, ids[:, 1:])  # (n, L-1)
+        logprobs = completion_gather(tempered, starts, steps)
         if values is not None:
             values = completion_gather(values[:, :-1].float(), starts, steps)
-        return logprobs, values
+        if not raw:
+            return logprobs, values
+        untempered = (
+            selected_logprobs(logits[:, :-1], ids[:, 1:]) if self.temperature != 1 else tempered
+        )
+        return logprobs, values, completion_gather(untempered, starts, steps)
 
     def _rows(self, n: int) -> list[torch.Tensor]:
         size = self.settings.batch_rows
@@ -396,14 +412,15 @@ class PpoTrainer:
         """Old log-probs, reference log-probs, values, rewards, advantages and returns."""
         p = self.settings.ppo
         self.model.eval()
-        parts = {"old": [], "ref": [], "values": []}
+        parts = {"old": [], "ref": [], "values": [], "raw": []}
         for rows in self._rows(x.mask.shape[0]):
-            logp, values = self._forward(x, rows)
+            logp, values, raw = self._forward(x, rows, raw=True)
             ref, _ = self._forward(x, rows, reference=True)
             parts["old"].append(logp)
             parts["values"].append(values)
             parts["ref"].append(ref)
-        old, ref, values = (torch.cat(parts[k]) for k in ("old", "ref", "values"))
+            parts["raw"].append(raw)
+        old, ref, values, raw = (torch.cat(parts[k]) for k in ("old", "ref", "values", "raw"))
         mask = x.mask
         scores = x.scores
         if p.whiten_rewards:
@@ -411,11 +428,12 @@ class PpoTrainer:
         rewards, kl = kl_penalised_rewards(scores, old, ref, mask, self.kl.coef)
         advantages, returns = gae(rewards, values, mask, p.gamma, p.lam)
         advantages = masked_whiten(advantages, mask)
-        weights = torch.exp(old - x.engine_logprobs).clamp(max=IS_CAP) * mask
+        # engine and trainer compared like for like: temperature-1 log-probs of the same tokens
+        engine_ratio = torch.exp(raw - x.engine_logprobs)
+        weights = engine_ratio.clamp(max=IS_CAP) * mask
         return {
             "old": old, "values": values, "advantages": advantages, "returns": returns,
-            "kl": kl, "weights": weights,
-            "engine_ratio": torch.exp(old - x.engine_logprobs),
+            "kl": kl, "weights": weights, "engine_ratio": engine_ratio,
         }  # fmt: skip
 
     def _update(self, x: Rollouts, t: dict[str, torch.Tensor]) -> dict[str, float]:
