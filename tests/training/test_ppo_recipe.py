@@ -147,3 +147,42 @@ def test_at_a_sampling_temperature_the_engine_is_compared_like_for_like(
     assert len(records) == 3
     assert all(abs(r["ppo/engine_ratio"] - 1.0) < 1e-3 for r in records)
     assert all(r["ppo/kl"] == r["ppo/kl"] for r in records)  # finite
+
+
+@pytest.mark.parametrize(
+    "lora, extra",
+    [
+        (LoraSettings(rank=8, alpha=16, use_dora=True), {}),
+        (LoraSettings(rank=8, alpha=16, use_rslora=True, loraplus_lr_ratio=8.0), {}),
+        (LoraSettings(rank=8, alpha=16), {"quantization_bits": 4}),
+    ],
+    ids=["dora", "rslora+loraplus", "qlora-4bit"],
+)
+def test_lora_variants_and_qlora_train_the_ppo_policy(
+    yes_no_model, tokenizer, tmp_path, lora, extra
+):
+    """The LoRA methods combine with PPO: two steps, the policy's adapter and the value head move
+    and are all that is trained (a QLoRA trainer's base is 4-bit while the workers serve the
+    saved weights: the engine ratio then measures the quantisation error the importance weights
+    correct)."""
+    if extra.get("quantization_bits"):
+        pytest.importorskip("bitsandbytes")
+    import torch
+    from safetensors.torch import load_file
+
+    job = tmp_path / "ppo"
+    settings = ppo_settings(yes_no_model, max_steps=2, lora=lora, **extra)
+    fleet = InlineFleet(yes_no_model, job, yes_first(tokenizer))
+    prompts = PromptSource(yes_no_prompts(tokenizer, range(5000, 5016)))
+    result = ppo.run(settings, prompts, job, exchange=fleet, job_id="ppo-m")
+    assert result.state == "SUCCEEDED"
+    records = metrics(job)
+    assert all(r["loss"] == r["loss"] and 0.5 < r["ppo/engine_ratio"] < 2 for r in records)
+    first = load_file(job / "adapters" / "v1" / "adapter_model.safetensors")
+    last = load_file(job / "adapters" / "v3" / "adapter_model.safetensors")
+    assert first.keys() == last.keys()
+    assert any(not torch.equal(first[k], last[k]) for k in first)
+    head = load_file(job / "output" / ppo.VALUE_HEAD_FILE)
+    assert head["weight"].abs().sum() > 0  # zero-initialised, then trained
+    trained = load_file(checkpoints.latest_checkpoint(job) / "trainable.safetensors")
+    assert trained and all("lora_" in k or k.startswith("value_head.") for k in trained)

@@ -78,6 +78,7 @@ def test_bad_ppo_fields_are_named(tmp_path, edit, path):
             lambda s: setattr(s.finetuning.lora, "pissa_init", True),
             "spec.finetuning.lora.pissa_init",
         ),
+        (lambda s: setattr(s, "rope_scaling", pb.ROPE_SCALING_TYPE_LINEAR), "spec.rope_scaling"),
     ],
 )
 def test_unsupported_ppo_layouts_are_refused_by_name(tmp_path, edit, path):

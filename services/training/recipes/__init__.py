@@ -695,6 +695,12 @@ def _refuse_unimplemented(spec: tpb.TrainingJobSpec) -> None:
             refuse("spec.distributed.backend", "STAGE_PPO with DeepSpeed")
         if spec.finetuning.llama_pro.num_expand:
             refuse("spec.finetuning.llama_pro", "STAGE_PPO with LLaMA-Pro")
+        if spec.rope_scaling:
+            refuse(
+                "spec.rope_scaling",
+                "STAGE_PPO with RoPE scaling (the rollout workers serve the base model as saved; "
+                "export a RoPE-scaled model and use it as the base instead)",
+            )
         if spec.finetuning.lora.pissa_init:
             refuse(
                 "spec.finetuning.lora.pissa_init",
