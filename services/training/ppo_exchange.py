@@ -89,6 +89,19 @@ class RolloutExchange:
             )
         return added
 
+    def leftovers(self) -> str:
+        """What Redis still holds of an earlier job with this id ("" if nothing): a job created
+        afresh under a reused id would have its tasks de-duplicated away and wait forever."""
+        entries = self.r.xlen(self.results)
+        published = self.r.exists(
+            queues.published_key(queues.ROLLOUT_TASKS, task_id(self.job_id, 1, 0, 0, 0))
+        )
+        if not entries and not published:
+            return ""
+        return f"{entries} scored rollout(s) in {self.results}" + (
+            f" and the publish mark of task {task_id(self.job_id, 1, 0, 0, 0)}" if published else ""
+        )
+
     def published_version(self, step: int, versions: list[int]) -> int | None:
         """The first of ``versions`` under which ``step``'s tasks were already published (by a
         run that crashed after publishing them), or None."""

@@ -44,6 +44,9 @@ class InlineFleet:
     def ensure_group(self) -> None:
         pass
 
+    def leftovers(self) -> str:
+        return ""
+
     def publish_tasks(self, tasks: list[rollout_pb2.RolloutTask]) -> int:
         added = 0
         for task in tasks:

@@ -186,3 +186,24 @@ def test_lora_variants_and_qlora_train_the_ppo_policy(
     assert head["weight"].abs().sum() > 0  # zero-initialised, then trained
     trained = load_file(checkpoints.latest_checkpoint(job) / "trainable.safetensors")
     assert trained and all("lora_" in k or k.startswith("value_head.") for k in trained)
+
+
+def test_a_fresh_job_under_a_reused_id_is_refused_while_redis_holds_the_old_ones_work(
+    yes_no_model, tokenizer, tmp_path, redis_url
+):
+    """Task ids are deterministic, so a job re-created afresh under the id of an earlier one
+    would have its tasks de-duplicated away and wait forever: it fails at once instead, saying
+    which keys to delete (or to resume)."""
+    from services.common import queues
+    from services.training.ppo_exchange import RolloutExchange
+
+    r = queues.connect(redis_url)
+    queues.publish(r, queues.reward_results_stream("ppo-old"), "ppo-old:1:0:0:0", b"x")
+    exchange = RolloutExchange(r, "ppo-old")
+    prompts = PromptSource(yes_no_prompts(tokenizer, range(6000, 6008)))
+    with pytest.raises(RuntimeError, match="earlier PPO job with the id 'ppo-old'"):
+        ppo.run(
+            ppo_settings(yes_no_model, max_steps=1), prompts, tmp_path / "j",
+            exchange=exchange, job_id="ppo-old",
+        )  # fmt: skip
+    assert not (tmp_path / "j" / "adapters").exists()  # nothing published

@@ -181,6 +181,14 @@ class PpoTrainer:
         # versions saved after the checkpoint by a run that crashed (newest first)
         self.lost_versions = list(range(highest, self.adapter_version, -1))
         self.next_version = max(self.next_version, highest + 1)
+        if latest is None and not s.resume and (left := self.exchange.leftovers()):
+            raise RuntimeError(
+                f"Redis still holds work of an earlier PPO job with the id {self.job_id!r} "
+                f"({left}); a fresh job under that id would wait for rollouts that are never "
+                "generated again. Use another job id, resume that job, or delete its keys "
+                f"(llamafleet:reward:results:{self.job_id} and "
+                f"llamafleet:published:llamafleet:rollout:tasks:{self.job_id}:*) first"
+            )
         self.exchange.ensure_group()
         self.prompts = self._prompt_stream(*self.start)
         self.writer = MetricsWriter(self.output_dir)
