@@ -1,8 +1,10 @@
 """A content-addressed local cache of adapter versions fetched from the training service.
 
 ``AdapterCache.ensure(ref)`` returns a local PEFT adapter folder for ``id@version``:
-- if this cache already resolved that version, the folder ``<cache_dir>/<sha256>/`` is returned
-  without touching the network (a version never changes once published);
+- if this cache already resolved that version, the folder ``<cache_dir>/<sha256>/`` is returned;
+  the first time in a process, after asking training for that version's sha256 (one chunk, no
+  data), since a job deleted and re-created under the same id publishes other weights under the
+  same versions (training unreachable: the cached copy is used, with a warning);
 - otherwise the archive is streamed from ``TrainingService.FetchAdapter`` (~1 MiB chunks; the first
   chunk carries ``AdapterBlobInfo`` with the size and sha256), written to a temp file under
   ``<cache_dir>/.tmp/``, resumed from the byte offset reached when the stream breaks, verified
@@ -98,6 +100,7 @@ class AdapterCache:
         self._metadata = [("authorization", f"Bearer {auth_token}")] if auth_token else []
         self._root_certificates = root_certificates
         self._locks: dict[str, threading.Lock] = {}
+        self._verified: set[str] = set()  # id@version checked against training in this process
         self._locks_guard = threading.Lock()
         (self.cache_dir / _TMP).mkdir(parents=True, exist_ok=True)
         (self.cache_dir / _REFS).mkdir(parents=True, exist_ok=True)
@@ -113,11 +116,49 @@ class AdapterCache:
         if not ref.id:
             raise invalid("adapter.id", "the base model has no adapter to fetch")
         key = ref_str(ref)
+        address = source_address or self.training_address
         with self._lock_for(key):
             cached = self.lookup(ref)
-            if cached is not None:
+            if cached is not None and (key in self._verified or not address):
                 return cached
-            return self._download(ref, source_address or self.training_address)
+            if cached is not None:
+                # The index outlives processes, and a job deleted and re-created under the same id
+                # publishes different weights under the same versions: once per process, ask
+                # training for the version's sha256 (the first chunk only, no data).
+                remote = self._remote_sha256(ref, address, cached.size_bytes)
+                if remote is None or remote == cached.sha256:
+                    if remote is not None:
+                        self._verified.add(key)
+                    return cached
+                logger.warning(
+                    "cached adapter %s (sha256 %s) is not what training serves now (%s): the job "
+                    "was re-created; fetching it again",
+                    key,
+                    cached.sha256[:12],
+                    remote[:12] or "a different size",
+                )
+            fetched = self._download(ref, address)
+            self._verified.add(key)
+            return fetched
+
+    def _remote_sha256(self, ref: common_pb2.AdapterRef, address: str, size: int) -> str | None:
+        """The sha256 training serves for ``ref`` now: the first chunk of a FetchAdapter from the
+        end of the cached archive (no data). "" if the archive's size changed, None if training
+        cannot be asked right now (the cached copy is used then)."""
+        request = training_service_pb2.FetchAdapterRequest(adapter=ref, offset=size)
+        try:
+            with self._channel(address) as channel:
+                stub = training_service_pb2_grpc.TrainingServiceStub(channel)
+                for response in stub.FetchAdapter(request, timeout=30, metadata=self._metadata):
+                    info = response.chunk.info
+                    if info.total_size != size:
+                        return ""
+                    return info.sha256.lower()
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:  # offset past a smaller archive
+                return ""
+            logger.warning("could not check cached adapter %s with training: %s", ref_str(ref), exc)
+        return None
 
     def lookup(self, ref: common_pb2.AdapterRef) -> CachedAdapter | None:
         """The cached version, or None; never touches the network."""

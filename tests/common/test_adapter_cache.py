@@ -62,6 +62,10 @@ class Training(training_service_pb2_grpc.TrainingServiceServicer):
             format=training_pb2.ADAPTER_FORMAT_PEFT_TAR,
         )  # fmt: skip
         offset, sent = request.offset, 0
+        if offset == len(blob):  # as the real servicer: one empty chunk carrying the info
+            chunk = training_pb2.AdapterChunk(offset=offset, data=b"")
+            chunk.info.CopyFrom(info)
+            yield training_service_pb2.FetchAdapterResponse(chunk=chunk)
         while offset < len(blob):
             if self.break_after_chunks is not None and sent == self.break_after_chunks:
                 self.break_after_chunks = None
@@ -113,6 +117,26 @@ def test_fetch_verifies_extracts_and_caches_by_sha256(training, tmp_path):
     training.blobs[("policy", 2)] = blob
     assert cache.ensure(ref(version=2)) == got.path
     assert cache_entries(tmp_path / "cache") == [got.sha256]
+
+
+def test_a_version_cached_by_an_earlier_process_is_checked_once_and_refetched_if_changed(
+    training, tmp_path
+):
+    """A job deleted and re-created under its id publishes other weights as policy@1; a new
+    process over the same cache folder asks training for the sha256 (no data) and refetches."""
+    old = tar_of(FILES)
+    training.blobs[("policy", 1)] = old
+    AdapterCache(tmp_path / "cache", training.address).ensure(ref())
+    assert training.requests == [0]
+    same = AdapterCache(tmp_path / "cache", training.address)  # a restarted worker, same job
+    assert same.fetch(ref()).sha256 == hashlib.sha256(old).hexdigest()
+    assert same.fetch(ref()).sha256 == hashlib.sha256(old).hexdigest()
+    assert training.requests == [0, len(old)]  # one check, from the end: no data sent
+    new_files = {**FILES, "adapter_model.safetensors": bytes(range(255, -1, -1)) * 20}
+    training.blobs[("policy", 1)] = tar_of(new_files)  # the job was re-created
+    fresh = AdapterCache(tmp_path / "cache", training.address).fetch(ref())
+    assert {p.name: p.read_bytes() for p in fresh.path.iterdir()} == new_files
+    assert training.requests == [0, len(old), len(old), 0]
 
 
 def test_concurrent_ensure_downloads_once(training, tmp_path):
