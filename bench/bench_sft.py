@@ -1,6 +1,6 @@
 """SFT LoRA throughput and memory: llamafleet vs LLaMA-Factory vs TRL's SFTTrainer, same run.
 
-    python bench/bench_sft.py --work /tmp/bench-sft --peer-python /tmp/lf-venv/bin/python
+    python bench/bench_sft.py --work /tmp/bench-sft --peer-python /tmp/lf-venv/bin/python --repeats 3
 
 Same built model (tiny_model size "medium", ~31M parameters), same conversations (synthetic
 multi-turn chats, written once as OpenAI-style ``messages`` JSON), same method (LoRA rank 8,
@@ -11,7 +11,9 @@ Measured per framework, each in its own process: the training loop's wall time a
 reports it (``train_runtime`` for the HF-Trainer-based peers, the recipe's loop for llamafleet),
 trained tokens/s = assistant tokens of the dataset / that time (every framework trains the same
 tokens once), and the process's peak RSS (``wait4`` ru_maxrss). The peers run from
-``--peer-python`` (a separate venv with ``llamafactory`` and ``trl``). Prints a JSON summary.
+``--peer-python`` (a separate venv with ``llamafactory`` and ``trl``). ``--repeats N`` alternates
+the frameworks N times (so load on a shared machine falls on all of them alike) and reports
+medians. Prints a JSON summary (per-run records with library versions, and the medians).
 """
 
 from __future__ import annotations
@@ -191,6 +193,19 @@ def run_llamafactory(work: Path) -> dict:
     return {"train_runtime": metrics["train_runtime"]}
 
 
+def versions() -> dict:
+    """Versions of the libraries that set the speed, as imported by this child."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("torch", "transformers", "peft", "trl", "llamafactory"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
 RUNNERS = {"llamafleet": run_llamafleet, "trl": run_trl, "llamafactory": run_llamafactory}
 
 
@@ -241,7 +256,7 @@ def main() -> int:
 
         torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
         result = RUNNERS[args.child](args.work)
-        args.result.write_text(json.dumps(result))
+        args.result.write_text(json.dumps({**result, "versions": versions()}))
         return 0
 
     (args.work / "runs").mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ This module does not know about recipes or data.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from contextlib import AbstractContextManager, nullcontext
@@ -39,6 +40,7 @@ from transformers import (
 )
 
 from services.common.weight_files import require_safetensors_model
+from services.training import losses
 from services.training.methods import freeze, llama_pro, quantize, rope
 from services.training.recipes import Settings
 
@@ -186,6 +188,31 @@ def grad_scaler(settings: Settings, device: torch.device) -> torch.amp.GradScale
 def mask_dtype(settings: Settings) -> torch.dtype:
     """dtype of eager attention's additive mask: the dtype attention scores are computed in."""
     return TORCH_DTYPES[settings.compute_dtype]
+
+
+# Config fields that make a causal LM's logits more than ``lm_head(last hidden state)``.
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier")
+
+
+def split_lm_head(model: torch.nn.Module) -> tuple[torch.nn.Module | None, int]:
+    """(the LM head, positions per loss chunk) when the loss can be computed from the last hidden
+    states; (None, 0) when it cannot: a forward without ``logits_to_keep``, a head that is not a
+    linear layer, logits soft-capped or scaled after the head (Gemma 2/3, Cohere, Granite), or
+    the last hidden state returned before the final norm. Tied and LoRA-wrapped heads split off
+    (the module is called as it is)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
+    config = getattr(inner, "config", None)
+    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    if config is None or head is None or not hasattr(head, "weight"):
+        return None, 0
+    if "logits_to_keep" not in inspect.signature(inner.forward).parameters:
+        return None, 0
+    if any(getattr(config, name, None) not in (None, 1, 1.0) for name in LOGIT_TRANSFORMS):
+        return None, 0
+    if getattr(config, "tie_last_hidden_states", True) is False:
+        return None, 0
+    vocab = getattr(config, "vocab_size", None) or head.weight.shape[0]
+    return head, losses.chunk_rows(vocab)
 
 
 def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:

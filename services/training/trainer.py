@@ -31,7 +31,7 @@ from services.training import checkpoints, lora, models, optim
 from services.training.batches import BatchSource, StreamRequest
 from services.training.collate import ModelInputs, collate
 from services.training.distributed import World, all_reduce_sum, barrier, build_engine
-from services.training.losses import causal_lm_loss_sum
+from services.training.losses import causal_lm_loss_sum, chunked_causal_lm_loss_sum
 from services.training.outputs import MetricsWriter, plot_loss_curve
 from services.training.recipes import Settings
 
@@ -183,13 +183,42 @@ class Trainer:
             mask_dtype=models.mask_dtype(self.settings),
         ).to(self.device)
 
+    def _autocast(self):
+        if not self.engine.uses_autocast:  # DeepSpeed casts the model itself
+            return torch.autocast(self.device.type, enabled=False)
+        return models.autocast(self.settings, self.device)
+
     def _forward_loss(self, inputs: ModelInputs) -> tuple[torch.Tensor, int]:
-        context = models.autocast(self.settings, self.device)
-        if not self.engine.uses_autocast:
-            context = torch.autocast(self.device.type, enabled=False)
-        with context:
-            logits = self.engine.module(**inputs.model_kwargs()).logits  # (B, T, V)
-        return causal_lm_loss_sum(logits, inputs.shift_labels)
+        """Summed loss over the trained positions and their count.
+
+        The model returns its last hidden states (the LM head runs on no position inside it) and
+        ``chunked_causal_lm_loss_sum`` applies the head chunk by chunk on the trained positions
+        only. Models whose logits are more than ``lm_head(hidden)`` fall back to full logits."""
+        head = self._split_head()
+        if head is None:
+            with self._autocast():
+                logits = self.engine.module(**inputs.model_kwargs()).logits  # (B, T, V)
+            return causal_lm_loss_sum(logits, inputs.shift_labels)
+        no_position = torch.zeros_like(inputs.shift_labels, dtype=torch.bool)  # (B, T)
+        with self._autocast():
+            out = self.engine.module(
+                **inputs.model_kwargs(), output_hidden_states=True, logits_to_keep=no_position
+            )
+        hidden = out.hidden_states[-1]  # (B, T, H): after the final norm
+
+        def project(h: torch.Tensor) -> torch.Tensor:  # (N, H) -> (N, V)
+            with self._autocast():
+                return head(h)
+
+        return chunked_causal_lm_loss_sum(hidden, project, inputs.shift_labels, self._chunk_rows)
+
+    def _split_head(self) -> torch.nn.Module | None:
+        """The LM head when logits are exactly ``head(last hidden state)``, else None (cached)."""
+        if not hasattr(self, "_head"):
+            self._head, self._chunk_rows = models.split_lm_head(self.model)
+            if self._head is None:
+                logger.info("the loss uses full logits (the model's head cannot be split off)")
+        return self._head
 
     def train(self) -> TrainResult:
         s = self.settings
