@@ -71,14 +71,17 @@ class InProcFleet:
     async def _start(self) -> None:
         w = self.workdir
         self.hosts: list[ServiceHost] = []
-        self.training_config = TrainingConfig(jobs_dir=str(w / "jobs"), **COMMON)
         self.data_config = DataConfig(
             datasets_dir=str(w / "datasets"), registry_dir=str(w / "registry"), **COMMON
+        )
+        await self._host("data", self.data_config, data_register(self.data_config))
+        # training reads job batches from the data service (it refuses jobs without one)
+        self.training_config = TrainingConfig(
+            jobs_dir=str(w / "jobs"), data_address=self.addresses["data"], **COMMON
         )
         self.reward = reward_app(RewardConfig(worker_threads=0, rule_threads=1, **COMMON))
         for name, config, register in (
             ("training", self.training_config, training_register(self.training_config)),
-            ("data", self.data_config, data_register(self.data_config)),
             ("reward", self.reward.config, self.reward.register),
         ):
             await self._host(name, config, register)
