@@ -4,7 +4,7 @@
     python scripts/demo.py sft RUN_DIR        # held-out accuracy, LoRA SFT job, accuracy again
     python scripts/demo.py rm RUN_DIR         # LoRA reward model, scored by the reward service
     python scripts/demo.py dpo RUN_DIR        # LoRA DPO, its adapter fetched and evaluated
-    python scripts/demo.py export-sft RUN_DIR # the SFT adapter merged: the base of the PPO step
+    python scripts/demo.py sft-yes-no RUN_DIR # full SFT: "yes" or "no" at random (the PPO base)
     python scripts/demo.py ppo RUN_DIR        # PPO across 2 rollout workers and 1 reward worker
 
 The task: "Increment the digits of 3819" -> "4920" (each digit plus one, 9 wraps to 0), which a
@@ -45,7 +45,7 @@ from services.training.corpus import synthetic_corpus
 SUCCESSOR = str.maketrans("0123456789", "1234567890")
 PRETRAIN_STEPS = 150
 SFT_STEPS = 250
-PPO_STEPS, PPO_LR = 10, 5e-4
+PPO_STEPS, PPO_LR = 12, 1e-3
 RM_STEPS = 150
 DPO_STEPS = 100
 
@@ -338,34 +338,43 @@ def dpo(run_dir: Path, client: Client, base: str) -> None:
 # --- PPO across the fleets ----------------------------------------------------------------------
 
 
-def export_sft(run_dir: Path, client: Client, base: str) -> None:
-    """The SFT adapter merged into its base: the frozen base of the PPO step."""
-    out = run_dir / "demo" / "sft-merged"
-    if not (out / "config.json").exists():
-        reply = client.training.ExportModel(
-            api.ExportModelRequest(
-                job_id="demo-sft", mode=pb.EXPORT_MODE_MERGED, output_dir=str(out)
-            )
-        )
-        print(f"merged demo-sft@{reply.version} into {reply.output_dir}")
-    (run_dir / "demo" / "sft_model").write_text(str(out))
+YES_NO = "Is {} a good number?"
+
+
+def sft_yes_no(run_dir: Path, client: Client, base: str) -> None:
+    """A short full SFT of the pre-trained base on questions answered "yes" or "no" at random:
+    the model then says "yes" only part of the time, which PPO will change."""
+    rng = random.Random(0)
+    rows = [
+        {"instruction": YES_NO.format(n), "output": rng.choice(["yes", "no"])} for n in range(200)
+    ]
+    data = write_jsonl(run_dir / "demo" / "yes_no.jsonl", rows)
+    spec = pb.TrainingJobSpec(
+        job_id="demo-sft-yes-no",
+        base_model=base,
+        stage=pb.STAGE_SFT,
+        dataset=inline_dataset(data, data_pb2.DATASET_FORMAT_ALPACA, cutoff=64),
+        finetuning=pb.FinetuningConfig(type=pb.FINETUNING_TYPE_FULL),
+        hyperparameters=pb.Hyperparameters(
+            learning_rate=3e-3, max_steps=30, per_device_batch_size=8, logging_steps=10
+        ),
+    )
+    run_job(client, spec)
+    model = run_dir / "jobs" / spec.job_id / "model"
+    (run_dir / "demo" / "yes_no_model").write_text(str(model))
+    print(f"yes/no model: {model}")
 
 
 def ppo(run_dir: Path, client: Client, base: str) -> None:
-    """PPO on the digit task with the exact-match rule scorer. Sampled at temperature 0.4 the SFT
-    model (greedy: right every time) is right only part of the time, mostly because it does not
-    stop after the four digits; PPO makes it right more often. Rollouts come from two rollout
-    workers, scores from one reward worker, all through Redis."""
-    seen: set[str] = set()
-    digit_pairs(1, 50, seen)  # the SFT step's held-out pairs stay unseen here too
-    prompts = digit_pairs(3, 400, seen)
-    data = write_jsonl(
-        run_dir / "demo" / "ppo_prompts.jsonl",
-        [{"instruction": p, "output": a} for p, a in prompts],
-    )
-    dataset = inline_dataset(data, data_pb2.DATASET_FORMAT_ALPACA, cutoff=256)
+    """PPO with a rule reward the SFT model meets only sometimes: 1 when the answer starts with
+    "yes" (the `regex` scorer, its pattern carried by the job). Rollouts come from two rollout
+    workers, scores from one reward worker, all through Redis; the trainer holds one base with
+    the LoRA policy, its value head and the reference (the adapter disabled)."""
+    rows = [{"instruction": YES_NO.format(n), "output": "yes"} for n in range(1000, 1400)]
+    data = write_jsonl(run_dir / "demo" / "ppo_prompts.jsonl", rows)
+    dataset = inline_dataset(data, data_pb2.DATASET_FORMAT_ALPACA, cutoff=64)
     dataset.spec.packing = False
-    dataset.spec.kind = data_pb2.EXAMPLE_KIND_PROMPT  # prompt + reference answer
+    dataset.spec.kind = data_pb2.EXAMPLE_KIND_PROMPT  # the prompt, and the output as reference
     spec = pb.TrainingJobSpec(
         job_id="demo-ppo",
         base_model=base,
@@ -379,8 +388,9 @@ def ppo(run_dir: Path, client: Client, base: str) -> None:
             seed=0,
         ),
         ppo=pb.PpoConfig(
-            sampling=rollout_pb2.SamplingParams(temperature=0.4, max_tokens=6, n=4, seed=11),
-            reward_scorer="exact_match",
+            sampling=rollout_pb2.SamplingParams(temperature=1.0, max_tokens=3, n=4, seed=11),
+            reward_scorer="regex",
+            reward_settings=common_pb2.RewardSettings(regex_pattern=r"^\s*yes"),
             kl_coef=0.05,
         ),
     )  # fmt: skip
@@ -409,14 +419,14 @@ def ppo(run_dir: Path, client: Client, base: str) -> None:
         f"adapter demo-ppo@{counts['final_adapter_version']}"
     )
     first, last = sum(rewards[:2]) / 2, sum(rewards[-3:]) / 3
-    print(f"demo result (ppo): mean sampled exact match {first:.0%} (first steps) -> {last:.0%}")
+    print(f"demo result (ppo): answers starting with 'yes' {first:.0%} (first steps) -> {last:.0%}")
 
 
 def main() -> None:
     phase, run_dir = sys.argv[1], Path(sys.argv[2]).resolve()
     state = ClusterState.load(run_dir)
     phases = {
-        "pretrain": pretrain, "sft": sft, "rm": rm, "dpo": dpo, "export-sft": export_sft,
+        "pretrain": pretrain, "sft": sft, "rm": rm, "dpo": dpo, "sft-yes-no": sft_yes_no,
         "ppo": ppo,
     }  # fmt: skip
     with Client({n: s.address for n, s in state.services.items()}, timeout=120) as client:

@@ -5,9 +5,9 @@
 # on a task the model cannot do, with held-out accuracy measured through the rollout service
 # before and after; then a LoRA reward model on preference pairs of the same task, scored through
 # the reward service, and a LoRA DPO job, its fetched adapter compared with the base on held-out
-# pairs; finally the SFT model, merged, is the frozen base of a short PPO run across two rollout
-# workers and one reward worker (exact-match reward, mean reward per step and queue counts
-# printed). Takes several minutes on 2 cores.
+# pairs; finally a short SFT makes the base answer "yes" or "no" at random, and a short PPO run
+# across two rollout workers and one reward worker rewards "yes" (mean reward per step and queue
+# counts printed). Takes several minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
@@ -35,10 +35,11 @@ echo "== reward model job (rm, LoRA) and held-out pairwise accuracy through the 
 python scripts/demo.py rm "$RUN_DIR"
 echo "== DPO job (dpo, LoRA) and held-out pairwise accuracy of the fetched adapter"
 python scripts/demo.py dpo "$RUN_DIR"
-echo "== restart with the merged SFT model as the base, two rollout workers and one reward worker"
-python scripts/demo.py export-sft "$RUN_DIR"
+echo "== SFT job (sft, full): questions answered \"yes\" or \"no\" at random"
+python scripts/demo.py sft-yes-no "$RUN_DIR"
+echo "== restart with that model as the base, two rollout workers and one reward worker"
 llamafleet down
-llamafleet up --base-model "$(cat "$RUN_DIR/demo/sft_model")" --rollout-workers 2 --reward-workers 1
+llamafleet up --base-model "$(cat "$RUN_DIR/demo/yes_no_model")" --rollout-workers 2 --reward-workers 1
 echo "== PPO job (ppo, LoRA policy): rollouts and rewards from the fleets through Redis"
 python scripts/demo.py ppo "$RUN_DIR"
 echo "== llamafleet status"
