@@ -93,7 +93,9 @@ def test_trainer_loss_and_gradients_equal_the_full_logits_path(
     got = loss_and_gradients(trainer, lambda: trainer._forward_loss(x))
     full = loss_and_gradients(
         trainer,
-        lambda: causal_lm_loss_sum(trainer.engine.module(**x.model_kwargs()).logits, x.shift_labels),
+        lambda: causal_lm_loss_sum(
+            trainer.engine.module(**x.model_kwargs()).logits, x.shift_labels
+        ),
     )
 
     assert got[1] == full[1] == x.num_trained
