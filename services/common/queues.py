@@ -71,6 +71,7 @@ _TRANSIENT_SERVER_ERRORS = (
 # BUSY: a script or module command runs past busy-reply-threshold. UNBLOCKED: a blocked XREADGROUP
 # was released because the server turned into a replica (failover).
 _TRANSIENT_REPLY_PREFIXES = ("BUSY ", "MASTERDOWN", "LOADING", "UNBLOCKED")
+_PIPELINE_NOTE = " of pipeline caused error: "  # redis-py's annotate_exception
 
 
 class RedisUnusable(FailedPrecondition):
@@ -90,7 +91,17 @@ def is_transient(exc: BaseException) -> bool:
         return False
     if isinstance(exc, (rexc.ConnectionError, rexc.TimeoutError, *_TRANSIENT_SERVER_ERRORS)):
         return True
-    return isinstance(exc, rexc.ResponseError) and str(exc).startswith(_TRANSIENT_REPLY_PREFIXES)
+    return isinstance(exc, rexc.ResponseError) and server_reply(exc).startswith(
+        _TRANSIENT_REPLY_PREFIXES
+    )
+
+
+def server_reply(exc: BaseException) -> str:
+    """The server's error reply in ``exc``, without the note redis-py prepends to an error from a
+    pipeline (``Command # 1 (XPENDING ...) of pipeline caused error: BUSY ...``)."""
+    text = str(exc)
+    _note, found, reply = text.partition(_PIPELINE_NOTE)
+    return reply if found and _note.startswith("Command # ") else text
 
 
 def describe_client(r: redis.Redis) -> str:

@@ -360,6 +360,34 @@ def test_run_logs_and_recovers_when_redis_restarts(local_redis, caplog):
     assert pending(r) == 0
 
 
+def test_a_busy_reply_inside_a_pipeline_is_transient(r, redis_url):
+    """redis-py prefixes an error from a pipeline with the command that got it; BUSY must still
+    read as "wait" (it once ended a worker loop as an unusable Redis: the fetch pipeline of
+    XPENDING calls met a long script)."""
+    r.config_set("busy-reply-threshold", 50)
+    script = (
+        "local t0 = redis.call('TIME') "
+        "while (redis.call('TIME')[1] - t0[1]) * 1000000 + redis.call('TIME')[2] - t0[2]"
+        " < 600000 do end return 1"
+    )
+    busy = threading.Thread(target=lambda: connect(redis_url).eval(script, 0))
+    busy.start()
+    try:
+        time.sleep(0.2)
+        pipe = r.pipeline(transaction=False)
+        pipe.xpending_range(IN, GROUP, min="-", max="+", count=1)
+        with pytest.raises(redis.ResponseError) as raised:
+            pipe.execute()
+    finally:
+        busy.join(10)
+        r.config_set("busy-reply-threshold", 5000)
+    assert "of pipeline caused error: BUSY" in str(raised.value)
+    assert queues.is_transient(raised.value)
+    assert not queues.is_transient(
+        redis.ResponseError("Command # 1 (GET x) of pipeline caused error: WRONGTYPE")
+    )
+
+
 # -- 4. trimming --------------------------------------------------------------------------------
 
 
