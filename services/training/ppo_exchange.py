@@ -12,6 +12,12 @@ checkpoint.
 - **Dead letters.** A task that a rollout or reward worker gave up on never produces a scored
   rollout; waiting for it would hang the job. ``dead_letters`` reads the dead-letter stream for
   this job's items, so the trainer fails with the reason instead.
+- **Redis going away.** Every call waits out a Redis that is restarting, loading, read-only or
+  busy (``queues.is_transient``), for up to ``outage_limit_s``; the writes are idempotent
+  (``publish`` marks, ``XACK``), so repeating one whose reply was lost changes nothing. A read
+  that fails re-reads this consumer's own pending entries next, because the entries a lost reply
+  carried are delivered to it and would otherwise never be seen. Wrong credentials or ACL end the
+  job at once (``queues.RedisUnusable``).
 
 Knows Redis and the payload types; nothing about models or PPO arithmetic.
 """
@@ -19,7 +25,10 @@ Knows Redis and the payload types; nothing about models or PPO arithmetic.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import redis
 from google.protobuf.message import DecodeError
@@ -27,11 +36,16 @@ from llamafleet.reward.v1 import reward_pb2
 from llamafleet.rollout.v1 import rollout_pb2
 
 from services.common import queues
+from services.common.errors import Unavailable
 
 logger = logging.getLogger(__name__)
 
 GROUP = "training"
 READ_COUNT = 256
+OUTAGE_LIMIT_S = 600.0  # how long the trainer waits for Redis to come back before failing
+_BACKOFF_MIN_S, _BACKOFF_MAX_S = 0.2, 5.0
+_WARN_EVERY_S = 10.0
+T = TypeVar("T")
 
 
 def task_id(job_id: str, version: int, step: int, prompt: int, sample: int) -> str:
@@ -65,37 +79,102 @@ class DeadTask:
 class RolloutExchange:
     """Tasks out, scored rollouts in, for one PPO job."""
 
-    def __init__(self, r: redis.Redis, job_id: str) -> None:
+    def __init__(
+        self, r: redis.Redis, job_id: str, *, outage_limit_s: float = OUTAGE_LIMIT_S
+    ) -> None:
         self.r = r
         self.job_id = job_id
         self.results = queues.reward_results_stream(job_id)
         self.consumer = f"trainer-{job_id}"
+        self.outage_limit_s = outage_limit_s
+        self.outages = 0  # how many times Redis went away and came back (for the figures)
         self._history = "0"  # own pending entries first, then ">" (new ones)
         self._deadletter_cursor = "0"
+        self._outage_since: float | None = None
+        self._backoff = _BACKOFF_MIN_S
+        self._warned = 0.0
+
+    # --- waiting out Redis ------------------------------------------------------------------
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """``fn()`` (idempotent Redis calls), retried until Redis takes it or the outage is over
+        ``outage_limit_s``."""
+        while True:
+            try:
+                value = fn()
+            except redis.RedisError as exc:
+                time.sleep(self._outage(what, exc))
+                continue
+            self._healed()
+            return value
+
+    def _outage(self, what: str, exc: redis.RedisError) -> float:
+        """Note a failed call; the seconds to wait before the next try. Raises when waiting
+        cannot help (credentials, ACL, not Redis) or has lasted ``outage_limit_s``."""
+        if not queues.is_transient(exc):
+            raise queues.RedisUnusable(
+                queues.unusable_message(queues.describe_client(self.r), exc),
+                reason="REDIS_UNUSABLE",
+            ) from exc
+        now = time.monotonic()
+        if self._outage_since is None:
+            self._outage_since, self._backoff, self._warned = now, _BACKOFF_MIN_S, 0.0
+        down = now - self._outage_since
+        if down > self.outage_limit_s:
+            raise Unavailable(
+                f"Redis at {queues.describe_client(self.r)} (setting redis_url) has been "
+                f"unavailable for {down:.0f} s, more than the PPO trainer waits "
+                f"({self.outage_limit_s:.0f} s; last error on {what}: {type(exc).__name__}: "
+                f"{exc}); the job stops here: resume it from its last checkpoint with `resume`",
+                reason="REDIS_UNAVAILABLE",
+            ) from exc
+        if now - self._warned >= _WARN_EVERY_S:
+            self._warned = now
+            logger.warning(
+                "PPO job %s: Redis unavailable for %.1f s (%s: %s: %s); waiting for it",
+                self.job_id, down, what, type(exc).__name__, exc,
+            )  # fmt: skip
+        wait, self._backoff = self._backoff, min(self._backoff * 2, _BACKOFF_MAX_S)
+        return wait
+
+    def _healed(self) -> None:
+        if self._outage_since is not None:
+            logger.warning(
+                "PPO job %s: Redis is back after %.1f s",
+                self.job_id, time.monotonic() - self._outage_since,
+            )  # fmt: skip
+            self._outage_since = None
+            self.outages += 1
+
+    # --- the queues ---------------------------------------------------------------------------
 
     def ensure_group(self) -> None:
-        try:
-            self.r.xgroup_create(self.results, GROUP, id="0", mkstream=True)
-        except redis.exceptions.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        def create() -> None:
+            try:
+                self.r.xgroup_create(self.results, GROUP, id="0", mkstream=True)
+            except redis.exceptions.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+        self._call("create the consumer group", create)
 
     def publish_tasks(self, tasks: list[rollout_pb2.RolloutTask]) -> int:
         """Publish ``tasks``; returns how many were new (0 when all were published before)."""
         added = 0
         for task in tasks:
-            added += queues.publish(
-                self.r, queues.ROLLOUT_TASKS, task.item_id, task.SerializeToString()
+            payload = task.SerializeToString()
+            added += self._call(
+                "publish tasks",
+                lambda: queues.publish(self.r, queues.ROLLOUT_TASKS, task.item_id, payload),  # noqa: B023 - called at once
             )
         return added
 
     def leftovers(self) -> str:
         """What Redis still holds of an earlier job with this id ("" if nothing): a job created
         afresh under a reused id would have its tasks de-duplicated away and wait forever."""
-        entries = self.r.xlen(self.results)
-        published = self.r.exists(
-            queues.published_key(queues.ROLLOUT_TASKS, task_id(self.job_id, 1, 0, 0, 0))
-        )
+        first = queues.published_key(queues.ROLLOUT_TASKS, task_id(self.job_id, 1, 0, 0, 0))
+        entries = self._call("check for leftovers", lambda: self.r.xlen(self.results))
+        published = self._call("check for leftovers", lambda: self.r.exists(first))
         if not entries and not published:
             return ""
         return f"{entries} scored rollout(s) in {self.results}" + (
@@ -109,13 +188,27 @@ class RolloutExchange:
             key = queues.published_key(
                 queues.ROLLOUT_TASKS, task_id(self.job_id, version, step, 0, 0)
             )
-            if self.r.exists(key):
+            if self._call("look up published tasks", lambda: self.r.exists(key)):  # noqa: B023
                 return version
         return None
 
     def read(self, block_ms: int) -> list[Received]:
         """Scored rollouts delivered to this trainer: its own unacked ones first (after a
-        restart), then new ones, blocking up to ``block_ms`` when there are none."""
+        restart), then new ones, blocking up to ``block_ms`` when there are none. Nothing
+        (after a wait) while Redis is unavailable; the caller calls again."""
+        try:
+            got = self._read(block_ms)
+        except redis.RedisError as exc:
+            wait = self._outage("read scored rollouts", exc)
+            # A lost reply may have carried entries that are now pending for this consumer:
+            # read its own pending entries again first (the caller skips what it already has).
+            self._history = "0"
+            time.sleep(wait)
+            return []
+        self._healed()
+        return got
+
+    def _read(self, block_ms: int) -> list[Received]:
         if self._history != ">":
             reply = self.r.xreadgroup(
                 GROUP, self.consumer, {self.results: self._history}, count=READ_COUNT
@@ -142,7 +235,8 @@ class RolloutExchange:
 
     def ack(self, entry_ids: list[str]) -> None:
         for start in range(0, len(entry_ids), 1000):
-            self.r.xack(self.results, GROUP, *entry_ids[start : start + 1000])
+            chunk = entry_ids[start : start + 1000]
+            self._call("ack", lambda: self.r.xack(self.results, GROUP, *chunk))  # noqa: B023
 
     def dead_letters(self) -> list[DeadTask]:
         """Dead-lettered items of this job added since the last call (all of them, first)."""
@@ -150,7 +244,11 @@ class RolloutExchange:
         prefix = f"{self.job_id}:"
         while True:
             start = "-" if self._deadletter_cursor == "0" else f"({self._deadletter_cursor}"
-            entries = self.r.xrange(queues.DEADLETTER, min=start, count=1000)
+            try:
+                entries = self.r.xrange(queues.DEADLETTER, min=start, count=1000)
+            except redis.RedisError as exc:
+                time.sleep(self._outage("read dead letters", exc))
+                return out  # what was read so far; the cursor is where it stopped
             if not entries:
                 return out
             self._deadletter_cursor = entries[-1][0].decode()

@@ -125,6 +125,40 @@ def test_a_resumed_trainer_skips_used_rollouts_and_reuses_unacked_ones(
     assert versions == [1, 2, 3, 4, 5, 6, 7]
 
 
+class RereadingFleet(InlineFleet):
+    """Hands out every delivered, unacked entry again on one read, as ``RolloutExchange`` does
+    after a Redis outage (it re-reads its consumer's own pending entries)."""
+
+    def __init__(self, *args, reread_at: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reads, self.reread_at, self.reread = 0, reread_at, 0
+
+    def read(self, block_ms: int):
+        self.reads += 1
+        again = []
+        if self.reads == self.reread_at:
+            again = [r for r in self.history if r.entry_id not in self.acked]
+            self.reread = len(again)
+        return again + super().read(block_ms)
+
+
+def test_entries_read_again_after_a_redis_outage_are_neither_reused_nor_acked_early(
+    yes_no_model, tokenizer, tmp_path
+):
+    job = tmp_path / "ppo"
+    prompts = yes_no_prompts(tokenizer, range(2100, 2124))
+    settings = ppo_settings(yes_no_model, max_steps=3, save_steps=2)
+    fleet = RereadingFleet(yes_no_model, job, yes_first(tokenizer), reread_at=2)
+    result = ppo.run(settings, PromptSource(prompts), job, exchange=fleet, job_id="ppo-o")
+    assert result.state == "SUCCEEDED" and result.step == 3
+    assert fleet.reread > 0  # step 0's rollouts, used and not yet checkpointed, came back
+    counts = json.loads((job / "output" / "ppo_counts.json").read_text())
+    assert counts["consumed"] == 3 * 8 * 4 and counts["redelivered"] == 0
+    assert counts["stray"] == 0
+    # each entry acked once, by the checkpoint that recorded it (steps 2 and 3)
+    assert sorted(fleet.acked) == sorted({r.entry_id for r in fleet.history})
+
+
 def replay_history(fleet):
     return fleet.history
 

@@ -352,7 +352,10 @@ class PpoTrainer:
                     len(expected),
                 )  # fmt: skip
             for got in self.exchange.read(block_ms=500):
-                if got.item_id in self.consumed_before or got.item_id in self.counts.unacked:
+                if got.item_id in self.counts.unacked:
+                    continue  # used by this run, read again after a Redis outage: the next
+                    # checkpoint acks it (acking it now would lose it if this run crashed first)
+                if got.item_id in self.consumed_before:
                     self.counts.redelivered += 1  # used before a crash, delivered again
                     self.exchange.ack([got.entry_id])
                     continue

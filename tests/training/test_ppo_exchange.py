@@ -1,0 +1,89 @@
+"""The PPO trainer's Redis side (``RolloutExchange``) against a real ``redis-server`` that is
+killed and restarted under it: calls wait the outage out, reads come back with the entries this
+trainer had been handed and not acked, and settings no wait can fix end the job at once."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from llamafleet.reward.v1 import reward_pb2
+from llamafleet.rollout.v1 import rollout_pb2
+
+from services.common import queues
+from services.common.errors import Unavailable
+from services.training.ppo_exchange import RolloutExchange, task_id
+
+JOB = "ppo-x"
+
+
+def scored(item_id: str) -> bytes:
+    task = rollout_pb2.RolloutTask(item_id=item_id)
+    return reward_pb2.ScoredRollout(rollout=rollout_pb2.Rollout(task=task)).SerializeToString()
+
+
+def exchange(url: str, **kw) -> RolloutExchange:
+    r = queues.connect(url, socket_timeout=2.0, socket_connect_timeout=0.5)
+    return RolloutExchange(r, JOB, **kw)
+
+
+def restart_later(local_redis, after_s: float) -> threading.Thread:
+    thread = threading.Thread(target=lambda: (time.sleep(after_s), local_redis.restart()))
+    thread.start()
+    return thread
+
+
+def test_a_killed_redis_is_waited_out_and_unacked_entries_are_read_again(local_redis):
+    x = exchange(local_redis.url)
+    x.ensure_group()
+    ids = [task_id(JOB, 1, 0, p, 0) for p in range(3)]
+    admin = queues.connect(local_redis.url)
+    for item_id in ids:
+        queues.publish(admin, x.results, item_id, scored(item_id))
+    first = x.read(block_ms=100)
+    assert [g.item_id for g in first] == ids
+    time.sleep(1.2)  # appendfsync everysec, as in production
+
+    local_redis.kill()
+    assert x.read(block_ms=100) == []  # down: nothing, after a short wait
+    restarter = restart_later(local_redis, 1.0)
+    tasks = [rollout_pb2.RolloutTask(item_id=task_id(JOB, 1, 1, p, 0)) for p in range(2)]
+    assert x.publish_tasks(tasks) == 2  # waited for the restart, then published
+    restarter.join()
+
+    again = x.read(block_ms=100)  # the delivered, unacked entries, from the consumer's history
+    assert [g.item_id for g in again] == ids
+    assert [g.entry_id for g in again] == [g.entry_id for g in first]
+    x.ack([g.entry_id for g in again])
+    assert admin.xpending(x.results, "training")["pending"] == 0
+    assert x.publish_tasks(tasks) == 0  # still de-duplicated after the restart
+    assert x.outages == 1  # one outage: the failed read and the waiting publish
+
+
+def test_wrong_credentials_end_the_job_at_once(local_redis):
+    admin = queues.connect(local_redis.url)
+    admin.config_set("requirepass", "s3cret-pw")
+    host = f"127.0.0.1:{local_redis.port}"
+    x = exchange(f"redis://:wrong-pw@{host}/0")
+    started = time.monotonic()
+    with pytest.raises(queues.RedisUnusable) as raised:
+        x.ensure_group()
+    assert time.monotonic() - started < 2
+    assert "refused the credentials" in str(raised.value) and "wrong-pw" not in str(raised.value)
+    x = exchange(f"redis://:wrong-pw@{host}/0")
+    with pytest.raises(queues.RedisUnusable):
+        x.read(block_ms=100)
+
+
+def test_an_outage_longer_than_the_limit_fails_with_how_to_resume(local_redis):
+    x = exchange(local_redis.url, outage_limit_s=1.0)
+    x.ensure_group()
+    local_redis.kill()
+    started = time.monotonic()
+    with pytest.raises(Unavailable) as raised:
+        x.ack(["1-0"])
+    waited = time.monotonic() - started
+    assert 1.0 <= waited < 4.0, waited
+    message = str(raised.value)
+    assert "redis_url" in message and "resume" in message and "ack" in message
