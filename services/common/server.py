@@ -11,6 +11,10 @@
   anything unexpected into INTERNAL with the traceback logged, never sent;
 - optional TLS and mutual TLS.
 
+``run_service`` is the body of ``python -m services.<name>``; ``stop_process`` lets a part of a
+service that died for good (a queue worker whose Redis refuses its credentials) end the process
+the same way a SIGTERM does, exiting 1, so a supervisor and ``llamafleet status`` see it.
+
 It knows nothing about any service's RPCs: ``register`` adds them.
 """
 
@@ -268,6 +272,26 @@ def _write_atomically(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+# The running ``run_service``'s event loop and stop event, and the exit code it will return.
+_process: dict[str, Any] = {"loop": None, "stop": None, "code": 0}
+
+
+def stop_process(reason: str) -> bool:
+    """From any thread: drain and stop this service process, which then exits with code 1.
+
+    For a part of the service that cannot go on (its queue worker died); ``reason`` is logged.
+    Returns False, and does nothing else, when the service is not running as its own process
+    (``run_service``): in-process hosts and tests keep running.
+    """
+    loop, stop = _process["loop"], _process["stop"]
+    if loop is None or stop is None:
+        return False
+    logger.error("stopping the service process (exit code 1): %s", reason)
+    _process["code"] = 1
+    loop.call_soon_threadsafe(stop.set)
+    return True
+
+
 def run_service(
     name: str,
     config_cls: type[ServerConfig],
@@ -292,12 +316,13 @@ def run_service(
     setup_logging(config.log_level, config.log_file)
 
     async def serve() -> None:
-        host = ServiceHost(name, config, make_register(config))
-        await host.start()
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
+        _process.update(loop=loop, stop=stop, code=0)  # before make_register starts workers
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        host = ServiceHost(name, config, make_register(config))
+        await host.start()
         await stop.wait()
         await host.stop()
 
@@ -307,4 +332,7 @@ def run_service(
         logger.error("%s could not start: %s", name, exc)
         sys.stderr.write(f"llamafleet {name}: could not start: {exc}\n")
         return 1
-    return 0
+    finally:
+        code = _process["code"]
+        _process.update(loop=None, stop=None, code=0)
+    return code

@@ -14,7 +14,7 @@ import grpc
 from llamafleet.reward.v1 import reward_service_pb2, reward_service_pb2_grpc
 
 from services.common import queues
-from services.common.server import Register
+from services.common.server import Register, stop_process
 from services.reward.config import RewardConfig
 from services.reward.scorers.model import AdapterSource
 from services.reward.scoring import ScoringEngine
@@ -59,6 +59,7 @@ def build_app(config: RewardConfig, adapters: AdapterSource | None = None) -> Re
             threads=config.worker_threads,
             lease_ms=config.lease_ms,
             max_deliveries=config.max_deliveries,
+            on_fatal=stop_process,  # a dead worker ends the process (exit 1), never a silent one
         )
     elif config.worker_threads > 0:
         logger.info("no redis_url: the reward worker is off (ScoreRollouts only)")

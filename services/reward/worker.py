@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import redis
 from google.protobuf.message import DecodeError
@@ -97,8 +97,10 @@ class RewardWorker:
         max_deliveries: int = queues.DEFAULT_MAX_DELIVERIES,
         block_ms: int = 1000,
         consumer_prefix: str | None = None,
+        on_fatal: Callable[[str], object] | None = None,
     ) -> None:
         self.engine = engine
+        self.on_fatal = on_fatal  # told why, when the loops end by themselves (the process stops)
         self.stop_event = threading.Event()
         self._block_ms = block_ms
         prefix = consumer_prefix or queues.default_consumer_name()
@@ -152,6 +154,10 @@ class RewardWorker:
         except Exception as exc:
             self.failure = exc
             logger.exception("reward worker %s stopped on an unexpected error", queue.consumer)
+        else:
+            return
+        if self.on_fatal is not None:
+            self.on_fatal(f"reward worker {queue.consumer} stopped: {self.failure}")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop fetching; an item in hand is finished (or left to be re-claimed)."""

@@ -13,7 +13,7 @@ import logging
 from llamafleet.rollout.v1 import rollout_service_pb2, rollout_service_pb2_grpc
 
 from services.common.queues import require_redis
-from services.common.server import Register, register_servicer
+from services.common.server import Register, register_servicer, stop_process
 from services.rollout.config import RolloutConfig
 from services.rollout.generator import Generator
 from services.rollout.servicer import RolloutServicer
@@ -38,6 +38,7 @@ def start_worker(config: RolloutConfig, generator: Generator) -> RolloutWorker |
         config.redis_url,
         lease_ms=config.worker_lease_ms,
         max_deliveries=config.worker_max_deliveries,
+        on_fatal=stop_process,  # a dead worker ends the process (exit 1), never a silent one
     )
     worker.start()
     return worker

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from google.protobuf import duration_pb2
 from google.protobuf.message import DecodeError
@@ -40,9 +41,16 @@ def _duration(seconds: float) -> duration_pb2.Duration:
 class RolloutWorker:
     """Turns deliveries into rollouts; ``start``/``stop`` run ``WorkQueue.run`` in a thread."""
 
-    def __init__(self, queue: WorkQueue, generator: Generator) -> None:
+    def __init__(
+        self,
+        queue: WorkQueue,
+        generator: Generator,
+        *,
+        on_fatal: Callable[[str], object] | None = None,
+    ) -> None:
         self.queue = queue
         self.generator = generator
+        self.on_fatal = on_fatal  # told why, when the loop ends by itself (the process stops)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.failure: Exception | None = None  # why the loop ended by itself, if it did
@@ -111,6 +119,8 @@ class RolloutWorker:
         except Exception as exc:
             self.failure = exc
             logger.exception("rollout worker stopped on an unexpected error")
+        if self.failure is not None and self.on_fatal is not None:
+            self.on_fatal(f"rollout worker stopped: {self.failure}")
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop fetching; a task being generated finishes and commits first (up to ``timeout``)."""
@@ -127,7 +137,14 @@ def _without_n(params: rollout_pb2.SamplingParams) -> rollout_pb2.SamplingParams
     return copy
 
 
-def make_worker(generator: Generator, redis_url: str, *, lease_ms: int, max_deliveries: int):
+def make_worker(
+    generator: Generator,
+    redis_url: str,
+    *,
+    lease_ms: int,
+    max_deliveries: int,
+    on_fatal: Callable[[str], object] | None = None,
+):
     """A worker on the rollout tasks stream with the service's delivery policy."""
     r = queues.connect(redis_url, client_name="rollout-worker")
     queue = WorkQueue(
@@ -137,4 +154,4 @@ def make_worker(generator: Generator, redis_url: str, *, lease_ms: int, max_deli
         lease_ms=lease_ms,
         max_deliveries=max_deliveries,
     )
-    return RolloutWorker(queue, generator)
+    return RolloutWorker(queue, generator, on_fatal=on_fatal)
