@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 from llamafleet.redis_local import LocalRedis, free_port
-from reliability_harness import start_service, stop_services
+from reliability_harness import start_service, stop_services, wait_serving
 
 from services.common import queues
 from services.common.queues import RedisUnusable, WorkQueue, connect, publish
@@ -167,13 +167,16 @@ def test_worker_loop_stops_at_once_on_settings_no_retry_can_fix(secured, not_red
     print("\nFIGURES", figures)
 
 
-def wait_for(pred, timeout: float, what: str) -> None:
+def wait_for(pred, timeout: float, what: str, state=None) -> None:
+    """Poll ``pred``; on timeout fail naming ``what`` and, if given, what ``state()`` says."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pred():
             return
         time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what}" + (f": {state()}" if state else "")
+    )
 
 
 def publish_items(server: LocalRedis, start: int, n: int) -> list[str]:
@@ -193,30 +196,60 @@ def outputs(server: LocalRedis) -> list[str]:
     return [f[b"id"].decode() for _e, f in connect(server.url).xrange(OUT)]
 
 
+def queue_state(server: LocalRedis, sent: list[str], loop: LoopThread):
+    """What a failed wait saw: missing and doubled outputs, the group's pending entries (id,
+    consumer, idle ms, deliveries), dead letters, and whether the worker loop still runs."""
+
+    def describe() -> str:
+        r = connect(server.url)
+        got = outputs(server)
+        pending = [
+            (
+                p["message_id"].decode(),
+                p["consumer"].decode(),
+                p["time_since_delivered"],
+                p["times_delivered"],
+            )
+            for p in r.xpending_range(STREAM, GROUP, "-", "+", 100)
+        ]
+        dead = [f[b"id"].decode() for _e, f in r.xrange(queues.DEADLETTER)]
+        return (
+            f"missing={sorted(set(sent) - set(got))} "
+            f"doubled={sorted({i for i in got if got.count(i) > 1})} pending={pending} "
+            f"deadlettered={dead} groups={r.xinfo_groups(STREAM)} "
+            f"loop_alive={loop.thread.is_alive()} loop_error={loop.error!r}"
+        )
+
+    return describe
+
+
 def warnings_about(caplog, text: str) -> int:
     return sum(text in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="flaky (about 1 run in 3 on the 2-core box, 27 Nov 2026): after the BUSY script the "
-    "5 items published before it are not all committed within 30 s; suspected: deliveries that "
-    "hit BUSY count towards max_deliveries and dead-letter good items. Under investigation "
-    "(issue 9); the other phases pass every run",
-)
 def test_transient_faults_are_waited_out_and_a_rotated_password_stops_the_loop(secured, caplog):
     caplog.set_level(logging.WARNING, logger="services.common.queues")
     admin = lambda: connect(secured.url)  # noqa: E731 - a fresh client after each restart
     loop = LoopThread(secured.url)
     sent = publish_items(secured, 0, 5)
-    wait_for(lambda: same(outputs(secured), sent), 20, "the first 5 items")
+    wait_for(
+        lambda: same(outputs(secured), sent),
+        20,
+        "the first 5 items",
+        queue_state(secured, sent, loop),
+    )
 
     # 1. Redis restarted (connection refused meanwhile), with the AOF.
     secured.stop()
     time.sleep(0.8)
     secured.start()
     sent += publish_items(secured, 5, 5)
-    wait_for(lambda: same(outputs(secured), sent), 30, "the items published after the restart")
+    wait_for(
+        lambda: same(outputs(secured), sent),
+        30,
+        "the items published after the restart",
+        queue_state(secured, sent, loop),
+    )
     assert warnings_about(caplog, "ConnectionError") >= 1
 
     # 2. READONLY: Redis turned into a replica of a master that is not there (keeps its data).
@@ -228,7 +261,12 @@ def test_transient_faults_are_waited_out_and_a_rotated_password_stops_the_loop(s
     assert warnings_about(caplog, "ReadOnlyError") >= 1
     admin().execute_command("REPLICAOF", "NO", "ONE")
     sent += publish_items(secured, 10, 5)
-    wait_for(lambda: same(outputs(secured), sent), 30, "the items published after READONLY")
+    wait_for(
+        lambda: same(outputs(secured), sent),
+        30,
+        "the items published after READONLY",
+        queue_state(secured, sent, loop),
+    )
 
     # 3. BUSY: a script runs past busy-reply-threshold; other clients get BUSY until it ends.
     admin().config_set("busy-reply-threshold", 100)
@@ -240,7 +278,12 @@ def test_transient_faults_are_waited_out_and_a_rotated_password_stops_the_loop(s
     )
     admin().eval(busy_loop, 0)
     sent += pending
-    wait_for(lambda: same(outputs(secured), sent), 30, "the items published before BUSY")
+    wait_for(
+        lambda: same(outputs(secured), sent),
+        30,
+        "the items published before BUSY",
+        queue_state(secured, sent, loop),
+    )
     assert loop.thread.is_alive() and loop.error is None
     assert warnings_about(caplog, "BUSY") >= 1
 
@@ -329,3 +372,27 @@ def test_services_exit_1_at_start_up_naming_redis_url(secured, not_redis, tmp_pa
         )
         assert cases[key][1] in out and "redis_url" in out and PASSWORD not in out, key
         assert "Traceback" not in out, (key, out[-2000:])
+
+
+def test_a_service_whose_worker_dies_for_good_exits_1(secured, tmp_path: Path):
+    """A reward service serving with its worker; the Redis password is rotated under it. The
+    worker cannot go on, so the process drains and exits 1 with one line naming redis_url (a
+    supervisor restarts it, and the restart says what to fix), instead of serving on with no
+    worker behind its health."""
+    svc = start_service(
+        "reward", tmp_path / "reward", f"redis_url={secured.url}", "worker_threads=1",
+        "shutdown_delay_s=0.2", "grace_s=2",
+    )  # fmt: skip
+    try:
+        wait_serving(svc)
+        a = connect(secured.url)
+        a.config_set("requirepass", "rotated-" + PASSWORD[::-1])
+        a.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        assert svc.proc.wait(timeout=60) == 1, svc.tail()
+    finally:
+        stop_services([svc])
+    out = svc.log.read_text()
+    stopping = [x for x in out.splitlines() if "stopping the service process (exit code 1)" in x]
+    assert stopping and "cannot use Redis" in stopping[0] and "redis_url" in stopping[0], out
+    assert "refused the credentials" in stopping[0]
+    assert PASSWORD not in out and "Traceback" not in out, out[-2000:]
