@@ -1,7 +1,7 @@
 """Authentication across the four real services and the queue's Redis.
 
-The four services run as processes with a bearer token and mutual TLS (certificates made with
-the openssl CLI). Every RPC, enumerated from the service descriptors (so a new RPC is covered
+The four services run as processes with a bearer token and mutual TLS (certificates from
+``tls_certs``). Every RPC, enumerated from the service descriptors (so a new RPC is covered
 without editing this file), is UNAUTHENTICATED without the token or with a wrong one, and is
 let through with it; a Hypothesis search over request bodies and bad credentials finds no way
 past. Redis with a password and with an ACL user: the queue works with the credentials in the
@@ -10,7 +10,6 @@ URL, fails clearly without them, and never prints the password.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import grpc
@@ -28,6 +27,7 @@ from llamafleet.reward.v1 import reward_service_pb2
 from llamafleet.rollout.v1 import rollout_service_pb2
 from llamafleet.training.v1 import training_service_pb2
 from reliability_harness import start_service, stop_service, stop_services, wait_serving
+from tls_certs import make_certs
 
 from services.common.errors import Unavailable
 from services.common.queues import (
@@ -66,26 +66,6 @@ BAD_CREDENTIALS = {
     "other key": [("x-authorization", f"Bearer {TOKEN}")],
     "wrong first": [("authorization", "Bearer wrong"), ("authorization", f"Bearer {TOKEN}")],
 }
-
-
-def make_certs(directory: Path) -> dict[str, Path]:
-    """A CA with a server and a client certificate for 127.0.0.1, plus a client certificate
-    from an unrelated CA (openssl CLI)."""
-    directory.mkdir(parents=True, exist_ok=True)
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
-
-    (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    for ca in ("ca", "rogue-ca"):
-        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                "-subj", f"/CN={ca}", "-keyout", f"{ca}.key", "-out", f"{ca}.pem")  # fmt: skip
-    for name, ca in (("server", "ca"), ("client", "ca"), ("rogue", "rogue-ca")):
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
-                "-keyout", f"{name}.key", "-out", f"{name}.csr")  # fmt: skip
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-                "-CAcreateserial", "-days", "2", "-extfile", "san.cnf", "-out", f"{name}.pem")  # fmt: skip
-    return {p.name: p for p in directory.iterdir()}
 
 
 class Fleet:
