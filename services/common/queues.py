@@ -105,13 +105,16 @@ def server_reply(exc: BaseException) -> str:
 
 
 def describe_client(r: redis.Redis) -> str:
-    """``redis://[user:***@]host:port/db`` of a client, for errors (never the password)."""
+    """``redis[s]://[user:***@]host:port/db`` of a client, for errors (never the password; no
+    TLS options either)."""
     kw = r.get_connection_kwargs()
     user = kw.get("username") or ""
     auth = f"{user}:***@" if kw.get("password") else (f"{user}@" if user else "")
     if kw.get("path"):
         return f"unix://{auth}{kw['path']}?db={kw.get('db', 0)}"
-    return f"redis://{auth}{kw.get('host', '?')}:{kw.get('port', '?')}/{kw.get('db', 0)}"
+    tls = issubclass(r.connection_pool.connection_class, redis.connection.SSLConnection)
+    scheme = "rediss" if tls else "redis"
+    return f"{scheme}://{auth}{kw.get('host', '?')}:{kw.get('port', '?')}/{kw.get('db', 0)}"
 
 
 def unusable_message(shown_url: str, exc: BaseException) -> str:
@@ -177,7 +180,32 @@ def connect(
     :meth:`WorkQueue.fetch`). A command that times out raises; its outcome is unknown, and the
     callers here are written so that repeating it is safe. The zero-retry policy is passed
     explicitly: ``redis.Redis(...)`` defaults to 10 retries and only ``from_url`` happens not to.
+
+    TLS: ``rediss://host:port/db?ssl_ca_certs=CA.pem&ssl_certfile=C.pem&ssl_keyfile=K.pem``
+    (redis-py reads these, and ``ssl_cert_reqs``/``ssl_check_hostname``, from the query; the
+    certificate is checked against the CA and the host name by default). What the URL alone gets
+    wrong raises :class:`RedisUnusable` here, naming ``redis_url``: ``ssl_*`` options on a
+    ``redis://`` URL (redis-py would fail with a TypeError at the first command), or a TLS file
+    that cannot be read. What only the handshake shows (an untrusted server certificate, no
+    client certificate, a plaintext URL to a TLS port) surfaces at the first command as a
+    ``ConnectionError``.
     """
+    options = redis.connection.parse_url(url)
+    tls_options = sorted(k for k in options if k.startswith("ssl_"))
+    if tls_options and not url.startswith("rediss://"):
+        raise RedisUnusable(
+            f"cannot use Redis at {redact_url(url)} (setting redis_url): "
+            f"{', '.join(tls_options)} only apply to TLS; start the URL with rediss://",
+            reason="REDIS_UNUSABLE",
+        )
+    for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+        path = options.get(key)
+        if path and not os.access(path, os.R_OK):
+            raise RedisUnusable(
+                f"cannot use Redis at {redact_url(url)} (setting redis_url): the TLS file "
+                f"{key}={path} does not exist or cannot be read",
+                reason="REDIS_UNUSABLE",
+            )
     return redis.Redis.from_url(
         url,
         protocol=2,

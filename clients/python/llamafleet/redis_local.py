@@ -3,6 +3,10 @@
 The queue Redis is configured the way DESIGN.md asks for work queues: AOF persistence
 (``appendfsync everysec``) so a killed server restarts with every acknowledged write, and
 ``maxmemory-policy noeviction`` so a full Redis fails loudly instead of evicting the queue.
+Optionally with a password (``requirepass``) and TLS (``RedisTls``: the plaintext port is closed,
+clients need the CA and, by default, a certificate from it; the ``url`` is then
+``rediss://...?ssl_ca_certs=...&ssl_certfile=...&ssl_keyfile=...``, which redis-py's
+``from_url`` understands).
 
 This module knows nothing about the services or the queues; it only manages the process.
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 import urllib.parse
@@ -20,14 +25,20 @@ from pathlib import Path
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password shown as ``***``: Redis URLs carry credentials, logs must not."""
+    """``url`` with its password (and a TLS key's ``ssl_password``) shown as ``***``: Redis URLs
+    carry credentials, logs must not."""
     parts = urllib.parse.urlsplit(url)
     userinfo, at, hostport = parts.netloc.rpartition("@")
-    if not at:
+    if not at and "ssl_password=" not in parts.query:
         return url
-    user, colon, _secret = userinfo.partition(":")
-    shown = f"{user}:***" if colon else "***"
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{shown}@{hostport}"))
+    if at:
+        user, colon, _secret = userinfo.partition(":")
+        parts = parts._replace(netloc=f"{user}:***@{hostport}" if colon else f"***@{hostport}")
+    query = "&".join(
+        "ssl_password=***" if item.startswith("ssl_password=") else item
+        for item in parts.query.split("&")
+    )
+    return urllib.parse.urlunsplit(parts._replace(query=query))
 
 
 class RedisNotInstalledError(RuntimeError):
@@ -41,6 +52,32 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class RedisTls:
+    """PEM files for a TLS-only ``redis-server``. The server presents ``cert``/``key``; with
+    ``auth_clients`` it wants a client certificate signed by ``ca``, and the ``url`` presents
+    ``client_cert``/``client_key`` (default: the server's own pair)."""
+
+    cert: str | os.PathLike
+    key: str | os.PathLike
+    ca: str | os.PathLike
+    client_cert: str | os.PathLike = ""
+    client_key: str | os.PathLike = ""
+    auth_clients: bool = True
+
+    def client_files(self) -> tuple[str, str] | None:
+        if not self.auth_clients:
+            return None
+        return str(self.client_cert or self.cert), str(self.client_key or self.key)
+
+    def query(self) -> str:
+        """The ``ssl_*`` query of a ``rediss://`` URL for a client of this server."""
+        params = {"ssl_ca_certs": str(self.ca)}
+        if (files := self.client_files()) is not None:
+            params["ssl_certfile"], params["ssl_keyfile"] = files
+        return urllib.parse.urlencode(params, safe="/", quote_via=urllib.parse.quote)
+
+
 @dataclass
 class LocalRedis:
     """A ``redis-server`` process bound to loopback, with its data in ``data_dir``."""
@@ -50,10 +87,13 @@ class LocalRedis:
     appendonly: bool = True
     password: str | None = None
     process: subprocess.Popen | None = None
+    tls: RedisTls | None = None  # TLS only: ``port`` is the TLS port, no plaintext one
 
     @property
     def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
+        auth = f":{urllib.parse.quote(self.password, safe='')}@" if self.password else ""
+        if self.tls is not None:
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?{self.tls.query()}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def command(self) -> list[str]:
@@ -63,10 +103,18 @@ class LocalRedis:
                 "redis-server is not installed; run `apt-get install -y redis-server` "
                 "(scripts/demo.sh and scripts/test.sh do this), or pass --redis-url"
             )
+        ports = ["--port", str(self.port)]
+        if self.tls is not None:
+            ports = [
+                "--port", "0", "--tls-port", str(self.port),
+                "--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key),
+                "--tls-ca-cert-file", str(self.tls.ca),
+                "--tls-auth-clients", "yes" if self.tls.auth_clients else "no",
+            ]  # fmt: skip
         cmd = [
             binary,
             "--bind", "127.0.0.1",
-            "--port", str(self.port),
+            *ports,
             "--dir", str(self.data_dir),
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
@@ -98,15 +146,33 @@ class LocalRedis:
                 tail = log.read_text()[-2000:] if log.exists() else ""
                 raise RuntimeError(f"redis-server exited with {self.process.returncode}: {tail}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+                with self._connect(timeout=0.2) as sock:
                     sock.sendall(b"PING\r\n")
                     reply = sock.recv(64)
                     if reply.startswith((b"+PONG", b"-NOAUTH")):  # -LOADING: AOF still loading
                         return
+            except ssl.SSLCertVerificationError as exc:  # no retry fixes a certificate
+                self.stop()
+                raise RuntimeError(
+                    f"redis-server's TLS certificate is not trusted: {exc}"
+                ) from None
             except OSError:
                 pass
             time.sleep(0.05)
         raise TimeoutError(f"redis-server on port {self.port} not ready after {timeout}s")
+
+    def _connect(self, timeout: float) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        if self.tls is None:
+            return sock
+        context = ssl.create_default_context(cafile=str(self.tls.ca))
+        if (files := self.tls.client_files()) is not None:
+            context.load_cert_chain(*files)
+        try:
+            return context.wrap_socket(sock, server_hostname="127.0.0.1")
+        except BaseException:
+            sock.close()
+            raise
 
     def kill(self) -> None:
         """SIGKILL the server (for fault tests); its AOF stays on disk."""

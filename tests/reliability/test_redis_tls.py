@@ -1,0 +1,138 @@
+"""The work queue over TLS: ``rediss://`` to a ``redis-server`` that listens only on a TLS port,
+wants a client certificate from its CA, and a password (certificates from ``tls_certs``).
+
+The queue API works through ``connect(url)``; every wrong setting fails with an error that
+names ``redis_url`` (password redacted): a plaintext URL, no CA, no client certificate or one
+from another CA (:class:`Unavailable` at start-up, from the handshake), a wrong password, TLS
+options on a ``redis://`` URL or a TLS file that is not there (:class:`RedisUnusable`, before any
+connection).
+"""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from llamafleet.redis_local import LocalRedis, RedisTls, free_port
+from reliability_harness import report, start_service, stop_service
+from tls_certs import make_certs
+
+from services.common.errors import Unavailable
+from services.common.queues import (
+    Outcome,
+    RedisUnusable,
+    WorkQueue,
+    connect,
+    describe_client,
+    publish,
+    require_redis,
+    stats,
+)
+
+PASSWORD = "pw-tls-81c4e2"
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    return make_certs(tmp_path_factory.mktemp("redis-certs"))
+
+
+@pytest.fixture
+def tls_redis(tmp_path, certs):
+    tls = RedisTls(
+        certs["server.pem"],
+        certs["server.key"],
+        certs["ca.pem"],
+        client_cert=certs["client.pem"],
+        client_key=certs["client.key"],
+    )
+    server = LocalRedis(tmp_path / "redis", free_port(), password=PASSWORD, tls=tls).start()
+    yield server
+    server.stop()
+
+
+def test_the_queue_works_over_tls_with_a_client_certificate(tls_redis):
+    url = tls_redis.url
+    assert url.startswith("rediss://:") and "ssl_certfile=" in url
+    require_redis(url, timeout_s=5)
+    r = connect(url)
+    assert describe_client(r) == f"rediss://:***@127.0.0.1:{tls_redis.port}/0"
+    tasks, results = "llamafleet:rollout:tasks", "llamafleet:rollout:results"
+    assert publish(r, tasks, "j:0:0:0:0", b"a") and publish(r, tasks, "j:0:0:0:1", b"b")
+    assert not publish(r, tasks, "j:0:0:0:0", b"a")  # the de-duplicating script runs over TLS
+    q = WorkQueue(r, tasks, "rollout", consumer="c", lease_ms=5000)
+    q.ensure_group()
+    first, second = q.fetch(2, block_ms=100)
+    assert q.commit(first, [(results, first.item_id, b"done")]) is Outcome.COMMITTED
+    assert q.commit(second, []) is Outcome.COMMITTED
+    assert stats(r, tasks).groups[0].pending == 0 and r.xlen(results) == 1
+    # No plaintext port is left open next to the TLS one.
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis(port=tls_redis.port, password=PASSWORD, socket_timeout=2).ping()
+
+
+def test_wrong_tls_settings_fail_clearly_and_never_print_the_password(tls_redis, certs):
+    port = tls_redis.port
+    ca, cert, key = certs["ca.pem"], certs["client.pem"], certs["client.key"]
+    base = f"rediss://:{PASSWORD}@127.0.0.1:{port}/0"
+    unavailable = {  # only the handshake can tell: Unavailable, with what went wrong
+        "plaintext URL to the TLS port": (f"redis://:{PASSWORD}@127.0.0.1:{port}/0", ""),
+        "no CA": (f"{base}?ssl_certfile={cert}&ssl_keyfile={key}", "CERTIFICATE_VERIFY_FAILED"),
+        "no client certificate": (f"{base}?ssl_ca_certs={ca}", ""),
+        "client certificate from another CA": (
+            f"{base}?ssl_ca_certs={ca}&ssl_certfile={certs['rogue.pem']}"
+            f"&ssl_keyfile={certs['rogue.key']}",
+            "",
+        ),
+    }
+    for label, (url, detail) in unavailable.items():
+        with pytest.raises(Unavailable) as err:
+            require_redis(url, timeout_s=5)
+        text = str(err.value)
+        assert "cannot reach Redis at redis" in text and "redis_url" in text, (label, text)
+        assert PASSWORD not in text and ":***@" in text and detail in text, (label, text)
+
+    good_tls = f"ssl_ca_certs={ca}&ssl_certfile={cert}&ssl_keyfile={key}"
+    unusable = {  # no retry can fix these: RedisUnusable, what to change
+        "wrong password": (
+            f"rediss://:not-it@127.0.0.1:{port}/0?{good_tls}",
+            "Redis refused the credentials",
+        ),
+        "ssl options on redis://": (
+            f"redis://:{PASSWORD}@127.0.0.1:{port}/0?{good_tls}",
+            "start the URL with rediss://",
+        ),
+        "missing CA file": (
+            f"{base}?ssl_ca_certs={ca}.missing&ssl_certfile={cert}&ssl_keyfile={key}",
+            f"ssl_ca_certs={ca}.missing does not exist",
+        ),
+    }
+    for label, (url, detail) in unusable.items():
+        with pytest.raises(RedisUnusable) as err:
+            require_redis(url, timeout_s=5)
+        text = str(err.value)
+        assert "cannot use Redis at rediss://" in text or "cannot use Redis at redis://" in text
+        assert "(setting redis_url)" in text and detail in text, (label, text)
+        assert PASSWORD not in text, (label, text)
+    report("redis_tls", misconfigured=len(unavailable) + len(unusable), refused_all=True)
+
+
+@pytest.mark.slow  # a service process: ~5-15 s
+def test_a_service_given_a_tls_url_without_the_ca_exits_with_one_line(tls_redis, certs, tmp_path):
+    url = f"rediss://:{PASSWORD}@127.0.0.1:{tls_redis.port}/0?ssl_certfile={certs['client.pem']}"
+    url += f"&ssl_keyfile={certs['client.key']}"
+    svc = start_service("reward", tmp_path / "reward", f"redis_url={url}")
+    try:
+        assert svc.proc.wait(timeout=90) == 1
+    finally:
+        stop_service(svc)
+    out = svc.log.read_text()
+    assert "could not start: cannot reach Redis at rediss://:***@" in out, out
+    assert "CERTIFICATE_VERIFY_FAILED" in out and PASSWORD not in out and "Traceback" not in out
+
+
+def test_local_redis_refuses_to_start_behind_a_certificate_it_cannot_check(tmp_path, certs):
+    tls = RedisTls(certs["server.pem"], certs["server.key"], certs["rogue-ca.pem"])
+    server = LocalRedis(tmp_path / "redis", free_port(), appendonly=False, tls=tls)
+    with pytest.raises(RuntimeError, match="not trusted"):
+        server.start(timeout=10)
+    assert server.process is not None and server.process.poll() is not None
