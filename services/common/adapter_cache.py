@@ -16,12 +16,18 @@
 Concurrent ``ensure`` calls for the same version in one process download once. Two processes
 sharing a cache folder are safe too (renames are atomic; the loser of a race drops its copy).
 
+Calls to training carry ``auth_token`` (the service's ``training_token``) and, when training
+serves TLS, the CA and client certificate from ``LLAMAFLEET_TLS_CA``/``_CERT``/``_KEY`` in the
+process environment (as the Python client reads them; ``llamafleet up`` sets them), unless
+``credentials`` are passed. A refused token is FAILED_PRECONDITION (no retry fixes it).
+
 What it does not know: what an adapter is. It never opens the files (no torch); the rollout and
 reward services load them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -34,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import grpc
+from llamafleet.client import Credentials, CredentialsError
 from llamafleet.common.v1 import common_pb2
 from llamafleet.training.v1 import training_pb2, training_service_pb2, training_service_pb2_grpc
 
@@ -93,11 +100,21 @@ class AdapterCache:
         timeout_s: float = 600.0,
         auth_token: str = "",
         root_certificates: bytes | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
+        """``credentials`` (token and TLS files) default to ``auth_token`` and the TLS files in
+        the environment; ``root_certificates`` (PEM bytes) is TLS with that CA and no client
+        certificate instead."""
         self.cache_dir = Path(cache_dir)
         self.training_address = training_address
         self.timeout_s = timeout_s
-        self._metadata = [("authorization", f"Bearer {auth_token}")] if auth_token else []
+        if credentials is None:
+            tls = Credentials.from_env()
+            credentials = Credentials("", tls.tls_ca, tls.tls_cert, tls.tls_key)
+        if auth_token:
+            credentials = dataclasses.replace(credentials, token=auth_token)
+        self._credentials = credentials
+        self._metadata = credentials.metadata()
         self._root_certificates = root_certificates
         self._locks: dict[str, threading.Lock] = {}
         self._verified: set[str] = set()  # id@version checked against training in this process
@@ -189,7 +206,12 @@ class AdapterCache:
         if self._root_certificates is not None:
             creds = grpc.ssl_channel_credentials(self._root_certificates)
             return grpc.secure_channel(address, creds)
-        return grpc.insecure_channel(address)
+        try:
+            return self._credentials.channel(address)  # reads the TLS files now (rotation)
+        except CredentialsError as exc:
+            raise FailedPrecondition(
+                f"cannot call training at {address} for adapters: {exc}", reason="TLS_FILES"
+            ) from None
 
     def _download(self, ref: common_pb2.AdapterRef, address: str) -> CachedAdapter:
         key = ref_str(ref)
@@ -346,8 +368,20 @@ def _translate(exc: grpc.RpcError, key: str, address: str) -> LlamafleetError:
         )
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidArgument(f"training rejected adapter {key}: {detail}", reason="BAD_ADAPTER")
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return FailedPrecondition(
+            f"training at {address} refused to serve adapter {key} ({detail}); set this "
+            "service's training_token to training's auth_token",
+            reason="TRAINING_UNAUTHENTICATED",
+        )
+    hint = ""
+    if code == grpc.StatusCode.UNAVAILABLE and "socket closed" in (detail or "").lower():
+        hint = (
+            "; if training serves TLS, set LLAMAFLEET_TLS_CA (and LLAMAFLEET_TLS_CERT/_KEY for "
+            "mutual TLS) in this service's environment"
+        )
     return Unavailable(
-        f"fetching adapter {key} from training at {address} failed: {code.name}: {detail}",
+        f"fetching adapter {key} from training at {address} failed: {code.name}: {detail}{hint}",
         reason="ADAPTER_FETCH_FAILED",
     )
 

@@ -2,6 +2,10 @@
 
 User errors (bad arguments, a cluster that is not up, a missing extra) end with exit code 2 and
 one line on stderr; tracebacks are for bugs only.
+
+Every command that calls a service sends ``LLAMAFLEET_TOKEN`` as the bearer token and, for
+services behind TLS, uses ``LLAMAFLEET_TLS_CA`` (and ``LLAMAFLEET_TLS_CERT``/``_KEY`` for mutual
+TLS); commands on a local cluster use the TLS files ``up`` was given unless those are set.
 """
 
 from __future__ import annotations
@@ -18,7 +22,15 @@ from rich.console import Console
 from rich.table import Table
 
 from llamafleet import cluster
-from llamafleet.client import RpcError
+from llamafleet.client import (
+    ENV_TLS_CA,
+    ENV_TLS_CERT,
+    ENV_TLS_KEY,
+    ENV_TOKEN,
+    Credentials,
+    CredentialsError,
+    RpcError,
+)
 from llamafleet.commands import UserError
 from llamafleet.commands import api as api_commands
 from llamafleet.commands import chat as chat_commands
@@ -62,6 +74,10 @@ def cmd_up(args: argparse.Namespace) -> int:
             base_model=args.base_model,
             rollout_workers=args.rollout_workers,
             reward_workers=args.reward_workers,
+            token=os.environ.get(ENV_TOKEN, ""),
+            tls_ca=args.tls_ca,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
         )
     console.print(
         f"[green]cluster up[/green] in {state.run_dir} (redis {cluster.redact_url(state.redis_url)})"
@@ -71,7 +87,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_add_worker(args: argparse.Namespace) -> int:
     with console.status(f"starting one more {args.kind} worker..."):
-        svc = cluster.add_worker(args.run_dir, args.kind, timeout=args.timeout)
+        svc = cluster.add_worker(
+            args.run_dir, args.kind, timeout=args.timeout, token=os.environ.get(ENV_TOKEN, "")
+        )
     console.print(f"[green]{svc.name}[/green] serving at {svc.address} (pid {svc.pid})")
     return 0
 
@@ -153,8 +171,11 @@ def _all_serving(report: dict) -> bool:
 
 def cmd_health(args: argparse.Namespace) -> int:
     """Exit 0 when the server at --address answers SERVING (container health checks use it)."""
-    token = args.token or os.environ.get("LLAMAFLEET_TOKEN", "")
-    state = cluster.check_health(args.address, timeout=args.timeout, token=token)
+    token = args.token or os.environ.get(ENV_TOKEN, "")
+    credentials = Credentials(tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key)
+    state = cluster.check_health(
+        args.address, timeout=args.timeout, token=token, credentials=credentials
+    )
     console.print(f"{args.address}: {state}")
     return 0 if state == "SERVING" else 1
 
@@ -187,7 +208,25 @@ def build_parser() -> argparse.ArgumentParser:
         )
         return p
 
-    p = with_run_dir(sub.add_parser("up", help="start Redis and the four services locally"))
+    def with_tls(p: argparse.ArgumentParser, what: str) -> argparse.ArgumentParser:
+        for flag, var, text in (
+            ("--tls-ca", ENV_TLS_CA, "CA (PEM) the services' certificates chain to"),
+            ("--tls-cert", ENV_TLS_CERT, f"certificate (PEM) {what}"),
+            ("--tls-key", ENV_TLS_KEY, "its private key (PEM)"),
+        ):
+            p.add_argument(flag, default=os.environ.get(var, ""), help=f"{text} (env {var})")
+        return p
+
+    p = with_run_dir(
+        sub.add_parser(
+            "up",
+            help="start Redis and the four services locally",
+            description="Start Redis and the four services locally. With LLAMAFLEET_TOKEN set "
+            "every service requires that bearer token; with --tls-ca/--tls-cert/--tls-key every "
+            "service serves mutual TLS and the services call each other with them.",
+        )
+    )
+    with_tls(p, "every service serves and presents to the others (valid for 127.0.0.1)")
     p.add_argument("--redis-url", help="use this Redis instead of starting one")
     p.add_argument("--base-model", help="model folder the rollout and reward services serve")
     p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for health")
@@ -228,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("health", help="check one service's gRPC health (exit 0 if SERVING)")
     p.add_argument("--address", required=True, help="host:port")
     p.add_argument("--token", default="", help="bearer token (or env LLAMAFLEET_TOKEN)")
+    with_tls(p, "to present, for mutual TLS")
     p.add_argument("--timeout", type=float, default=3.0)
     p.set_defaults(func=cmd_health)
 
@@ -243,9 +283,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line_error(command: str, exc: Exception) -> None:
+def _hint(exc: RpcError) -> str:
+    """What to set, for the errors that come from missing or wrong credentials."""
+    if exc.code == grpc.StatusCode.UNAUTHENTICATED:
+        return f" (set {ENV_TOKEN} to the services' auth_token)"
+    message = exc.message.lower()
+    if exc.code == grpc.StatusCode.UNAVAILABLE and ("socket closed" in message or "tls" in message):
+        return (
+            f" (if the service uses TLS: set {ENV_TLS_CA}, and {ENV_TLS_CERT}/{ENV_TLS_KEY} "
+            "for mutual TLS, to files it trusts)"
+        )
+    return ""
+
+
+def _one_line_error(command: str, exc: Exception, hint: str = "") -> None:
     """The error as exactly one line on stderr: its own newlines folded, never wrapped."""
-    text = " ".join(str(exc).split())
+    text = " ".join(str(exc).split()) + hint
     err_console.print(
         f"llamafleet {command}: {text}", markup=False, highlight=False, soft_wrap=True
     )
@@ -255,11 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UserError, cluster.ClusterError, RedisNotInstalledError) as exc:
+    except (UserError, cluster.ClusterError, RedisNotInstalledError, CredentialsError) as exc:
         _one_line_error(args.command, exc)
         return 2
     except RpcError as exc:
-        _one_line_error(args.command, exc)
+        _one_line_error(args.command, exc, _hint(exc))
         return 2 if exc.code in USER_ERROR_CODES else 1
     except KeyboardInterrupt:
         return 130

@@ -5,6 +5,16 @@ as ``python -m services.<name>`` processes bound to loopback on free ports, wait
 answers health SERVING, and records everything in ``<run_dir>/cluster.json``; the other commands
 read that file. Logs go to ``<run_dir>/logs/``.
 
+With a token and/or TLS files, every service requires them and every call between services
+carries them: each service gets ``auth_token`` (and the workers ``training_token``) and
+``tls_cert``/``tls_key``/``tls_client_ca`` (mutual TLS), and its outgoing calls (a training job
+reading from data, workers fetching adapters from training) take the CA and the same certificate
+from ``LLAMAFLEET_TLS_CA``/``_CERT``/``_KEY`` in its environment. The private Redis then gets a
+random password, and with TLS listens only on a TLS port that wants the same certificates. The
+token is never written to disk (later commands read ``LLAMAFLEET_TOKEN``); the TLS file paths
+are recorded, and ``cluster.json``, which may hold the Redis password, is readable by its owner
+only.
+
 This module starts services as processes and talks to them over gRPC and Redis; it never imports
 a service (the clients/services boundary is checked by import-linter).
 """
@@ -13,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -24,7 +35,18 @@ import grpc
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from llamafleet.redis_local import LocalRedis, free_port, redact_url
+from llamafleet.client import (
+    ENV_TLS_CA,
+    ENV_TLS_CERT,
+    ENV_TLS_KEY,
+    ENV_TOKEN,
+    Client,
+    Credentials,
+    CredentialsError,
+    RpcError,
+)
+from llamafleet.redis_local import LocalRedis, RedisTls, free_port, redact_url
+from llamafleet.training.v1 import training_service_pb2
 
 SERVICES = ("data", "training", "rollout", "reward")
 USES_REDIS = {"training", "rollout", "reward"}
@@ -53,11 +75,18 @@ class ClusterState:
     base_model: str = ""  # what the rollout and reward services serve ("" = none)
     services: dict[str, ServiceProcess] = field(default_factory=dict)
     settings: dict[str, dict[str, str]] = field(default_factory=dict)  # extra, per service
+    token_required: bool = False  # the services want LLAMAFLEET_TOKEN (never stored)
+    tls_ca: str = ""  # mutual TLS: the CA, and the certificate every service serves and
+    tls_cert: str = ""  # presents to the others (absolute paths)
+    tls_key: str = ""
 
     def save(self) -> None:
         path = Path(self.run_dir) / STATE_FILE
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # may hold a password
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(asdict(self), indent=2))
         tmp.replace(path)
 
     @classmethod
@@ -93,9 +122,21 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
-def check_health(address: str, timeout: float = 2.0, token: str = "") -> str:
-    """The overall health status name of the server at ``address`` ('UNREACHABLE' on failure)."""
-    with grpc.insecure_channel(address) as channel:
+def credentials_for(state: ClusterState) -> Credentials:
+    """What a client of this cluster presents: ``LLAMAFLEET_TOKEN``, and the TLS files ``up``
+    recorded (``LLAMAFLEET_TLS_*`` in the environment override them)."""
+    return Credentials.from_env(tls_ca=state.tls_ca, tls_cert=state.tls_cert, tls_key=state.tls_key)
+
+
+def check_health(
+    address: str, timeout: float = 2.0, token: str = "", credentials: Credentials | None = None
+) -> str:
+    """The overall health status name of the server at ``address`` ('UNREACHABLE' on failure).
+
+    Health needs no token, but a TLS service needs ``credentials``' CA (and, with mutual TLS,
+    their certificate); without them the answer is UNREACHABLE."""
+    credentials = credentials or Credentials()
+    with credentials.channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         metadata = [("authorization", f"Bearer {token}")] if token else None
         try:
@@ -114,6 +155,10 @@ def up(
     rollout_workers: int = 1,
     reward_workers: int = 1,
     settings: dict[str, dict[str, str]] | None = None,
+    token: str = "",
+    tls_ca: str = "",
+    tls_cert: str = "",
+    tls_key: str = "",
 ) -> ClusterState:
     """Start Redis (if needed) and the four services; return once all are SERVING.
 
@@ -123,9 +168,14 @@ def up(
     share the work queues (each also serves gRPC on its own port; the first of each kind is named
     ``rollout`` / ``reward``, the others ``rollout-2`` ...). ``settings`` adds service settings
     (``{"rollout": {"worker_lease_ms": "2000"}}``), passed like the others by environment.
+
+    ``token`` (the services' ``auth_token``) and ``tls_ca``/``tls_cert``/``tls_key`` (mutual TLS:
+    all three; the certificate must be valid for 127.0.0.1, and for clients too if it names key
+    usages) secure every service and every call between them, and the private Redis.
     """
     if rollout_workers < 1 or reward_workers < 1:
         raise ClusterError("rollout_workers and reward_workers must be at least 1")
+    tls = _check_tls_files(tls_ca, tls_cert, tls_key)
     run = Path(run_dir).resolve()
     if (run / STATE_FILE).exists():
         old = ClusterState.load(run)
@@ -138,9 +188,18 @@ def up(
         redis_url=redis_url or "",
         base_model=str(Path(base_model).resolve()) if base_model else "",
         settings={k: dict(v) for k, v in (settings or {}).items()},
+        token_required=bool(token),
+        **tls,
     )
     if not redis_url:
-        local = LocalRedis(run / "redis", free_port()).start()
+        # Secured services get a secured queue: without a password any local user could add
+        # work items; with TLS the plaintext port is closed and clients need the certificate.
+        local = LocalRedis(
+            run / "redis",
+            free_port(),
+            password=secrets.token_urlsafe(18) if (token or tls) else None,
+            tls=RedisTls(state.tls_cert, state.tls_key, state.tls_ca) if tls else None,
+        ).start()
         state.redis_url, state.redis_pid, state.redis_port = (
             local.url,
             local.process.pid,
@@ -157,15 +216,34 @@ def up(
         workers += [worker_name("reward", i) for i in range(1, reward_workers + 1)]
         for group in (("data",), ("training",), tuple(workers)):
             for name in group:
-                _start_service(state, name, run, python, _service_env(state, name))
+                _start_service(state, name, run, python, _service_env(state, name, token))
             for name in group:
                 svc = state.services[name]
-                svc.address = _wait_serving(name, svc.pid, run, deadline)
+                svc.address = _wait_serving(state, name, svc.pid, run, deadline)
             state.save()
     except BaseException:
         down(run)
         raise
     return state
+
+
+def _check_tls_files(ca: str, cert: str, key: str) -> dict[str, str]:
+    """The TLS files of a cluster as absolute paths ({} without TLS); all three or none."""
+    given = {"tls_ca": ca, "tls_cert": cert, "tls_key": key}
+    if not any(given.values()):
+        return {}
+    missing = [k.replace("_", "-") for k, v in given.items() if not v]
+    if missing:
+        raise ClusterError(
+            "mutual TLS needs --tls-ca, --tls-cert and --tls-key together (the CA, and the "
+            f"certificate and key every service serves and presents); missing: --{', --'.join(missing)}"
+        )
+    paths = {k: str(Path(v).resolve()) for k, v in given.items()}
+    try:
+        Credentials(**paths).channel_credentials()  # readable, PEM
+    except CredentialsError as exc:
+        raise ClusterError(str(exc)) from None
+    return paths
 
 
 def worker_name(kind: str, index: int) -> str:
@@ -179,32 +257,66 @@ def kind_of(name: str) -> str:
 
 
 def add_worker(
-    run_dir: str | os.PathLike, kind: str, timeout: float = 60.0, python: str = sys.executable
+    run_dir: str | os.PathLike,
+    kind: str,
+    timeout: float = 60.0,
+    python: str = sys.executable,
+    token: str = "",
 ) -> ServiceProcess:
     """Start one more ``rollout`` or ``reward`` process in a running cluster; it joins the work
-    queue's consumer group and takes work without anything being restarted."""
+    queue's consumer group and takes work without anything being restarted. A cluster started
+    with a token needs it again (``token``): it is checked against training first."""
     if kind not in ("rollout", "reward"):
         raise ClusterError(f"only rollout and reward workers scale out, not {kind!r}")
     run = Path(run_dir).resolve()
     state = ClusterState.load(run)
+    if state.token_required:
+        _check_token(state, token)
+    else:
+        token = ""  # like its siblings: no auth_token
     index = 1
     while worker_name(kind, index) in state.services and pid_alive(
         state.services[worker_name(kind, index)].pid
     ):
         index += 1
     name = worker_name(kind, index)
-    _start_service(state, name, run, python, _service_env(state, name))
+    _start_service(state, name, run, python, _service_env(state, name, token))
     svc = state.services[name]
-    svc.address = _wait_serving(name, svc.pid, run, time.monotonic() + timeout)
+    svc.address = _wait_serving(state, name, svc.pid, run, time.monotonic() + timeout)
     state.save()
     return svc
 
 
-def _service_env(state: ClusterState, name: str) -> dict[str, str]:
+def _check_token(state: ClusterState, token: str) -> None:
+    """A cluster started with a token: ``token`` must be it (one call to training)."""
+    if not token:
+        raise ClusterError(
+            f"this cluster was started with a token: set {ENV_TOKEN} to it (a worker without it "
+            "would serve unauthenticated and could not fetch adapters)"
+        )
+    training = state.services.get("training")
+    if training is None or not training.address:
+        raise ClusterError("this cluster has no training service to check the token with")
+    creds = credentials_for(state)
+    with Client({"training": training.address}, credentials=creds, token=token, timeout=10) as c:
+        try:
+            c.training.ListTrainingJobs(training_service_pb2.ListTrainingJobsRequest(page_size=1))
+        except RpcError as exc:
+            if exc.code == grpc.StatusCode.UNAUTHENTICATED:
+                raise ClusterError(
+                    f"{ENV_TOKEN} is not the token this cluster was started with (training "
+                    "answered UNAUTHENTICATED)"
+                ) from None
+            raise
+
+
+def _service_env(state: ClusterState, name: str, token: str = "") -> dict[str, str]:
     """Settings of one service in the local cluster, passed as LLAMAFLEET_<SERVICE>_<FIELD>.
 
-    Everything stateful lives under the run directory; secrets (the Redis URL may carry a
-    password) go by environment, never on a command line where `ps` would show them.
+    Everything stateful lives under the run directory; secrets (the token, and the Redis URL
+    that may carry a password) go by environment, never on a command line where `ps` would
+    show them. ``LLAMAFLEET_TOKEN``/``LLAMAFLEET_TLS_*`` are set (empty without auth/TLS, so
+    the caller's own do not leak in) for the calls the service and its jobs make to the others.
     """
     run = Path(state.run_dir)
     name, process = kind_of(name), name
@@ -221,8 +333,21 @@ def _service_env(state: ClusterState, name: str) -> dict[str, str]:
         settings["adapter_cache_dir"] = str(run / f"{process}-adapters")
         if state.base_model:
             settings["base_model"] = state.base_model
+    if token:
+        settings["auth_token"] = token
+        if name in ("rollout", "reward"):
+            settings["training_token"] = token  # FetchAdapter
+    if state.tls_cert:
+        settings["tls_cert"], settings["tls_key"] = state.tls_cert, state.tls_key
+        settings["tls_client_ca"] = state.tls_ca
     settings.update(state.settings.get(name, {}))
     env = {f"LLAMAFLEET_{name.upper()}_{key.upper()}": value for key, value in settings.items()}
+    env[ENV_TOKEN] = token
+    env[ENV_TLS_CA], env[ENV_TLS_CERT], env[ENV_TLS_KEY] = (
+        state.tls_ca,
+        state.tls_cert,
+        state.tls_key,
+    )
     if name in ("rollout", "reward") and "OMP_NUM_THREADS" not in os.environ:
         # Workers and the training job all run torch on the same cores: OpenMP threads beyond
         # them spin against each other and make every process many times slower (a PPO step's
@@ -256,8 +381,10 @@ def _start_service(
     state.save()
 
 
-def _wait_serving(name: str, pid: int, run: Path, deadline: float) -> str:
+def _wait_serving(state: ClusterState, name: str, pid: int, run: Path, deadline: float) -> str:
     addr_file = run / f"{name}.addr"
+    # The cluster's own files, whatever LLAMAFLEET_TLS_* the caller has set for other clusters.
+    creds = Credentials(tls_ca=state.tls_ca, tls_cert=state.tls_cert, tls_key=state.tls_key)
     while time.monotonic() < deadline:
         if not pid_alive(pid):
             raise ClusterError(
@@ -266,7 +393,7 @@ def _wait_serving(name: str, pid: int, run: Path, deadline: float) -> str:
             )
         if addr_file.exists():
             address = addr_file.read_text().strip()
-            if check_health(address, timeout=1.0) == "SERVING":
+            if check_health(address, timeout=1.0, credentials=creds) == "SERVING":
                 return address
         time.sleep(0.1)
     raise ClusterError(f"service {name} did not become healthy in time; see {run / 'logs'}")
@@ -332,12 +459,13 @@ def status(run_dir: str | os.PathLike, dead_letter_limit: int = 10) -> dict:
     """Health of each service, Redis reachability, every llamafleet stream's groups, and the
     dead-letter count with the latest ``dead_letter_limit`` entries (newest first)."""
     state = ClusterState.load(run_dir)
+    creds = Credentials(tls_ca=state.tls_ca, tls_cert=state.tls_cert, tls_key=state.tls_key)
     services = {
         name: {
             "pid": svc.pid,
             "alive": pid_alive(svc.pid),
             "address": svc.address,
-            "health": check_health(svc.address) if svc.address else "UNKNOWN",
+            "health": check_health(svc.address, credentials=creds) if svc.address else "UNKNOWN",
         }
         for name, svc in state.services.items()
     }

@@ -6,7 +6,7 @@ import argparse
 import ipaddress
 
 from llamafleet.client import Client
-from llamafleet.cluster import ClusterState
+from llamafleet.cluster import ClusterState, credentials_for
 from llamafleet.commands import UserError
 
 
@@ -24,7 +24,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     if not args.api_key and not _loopback(args.host):
         raise UserError(f"refusing to serve on {args.host} without --api-key")
     addresses = {name: svc.address for name, svc in state.services.items()}
-    with Client(addresses, timeout=args.timeout) as client:
+    with Client(addresses, credentials=credentials_for(state), timeout=args.timeout) as client:
         app = create_app(client, base_model, api_key=args.api_key)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

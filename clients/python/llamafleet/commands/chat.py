@@ -7,7 +7,7 @@ import sys
 
 from llamafleet.chat import ChatBackend, UnknownModel
 from llamafleet.client import Client
-from llamafleet.cluster import ClusterState
+from llamafleet.cluster import ClusterState, credentials_for
 from llamafleet.commands import UserError
 from llamafleet.rollout.v1 import rollout_pb2
 from llamafleet.training.v1 import training_pb2, training_service_pb2
@@ -17,7 +17,8 @@ HELP = "commands: /reset (forget the conversation), /exit (or Ctrl-D)"
 
 def _client(run_dir: str) -> tuple[Client, ClusterState]:
     state = ClusterState.load(run_dir)
-    return Client({n: s.address for n, s in state.services.items()}), state
+    addresses = {n: s.address for n, s in state.services.items()}
+    return Client(addresses, credentials=credentials_for(state)), state
 
 
 def cmd_chat(args: argparse.Namespace) -> int:

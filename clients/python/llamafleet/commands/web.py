@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from llamafleet.client import Client
-from llamafleet.cluster import ClusterState
+from llamafleet.cluster import ClusterState, credentials_for
 from llamafleet.commands import UserError
 from llamafleet.commands.api import _loopback
 
@@ -22,7 +22,7 @@ def cmd_web(args: argparse.Namespace) -> int:
         raise UserError(f"refusing to serve on {args.host} without --token (a shared secret)")
     state = ClusterState.load(args.run_dir)
     addresses = {name: svc.address for name, svc in state.services.items()}
-    with Client(addresses, timeout=args.timeout) as client:
+    with Client(addresses, credentials=credentials_for(state), timeout=args.timeout) as client:
         dataset_dir = (
             str(Path(args.dataset_dir).expanduser().absolute()) if args.dataset_dir else ""
         )
