@@ -282,6 +282,18 @@ return 'deadlettered'
 """
 )
 
+_RELEASE = _Lua(
+    """
+-- KEYS: stream. ARGV: group, consumer, entry id, idle ms, retry count
+"""
+    + _OWNED % "0"
+    + """
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'IDLE', ARGV[4],
+  'RETRYCOUNT', ARGV[5], 'JUSTID')
+return 1
+"""
+)
+
 _RENEW = _Lua(
     """
 -- KEYS: stream. ARGV: group, consumer, entry id
@@ -558,6 +570,20 @@ class WorkQueue:
             )
         return outcome
 
+    def release(self, delivery: Delivery) -> bool:
+        """Hand back a delivery this consumer will not start (it is stopping): the entry is marked
+        idle past the lease, so the next fetch of any consumer re-claims it at once, and its
+        delivery count is set back so this delivery does not count towards ``max_deliveries``.
+        False if it was no longer this consumer's."""
+        args = [
+            self.group,
+            self.consumer,
+            delivery.entry_id,
+            self.lease_ms,
+            max(delivery.times_delivered - 1, 0),
+        ]
+        return bool(_RELEASE(self.r, [self.stream], args))
+
     def renew(self, delivery: Delivery) -> bool:
         """Reset the lease's idle time if this consumer still owns the entry; False if lost."""
         args = [self.group, self.consumer, delivery.entry_id]
@@ -612,7 +638,8 @@ class WorkQueue:
         while (:func:`is_transient`) is logged and retried with an explicit backoff; an error no
         retry can fix (wrong password, missing ACL permission, not a Redis server) ends the loop
         with :class:`RedisUnusable`. With ``count`` > 1 later deliveries of a batch wait
-        unrenewed, so keep ``count`` * handler time under the lease.
+        unrenewed, so keep ``count`` * handler time under the lease. Once ``stop`` is set, the
+        item in hand finishes and commits, and fetched items not yet started are released.
         """
         backoff = _BACKOFF_MIN_S
         need_group = True
@@ -623,7 +650,8 @@ class WorkQueue:
                     need_group = False
                 for delivery in self.fetch(count, block_ms):
                     if stop.is_set():
-                        break  # the rest stay pending and are re-claimed after the lease
+                        self.release(delivery)  # not started: others may take it right away
+                        continue
                     self._handle(handler, delivery)
                 backoff = _BACKOFF_MIN_S
             except rexc.RedisError as exc:

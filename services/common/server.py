@@ -272,8 +272,17 @@ def _write_atomically(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-# The running ``run_service``'s event loop and stop event, and the exit code it will return.
-_process: dict[str, Any] = {"loop": None, "stop": None, "code": 0}
+# The running ``run_service``'s event loop and stop event, the exit code it will return, and
+# what to stop when it starts draining.
+_process: dict[str, Any] = {"loop": None, "stop": None, "code": 0, "on_drain": []}
+
+
+def on_drain(stop: Callable[[], object]) -> None:
+    """Call ``stop`` (in a thread) as soon as this service process starts draining, alongside the
+    gRPC drain: a queue worker stops taking new items while health already says NOT_SERVING, and
+    the item in hand finishes and commits. Outside ``run_service`` nothing is registered."""
+    if _process["loop"] is not None:
+        _process["on_drain"].append(stop)
 
 
 def stop_process(reason: str) -> bool:
@@ -318,13 +327,14 @@ def run_service(
     async def serve() -> None:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
-        _process.update(loop=loop, stop=stop, code=0)  # before make_register starts workers
+        _process.update(loop=loop, stop=stop, code=0, on_drain=[])  # before any worker starts
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         host = ServiceHost(name, config, make_register(config))
         await host.start()
         await stop.wait()
-        await host.stop()
+        drains = [asyncio.to_thread(fn) for fn in _process["on_drain"]]
+        await asyncio.gather(host.stop(), *drains)
 
     try:
         asyncio.run(serve())
@@ -334,5 +344,5 @@ def run_service(
         return 1
     finally:
         code = _process["code"]
-        _process.update(loop=None, stop=None, code=0)
+        _process.update(loop=None, stop=None, code=0, on_drain=[])
     return code

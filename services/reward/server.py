@@ -14,7 +14,7 @@ import grpc
 from llamafleet.reward.v1 import reward_service_pb2, reward_service_pb2_grpc
 
 from services.common import queues
-from services.common.server import Register, stop_process
+from services.common.server import Register, on_drain, stop_process
 from services.reward.config import RewardConfig
 from services.reward.scorers.model import AdapterSource
 from services.reward.scoring import ScoringEngine
@@ -67,4 +67,7 @@ def build_app(config: RewardConfig, adapters: AdapterSource | None = None) -> Re
 
 
 def make_register(config: RewardConfig) -> Register:
-    return build_app(config).register
+    app = build_app(config)
+    if app.worker is not None:
+        on_drain(app.worker.stop)  # on SIGTERM: no new items; those in hand finish and commit
+    return app.register

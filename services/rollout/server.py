@@ -13,7 +13,7 @@ import logging
 from llamafleet.rollout.v1 import rollout_service_pb2, rollout_service_pb2_grpc
 
 from services.common.queues import require_redis
-from services.common.server import Register, register_servicer, stop_process
+from services.common.server import Register, on_drain, register_servicer, stop_process
 from services.rollout.config import RolloutConfig
 from services.rollout.generator import Generator
 from services.rollout.servicer import RolloutServicer
@@ -50,6 +50,7 @@ def make_register(config: RolloutConfig) -> Register:
     generator = Generator(config)
     worker = start_worker(config, generator)
     if worker is not None:
+        on_drain(worker.stop)  # on SIGTERM: no new tasks; the one in hand finishes and commits
         atexit.register(worker.stop)
 
     return register_servicer(

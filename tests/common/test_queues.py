@@ -289,6 +289,39 @@ def test_late_commit_after_losing_the_lease_writes_nothing(r):
     assert pending(r) == 0
 
 
+def test_a_released_delivery_is_taken_by_another_consumer_at_once(r):
+    publish(r, IN, "job:0:6:0:0", b"task")
+    a, b = queue(r, "a", lease_ms=60_000), queue(r, "b", lease_ms=60_000)
+    [da] = a.fetch(1)
+    assert b.release(da) is False  # only the owner can hand it back
+    assert a.release(da) is True  # a is stopping and had not started it
+    [db] = b.fetch(1)  # no lease to wait out
+    assert (db.entry_id, db.times_delivered) == (da.entry_id, 1)  # a's delivery not counted
+    assert a.commit(da, [(OUT, "x", b"from-a")]) is Outcome.LOST
+    assert b.commit(db, [(OUT, "x", b"from-b")]) is Outcome.COMMITTED
+    assert pending(r) == 0
+
+
+def test_a_stopping_worker_finishes_the_item_in_hand_and_releases_the_rest(r):
+    for i in range(3):
+        publish(r, IN, f"job:0:7:0:{i}", b"task")
+    a = queue(r, "a", lease_ms=60_000)
+    stop = threading.Event()
+    handled = []
+
+    def handler(d: Delivery):
+        handled.append(d.item_id)
+        stop.set()  # the stop arrives while the first of the batch of 3 is in hand
+        return [(OUT, d.item_id + ":out", b"")]
+
+    a.run(handler, stop=stop, count=3, block_ms=100)
+    assert handled == ["job:0:7:0:0"] and ids_in(r, OUT) == ["job:0:7:0:0:out"]
+    b = queue(r, "b", lease_ms=60_000)
+    taken = b.fetch(3)
+    assert sorted(d.item_id for d in taken) == ["job:0:7:0:1", "job:0:7:0:2"]
+    assert {d.times_delivered for d in taken} == {1}
+
+
 def test_lease_keeper_keeps_a_long_item_from_being_claimed(r):
     publish(r, IN, "job:0:6:0:0", b"long")
     a, b = queue(r, "a", lease_ms=200), queue(r, "b", lease_ms=200)
