@@ -15,10 +15,12 @@ used: ``RowError("too_long_prompt")``. Preference pairs apply the rule to each s
 examples longer than ``cutoff_len`` are ``too_long_prompt``.
 
 Named templates are tokenized piece by piece (each (prompt, response) text separately, in one
-batched call to the fast tokenizer). ``Encoder.start`` renders a batch and hands its pieces to a
-background thread (the Rust tokenizer releases the GIL), so the caller can read and normalise the
-next batch, or pack the previous one, while this one is tokenized; ``Pending.result`` assembles. The ``tokenizer`` template renders the whole conversation
-with the tokenizer's Jinja ``chat_template`` and tokenizes it once, so the ids equal
+batched call to the engine ``fast_bpe.select_engine`` picks: tiktoken where it provably gives the
+HF tokenizer's ids, else the HF tokenizer). ``Encoder.start`` renders a batch and hands its pieces
+to a background thread (both engines release the GIL), so the caller can read and normalise the
+next batch, or pack the previous one, while this one is tokenized; ``Pending.result`` assembles.
+The ``tokenizer`` template renders the whole conversation with the tokenizer's Jinja
+``chat_template`` and tokenizes it once with the HF tokenizer, so the ids equal
 ``apply_chat_template``; assistant spans come from rendering prefixes of the conversation (a
 template whose rendering of a prefix is not a prefix of the full rendering is refused).
 
@@ -36,6 +38,7 @@ from typing import Any
 
 from services.common.errors import FailedPrecondition
 from services.data import templates as tpl
+from services.data.fast_bpe import select_engine
 from services.data.formats import Example, RowError
 
 IGNORE = -100
@@ -116,6 +119,7 @@ class Encoder:
         self.options = options
         tpl.check_tool_format(options.tool_format)
         self._backend = tokenizer.backend_tokenizer
+        self.engine = select_engine(tokenizer)  # tiktoken where proven equal, else the backend
         self._bos = tokenizer.bos_token or ""
         self._eos = tokenizer.eos_token or ""
         template = tpl.get_template(options.template)
@@ -170,7 +174,7 @@ class Encoder:
             return exc
 
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self._backend.encode_batch_fast(texts, add_special_tokens=False)]
+        return self.engine.encode_batch(texts)
 
     def _pretrain(self, text: str, ids: list[int]) -> Encoded:
         full = ([self._bos_id] if self._bos_id is not None else []) + ids
