@@ -1,10 +1,11 @@
 """Authentication from the clients' side: ``llamafleet up`` with a token and mutual TLS, the CLI
 and the Python client against it, and the calls the services make to each other.
 
-One cluster (a tiny model, certificates from ``tls_certs``) serves the module. A LoRA job's
-runner reads its dataset from the data service, and a rollout worker fetches the job's adapter
-from training, both over mutual TLS with the token; the same calls without the token, without a
-client certificate or with one from another CA are refused. Every CLI command that dials a
+One cluster, started with ``llamafleet up`` (``LLAMAFLEET_TOKEN`` and ``--tls-*``, a tiny
+model, certificates from ``tls_certs``), serves the module. A LoRA job's runner reads its
+dataset from the data service, and a rollout worker fetches the job's adapter from training,
+both over mutual TLS with the token; the same calls without the token, without a client
+certificate or with one from another CA are refused. Every CLI command that dials a
 service gets one line naming what to set, and a non-zero exit, when the token or TLS is wrong.
 """
 
@@ -46,19 +47,20 @@ def secured(tmp_path_factory):
     work = tmp_path_factory.mktemp("auth-clients")
     certs = make_certs(work / "certs")
     model = build_tiny_model(work / "tiny", seed=3)
+    run = work / "run"
     with pytest.MonkeyPatch.context() as mp:
         for var in ENV:  # the cluster must not lean on the caller's environment
             mp.delenv(var, raising=False)
-        state = cluster.up(
-            work / "run",
-            timeout=120,
-            base_model=str(model),
-            token=TOKEN,
-            tls_ca=str(certs["ca.pem"]),
-            tls_cert=str(certs["server.pem"]),
-            tls_key=str(certs["server.key"]),
-        )
+        mp.setenv("LLAMAFLEET_TOKEN", TOKEN)  # `up` takes the token only from the environment
+        argv = ["up", "--run-dir", str(run), "--base-model", str(model), "--timeout", "120"]
+        argv += ["--tls-ca", str(certs["ca.pem"]), "--tls-cert", str(certs["server.pem"])]
+        argv += ["--tls-key", str(certs["server.key"])]
+        code = cli.main(argv)
+    assert code == 0, "llamafleet up failed (it stops what it started)"
+    state = cluster.ClusterState.load(run)
     try:
+        assert state.token_required and state.tls_ca == str(certs["ca.pem"].resolve())
+        assert TOKEN not in Path(run, cluster.STATE_FILE).read_text()
         yield state, certs, Path(model)
     finally:
         cluster.down(state.run_dir)
