@@ -200,6 +200,24 @@ func TestTokenAndMutualTLSWithARealService(t *testing.T) {
 			refused++
 		}
 	}
+	// The same from PEM files and the environment the CLI reads (OptionsFromEnv).
+	clientCert, clientKey := client.write(t, dir, "client")
+	t.Setenv("LLAMAFLEET_TOKEN", authToken)
+	t.Setenv("LLAMAFLEET_TLS_CA", caPath)
+	t.Setenv("LLAMAFLEET_TLS_CERT", clientCert)
+	t.Setenv("LLAMAFLEET_TLS_KEY", clientKey)
+	fromEnv, err := OptionsFromEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := list(fromEnv); got != codes.OK {
+		t.Errorf("options from the environment: got %v (%v)", got, err)
+	}
+	t.Setenv("LLAMAFLEET_TLS_KEY", "")
+	if _, err := OptionsFromEnv(); err == nil || !strings.Contains(err.Error(), "both") {
+		t.Errorf("a certificate without its key: %v", err)
+	}
+
 	// The typed error of the client's own wrappers carries the code too.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -213,5 +231,5 @@ func TestTokenAndMutualTLSWithARealService(t *testing.T) {
 	if !errors.As(err, &lfErr) || lfErr.Code != codes.Unauthenticated {
 		t.Fatalf("PrepareDataset without a token: %v", err)
 	}
-	t.Logf("FIGURES go_client_auth calls=%d refused=%d", len(cases)+1, refused+1)
+	t.Logf("FIGURES go_client_auth calls=%d refused=%d", len(cases)+2, refused+1)
 }

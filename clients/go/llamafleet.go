@@ -10,8 +10,10 @@ package llamafleet
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
@@ -37,6 +39,51 @@ type Options struct {
 	Token   string        // bearer token, sent as "authorization: Bearer <token>"
 	TLS     *tls.Config   // nil: plaintext (loopback only)
 	Timeout time.Duration // per-call deadline for unary calls; 0 means 30s
+}
+
+// TLSConfig builds the TLS configuration of a client from PEM files: the CA the services'
+// certificates chain to ("" trusts the system's roots) and, for services that require one
+// (mutual TLS), this client's certificate and key (both or neither).
+func TLSConfig(caFile, certFile, keyFile string) (*tls.Config, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("llamafleet: TLS CA: %w", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("llamafleet: TLS CA %s holds no PEM certificate", caFile)
+		}
+	}
+	if (certFile == "") != (keyFile == "") {
+		return nil, fmt.Errorf("llamafleet: TLS client certificate: set both the certificate and the key, or neither")
+	}
+	if certFile != "" {
+		pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("llamafleet: TLS client certificate: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+	}
+	return cfg, nil
+}
+
+// OptionsFromEnv reads what the Python client and the CLI read: LLAMAFLEET_TOKEN, and
+// LLAMAFLEET_TLS_CA / LLAMAFLEET_TLS_CERT / LLAMAFLEET_TLS_KEY (TLS when the CA or a
+// certificate is set; plaintext otherwise).
+func OptionsFromEnv() (Options, error) {
+	opts := Options{Token: os.Getenv("LLAMAFLEET_TOKEN")}
+	ca, cert, key := os.Getenv("LLAMAFLEET_TLS_CA"), os.Getenv("LLAMAFLEET_TLS_CERT"), os.Getenv("LLAMAFLEET_TLS_KEY")
+	if ca == "" && cert == "" && key == "" {
+		return opts, nil
+	}
+	cfg, err := TLSConfig(ca, cert, key)
+	if err != nil {
+		return Options{}, err
+	}
+	opts.TLS = cfg
+	return opts, nil
 }
 
 // Client holds one connection per service.
