@@ -19,7 +19,7 @@ import grpc
 import pytest
 import redis
 from llamafleet import cli, cluster
-from llamafleet.client import Client, Credentials, RpcError
+from llamafleet.client import Client, Credentials, CredentialsError, RpcError
 from llamafleet.common.v1 import common_pb2
 from llamafleet.data.v1 import data_pb2
 from llamafleet.data.v1 import data_service_pb2 as dapi
@@ -327,3 +327,22 @@ def test_up_refuses_half_a_tls_setup_before_starting_anything(tmp_path, env, cap
     code, _out, err = run_cli(capsys, *argv)
     assert code == 2 and "missing.pem" in one_line(err)
     assert not (run / cluster.STATE_FILE).exists()
+
+
+def test_credentials_take_the_environment_over_what_up_recorded(tmp_path):
+    recorded = {"tls_ca": "/run/ca.pem", "tls_cert": "/run/svc.pem", "tls_key": "/run/svc.key"}
+    assert Credentials.from_env({}, **recorded) == Credentials("", **recorded)
+    env = {"LLAMAFLEET_TOKEN": "t", "LLAMAFLEET_TLS_CA": "/mine/ca.pem", "LLAMAFLEET_TLS_KEY": ""}
+    assert Credentials.from_env(env, **recorded) == Credentials(
+        "t", "/mine/ca.pem", "/run/svc.pem", "/run/svc.key"
+    )  # an empty variable counts as unset
+    pair = {"LLAMAFLEET_TLS_CERT": "/mine/me.pem", "LLAMAFLEET_TLS_KEY": "/mine/me.key"}
+    assert Credentials.from_env(pair, **recorded).tls_key == "/mine/me.key"
+    with pytest.raises(CredentialsError, match="LLAMAFLEET_TLS_KEY"):  # never half of each
+        Credentials.from_env({"LLAMAFLEET_TLS_CERT": "/mine/me.pem"}, **recorded)
+    (tmp_path / "not.pem").write_text("hello")
+    for ca, detail in ((tmp_path / "missing.pem", "cannot read"), (tmp_path / "not.pem", "PEM")):
+        with pytest.raises(CredentialsError, match=detail) as err:
+            Credentials(tls_ca=str(ca)).channel_credentials()
+        assert "LLAMAFLEET_TLS_CA" in str(err.value)
+    assert Credentials().channel_credentials() is None  # plaintext
