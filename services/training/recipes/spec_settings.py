@@ -1,0 +1,337 @@
+"""What a ``TrainingJobSpec`` means to the recipes: ``settings(spec, device)`` turns a valid spec
+into ``Settings``, a frozen record with every proto default of ``training.proto`` filled in, which
+is all the recipes read; and the enum-to-name tables both it and ``validation`` use."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llamafleet.training.v1 import training_pb2 as tpb
+
+SCHEDULERS = {
+    tpb.LR_SCHEDULER_TYPE_UNSPECIFIED: "linear",
+    tpb.LR_SCHEDULER_TYPE_LINEAR: "linear",
+    tpb.LR_SCHEDULER_TYPE_COSINE: "cosine",
+    tpb.LR_SCHEDULER_TYPE_COSINE_WITH_RESTARTS: "cosine_with_restarts",
+    tpb.LR_SCHEDULER_TYPE_POLYNOMIAL: "polynomial",
+    tpb.LR_SCHEDULER_TYPE_CONSTANT: "constant",
+    tpb.LR_SCHEDULER_TYPE_CONSTANT_WITH_WARMUP: "constant_with_warmup",
+    tpb.LR_SCHEDULER_TYPE_INVERSE_SQRT: "inverse_sqrt",
+}
+DTYPES = {
+    tpb.COMPUTE_DTYPE_FLOAT32: "float32",
+    tpb.COMPUTE_DTYPE_FLOAT16: "float16",
+    tpb.COMPUTE_DTYPE_BFLOAT16: "bfloat16",
+}
+ATTENTION = {
+    tpb.ATTENTION_IMPLEMENTATION_EAGER: "eager",
+    tpb.ATTENTION_IMPLEMENTATION_SDPA: "sdpa",
+    tpb.ATTENTION_IMPLEMENTATION_FLASH_ATTENTION_2: "flash_attention_2",
+}
+RECIPES = {
+    tpb.STAGE_PT: "pt",
+    tpb.STAGE_SFT: "sft",
+    tpb.STAGE_RM: "rm",
+    tpb.STAGE_DPO: "dpo",
+    tpb.STAGE_PPO: "ppo",
+}
+PREFERENCE_LOSSES = {
+    tpb.PREFERENCE_LOSS_UNSPECIFIED: "sigmoid",
+    tpb.PREFERENCE_LOSS_SIGMOID: "sigmoid",
+    tpb.PREFERENCE_LOSS_IPO: "ipo",
+    tpb.PREFERENCE_LOSS_HINGE: "hinge",
+    tpb.PREFERENCE_LOSS_ORPO: "orpo",
+    tpb.PREFERENCE_LOSS_SIMPO: "simpo",
+}
+REFERENCED = ("sigmoid", "ipo", "hinge")  # DPO losses that compare with a reference model
+METHODS = {tpb.FINETUNING_TYPE_FULL: "full", tpb.FINETUNING_TYPE_FREEZE: "freeze"}
+ROPE_SCALING = {
+    tpb.ROPE_SCALING_TYPE_LINEAR: "linear",
+    tpb.ROPE_SCALING_TYPE_DYNAMIC: "dynamic",
+    tpb.ROPE_SCALING_TYPE_YARN: "yarn",
+    tpb.ROPE_SCALING_TYPE_LLAMA3: "llama3",
+}
+QUANTIZATION_TYPES = {
+    tpb.QUANTIZATION_TYPE_UNSPECIFIED: "nf4",
+    tpb.QUANTIZATION_TYPE_NF4: "nf4",
+    tpb.QUANTIZATION_TYPE_FP4: "fp4",
+}
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ()  # empty = every linear layer but the head
+    additional_target_modules: tuple[str, ...] = ()
+    use_rslora: bool = False
+    use_dora: bool = False
+    pissa_init: bool = False
+    pissa_iters: int = 16
+    loraplus_lr_ratio: float | None = None
+    loraplus_lr_embedding: float = 1e-6
+
+
+@dataclass(frozen=True)
+class FreezeSettings:
+    trainable_layers: int = 2  # > 0: the last n decoder layers; < 0: the first n
+    trainable_modules: tuple[str, ...] = ()  # inside those layers; empty = all
+    extra_modules: tuple[str, ...] = ()  # outside the decoder layers (e.g. "embed_tokens")
+
+
+@dataclass(frozen=True)
+class PreferenceSettings:
+    """``PreferenceConfig`` of the ``dpo`` stage."""
+
+    beta: float = 0.1
+    loss_type: str = "sigmoid"  # sigmoid | ipo | hinge | orpo | simpo
+    label_smoothing: float = 0.0
+    pref_ftx: float = 0.0
+    simpo_gamma: float = 0.5
+
+
+@dataclass(frozen=True)
+class PpoSettings:
+    """``PpoConfig`` of the ``ppo`` stage. Messages stay serialized (``sampling``,
+    ``reward_settings``: the task fields they are copied into)."""
+
+    sampling: bytes = b""  # rollout.v1.SamplingParams
+    samples_per_prompt: int = 1
+    reward_scorer: str = ""
+    reward_adapter: tuple[str, int] | None = None  # (id, version)
+    reward_settings: bytes = b""  # common.v1.RewardSettings; empty = the reward service's own
+    rollout_batch_size: int = 8  # prompts per PPO step
+    ppo_epochs: int = 4
+    kl_coef: float = 0.2
+    adaptive_kl: bool = False
+    kl_target: float = 6.0
+    kl_horizon: int = 10_000
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip_range: float = 0.2
+    value_clip_range: float = 0.2
+    value_loss_coef: float = 0.1
+    max_staleness: int = 1
+    whiten_rewards: bool = False
+
+
+@dataclass(frozen=True)
+class GaloreSettings:
+    target_modules: tuple[str, ...] = ()  # empty = every linear layer but the head
+    rank: int = 16
+    update_interval: int = 200
+    scale: float = 2.0
+    projection: str = "std"  # "std" | "reverse_std" | "right" | "left" | "full"
+    layerwise: bool = False  # one optimizer per parameter, stepped as its gradient arrives
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A spec with every default resolved: the recipes' only input besides the data."""
+
+    recipe: str
+    base_model: str
+    method: str  # "full" | "lora" | "freeze"
+    lora: LoraSettings
+    learning_rate: float = 5e-5
+    lr_scheduler: str = "linear"
+    warmup_ratio: float = 0.0
+    warmup_steps: int = 0
+    num_epochs: float = 3.0
+    max_steps: int | None = None
+    batch_rows: int | None = 8
+    batch_tokens: int | None = None
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 1.0  # 0 = no clipping
+    seed: int = 42
+    weight_decay: float = 0.0
+    eval_steps: int = 0
+    logging_steps: int = 10
+    save_steps: int = 0
+    save_total_limit: int | None = None
+    gradient_checkpointing: bool = False
+    compute_dtype: str = "float32"
+    attention: str = "sdpa"
+    world_size: int = 1
+    backend: str = "ddp"  # "ddp" | "deepspeed"
+    zero_stage: int = 2
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    resume: bool = False
+    trust_remote_code: bool = False
+    preference: PreferenceSettings = field(default_factory=PreferenceSettings)
+    ppo: PpoSettings = field(default_factory=PpoSettings)
+    freeze: FreezeSettings = field(default_factory=FreezeSettings)
+    llama_pro_expand: int = 0  # LLaMA-Pro blocks inserted (trained alone: freeze or LoRA on them)
+    quantization_bits: int | None = None  # QLoRA: 4 or 8
+    quantization_type: str = "nf4"  # QLoRA 4-bit data type: "nf4" | "fp4"
+    double_quantization: bool = True  # QLoRA 4-bit: quantise the absmax constants too
+    rope_scaling: str | None = None  # "linear" | "dynamic" | "yarn" | "llama3"
+    max_context_length: int | None = None  # the context RoPE scaling is for
+    galore: GaloreSettings | None = None  # GaLore optimizer (full fine-tuning)
+    extra: dict = field(default_factory=dict)
+
+
+def base_model_dtype(base_model: str) -> str | None:
+    """The dtype the base model was saved in (``config.json`` ``dtype``/``torch_dtype``)."""
+    try:
+        config = json.loads((Path(base_model) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    dtype = config.get("dtype") or config.get("torch_dtype")
+    return str(dtype) if dtype else None
+
+
+def _cuda() -> tuple[bool, bool, int]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return False, False, 0
+    return True, torch.cuda.is_bf16_supported(), torch.cuda.device_count()
+
+
+def settings(spec: tpb.TrainingJobSpec, device: str = "cpu") -> Settings:
+    """Resolve the defaults of a (valid) spec for ``device`` ("cpu" or "cuda")."""
+    hp, ft, dist = spec.hyperparameters, spec.finetuning, spec.distributed
+    lo, pref = ft.lora, spec.preference
+    rank = lo.rank or 8
+    lora = LoraSettings(
+        rank=rank,
+        alpha=lo.alpha if lo.HasField("alpha") else 2.0 * rank,
+        dropout=lo.dropout,
+        target_modules=tuple(t for t in lo.target_modules if t != "all"),
+        additional_target_modules=tuple(lo.additional_target_modules),
+        use_rslora=lo.use_rslora,
+        use_dora=lo.use_dora,
+        pissa_init=lo.pissa_init,
+        pissa_iters=lo.pissa_iters if lo.HasField("pissa_iters") else 16,
+        loraplus_lr_ratio=lo.loraplus_lr_ratio if lo.HasField("loraplus_lr_ratio") else None,
+        loraplus_lr_embedding=(
+            lo.loraplus_lr_embedding if lo.HasField("loraplus_lr_embedding") else 1e-6
+        ),
+    )
+    which = hp.WhichOneof("batch_size")
+    if spec.compute_dtype == tpb.COMPUTE_DTYPE_UNSPECIFIED:
+        dtype = "bfloat16" if device == "cuda" and _cuda()[1] else "float32"
+    else:
+        dtype = DTYPES[spec.compute_dtype]
+    if spec.attention_implementation == tpb.ATTENTION_IMPLEMENTATION_UNSPECIFIED:
+        flash = device == "cuda" and importlib.util.find_spec("flash_attn") is not None
+        attention = "flash_attention_2" if flash and dtype != "float32" else "sdpa"
+    else:
+        attention = ATTENTION[spec.attention_implementation]
+    return Settings(
+        recipe=RECIPES[spec.stage],
+        base_model=spec.base_model,
+        method=METHODS.get(ft.type, "lora"),
+        lora=lora,
+        learning_rate=hp.learning_rate or 5e-5,
+        lr_scheduler=SCHEDULERS[hp.lr_scheduler],
+        warmup_ratio=hp.warmup_ratio,
+        warmup_steps=hp.warmup_steps,
+        num_epochs=hp.num_epochs or 3.0,
+        max_steps=hp.max_steps if hp.HasField("max_steps") else None,
+        batch_rows=(hp.per_device_batch_size or 8) if which != "per_device_batch_tokens" else None,
+        batch_tokens=hp.per_device_batch_tokens if which == "per_device_batch_tokens" else None,
+        gradient_accumulation_steps=hp.gradient_accumulation_steps or 1,
+        max_grad_norm=_max_grad_norm(hp, ft),
+        seed=hp.seed if hp.HasField("seed") else 42,
+        weight_decay=hp.weight_decay,
+        eval_steps=hp.eval_steps,
+        logging_steps=hp.logging_steps or 10,
+        save_steps=hp.save_steps,
+        save_total_limit=hp.save_total_limit if hp.HasField("save_total_limit") else None,
+        gradient_checkpointing=hp.gradient_checkpointing,
+        compute_dtype=dtype,
+        attention=attention,
+        world_size=max(1, dist.world_size),
+        backend="deepspeed" if dist.backend == tpb.DISTRIBUTED_BACKEND_DEEPSPEED else "ddp",
+        zero_stage=dist.deepspeed_zero_stage if dist.HasField("deepspeed_zero_stage") else 2,
+        offload_optimizer=dist.offload_optimizer,
+        offload_params=dist.offload_params,
+        resume=spec.resume,
+        trust_remote_code=spec.trust_remote_code,
+        preference=PreferenceSettings(
+            beta=pref.beta if pref.HasField("beta") else 0.1,
+            loss_type=PREFERENCE_LOSSES[pref.loss_type],
+            label_smoothing=pref.label_smoothing,
+            pref_ftx=pref.pref_ftx,
+            simpo_gamma=pref.simpo_gamma if pref.HasField("simpo_gamma") else 0.5,
+        ),
+        ppo=_ppo_settings(spec.ppo, hp.per_device_batch_size or 8, hp.gradient_accumulation_steps),
+        freeze=FreezeSettings(
+            trainable_layers=ft.freeze.trainable_layers or 2,
+            trainable_modules=tuple(ft.freeze.trainable_modules),
+            extra_modules=tuple(ft.freeze.extra_modules),
+        ),
+        llama_pro_expand=ft.llama_pro.num_expand,
+        quantization_bits=ft.quantization_bits if ft.HasField("quantization_bits") else None,
+        quantization_type=QUANTIZATION_TYPES[ft.quantization_type],
+        double_quantization=(
+            ft.double_quantization if ft.HasField("double_quantization") else True
+        ),
+        rope_scaling=ROPE_SCALING.get(spec.rope_scaling),
+        max_context_length=(
+            spec.max_context_length
+            if spec.rope_scaling and spec.HasField("max_context_length")
+            else None
+        ),
+        galore=_galore_settings(ft.galore) if ft.HasField("galore") else None,
+    )
+
+
+def _ppo_settings(p: tpb.PpoConfig, batch_rows: int, accumulation: int) -> PpoSettings:
+    def opt(name: str, default: float) -> float:
+        return getattr(p, name) if p.HasField(name) else default
+
+    ref = p.reward_adapter
+    return PpoSettings(
+        sampling=p.sampling.SerializeToString(),
+        samples_per_prompt=p.sampling.n if p.sampling.HasField("n") else 1,
+        reward_scorer=p.reward_scorer,
+        reward_adapter=(ref.id, ref.version) if ref.id else None,
+        reward_settings=(
+            p.reward_settings.SerializeToString() if p.HasField("reward_settings") else b""
+        ),
+        rollout_batch_size=p.rollout_batch_size or batch_rows * max(1, accumulation),
+        ppo_epochs=p.ppo_epochs or 4,
+        kl_coef=opt("kl_coef", 0.2),
+        adaptive_kl=p.adaptive_kl,
+        kl_target=opt("kl_target", 6.0),
+        kl_horizon=int(opt("kl_horizon", 10_000)),
+        gamma=opt("gae_gamma", 1.0),
+        lam=opt("gae_lambda", 0.95),
+        clip_range=opt("clip_range", 0.2),
+        value_clip_range=opt("value_clip_range", 0.2),
+        value_loss_coef=opt("value_loss_coef", 0.1),
+        max_staleness=int(opt("max_staleness", 1)),
+        whiten_rewards=p.whiten_rewards,
+    )
+
+
+def _max_grad_norm(hp: tpb.Hyperparameters, ft: tpb.FinetuningConfig) -> float:
+    """Unset: 1.0, or 0 (no clipping) with layer-wise GaLore, which has no whole-model gradient."""
+    if hp.HasField("max_grad_norm"):
+        return hp.max_grad_norm
+    return 0.0 if ft.HasField("galore") and ft.galore.layerwise else 1.0
+
+
+def _galore_settings(g: tpb.GaloreConfig) -> GaloreSettings:
+    names = {
+        tpb.GALORE_PROJECTION_TYPE_REVERSE_STD: "reverse_std",
+        tpb.GALORE_PROJECTION_TYPE_RIGHT: "right",
+        tpb.GALORE_PROJECTION_TYPE_LEFT: "left",
+        tpb.GALORE_PROJECTION_TYPE_FULL: "full",
+    }
+    return GaloreSettings(
+        target_modules=tuple(t for t in g.target_modules if t != "all"),
+        rank=g.rank or 16,
+        update_interval=g.update_interval or 200,
+        scale=g.scale if g.HasField("scale") else 2.0,
+        projection=names.get(g.projection_type, "std"),
+        layerwise=g.layerwise,
+    )

@@ -1,0 +1,438 @@
+"""The whole-spec check the training service runs before it launches a job.
+
+``validate(spec)`` raises one ``InvalidArgument`` listing every bad field (``spec.compute_dtype``,
+``spec.finetuning.lora.rank``, ...), or ``Unimplemented`` for a stage or method this version does
+not train yet, naming the field. ``spec_settings.settings`` assumes a spec that passed it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from llamafleet.training.v1 import training_pb2 as tpb
+
+from services.common.errors import FieldViolation, InvalidArgument, Unimplemented
+from services.training.job_specs import pickle_only
+from services.training.recipes.spec_settings import (
+    PREFERENCE_LOSSES,
+    QUANTIZATION_TYPES,
+    REFERENCED,
+    ROPE_SCALING,
+    _cuda,
+    base_model_dtype,
+)
+
+
+def _check_ppo(spec: tpb.TrainingJobSpec, check) -> None:
+    """``PpoConfig`` ranges (STAGE_PPO only; other stages ignore it)."""
+    if spec.stage != tpb.STAGE_PPO:
+        return
+    p, path = spec.ppo, "spec.ppo."
+    check(bool(p.reward_scorer), path + "reward_scorer", "required: a reward service scorer name")
+    check(
+        not p.reward_adapter.id or p.reward_adapter.version >= 1,
+        path + "reward_adapter.version",
+        "must be >= 1 (an explicit version)",
+    )
+    check(p.rollout_batch_size >= 0, path + "rollout_batch_size", "must be >= 0")
+    check(p.ppo_epochs >= 0, path + "ppo_epochs", "must be >= 0 (0 = 4)")
+    check(not p.sampling.HasField("n") or p.sampling.n >= 1, path + "sampling.n", "must be >= 1")
+    check(
+        not p.sampling.HasField("temperature") or p.sampling.temperature > 0,
+        path + "sampling.temperature",
+        "must be > 0: PPO learns from sampled rollouts (0 = greedy; unset = 1.0)",
+    )
+    check(not p.HasField("kl_coef") or p.kl_coef >= 0, path + "kl_coef", "must be >= 0")
+    check(not p.HasField("kl_target") or p.kl_target > 0, path + "kl_target", "must be > 0")
+    check(not p.HasField("kl_horizon") or p.kl_horizon > 0, path + "kl_horizon", "must be > 0")
+    check(not p.HasField("gae_gamma") or 0 < p.gae_gamma <= 1, path + "gae_gamma", "in (0, 1]")
+    check(not p.HasField("gae_lambda") or 0 <= p.gae_lambda <= 1, path + "gae_lambda", "in [0, 1]")
+    for name in ("clip_range", "value_clip_range"):
+        check(not p.HasField(name) or getattr(p, name) > 0, path + name, "must be > 0")
+    check(
+        not p.HasField("value_loss_coef") or p.value_loss_coef >= 0,
+        path + "value_loss_coef",
+        "must be >= 0",
+    )
+    check(
+        not p.HasField("max_staleness") or p.max_staleness >= 1,
+        path + "max_staleness",
+        "must be >= 1 (1 = on-policy)",
+    )
+    rows = spec.hyperparameters.per_device_batch_size or 8
+    check(
+        spec.hyperparameters.WhichOneof("batch_size") != "per_device_batch_tokens",
+        "spec.hyperparameters.per_device_batch_tokens",
+        "STAGE_PPO batches by per_device_batch_size (prompts)",
+    )
+    check(
+        p.rollout_batch_size % rows == 0,
+        path + "rollout_batch_size",
+        f"must be a multiple of per_device_batch_size ({rows})",
+    )
+
+
+def validate(spec: tpb.TrainingJobSpec) -> None:
+    """Check ``spec`` before launch. Raises ``InvalidArgument`` naming every bad field, or
+    ``Unimplemented`` for a stage or method not trained by this version. Silent when valid."""
+    _refuse_unimplemented(spec)
+    bad: list[FieldViolation] = []
+
+    def check(ok: bool, path: str, description: str) -> None:
+        if not ok:
+            bad.append(FieldViolation(path, description))
+
+    check(spec.stage != tpb.STAGE_UNSPECIFIED, "spec.stage", "required: a Stage")
+    base = Path(spec.base_model) if spec.base_model else None
+    check(base is not None, "spec.base_model", "required: a Hugging Face model folder")
+    if base is not None:
+        check(
+            (base / "config.json").is_file(),
+            "spec.base_model",
+            f"{base} is not a model folder (no config.json)",
+        )
+        pickled = pickle_only(base) if base.is_dir() else None
+        check(pickled is None, "spec.base_model", pickled or "")
+    check(spec.dataset.WhichOneof("dataset") is not None, "spec.dataset", "required")
+
+    lo = spec.finetuning.lora
+    check(lo.rank >= 0, "spec.finetuning.lora.rank", "must be >= 0 (0 = 8)")
+    check(not lo.HasField("alpha") or lo.alpha > 0, "spec.finetuning.lora.alpha", "must be > 0")
+    check(0 <= lo.dropout < 1, "spec.finetuning.lora.dropout", "must be in [0, 1)")
+    check(
+        not lo.HasField("loraplus_lr_ratio") or lo.loraplus_lr_ratio > 0,
+        "spec.finetuning.lora.loraplus_lr_ratio",
+        "must be > 0",
+    )
+    check(not (lo.use_dora and lo.pissa_init), "spec.finetuning.lora", "DoRA and PiSSA exclude")
+    _check_freeze(spec, base, check)
+    _check_quantization(spec, check)
+    _check_ppo(spec, check)
+    _check_rope(spec, check)
+    if spec.finetuning.HasField("galore"):
+        _check_galore(spec, check)
+    pref, path = spec.preference, "spec.preference."
+    check(not pref.HasField("beta") or pref.beta > 0, path + "beta", "must be > 0 (unset = 0.1)")
+    check(0 <= pref.label_smoothing < 0.5, path + "label_smoothing", "must be in [0, 0.5)")
+    check(
+        pref.label_smoothing == 0 or PREFERENCE_LOSSES[pref.loss_type] == "sigmoid",
+        path + "label_smoothing",
+        "applies to PREFERENCE_LOSS_SIGMOID only",
+    )
+    check(pref.pref_ftx >= 0, path + "pref_ftx", "must be >= 0")
+    check(pref.simpo_gamma >= 0, path + "simpo_gamma", "must be >= 0 (unset = 0.5)")
+
+    hp = spec.hyperparameters
+    path = "spec.hyperparameters."
+    check(hp.learning_rate >= 0, path + "learning_rate", "must be >= 0 (0 = 5e-5)")
+    check(0 <= hp.warmup_ratio < 1, path + "warmup_ratio", "must be in [0, 1)")
+    check(hp.warmup_steps >= 0, path + "warmup_steps", "must be >= 0")
+    check(hp.num_epochs >= 0, path + "num_epochs", "must be >= 0 (0 = 3)")
+    check(not hp.HasField("max_steps") or hp.max_steps > 0, path + "max_steps", "must be > 0")
+    which = hp.WhichOneof("batch_size")
+    check(
+        which != "per_device_batch_size" or hp.per_device_batch_size > 0,
+        path + "per_device_batch_size",
+        "must be > 0",
+    )
+    check(
+        which != "per_device_batch_tokens" or hp.per_device_batch_tokens > 0,
+        path + "per_device_batch_tokens",
+        "must be > 0",
+    )
+    check(hp.gradient_accumulation_steps >= 0, path + "gradient_accumulation_steps", "must be >= 0")
+    check(
+        not hp.HasField("max_grad_norm") or hp.max_grad_norm >= 0,
+        path + "max_grad_norm",
+        "must be >= 0 (0 = no clipping)",
+    )
+    check(hp.weight_decay >= 0, path + "weight_decay", "must be >= 0")
+    for name in ("eval_steps", "logging_steps", "save_steps"):
+        check(getattr(hp, name) >= 0, path + name, "must be >= 0")
+    check(
+        not hp.HasField("save_total_limit") or hp.save_total_limit >= 1,
+        path + "save_total_limit",
+        "must be >= 1 (resume needs a checkpoint)",
+    )
+
+    has_cuda, has_bf16, gpus = _cuda()
+    base_dtype = base_model_dtype(spec.base_model) if base is not None else None
+    if spec.compute_dtype == tpb.COMPUTE_DTYPE_FLOAT16 and base_dtype == "bfloat16":
+        bad.append(
+            FieldViolation(
+                "spec.compute_dtype",
+                "the base model was pre-trained in bfloat16; its activations overflow float16. "
+                "Use COMPUTE_DTYPE_BFLOAT16 (or FLOAT32)",
+            )
+        )
+    if spec.compute_dtype == tpb.COMPUTE_DTYPE_BFLOAT16 and has_cuda and not has_bf16:
+        bad.append(
+            FieldViolation("spec.compute_dtype", "this GPU has no bfloat16; use FLOAT16 or FLOAT32")
+        )
+    if spec.attention_implementation == tpb.ATTENTION_IMPLEMENTATION_FLASH_ATTENTION_2:
+        if not has_cuda:
+            bad.append(
+                FieldViolation("spec.attention_implementation", "flash_attention_2 needs a GPU")
+            )
+        elif importlib.util.find_spec("flash_attn") is None:
+            bad.append(
+                FieldViolation(
+                    "spec.attention_implementation",
+                    "flash-attn is not installed (pip install flash-attn); use SDPA",
+                )
+            )
+        if spec.compute_dtype == tpb.COMPUTE_DTYPE_FLOAT32:
+            bad.append(
+                FieldViolation(
+                    "spec.attention_implementation",
+                    "flash_attention_2 runs in float16/bfloat16 only; set compute_dtype",
+                )
+            )
+
+    dist = spec.distributed
+    deepspeed = dist.backend == tpb.DISTRIBUTED_BACKEND_DEEPSPEED
+    check(dist.world_size >= 0, "spec.distributed.world_size", "must be >= 0")
+    if has_cuda and dist.world_size > max(gpus, 1):
+        bad.append(
+            FieldViolation("spec.distributed.world_size", f"only {gpus} GPU(s) on this machine")
+        )
+    stage = dist.deepspeed_zero_stage if dist.HasField("deepspeed_zero_stage") else 2
+    check(0 <= stage <= 3, "spec.distributed.deepspeed_zero_stage", "must be 0, 1, 2 or 3")
+    check(
+        not dist.HasField("deepspeed_zero_stage") or deepspeed,
+        "spec.distributed.deepspeed_zero_stage",
+        "only with backend DISTRIBUTED_BACKEND_DEEPSPEED",
+    )
+    check(
+        not dist.offload_optimizer or (deepspeed and stage >= 2),
+        "spec.distributed.offload_optimizer",
+        "needs backend DEEPSPEED with ZeRO stage 2 or 3",
+    )
+    check(
+        not dist.offload_params or (deepspeed and stage == 3),
+        "spec.distributed.offload_params",
+        "needs backend DEEPSPEED with ZeRO stage 3",
+    )
+    if deepspeed and importlib.util.find_spec("deepspeed") is None:
+        bad.append(
+            FieldViolation(
+                "spec.distributed.backend",
+                "deepspeed is not installed (pip install llamafleet[train])",
+            )
+        )
+    if bad:
+        raise InvalidArgument("invalid training job spec", reason="INVALID_SPEC", violations=bad)
+
+
+def _check_freeze(spec: tpb.TrainingJobSpec, base: Path | None, check) -> None:
+    """FREEZE and LLaMA-Pro fields against the base model's layer count (``config.json``)."""
+    ft = spec.finetuning
+    try:
+        layers = int(json.loads((base / "config.json").read_text())["num_hidden_layers"])
+    except (OSError, ValueError, KeyError, TypeError):
+        layers = None  # no readable config: spec.base_model is reported on its own
+    expand = ft.llama_pro.num_expand
+    check(expand >= 0, "spec.finetuning.llama_pro.num_expand", "must be >= 0")
+    if layers and expand > 0:
+        check(
+            layers % expand == 0,
+            "spec.finetuning.llama_pro.num_expand",
+            f"must divide the base model's {layers} layers",
+        )
+    if ft.type == tpb.FINETUNING_TYPE_FREEZE and layers and not expand:
+        n = ft.freeze.trainable_layers
+        check(
+            abs(n) <= layers,
+            "spec.finetuning.freeze.trainable_layers",
+            f"the base model has only {layers} layers",
+        )
+    dist = spec.distributed
+    check(
+        not (
+            ft.type == tpb.FINETUNING_TYPE_FREEZE
+            and dist.backend == tpb.DISTRIBUTED_BACKEND_DEEPSPEED
+            and dist.deepspeed_zero_stage == 3
+        ),
+        "spec.distributed.deepspeed_zero_stage",
+        "FINETUNING_TYPE_FREEZE with ZeRO stage 3 is not supported; use stage 2 or DDP",
+    )
+
+
+def _check_rope(spec: tpb.TrainingJobSpec, check) -> None:
+    """RoPE scaling: a known type, and the context length it is for (> 0)."""
+    path = "spec.max_context_length"
+    check(
+        spec.rope_scaling == tpb.ROPE_SCALING_TYPE_UNSPECIFIED or spec.rope_scaling in ROPE_SCALING,
+        "spec.rope_scaling",
+        f"unknown RopeScalingType {spec.rope_scaling}",
+    )
+    if spec.HasField("max_context_length"):
+        check(spec.max_context_length > 0, path, "must be > 0 (tokens)")
+    check(
+        not spec.rope_scaling or spec.HasField("max_context_length"),
+        path,
+        "required with rope_scaling: the context length (tokens) the RoPE scaling is for",
+    )
+
+
+def _check_galore(spec: tpb.TrainingJobSpec, check) -> None:
+    """GaLore ranges; layer-wise GaLore steps each parameter inside the backward pass, so it
+    needs one micro-batch per step, one process, unscaled gradients and no global clipping."""
+    g, path = spec.finetuning.galore, "spec.finetuning.galore."
+    check(g.rank >= 0, path + "rank", "must be >= 0 (0 = 16)")
+    check(g.update_interval >= 0, path + "update_interval", "must be >= 0 (0 = 200)")
+    check(not g.HasField("scale") or g.scale > 0, path + "scale", "must be > 0")
+    check(
+        g.projection_type in tpb.GaloreProjectionType.values(),
+        path + "projection_type",
+        f"unknown GaloreProjectionType {g.projection_type}",
+    )
+    check(
+        spec.distributed.backend != tpb.DISTRIBUTED_BACKEND_DEEPSPEED,
+        "spec.distributed.backend",
+        "GaLore with DeepSpeed is not supported; use DDP",
+    )
+    if not g.layerwise:
+        return
+    why = "layer-wise GaLore (galore.layerwise) steps each parameter as its gradient arrives"
+    hp = spec.hyperparameters
+    check(
+        hp.gradient_accumulation_steps <= 1,
+        "spec.hyperparameters.gradient_accumulation_steps",
+        f"{why}: must be 1 (or 0 = 1)",
+    )
+    check(spec.distributed.world_size <= 1, "spec.distributed.world_size", f"{why}: one process")
+    check(
+        spec.compute_dtype != tpb.COMPUTE_DTYPE_FLOAT16,
+        "spec.compute_dtype",
+        f"{why}, before a float16 loss scale could be undone: use BFLOAT16 or FLOAT32",
+    )
+    check(
+        not hp.HasField("max_grad_norm") or hp.max_grad_norm == 0,
+        "spec.hyperparameters.max_grad_norm",
+        f"{why}: there is no whole-model gradient to clip; set 0 or leave it unset",
+    )
+
+
+def _check_quantization(spec: tpb.TrainingJobSpec, check) -> None:
+    """QLoRA: 4 or 8 bits, bitsandbytes installed, one process (no DeepSpeed); the 4-bit data
+    type and double quantisation only with 4 bits."""
+    ft = spec.finetuning
+    four = ft.HasField("quantization_bits") and ft.quantization_bits == 4
+    check(
+        ft.quantization_type in QUANTIZATION_TYPES,
+        "spec.finetuning.quantization_type",
+        f"unknown QuantizationType {ft.quantization_type}",
+    )
+    check(
+        ft.quantization_type == tpb.QUANTIZATION_TYPE_UNSPECIFIED or four,
+        "spec.finetuning.quantization_type",
+        "applies to quantization_bits 4 only",
+    )
+    check(
+        not ft.HasField("double_quantization") or four,
+        "spec.finetuning.double_quantization",
+        "applies to quantization_bits 4 only",
+    )
+    if not ft.HasField("quantization_bits"):
+        return
+    path = "spec.finetuning.quantization_bits"
+    check(ft.quantization_bits in (4, 8), path, "must be 4 or 8")
+    check(
+        importlib.util.find_spec("bitsandbytes") is not None,
+        path,
+        "bitsandbytes is not installed (pip install 'llamafleet[methods]')",
+    )
+    check(
+        spec.distributed.backend != tpb.DISTRIBUTED_BACKEND_DEEPSPEED,
+        "spec.distributed.backend",
+        "QLoRA (quantization_bits) with DeepSpeed is not supported; use DDP",
+    )
+
+
+def _refuse_unimplemented(spec: tpb.TrainingJobSpec) -> None:
+    def refuse(path: str, what: str) -> None:
+        raise Unimplemented(
+            f"{path}: {what} is not implemented yet",
+            reason="NOT_IMPLEMENTED",
+            violations=[FieldViolation(path, f"{what} is not implemented yet")],
+        )
+
+    if spec.stage == tpb.STAGE_PPO:
+        if spec.finetuning.type not in (tpb.FINETUNING_TYPE_UNSPECIFIED, tpb.FINETUNING_TYPE_LORA):
+            refuse(
+                "spec.finetuning.type",
+                f"STAGE_PPO with {tpb.FinetuningType.Name(spec.finetuning.type)} (the policy is a "
+                "LoRA adapter on a frozen base; use LORA)",
+            )
+        if spec.distributed.world_size > 1:
+            refuse("spec.distributed.world_size", "STAGE_PPO on several ranks")
+        if spec.distributed.backend == tpb.DISTRIBUTED_BACKEND_DEEPSPEED:
+            refuse("spec.distributed.backend", "STAGE_PPO with DeepSpeed")
+        if spec.finetuning.llama_pro.num_expand:
+            refuse("spec.finetuning.llama_pro", "STAGE_PPO with LLaMA-Pro")
+        if spec.rope_scaling:
+            refuse(
+                "spec.rope_scaling",
+                "STAGE_PPO with RoPE scaling (the rollout workers serve the base model as saved; "
+                "export a RoPE-scaled model and use it as the base instead)",
+            )
+        if spec.finetuning.lora.pissa_init:
+            refuse(
+                "spec.finetuning.lora.pissa_init",
+                "STAGE_PPO with PiSSA (it rewrites the trainer's base weights: the reference would "
+                "be PiSSA's residual and the rollout workers' base would differ from the trainer's)",
+            )
+    if spec.stage in (tpb.STAGE_RM, tpb.STAGE_DPO):
+        if spec.stage == tpb.STAGE_RM and spec.finetuning.type == tpb.FINETUNING_TYPE_FREEZE:
+            refuse("spec.finetuning.type", "STAGE_RM with FREEZE")
+        loss = PREFERENCE_LOSSES.get(spec.preference.loss_type)
+        if spec.stage == tpb.STAGE_DPO and spec.finetuning.lora.pissa_init and loss in REFERENCED:
+            refuse(
+                "spec.finetuning.lora.pissa_init",
+                f"PiSSA with {tpb.PreferenceLoss.Name(spec.preference.loss_type or 1)} (the "
+                "adapter-disabled reference would be PiSSA's residual, not the base; use ORPO or "
+                "SIMPO)",
+            )
+        multi_rank = spec.distributed.world_size > 1
+        if multi_rank and spec.distributed.backend == tpb.DISTRIBUTED_BACKEND_DEEPSPEED:
+            stage = tpb.Stage.Name(spec.stage)
+            refuse("spec.distributed.backend", f"{stage} with DeepSpeed (use DDP)")
+        if spec.stage == tpb.STAGE_RM and spec.finetuning.HasField("quantization_bits"):
+            refuse("spec.finetuning.quantization_bits", "QLoRA in STAGE_RM")
+        if spec.stage == tpb.STAGE_RM and spec.finetuning.llama_pro.num_expand:
+            refuse("spec.finetuning.llama_pro", "LLaMA-Pro block expansion in STAGE_RM")
+        if spec.stage == tpb.STAGE_RM and spec.rope_scaling:
+            refuse("spec.rope_scaling", "RoPE scaling in STAGE_RM")
+    ft = spec.finetuning
+    if ft.llama_pro.num_expand and ft.type == tpb.FINETUNING_TYPE_FULL:
+        refuse(
+            "spec.finetuning.llama_pro",
+            "LLaMA-Pro block expansion with FINETUNING_TYPE_FULL (use FREEZE or LORA)",
+        )
+    if ft.llama_pro.num_expand and ft.HasField("quantization_bits"):
+        refuse(
+            "spec.finetuning.llama_pro",
+            "LLaMA-Pro block expansion with QLoRA (quantization_bits): a quantised block "
+            "cannot be copied with zeroed output projections",
+        )
+    if ft.llama_pro.num_expand and ft.lora.use_dora and ft.type != tpb.FINETUNING_TYPE_FREEZE:
+        refuse(
+            "spec.finetuning.llama_pro",
+            "LLaMA-Pro block expansion with DoRA (lora.use_dora): the new blocks' zeroed "
+            "output projections have no weight norm to decompose",
+        )
+    if ft.HasField("galore") and ft.type != tpb.FINETUNING_TYPE_FULL:
+        refuse(
+            "spec.finetuning.galore",
+            f"GaLore with {tpb.FinetuningType.Name(ft.type)} (use FULL)",
+        )
+    if ft.HasField("quantization_bits") and ft.type != tpb.FINETUNING_TYPE_LORA:
+        refuse(
+            "spec.finetuning.quantization_bits",
+            f"QLoRA quantization with {tpb.FinetuningType.Name(ft.type)} (use LORA)",
+        )
+    if spec.HasField("init_adapter"):
+        refuse("spec.init_adapter", "starting from an adapter version")
