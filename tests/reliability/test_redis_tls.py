@@ -136,3 +136,20 @@ def test_local_redis_refuses_to_start_behind_a_certificate_it_cannot_check(tmp_p
     with pytest.raises(RuntimeError, match="not trusted"):
         server.start(timeout=10)
     assert server.process is not None and server.process.poll() is not None
+
+
+def test_the_cli_uses_a_rediss_url_and_names_one_it_cannot_use(tls_redis, tmp_path, capsys):
+    from llamafleet import cli
+
+    run = str(tmp_path / "run")
+    assert cli.main(["requeue", "--all", "--run-dir", run, "--redis-url", tls_redis.url]) == 0
+    for url in (
+        f"redis://127.0.0.1:{tls_redis.port}/0?ssl_ca_certs=/x.pem",  # TLS options, no TLS
+        f"http://127.0.0.1:{tls_redis.port}/0",
+    ):
+        for argv in (["up", "--run-dir", run], ["requeue", "--all", "--run-dir", run]):
+            capsys.readouterr()
+            assert cli.main([*argv, "--redis-url", url]) == 2
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+            assert err.startswith(f"llamafleet {argv[0]}: Redis URL "), err

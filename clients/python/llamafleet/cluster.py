@@ -405,9 +405,24 @@ def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def _redis_client(url: str, timeout: float) -> redis.Redis:
+    """A client for ``url``; a URL redis-py cannot use is a ClusterError, not a traceback (it
+    raises ValueError for a scheme, and a TypeError at the first command for ``ssl_*`` options
+    on a ``redis://`` URL)."""
+    try:
+        options = redis.connection.parse_url(url)
+    except ValueError as exc:
+        raise ClusterError(f"Redis URL {redact_url(url)}: {exc}") from None
+    if any(k.startswith("ssl_") for k in options) and not url.startswith("rediss://"):
+        raise ClusterError(
+            f"Redis URL {redact_url(url)}: ssl_* options only apply to TLS; start it with rediss://"
+        )
+    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+
 def _ping_redis(url: str) -> None:
     try:
-        redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2).ping()
+        _redis_client(url, 2).ping()
     except redis.RedisError as exc:
         raise ClusterError(f"cannot reach Redis at {redact_url(url)}: {exc}") from None
 
@@ -477,13 +492,13 @@ def status(run_dir: str | os.PathLike, dead_letter_limit: int = 10) -> dict:
         "dead_letter_entries": [],
     }
     try:
-        r = redis.Redis.from_url(state.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        r = _redis_client(state.redis_url, 2)
         r.ping()
         result["redis"] = "up"
         result["queues"] = [asdict(q) for q in queue_status(r)]
         result["dead_letters"] = r.xlen(DEADLETTER_STREAM)
         result["dead_letter_entries"] = [asdict(d) for d in dead_letters(r, dead_letter_limit)]
-    except redis.RedisError as exc:
+    except (redis.RedisError, ClusterError) as exc:
         result["redis"] = f"unreachable: {exc}"
     return result
 
@@ -641,7 +656,7 @@ def requeue(r: redis.Redis, selectors: list[str], *, every: bool = False) -> lis
 def redis_for(run_dir: str | os.PathLike, redis_url: str | None = None) -> redis.Redis:
     """A client for the cluster's Redis (``redis_url`` overrides the one ``up`` recorded)."""
     url = redis_url or ClusterState.load(run_dir).redis_url
-    r = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    r = _redis_client(url, 5)
     try:
         r.ping()
     except redis.RedisError as exc:
