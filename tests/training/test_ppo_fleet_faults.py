@@ -7,8 +7,10 @@ PPO job on the built tiny model. During the run:
 - **SIGSTOP past the lease** (item 2): a rollout worker is stopped while it holds tasks, kept
   stopped until the other worker has re-claimed every one of them, then continued. Its late
   results must be discarded (the commit finds it no longer owns the entry).
-- **Redis SIGKILL and restart from its AOF** (item 3): the whole fleet, the PPO trainer
-  included, waits the outage out; nothing is lost or doubled.
+- **Redis SIGKILL and restart from its AOF** (item 3), right after step 2, when the trainer is
+  about to publish step 3's tasks: the whole fleet, the PPO trainer included, waits the outage
+  out; nothing is lost or doubled.
+- **Admission** (item 9): the rollout backlog never exceeds ``max_staleness`` steps of tasks.
 
 The job must finish, and the queues' own records must show one scored rollout per task, each
 used once, nothing pending and nothing dead-lettered.
@@ -23,6 +25,7 @@ import socket
 import time
 
 import pytest
+import redis
 from llamafleet import cluster
 from llamafleet.client import Client
 from llamafleet.redis_local import LocalRedis
@@ -39,6 +42,7 @@ pytestmark = pytest.mark.slow
 JOB = "ppo-e2e"  # ppo_spec's job id
 STEPS = 6  # x ppo_spec's 8 prompts x 4 samples
 LEASE_MS = 2000
+STALENESS = 2
 
 
 def owned_by(r, pid: int) -> list[str]:
@@ -92,10 +96,12 @@ def test_ppo_survives_a_worker_stopped_past_its_lease_and_a_redis_crash(tiny_ran
         client = Client.from_run_dir(run, timeout=60)
         spec = ppo_spec(tiny_random, prompts_file(tmp_path / "prompts.jsonl"))
         spec.hyperparameters.max_steps = STEPS
+        spec.ppo.max_staleness = STALENESS  # admission: tasks of at most 2 steps in flight
         client.training.CreateTrainingJob(api.CreateTrainingJobRequest(spec=spec))
         r = queues.connect(state.redis_url)
         stopped_pid = state.services["rollout"].pid
         events: dict[str, object] = {}
+        backlog: list[int] = []
         deadline = time.monotonic() + 900
         while True:
             job = client.training.GetTrainingJob(api.GetTrainingJobRequest(job_id=JOB)).job
@@ -103,9 +109,13 @@ def test_ppo_survives_a_worker_stopped_past_its_lease_and_a_redis_crash(tiny_ran
                 break
             assert time.monotonic() < deadline, "the PPO job did not finish in time"
             done = len(metrics(run))
+            try:  # the rollout backlog (undelivered + pending): bounded by admission
+                backlog.append(queues.backlog(r, queues.ROLLOUT_TASKS, ROLLOUT_GROUP))
+            except (redis.RedisError, ValueError):
+                pass  # Redis restarting, or the group not created yet
             if done >= 1 and "stopped" not in events:
                 events["stopped"] = stop_past_the_lease(r, stopped_pid)
-            if done >= 4 and "redis_killed" not in events:
+            if done >= 2 and "redis_killed" not in events:
                 # Right after a step's metrics: the trainer is about to publish and wait. (Redis
                 # writes its AOF before it replies, so a SIGKILL loses nothing acknowledged.)
                 os.kill(state.redis_pid, signal.SIGKILL)
@@ -144,6 +154,9 @@ def test_ppo_survives_a_worker_stopped_past_its_lease_and_a_redis_crash(tiny_ran
             "late_commits_discarded": rollout_log.count("its lease was lost"),
             "trainer_waited_for_redis": trainer_log.count("Redis is back"),
             "dead_lettered": r.xlen(queues.DEADLETTER),
+            "max_rollout_backlog": max(backlog),
+            "backlog_bound": STALENESS * 8 * 4,
+            "backlog_samples": len(backlog),
         }
         print("FIGURES", json.dumps(figures))
         assert len(tasks) == len(set(tasks)) == STEPS * 8 * 4
@@ -153,7 +166,10 @@ def test_ppo_survives_a_worker_stopped_past_its_lease_and_a_redis_crash(tiny_ran
         assert r.xpending(queues.ROLLOUT_TASKS, ROLLOUT_GROUP)["pending"] == 0
         assert r.xpending(queues.reward_results_stream(JOB), "training")["pending"] == 0
         assert figures["late_commits_discarded"] >= 1, "the stopped worker's late commit"
-        assert figures["trainer_waited_for_redis"] >= 1, "the trainer saw the outage"
+        assert figures["trainer_waited_for_redis"] >= 1, [
+            line for line in trainer_log.splitlines() if "Redis" in line or "PPO step" in line
+        ]
+        assert 0 < max(backlog) <= STALENESS * 8 * 4  # max_staleness steps of tasks at most
         records = {m["step"] for m in metrics(run)}
         assert records == set(range(1, STEPS + 1))
     finally:
