@@ -40,102 +40,20 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 import redis
-from llamafleet.redis_local import redact_url
 from redis import exceptions as rexc
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-from services.common.errors import FailedPrecondition, Unavailable
+# Re-exported: callers reach the connection helpers as ``queues.connect`` and so on.
+from services.common.redis_conn import (  # noqa: F401
+    RedisUnusable,
+    connect,
+    describe_client,
+    is_transient,
+    require_redis,
+    server_reply,
+    unusable_message,
+)
 
 logger = logging.getLogger(__name__)
-
-# Errors that mean "never, until someone fixes the configuration": retrying cannot help. redis-py
-# files wrong credentials under ConnectionError (NOAUTH, WRONGPASS, "invalid password"), so these
-# are told apart before the transient ones. InvalidResponse is a peer that is not Redis at all.
-_FATAL_ERRORS = (
-    rexc.AuthenticationError,
-    rexc.AuthorizationError,
-    rexc.AuthenticationWrongNumberOfArgsError,
-    rexc.NoPermissionError,
-    rexc.InvalidResponse,
-)
-# Server replies that mean "not now" rather than "never": the worker loop waits them out. A full
-# (maxmemory + noeviction), read-only, loading or script-busy Redis refuses work but loses nothing.
-_TRANSIENT_SERVER_ERRORS = (
-    rexc.OutOfMemoryError,
-    rexc.ReadOnlyError,
-    rexc.BusyLoadingError,
-    rexc.MasterDownError,
-    rexc.TryAgainError,
-)
-# BUSY: a script or module command runs past busy-reply-threshold. UNBLOCKED: a blocked XREADGROUP
-# was released because the server turned into a replica (failover).
-_TRANSIENT_REPLY_PREFIXES = ("BUSY ", "MASTERDOWN", "LOADING", "UNBLOCKED")
-_PIPELINE_NOTE = " of pipeline caused error: "  # redis-py's annotate_exception
-
-
-class RedisUnusable(FailedPrecondition):
-    """Redis answered, but no retry will make it usable: wrong credentials or ACL, not Redis, or a
-    reply the queue cannot work with. Raised by :func:`require_redis` and :meth:`WorkQueue.run`."""
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc`` from a Redis call may go away by itself (Redis restarting, full, loading).
-
-    Unreachable (refused, reset, timed out), ``LOADING``, ``OOM``, ``READONLY``, ``BUSY``,
-    ``MASTERDOWN`` and ``UNBLOCKED`` (a blocked read released by a failover) are; wrong credentials (``NOAUTH``, ``WRONGPASS``), ``NOPERM``, a peer that does
-    not speak the Redis protocol, and any other error reply (``WRONGTYPE``, unknown command) are
-    not. ``NOGROUP`` is neither: the worker loop recreates the group.
-    """
-    if isinstance(exc, _FATAL_ERRORS):
-        return False
-    if isinstance(exc, (rexc.ConnectionError, rexc.TimeoutError, *_TRANSIENT_SERVER_ERRORS)):
-        return True
-    return isinstance(exc, rexc.ResponseError) and server_reply(exc).startswith(
-        _TRANSIENT_REPLY_PREFIXES
-    )
-
-
-def server_reply(exc: BaseException) -> str:
-    """The server's error reply in ``exc``, without the note redis-py prepends to an error from a
-    pipeline (``Command # 1 (XPENDING ...) of pipeline caused error: BUSY ...``)."""
-    text = str(exc)
-    _note, found, reply = text.partition(_PIPELINE_NOTE)
-    return reply if found and _note.startswith("Command # ") else text
-
-
-def describe_client(r: redis.Redis) -> str:
-    """``redis[s]://[user:***@]host:port/db`` of a client, for errors (never the password; no
-    TLS options either)."""
-    kw = r.get_connection_kwargs()
-    user = kw.get("username") or ""
-    auth = f"{user}:***@" if kw.get("password") else (f"{user}@" if user else "")
-    if kw.get("path"):
-        return f"unix://{auth}{kw['path']}?db={kw.get('db', 0)}"
-    tls = issubclass(r.connection_pool.connection_class, redis.connection.SSLConnection)
-    scheme = "rediss" if tls else "redis"
-    return f"{scheme}://{auth}{kw.get('host', '?')}:{kw.get('port', '?')}/{kw.get('db', 0)}"
-
-
-def unusable_message(shown_url: str, exc: BaseException) -> str:
-    """What is wrong with the Redis that ``redis_url`` names, and what to change: one line."""
-    text = str(exc).strip().rstrip(".") or type(exc).__name__
-    if isinstance(exc, rexc.AuthenticationError | rexc.AuthenticationWrongNumberOfArgsError):
-        hint = (
-            "Redis refused the credentials; put the right user and password in redis_url "
-            "(redis://[user]:password@host:port/db), or none if Redis has no password"
-        )
-    elif isinstance(exc, rexc.AuthorizationError | rexc.NoPermissionError):
-        hint = (
-            "the Redis user in redis_url lacks a permission the queue needs (stream commands, "
-            "EVAL/EVALSHA, keys llamafleet:*); grant it with ACL SETUSER or use another user"
-        )
-    elif isinstance(exc, rexc.InvalidResponse):
-        hint = "the server there does not speak the Redis protocol; point redis_url at redis-server"
-    else:
-        hint = "Redis refused a queue command; check redis_url and the Redis server's version"
-    return f"cannot use Redis at {shown_url} (setting redis_url): {hint} ({text})"
-
 
 ROLLOUT_TASKS = "llamafleet:rollout:tasks"
 ROLLOUT_RESULTS = "llamafleet:rollout:results"
@@ -165,56 +83,6 @@ def published_key(stream: str, item_id: str) -> str:
 def done_key(group: str, item_id: str) -> str:
     """The mark that consumer group ``group`` has committed ``item_id``."""
     return f"llamafleet:done:{group}:{item_id}"
-
-
-def connect(
-    url: str,
-    *,
-    socket_timeout: float = 5.0,
-    socket_connect_timeout: float = 5.0,
-    client_name: str | None = None,
-) -> redis.Redis:
-    """A client for the queue Redis: RESP2 pinned, bytes replies, no silent retries.
-
-    ``socket_timeout`` must exceed every ``BLOCK`` used with this client (checked by
-    :meth:`WorkQueue.fetch`). A command that times out raises; its outcome is unknown, and the
-    callers here are written so that repeating it is safe. The zero-retry policy is passed
-    explicitly: ``redis.Redis(...)`` defaults to 10 retries and only ``from_url`` happens not to.
-
-    TLS: ``rediss://host:port/db?ssl_ca_certs=CA.pem&ssl_certfile=C.pem&ssl_keyfile=K.pem``
-    (redis-py reads these, and ``ssl_cert_reqs``/``ssl_check_hostname``, from the query; the
-    certificate is checked against the CA and the host name by default). What the URL alone gets
-    wrong raises :class:`RedisUnusable` here, naming ``redis_url``: ``ssl_*`` options on a
-    ``redis://`` URL (redis-py would fail with a TypeError at the first command), or a TLS file
-    that cannot be read. What only the handshake shows (an untrusted server certificate, no
-    client certificate, a plaintext URL to a TLS port) surfaces at the first command as a
-    ``ConnectionError``.
-    """
-    options = redis.connection.parse_url(url)
-    tls_options = sorted(k for k in options if k.startswith("ssl_"))
-    if tls_options and not url.startswith("rediss://"):
-        raise RedisUnusable(
-            f"cannot use Redis at {redact_url(url)} (setting redis_url): "
-            f"{', '.join(tls_options)} only apply to TLS; start the URL with rediss://",
-            reason="REDIS_UNUSABLE",
-        )
-    for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
-        path = options.get(key)
-        if path and not os.access(path, os.R_OK):
-            raise RedisUnusable(
-                f"cannot use Redis at {redact_url(url)} (setting redis_url): the TLS file "
-                f"{key}={path} does not exist or cannot be read",
-                reason="REDIS_UNUSABLE",
-            )
-    return redis.Redis.from_url(
-        url,
-        protocol=2,
-        decode_responses=False,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=socket_connect_timeout,
-        retry=Retry(NoBackoff(), 0),
-        client_name=client_name,
-    )
 
 
 @dataclass(frozen=True)
@@ -709,23 +577,3 @@ class WorkQueue:
             logger.info(
                 "%s was already done by %s; acked the duplicate", delivery.item_id, self.group
             )
-
-
-def require_redis(url: str, timeout_s: float = 5.0) -> None:
-    """Fail a service's start-up with a clear message when its work-queue Redis is not usable.
-
-    Unreachable or not ready (:func:`is_transient`): :class:`Unavailable`. Wrong credentials, a
-    missing ACL permission or a server that is not Redis: :class:`RedisUnusable`. Both name
-    ``redis_url`` with its password redacted; ``run_service`` turns either into exit code 1.
-    """
-    try:
-        connect(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s).ping()
-    except redis.RedisError as exc:
-        if not is_transient(exc):
-            raise RedisUnusable(
-                unusable_message(redact_url(url), exc), reason="REDIS_UNUSABLE"
-            ) from None
-        raise Unavailable(
-            f"cannot reach Redis at {redact_url(url)}: {exc}; start redis-server or fix redis_url",
-            reason="REDIS_UNAVAILABLE",
-        ) from None

@@ -2,10 +2,11 @@
 wants a client certificate from its CA, and a password (certificates from ``tls_certs``).
 
 The queue API works through ``connect(url)``; every wrong setting fails with an error that
-names ``redis_url`` (password redacted): a plaintext URL, no CA, no client certificate or one
-from another CA (:class:`Unavailable` at start-up, from the handshake), a wrong password, TLS
-options on a ``redis://`` URL or a TLS file that is not there (:class:`RedisUnusable`, before any
-connection).
+names ``redis_url`` (password redacted): a plaintext URL (the server just closes the
+connection: :class:`Unavailable` at start-up, as an outage looks), no client certificate or one
+from another CA (either, by timing), and no CA (a refused certificate), a wrong password, TLS
+options on a ``redis://`` URL or a TLS file that is not there (:class:`RedisUnusable`: a worker
+loop stops at once instead of retrying).
 """
 
 from __future__ import annotations
@@ -74,15 +75,8 @@ def test_wrong_tls_settings_fail_clearly_and_never_print_the_password(tls_redis,
     port = tls_redis.port
     ca, cert, key = certs["ca.pem"], certs["client.pem"], certs["client.key"]
     base = f"rediss://:{PASSWORD}@127.0.0.1:{port}/0"
-    unavailable = {  # only the handshake can tell: Unavailable, with what went wrong
+    unavailable = {  # the server just closes or resets: as a restart looks, Unavailable
         "plaintext URL to the TLS port": (f"redis://:{PASSWORD}@127.0.0.1:{port}/0", ""),
-        "no CA": (f"{base}?ssl_certfile={cert}&ssl_keyfile={key}", "CERTIFICATE_VERIFY_FAILED"),
-        "no client certificate": (f"{base}?ssl_ca_certs={ca}", ""),
-        "client certificate from another CA": (
-            f"{base}?ssl_ca_certs={ca}&ssl_certfile={certs['rogue.pem']}"
-            f"&ssl_keyfile={certs['rogue.key']}",
-            "",
-        ),
     }
     for label, (url, detail) in unavailable.items():
         with pytest.raises(Unavailable) as err:
@@ -90,6 +84,22 @@ def test_wrong_tls_settings_fail_clearly_and_never_print_the_password(tls_redis,
         text = str(err.value)
         assert "cannot reach Redis at redis" in text and "redis_url" in text, (label, text)
         assert PASSWORD not in text and ":***@" in text and detail in text, (label, text)
+
+    # No client certificate, or one from another CA: the server either sends its alert
+    # (certificate_required, unknown_ca: a refused certificate, RedisUnusable) or has closed the
+    # connection before the client reads it (EOF, as an outage looks: Unavailable), by timing.
+    either = {
+        "no client certificate": f"{base}?ssl_ca_certs={ca}",
+        "client certificate from another CA": (
+            f"{base}?ssl_ca_certs={ca}&ssl_certfile={certs['rogue.pem']}"
+            f"&ssl_keyfile={certs['rogue.key']}"
+        ),
+    }
+    for label, url in either.items():
+        with pytest.raises((Unavailable, RedisUnusable)) as err:
+            require_redis(url, timeout_s=5)
+        text = str(err.value)
+        assert "redis_url" in text and PASSWORD not in text and ":***@" in text, (label, text)
 
     good_tls = f"ssl_ca_certs={ca}&ssl_certfile={cert}&ssl_keyfile={key}"
     unusable = {  # no retry can fix these: RedisUnusable, what to change
@@ -105,6 +115,11 @@ def test_wrong_tls_settings_fail_clearly_and_never_print_the_password(tls_redis,
             f"{base}?ssl_ca_certs={ca}.missing&ssl_certfile={cert}&ssl_keyfile={key}",
             f"ssl_ca_certs={ca}.missing does not exist",
         ),
+        # a certificate check that failed: a setting to fix, not an outage to wait out
+        "no CA": (
+            f"{base}?ssl_certfile={cert}&ssl_keyfile={key}",
+            "a TLS certificate was refused; give redis_url the CA",
+        ),
     }
     for label, (url, detail) in unusable.items():
         with pytest.raises(RedisUnusable) as err:
@@ -113,7 +128,9 @@ def test_wrong_tls_settings_fail_clearly_and_never_print_the_password(tls_redis,
         assert "cannot use Redis at rediss://" in text or "cannot use Redis at redis://" in text
         assert "(setting redis_url)" in text and detail in text, (label, text)
         assert PASSWORD not in text, (label, text)
-    report("redis_tls", misconfigured=len(unavailable) + len(unusable), refused_all=True)
+    report(
+        "redis_tls", misconfigured=len(unavailable) + len(unusable) + len(either), refused_all=True
+    )
 
 
 @pytest.mark.slow  # a service process: ~5-15 s
@@ -126,7 +143,8 @@ def test_a_service_given_a_tls_url_without_the_ca_exits_with_one_line(tls_redis,
     finally:
         stop_service(svc)
     out = svc.log.read_text()
-    assert "could not start: cannot reach Redis at rediss://:***@" in out, out
+    assert "could not start: cannot use Redis at rediss://:***@" in out, out
+    assert "a TLS certificate was refused" in out, out
     assert "CERTIFICATE_VERIFY_FAILED" in out and PASSWORD not in out and "Traceback" not in out
 
 
@@ -153,3 +171,17 @@ def test_the_cli_uses_a_rediss_url_and_names_one_it_cannot_use(tls_redis, tmp_pa
             err = capsys.readouterr().err.strip()
             assert len(err.splitlines()) == 1 and "Traceback" not in err, err
             assert err.startswith(f"llamafleet {argv[0]}: Redis URL "), err
+
+
+def test_a_worker_loop_stops_at_once_on_a_refused_certificate(tls_redis, certs):
+    """A certificate problem is a setting, not an outage: the loop stops with RedisUnusable."""
+    import threading
+
+    url = (  # no CA: the client refuses the server's certificate, deterministically
+        f"rediss://:{PASSWORD}@127.0.0.1:{tls_redis.port}/0"
+        f"?ssl_certfile={certs['client.pem']}&ssl_keyfile={certs['client.key']}"
+    )
+    q = WorkQueue(connect(url, socket_timeout=3), "llamafleet:rollout:tasks", "rollout", "c")
+    with pytest.raises(RedisUnusable) as err:
+        q.run(lambda d: [], stop=threading.Event(), block_ms=100)
+    assert "certificate" in str(err.value) and PASSWORD not in str(err.value)
