@@ -72,6 +72,10 @@ def test_same_services_as_the_local_cluster():
         assert (redis_key in env) == (name in cluster.USES_REDIS)
         assert "llamafleet" in svc["healthcheck"]["test"] and "health" in svc["healthcheck"]["test"]
     assert services["training"]["environment"]["LLAMAFLEET_TRAINING_DATA_ADDRESS"] == "data:50051"
+    for name in ("rollout", "reward"):  # workers fetch adapter versions from training
+        env = services[name]["environment"]
+        assert env[f"LLAMAFLEET_{name.upper()}_TRAINING_ADDRESS"] == "training:50052"
+        assert "LLAMAFLEET_TOKEN" in env[f"LLAMAFLEET_{name.upper()}_TRAINING_TOKEN"]
 
 
 def test_every_setting_is_a_real_config_field_and_loads():
@@ -85,11 +89,14 @@ def test_every_setting_is_a_real_config_field_and_loads():
     for name, config_cls in CONFIGS.items():
         env = {**shared, **services[name]["environment"]}
         env = {k: re.sub(r"\$\{LLAMAFLEET_TOKEN[^}]*\}", "tok", str(v)) for k, v in env.items()}
+        env = {k: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", v) for k, v in env.items()}
         try:
             config = load_config(config_cls, name, [], env)
         except ConfigError as exc:
             pytest.fail(f"compose settings of {name} do not load: {exc}")
         assert config.host == "0.0.0.0" and config.auth_token == "tok"
+        if name in ("rollout", "reward"):
+            assert config.training_token == "tok"
 
 
 def test_scaled_workers_publish_no_fixed_host_port():
