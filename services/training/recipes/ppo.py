@@ -34,7 +34,8 @@ temperature-1 log-probs with them. ``ppo/engine_ratio`` is the mean of
 each token's policy-loss term is weighted by that ratio truncated at ``IS_CAP`` (truncated
 importance sampling, Yao et al. 2025), which corrects both staleness and numeric mismatch.
 
-Reads top to bottom: setup -> the step (collect, score, update, publish) -> save.
+Reads top to bottom: setup -> the step (collect, score, update, publish) -> save. Planning,
+admission and collecting (the fleets' side) are ``ppo_flow.RolloutFlow``.
 """
 
 from __future__ import annotations
@@ -45,20 +46,17 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from llamafleet.common.v1 import common_pb2
-from llamafleet.data.v1 import data_pb2
 from llamafleet.rollout.v1 import rollout_pb2
 from safetensors.torch import save_file
 from transformers import set_seed
 
 from services.common import queues
 from services.training import checkpoints, lora, models, optim
-from services.training.batches import BatchSource, StreamRequest
+from services.training.batches import BatchSource
 from services.training.distributed import World, build_engine
 from services.training.outputs import MetricsWriter, plot_loss_curve
 from services.training.ppo_batch import (
@@ -68,7 +66,8 @@ from services.training.ppo_batch import (
     completion_gather,
     selected_logprobs,
 )
-from services.training.ppo_exchange import Received, RolloutExchange, parse_task_id, task_id
+from services.training.ppo_exchange import Received, RolloutExchange
+from services.training.ppo_flow import Counts, RolloutFlow, StepPlan
 from services.training.ppo_math import (
     KlController,
     gae,
@@ -85,32 +84,10 @@ from services.training.trainer import NullReporter, Reporter, TrainResult
 logger = logging.getLogger(__name__)
 
 IS_CAP = 2.0  # truncation of the engine importance weight
-WAIT_LOG_S = 10.0  # how often a trainer waiting for rollouts says so
 VALUE_HEAD_FILE = "value_head.safetensors"
 
 
-@dataclass
-class StepPlan:
-    """The prompts of one PPO step and where the prompt stream stood before them."""
-
-    prompts: list[data_pb2.PromptExample]
-    start: tuple[int, str]  # (epoch, cursor) of the prompt stream before this step
-    end: tuple[int, str]  # and after them
-    version: int | None = None  # adapter version its tasks name, once admitted
-    sent: bool = False  # published by this process
-
-
-@dataclass
-class Counts:
-    published: int = 0  # tasks admitted (each counted once, however often it is re-sent)
-    consumed: int = 0  # scored rollouts trained on
-    redelivered: int = 0  # scored rollouts delivered again after being used: acked, skipped
-    stray: int = 0  # scored rollouts of no outstanding task: acked, logged, not used
-    # item id -> stream entry id of what was consumed since the last checkpoint (acked by it)
-    unacked: dict[str, str] = field(default_factory=dict)
-
-
-class PpoTrainer:
+class PpoTrainer(RolloutFlow):
     def __init__(
         self,
         settings: Settings,
@@ -195,13 +172,6 @@ class PpoTrainer:
         if self.adapter_version == 0:
             self._publish_adapter()  # v1: the untrained LoRA (= the base), for step 0's tasks
 
-    def _request(self, epoch: int, cursor: str = "") -> StreamRequest:
-        s = self.settings
-        return StreamRequest(
-            split=data_pb2.SPLIT_TRAIN, epoch=epoch, seed=s.seed, batch_rows=s.batch_rows,
-            cursor=cursor,
-        )  # fmt: skip
-
     def _resume(self, folder: Path) -> None:
         state = checkpoints.load_state(folder)
         checkpoints.load_weights(folder, self.model)
@@ -227,161 +197,6 @@ class PpoTrainer:
             else []
         )
         return max(found, default=0)
-
-    # --- prompts and tasks --------------------------------------------------------------------
-
-    def _prompt_stream(self, epoch: int, cursor: str) -> Iterator[tuple[data_pb2.Batch, int, str]]:
-        """Prompt batches from ``(epoch, cursor)`` on, with the stream position after each."""
-        while True:
-            yielded = False
-            for batch, next_cursor in self.source.stream(self._request(epoch, cursor)):
-                if not batch.prompts:
-                    raise ValueError(
-                        f"batch {batch.index} of epoch {batch.epoch} has no prompts: STAGE_PPO "
-                        "needs a prompt dataset (DATASET_FORMAT_PROMPT, or any SFT format "
-                        "prepared with example kind EXAMPLE_KIND_PROMPT)"
-                    )
-                yielded = True
-                yield batch, batch.epoch, next_cursor
-            if not yielded and not cursor:
-                raise ValueError(f"epoch {epoch} of the prompt dataset is empty")
-            epoch, cursor = epoch + 1, ""
-
-    def _plan(self, step: int) -> StepPlan:
-        """The prompts of ``step`` (steps are planned in order, each once)."""
-        while step not in self.plans:
-            planned = max(self.plans, default=self.step - 1) + 1
-            start = self.plans[planned - 1].end if planned - 1 in self.plans else self.start
-            prompts, end = [], start
-            for _ in range(self.batches_per_step):
-                batch, epoch, cursor = next(self.prompts)
-                prompts.extend(batch.prompts)
-                end = (epoch, cursor)
-            version = self.published_versions.get(planned)
-            self.plans[planned] = StepPlan(prompts, start, end, version)
-        return self.plans[step]
-
-    def _tasks(self, step: int, plan: StepPlan) -> list[rollout_pb2.RolloutTask]:
-        p = self.settings.ppo
-        sampling = rollout_pb2.SamplingParams.FromString(p.sampling)
-        settings = (
-            common_pb2.RewardSettings.FromString(p.reward_settings) if p.reward_settings else None
-        )
-        tasks = []
-        for i, prompt in enumerate(plan.prompts):
-            for j in range(p.samples_per_prompt):
-                task = rollout_pb2.RolloutTask(
-                    item_id=task_id(self.job_id, plan.version, step, i, j),
-                    job_id=self.job_id,
-                    policy_version=plan.version,
-                    step=step,
-                    shard=i,
-                    sample_index=j,
-                    prompt_ids=prompt.prompt_ids,
-                    sampling=sampling,
-                    adapter=common_pb2.AdapterRef(id=self.job_id, version=plan.version),
-                    reference_answer=prompt.reference_answer,
-                    scorer=p.reward_scorer,
-                )
-                if sampling.HasField("seed"):  # distinct, reproducible samples per task
-                    task.sampling.seed = sampling.seed + step * 1_000_003 + i * 1009 + j
-                if p.reward_adapter:
-                    task.reward_adapter.id, task.reward_adapter.version = p.reward_adapter
-                if settings is not None:
-                    task.reward_settings.CopyFrom(settings)
-                task.create_time.GetCurrentTime()
-                tasks.append(task)
-        return tasks
-
-    def _admit(self) -> None:
-        """Publish the tasks of every step within ``max_staleness`` of the current one."""
-        last = min(self.step + self.settings.ppo.max_staleness, self.total_steps)
-        for step in range(self.step, last):
-            plan = self._plan(step)
-            if plan.version is None:
-                # A run that crashed after the checkpoint may have published this step already,
-                # under a version it saved after it: reuse those tasks rather than doubling them.
-                buffered = [v[1] for v in map(parse_task_id, self.buffer) if v and v[2] == step]
-                lost = self.lost_versions
-                found = self.exchange.published_version(step, lost) if lost else None
-                plan.version = max(buffered, default=None) or found or self.adapter_version
-                self.counts.published += len(plan.prompts) * self.settings.ppo.samples_per_prompt
-            if not plan.sent:  # idempotent: tasks already in the stream are not added again
-                self.exchange.publish_tasks(self._tasks(step, plan))
-                plan.sent = True
-
-    def _expected(self, step: int) -> list[str]:
-        plan = self.plans[step]
-        n = self.settings.ppo.samples_per_prompt
-        return [
-            task_id(self.job_id, plan.version, step, i, j)
-            for i in range(len(plan.prompts))
-            for j in range(n)
-        ]
-
-    # --- collecting ---------------------------------------------------------------------------
-
-    def _collect(self, step: int) -> list[Received] | None:
-        """Wait for the scored rollouts of ``step``; None if a stop was requested meanwhile."""
-        expected = self._expected(step)
-        outstanding = {i for t in self.plans if t >= step and self.plans[t].version is not None
-                       for i in self._expected(t)}  # fmt: skip
-        last_log = last_dead_check = time.monotonic()
-        while True:
-            missing = [i for i in expected if i not in self.buffer]
-            if not missing:
-                return [self.buffer.pop(i) for i in expected]
-            if self.should_stop():
-                return None
-            now = time.monotonic()
-            if now - last_dead_check > 2.0:
-                last_dead_check = now
-                dead = [d for d in self.exchange.dead_letters() if d.item_id in outstanding]
-                if dead:
-                    d = dead[0]
-                    raise RuntimeError(
-                        f"rollout task {d.item_id} was dead-lettered by the {d.group!r} workers "
-                        f"after {d.deliveries} deliveries ({len(dead)} task(s) in all): "
-                        f"{d.reason}. Fix the cause, replay it from llamafleet:deadletter, and "
-                        "resume the job"
-                    )
-            if now - last_log > WAIT_LOG_S:
-                last_log = now
-                logger.info(
-                    "step %d: waiting for %d of %d scored rollouts", step, len(missing),
-                    len(expected),
-                )  # fmt: skip
-            for got in self.exchange.read(block_ms=500):
-                if got.item_id in self.counts.unacked:
-                    continue  # used by this run, read again after a Redis outage: the next
-                    # checkpoint acks it (acking it now would lose it if this run crashed first)
-                if got.item_id in self.consumed_before:
-                    self.counts.redelivered += 1  # used before a crash, delivered again
-                    self.exchange.ack([got.entry_id])
-                    continue
-                parsed = parse_task_id(got.item_id)
-                if got.item_id in outstanding or (
-                    parsed is not None and parsed[0] == self.job_id and parsed[2] >= step
-                ):  # this step's, or a later step's (published before a crash): keep it
-                    if got.scored is None:
-                        raise ValueError(f"scored rollout {got.item_id}: payload does not decode")
-                    self.buffer.setdefault(got.item_id, got)
-                else:
-                    self._drop(got, "matches no task of this job that is still to be trained")
-
-    def _drop(self, got: Received, why: str) -> None:
-        """Ack a scored rollout that will not be used, and say so (never silently)."""
-        self.counts.stray += 1
-        logger.warning("scored rollout %s %s: acked, not used", got.item_id, why)
-        self.exchange.ack([got.entry_id])
-
-    def _drop_stale(self, trained: int) -> None:
-        """After training ``trained``: buffered rollouts of it or earlier steps that it did not
-        use (published under another version before a crash) are dropped."""
-        for item_id in list(self.buffer):
-            parsed = parse_task_id(item_id)
-            if parsed is not None and parsed[2] <= trained:
-                self._drop(self.buffer.pop(item_id), f"belongs to step {parsed[2]}, trained")
 
     # --- one PPO step -------------------------------------------------------------------------
 
