@@ -38,6 +38,7 @@ from llamafleet.commands import data as data_commands
 from llamafleet.commands import deadletters as deadletter_commands
 from llamafleet.commands import train as train_commands
 from llamafleet.commands import web as web_commands
+from llamafleet.dead_letters import RequeueError
 from llamafleet.redis_local import RedisNotInstalledError
 
 DEFAULT_RUN_DIR = os.environ.get("LLAMAFLEET_RUN_DIR", ".llamafleet")
@@ -308,7 +309,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UserError, cluster.ClusterError, RedisNotInstalledError, CredentialsError) as exc:
+    except (
+        UserError,
+        cluster.ClusterError,
+        RequeueError,
+        RedisNotInstalledError,
+        CredentialsError,
+    ) as exc:
         _one_line_error(args.command, exc)
         return 2
     except RpcError as exc:

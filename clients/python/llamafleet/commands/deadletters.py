@@ -14,13 +14,14 @@ import json
 from rich.console import Console
 
 from llamafleet import cluster
+from llamafleet.dead_letters import DEADLETTER_STREAM, requeue
 
 console = Console()
 
 
 def cmd_requeue(args: argparse.Namespace) -> int:
     r = cluster.redis_for(args.run_dir, args.redis_url)
-    results = cluster.requeue(r, args.ids, every=args.all)
+    results = requeue(r, args.ids, every=args.all)
     if args.json:
         print(json.dumps([vars(x) for x in results], indent=2))
         return 0
@@ -41,7 +42,7 @@ def cmd_requeue(args: argparse.Namespace) -> int:
             )
         else:
             console.print(
-                f"{x.item_id}: not in {cluster.DEADLETTER_STREAM} (already requeued, or never "
+                f"{x.item_id}: not in {DEADLETTER_STREAM} (already requeued, or never "
                 "dead-lettered); nothing to do",
                 markup=False,
                 highlight=False,
