@@ -61,24 +61,27 @@ def varlen_sdpa_attention(
     cu_seq_lens_q: torch.Tensor | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """Causal SDPA inside each ``[cu[i], cu[i+1])`` segment; returns (1, N, H, D)."""
+    """Causal SDPA inside each ``[cu[i], cu[i+1])`` segment; returns (1, N, H, D) contiguous.
+
+    Grouped-query attention goes to the kernel as it is (``enable_gqa``): keys and values are not
+    repeated per query head, so neither the copies nor the backward's sum over them exist, and
+    autograd keeps the (Hkv)-head tensors. The kernels write each segment's output in its query's
+    memory layout, which in the model is (1, n, H, D) (a transposed projection), so concatenating
+    the transposed outputs is the one copy into the (1, N, H, D) the output projection reads."""
     if cu_seq_lens_q is None:  # not packed (generation, plain calls): ordinary causal attention
         bounds = [0, query.shape[2]]
     else:
         bounds = cu_seq_lens_q.tolist()
-    groups = query.shape[1] // key.shape[1]
-    if groups > 1:
-        key = key.repeat_interleave(groups, dim=1)
-        value = value.repeat_interleave(groups, dim=1)
+    gqa = query.shape[1] != key.shape[1]
     p = dropout if module.training else 0.0
     outputs = [
         F.scaled_dot_product_attention(
             query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True, scale=scaling,
-            dropout_p=p,
-        )
+            dropout_p=p, enable_gqa=gqa,
+        ).transpose(1, 2)  # (1, n, H, D)
         for s, e in zip(bounds, bounds[1:], strict=False)
     ]  # fmt: skip
-    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
+    return torch.cat(outputs, dim=1).contiguous(), None  # (1, N, H, D)
 
 
 AttentionInterface.register(VARLEN_SDPA, varlen_sdpa_attention)
