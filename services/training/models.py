@@ -63,16 +63,22 @@ def varlen_sdpa_attention(
 ) -> tuple[torch.Tensor, None]:
     """Causal SDPA inside each ``[cu[i], cu[i+1])`` segment; returns (1, N, H, D) contiguous.
 
-    Grouped-query attention goes to the kernel as it is (``enable_gqa``): keys and values are not
-    repeated per query head, so neither the copies nor the backward's sum over them exist, and
-    autograd keeps the (Hkv)-head tensors. The kernels write each segment's output in its query's
+    On the CPU grouped-query attention goes to the kernel as it is (``enable_gqa``): keys and
+    values are not repeated per query head, so neither the copies nor the backward's sum over them
+    exist, and autograd keeps the (Hkv)-head tensors. (On CUDA they are still repeated: there the
+    memory-efficient kernel, the one float32 gets, has no GQA and SDPA would fall back to the
+    math kernel's T x T scores.) The kernels write each segment's output in its query's
     memory layout, which in the model is (1, n, H, D) (a transposed projection), so concatenating
     the transposed outputs is the one copy into the (1, N, H, D) the output projection reads."""
     if cu_seq_lens_q is None:  # not packed (generation, plain calls): ordinary causal attention
         bounds = [0, query.shape[2]]
     else:
         bounds = cu_seq_lens_q.tolist()
-    gqa = query.shape[1] != key.shape[1]
+    groups = query.shape[1] // key.shape[1]
+    gqa = groups > 1 and query.device.type == "cpu"
+    if groups > 1 and not gqa:
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
     p = dropout if module.training else 0.0
     outputs = [
         F.scaled_dot_product_attention(
