@@ -50,8 +50,9 @@ def test_matches_peft_outputs_and_gradients(d, h, r, bias):
     out = fused_lora_linear(x, layer.base_layer.weight, layer.base_layer.bias, a, b, 2.0)
     out.backward(grad)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+    # float32 rounding of sums over m = 51 rows in another order: gradients of A reach ~40 here
     for got, want in zip([x.grad, a.grad, b.grad], ref_grads, strict=True):
-        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)
     assert layer.base_layer.weight.grad is None
 
 

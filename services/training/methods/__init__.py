@@ -5,8 +5,8 @@
 - ``rope``: RoPE scaling of a model config (linear, dynamic NTK, YaRN, llama3) for a longer context.
 - ``quantize``: QLoRA's 4/8-bit frozen base through ``bitsandbytes`` (CPU included).
 - ``galore``: GaLore-AdamW, low-rank projected Adam moments for full fine-tuning.
-- ``lora_fused``: a LoRA linear layer with a fused, cheap-order backward (opt-in: not faster on
-  the CPUs measured, see BENCHMARKS.md).
+- ``lora_fused``: a LoRA linear layer with a fused, cheap-order backward (the trainer switches
+  eligible layers to it; see BENCHMARKS.md "## SFT training").
 
 Each works on a loaded ``transformers`` model or its config; none knows about recipes or data.
 """

@@ -9,8 +9,12 @@ With ``g = s dZ B`` (m, r), the backward computes
 
 The forward adds the low-rank term into the base output in place (``addmm_``) instead of
 allocating the (m, h) ``lora_B`` output, its scaled copy and their sum, and the backward needs no
-(m, h) temporary either. Saved for backward: ``x``, ``x A^T`` and the weights (peft's layer saves
-the same). ``fused_lora_linear`` is numerically peft's vanilla LoRA (no dropout, no DoRA).
+(m, h) temporary either. The thin products are computed with the rank as the *rows* of the
+result (``A x^T``, ``B^T dZ^T``, ``(x A^T)^T dZ``: (r, m) and (r, h)) and used transposed: MKL's
+single-thread GEMM runs them 2-5x faster than the (m, r) / (h, r) forms at m ~ 2,000, r = 8
+(measured for issue 4, BENCHMARKS.md "## SFT training"). Saved for backward: ``x``, ``x A^T``
+and the weights (peft's layer saves the same). ``fused_lora_linear`` is numerically peft's
+vanilla LoRA (no dropout, no DoRA), to float32 rounding.
 
 ``fuse_lora_layers(peft_model)`` switches peft's eligible ``lora.Linear`` layers to this function
 (one active adapter, dropout 0, no DoRA / variant, float32 weights); the others are left as they
@@ -33,24 +37,26 @@ class FusedLoraLinear(torch.autograd.Function):
     def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])  # (m, d)
-        xa = x2 @ lora_a.t()  # (m, r)
+        xa_t = lora_a @ x2.t()  # (r, m): (x A^T)^T
         out = F.linear(x2, weight, bias)  # (m, h)
-        out.addmm_(xa, lora_b.t(), alpha=scaling)
-        ctx.save_for_backward(x2, weight, lora_a, lora_b, xa)
+        out.addmm_(xa_t.t(), lora_b.t(), alpha=scaling)
+        ctx.save_for_backward(x2, weight, lora_a, lora_b, xa_t)
         ctx.scaling, ctx.shape, ctx.has_bias = scaling, shape, bias is not None
         return out.reshape(*shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx, grad_out):
-        x2, weight, lora_a, lora_b, xa = ctx.saved_tensors
+        x2, weight, lora_a, lora_b, xa_t = ctx.saved_tensors
         s = ctx.scaling
         dz = grad_out.reshape(-1, grad_out.shape[-1])  # (m, h)
-        g = (dz @ lora_b).mul_(s)  # (m, r): s dZ B
-        grad_a = g.t() @ x2 if ctx.needs_input_grad[3] else None  # (r, d)
-        grad_b = (dz.t() @ xa).mul_(s) if ctx.needs_input_grad[4] else None  # (h, r)
+        g_t = (lora_b.t() @ dz.t()).mul_(s)  # (r, m): (s dZ B)^T
+        grad_a = g_t @ x2 if ctx.needs_input_grad[3] else None  # (r, d)
+        grad_b = None
+        if ctx.needs_input_grad[4]:
+            grad_b = (xa_t @ dz).mul_(s).t().contiguous()  # (h, r): s dZ^T (x A^T)
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = (dz @ weight).addmm_(g, lora_a).reshape(ctx.shape)  # (m, d)
+            grad_x = (dz @ weight).addmm_(g_t.t(), lora_a).reshape(ctx.shape)  # (m, d)
         grad_w = dz.t() @ x2 if ctx.needs_input_grad[1] else None
         grad_bias = dz.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_bias, grad_a, grad_b, None
@@ -63,7 +69,8 @@ def fused_lora_linear(x, weight, bias, lora_a, lora_b, scaling: float) -> torch.
 
 def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     adapter = self.active_adapters[0]
-    if self.disable_adapters or self.merged or args or kwargs or torch.is_autocast_enabled():
+    autocast = torch.is_autocast_enabled(x.device.type)
+    if self.disable_adapters or self.merged or args or kwargs or autocast:
         return self._unfused_forward(x, *args, **kwargs)
     base = self.get_base_layer()
     return fused_lora_linear(
