@@ -1,8 +1,10 @@
 """ExportModel: a job's model written out as a Hugging Face folder, or its adapter alone.
 
-- merged (LoRA): the base model is loaded from ``spec.base_model``, the adapter version applied
-  with peft's ``PeftModel.from_pretrained`` and folded in with ``merge_and_unload``, and the result
-  saved with ``save_pretrained`` (safetensors) beside the base model's tokenizer; a value head
+- merged (LoRA): the base model is rebuilt as the job trained on it (``spec.base_model`` with
+  its RoPE scaling in the config and its LLaMA-Pro blocks inserted: the adapter only reproduces
+  the trained model over that base), the adapter version applied with peft's
+  ``PeftModel.from_pretrained`` and folded in with ``merge_and_unload``, and the result saved
+  with ``save_pretrained`` (safetensors) beside the base model's tokenizer; a value head
   (``value_head.safetensors``, reward models and PPO) is copied along;
 - merged (FULL/FREEZE): the job's trained model folder (``<job_dir>/model/``, else the latest
   checkpoint that is a Hugging Face folder) is copied, with the base tokenizer when it lacks one;
@@ -50,10 +52,9 @@ def export_adapter(adapter_dir: Path, out: Path) -> list[str]:
     return _publish(out, lambda staging: _copy_tree(adapter_dir, staging))
 
 
-def export_merged_lora(
-    base_model: str, adapter_dir: Path, out: Path, *, trust_remote_code: bool = False
-) -> list[str]:
-    """Merge the adapter into the base and save a full model folder plus the tokenizer.
+def export_merged_lora(spec_bytes: bytes, adapter_dir: Path, out: Path) -> list[str]:
+    """Merge the adapter into the job's base (``spec_bytes``: its serialized
+    ``TrainingJobSpec``) and save a full model folder plus the tokenizer.
 
     The merge runs in a child process: loading a large model must not grow (or, out of memory,
     kill) the service."""
@@ -61,9 +62,7 @@ def export_merged_lora(
     def write(staging: Path) -> None:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-            job = pool.submit(
-                merge_lora, base_model, str(adapter_dir), str(staging), trust_remote_code
-            )
+            job = pool.submit(merge_lora, spec_bytes, str(adapter_dir), str(staging))
             try:
                 job.result()
             except BrokenProcessPool:
@@ -76,17 +75,31 @@ def export_merged_lora(
     return _publish(out, write)
 
 
-def merge_lora(base_model: str, adapter_dir: str, staging: str, trust_remote_code: bool) -> None:
-    """Load base + adapter, fold the adapter in (``merge_and_unload``), save into ``staging``."""
+def merge_lora(spec_bytes: bytes, adapter_dir: str, staging: str) -> None:
+    """Rebuild the job's base, apply the adapter, fold it in (``merge_and_unload``), save into
+    ``staging``. QLoRA adapters merge into the unquantized base, as LLaMA-Factory's export does."""
+    from llamafleet.training.v1 import training_pb2 as pb
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    from services.training import models
+    from services.training.methods import llama_pro
+    from services.training.recipes import settings as spec_settings
+
+    spec = pb.TrainingJobSpec.FromString(spec_bytes)
+    s = spec_settings(spec, "cpu")
     base = AutoModelForCausalLM.from_pretrained(
-        base_model, dtype="auto", trust_remote_code=trust_remote_code
+        s.base_model,
+        config=models.base_config(s),  # RoPE scaled as in training; saved with the model
+        dtype="auto",
+        use_safetensors=True,
+        trust_remote_code=s.trust_remote_code,
     )
+    if s.llama_pro_expand:  # the blocks the adapter was trained on (deterministic from the base)
+        llama_pro.expand(base, s.llama_pro_expand)
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     merged.save_pretrained(staging, safe_serialization=True)
-    _save_tokenizer(base_model, Path(staging), trust_remote_code)
+    _save_tokenizer(s.base_model, Path(staging), s.trust_remote_code)
     if (Path(adapter_dir) / VALUE_HEAD_FILE).is_file():
         shutil.copy2(Path(adapter_dir) / VALUE_HEAD_FILE, Path(staging) / VALUE_HEAD_FILE)
 
@@ -170,9 +183,7 @@ def export_job(view, version: int, mode: int, output_dir: str) -> tuple[Path, in
     out = check_output_dir(output_dir)
     if mode == pb.EXPORT_MODE_ADAPTER_ONLY:
         return out, version, export_adapter(adapter_dir, out)
-    files = export_merged_lora(
-        spec.base_model, adapter_dir, out, trust_remote_code=spec.trust_remote_code
-    )
+    files = export_merged_lora(spec.SerializeToString(), adapter_dir, out)
     return out, version, files
 
 
