@@ -27,11 +27,12 @@ import torch.distributed as dist
 from llamafleet.data.v1 import data_pb2
 from transformers import set_seed
 
-from services.training import checkpoints, lora, models, optim
+from services.training import checkpoints, lean_layers, lora, models, optim
 from services.training.batches import BatchSource, StreamRequest
 from services.training.collate import ModelInputs, collate
 from services.training.distributed import World, all_reduce_sum, barrier, build_engine
 from services.training.losses import causal_lm_loss_sum, chunked_causal_lm_loss_sum
+from services.training.methods import lora_fused
 from services.training.outputs import MetricsWriter, plot_loss_curve
 from services.training.recipes import Settings
 
@@ -126,11 +127,18 @@ class Trainer:
     def build_model(self) -> torch.nn.Module:
         """The trained model on ``self.device``: the base, with LoRA when ``method == "lora"``.
 
-        The seam recipes override (the reward model is a sequence classifier)."""
+        RMSNorm and SwiGLU modules keep less for the backward (``lean_layers``), and LoRA layers
+        run as one fused function (``methods.lora_fused``: no (tokens, out) temporaries for the
+        scaled low-rank term) except under DeepSpeed, whose ZeRO-3 gathers weights in the hooks
+        of the very submodules the fused function does not call. Both compute what the plain
+        modules compute. The seam recipes override (the reward model is a sequence classifier)."""
         s = self.settings
         model = models.load_base(s, self.device)
+        lean_layers.use_lean_layers(model)
         if s.method == "lora":
             model = lora.apply_lora(model, s.lora, s.seed)
+            if s.backend != "deepspeed":
+                lora_fused.fuse_lora_layers(model)
         return model
 
     def after_setup(self) -> None:
