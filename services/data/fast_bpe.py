@@ -131,6 +131,8 @@ def select_engine(tokenizer: Any) -> HFEngine | TiktokenEngine:
     built = _BUILT.get(key)
     if built is None:  # two threads may both build it: the same result, logged twice
         built = _BUILT[key] = _build(spec, backend.encode_special_tokens)
+        while len(_BUILT) > _KEEP:  # as many as ``pipeline.load_tokenizer`` keeps loaded
+            _BUILT.pop(next(iter(_BUILT)), None)
     if isinstance(built, str):
         return HFEngine(backend, built)
     encoding, specials, pattern = built
@@ -145,6 +147,7 @@ def select_engine(tokenizer: Any) -> HFEngine | TiktokenEngine:
 
 # (sha256 of the tokenizer's JSON, encode_special_tokens) -> what ``_build`` made of it
 _BUILT: dict[tuple[str, bool], str | tuple] = {}
+_KEEP = 8
 
 
 def _build(spec: str, encode_special_tokens: bool) -> str | tuple:
