@@ -131,7 +131,9 @@ def llamafleet_worker(args: dict) -> dict:
     DatasetStore(args["output"]).write(meta, result.splits, "rows")
     seconds = time.perf_counter() - started
     s = result.stats
+    engine = encoder.engine
     return {
+        "engine": f"{engine.name} ({engine.reason})",
         "seconds": seconds,
         "rows": s.rows,
         "tokens": s.tokens,
@@ -213,6 +215,8 @@ def main() -> int:
             f"{key:42} {len(runs):>2} {sec:7.2f} {a.n / sec:9.0f} {x['tokens'] / sec:11.0f} "
             f"{x['rows']:7d} {pad:7.2%} {rss:7.0f}"
         )
+    engines = {x["engine"] for runs in results.values() for x in runs if "engine" in x}
+    print(f"llamafleet tokenizer engine: {', '.join(sorted(engines))}")
     ours = medians.get("llamafleet packing=True")
     theirs = [v for k, v in medians.items() if k.startswith("llamafactory packing=True")]
     for key, runs in results.items():
