@@ -10,7 +10,10 @@ where the framework offers it, 2 packed rows per step, one epoch, float32 on the
 Measured per framework, each in its own process: the training loop's wall time as the framework
 reports it (``train_runtime`` for the HF-Trainer-based peers, the recipe's loop for llamafleet),
 trained tokens/s = assistant tokens of the dataset / that time (every framework trains the same
-tokens once), and the process's peak RSS (``wait4`` ru_maxrss). The peers run from
+tokens once), and the process's peak RSS (``wait4`` ru_maxrss). llamafleet's child gets the
+allocator environment the training service gives a job's runner (``services.training.allocator``:
+jemalloc where installed; ``LLAMAFLEET_RUNNER_ALLOCATOR=glibc`` for glibc's malloc); the peers
+run as their users run them, on glibc's malloc. The peers run from
 ``--peer-python`` (a separate venv with ``llamafactory`` and ``trl``). ``--repeats N`` alternates
 the frameworks N times (so load on a shared machine falls on all of them alike) and reports
 medians. Prints a JSON summary (per-run records with library versions, and the medians).
@@ -214,6 +217,11 @@ def measure(python: str, name: str, work: Path) -> dict:
     result_path = work / "runs" / f"{name}-result.json"
     result_path.unlink(missing_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if name == "llamafleet":  # the allocator the training service gives a job's runner
+        sys.path.insert(0, str(REPO))
+        from services.training.allocator import allocator_env
+
+        env.update(allocator_env(env))
     if name == "llamafactory":
         # LLaMA-Factory imports torchaudio at start-up (multimodal plugins) and no torchaudio
         # wheel exists for torch 2.13.0; text-only SFT never calls it, so an empty stub stands in.
@@ -234,6 +242,7 @@ def measure(python: str, name: str, work: Path) -> dict:
     record = {
         "wall_s": round(time.perf_counter() - started, 1),
         "peak_rss_mib": usage.ru_maxrss / 1024,
+        "allocator": "jemalloc" if "jemalloc" in env.get("LD_PRELOAD", "") else "glibc",
     }
     if os.waitstatus_to_exitcode(status) != 0 or not result_path.exists():
         tail = (work / "runs" / f"{name}.log").read_text()[-1500:]

@@ -16,7 +16,8 @@ runner only reads the ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` the launcher sets.
 
 ``validate`` (from ``recipes``) is re-exported here: the service checks a spec with it before it
 launches. The token reaches the runner through ``LLAMAFLEET_TOKEN`` in ``env`` (not argv, which other users
-of the machine can read). ``env`` holds only the variables to add to the service's environment.
+of the machine can read). ``env`` holds only the variables to add to the service's environment, among them the allocator's (``allocator.allocator_env``: jemalloc
+preloaded where the machine has it).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from llamafleet.training.v1 import training_pb2 as tpb
 
+from services.training.allocator import allocator_env
 from services.training.recipes import validate
 
 __all__ = ["RUNNER_MODULE", "free_port", "runner_command", "validate"]
@@ -58,6 +60,7 @@ def runner_command(
     runner_args = ["--job-dir", str(Path(job_dir).resolve()), "--data-address", data_address]
     env = {"LLAMAFLEET_TOKEN": token} if token else {}
     env["PYTHONUNBUFFERED"] = "1"
+    env.update(allocator_env())  # jemalloc keeping freed pages, where installed
     world = spec.distributed.world_size
     if world <= 1:
         return [sys.executable, "-m", RUNNER_MODULE, *runner_args], env
