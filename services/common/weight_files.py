@@ -7,15 +7,22 @@ handing it to transformers or PEFT, and refuses one whose only weights are a pic
 
 It looks at file names only (no torch): the loaders are also told ``use_safetensors=True`` where
 they accept it, so a folder holding both formats is read through safetensors.
+
+An adapter is also checked against the base it is about to be applied to: training writes
+``llamafleet_base.json`` beside each adapter (the shape of the model it trained: layer count,
+RoPE scaling), and a LoRA trained on LLaMA-Pro blocks or a RoPE-scaled base is refused over a
+base without them, which would silently give another model.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from services.common.errors import FailedPrecondition
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+ADAPTER_BASE_FILE = "llamafleet_base.json"
 
 
 def pickle_files(folder: Path) -> list[str]:
@@ -50,3 +57,41 @@ def require_safetensors_adapter(folder: Path, what: str) -> None:
     folder = Path(folder)
     if not (folder / "adapter_model.safetensors").is_file():
         raise _refusal(what, folder, "adapter_model.safetensors")
+
+
+def base_shape(config: dict) -> dict:
+    """What an adapter depends on in its base's ``config.json`` (as a dict): the layer count and
+    the RoPE scaling (type and factor; unscaled is ``("default", 1.0)``)."""
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    return {
+        "num_hidden_layers": config.get("num_hidden_layers"),
+        "rope_type": rope.get("rope_type") or rope.get("type") or "default",
+        "rope_factor": float(rope.get("factor") or 1.0),
+    }
+
+
+def require_adapter_base(adapter: Path, base_model: Path | None, what: str) -> None:
+    """FAILED_PRECONDITION if ``adapter`` was trained on a base shaped unlike ``base_model`` (its
+    ``llamafleet_base.json`` against the base's ``config.json``). Adapters without the file
+    (trained elsewhere) and services without a base folder are not checked."""
+    marker = Path(adapter) / ADAPTER_BASE_FILE
+    if base_model is None or not marker.is_file():
+        return
+    trained = json.loads(marker.read_text(encoding="utf-8"))
+    try:
+        served = base_shape(json.loads((Path(base_model) / "config.json").read_text()))
+    except (OSError, ValueError):
+        return  # the loader reports an unreadable base itself
+    differs = [
+        f"{key} {trained.get(key)!r} (this base: {served[key]!r})"
+        for key in ("num_hidden_layers", "rope_type", "rope_factor")
+        if trained.get(key) != served[key]
+    ]
+    if differs:
+        raise FailedPrecondition(
+            f"{what} was trained on a base shaped otherwise than {base_model}: "
+            f"{', '.join(differs)} (LLaMA-Pro blocks or RoPE scaling); over this base it would "
+            "compute another model. Export the job merged and serve that model instead",
+            reason="ADAPTER_BASE_MISMATCH",
+            metadata={"adapter": str(adapter)},
+        )

@@ -20,12 +20,13 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from llamafleet.common.v1 import common_pb2
 
 from services.common.adapter_cache import CachedAdapter, check_ref, ref_str
-from services.common.weight_files import require_safetensors_adapter
+from services.common.weight_files import require_adapter_base, require_safetensors_adapter
 from services.rollout.engines import GenerationEngine
 
 logger = logging.getLogger(__name__)
@@ -52,12 +53,17 @@ class ResidentAdapters:
     """The LRU of adapter versions loaded into one engine."""
 
     def __init__(
-        self, engine: GenerationEngine, source: AdapterSource | None, max_resident: int
+        self,
+        engine: GenerationEngine,
+        source: AdapterSource | None,
+        max_resident: int,
+        base_model: Path | None = None,
     ) -> None:
         if max_resident < 1:
             raise ValueError(f"max_resident must be >= 1, got {max_resident}")
         self.engine = engine
         self.source = source
+        self.base_model = base_model  # checked against each adapter's training base
         self.max_resident = max_resident
         self._lock = threading.Lock()
         self._resident: OrderedDict[str, Resident] = OrderedDict()  # oldest use first
@@ -125,6 +131,7 @@ class ResidentAdapters:
         started = time.perf_counter()
         cached = self.source.fetch(ref, source_address)
         require_safetensors_adapter(cached.path, f"adapter {key}")
+        require_adapter_base(cached.path, self.base_model, f"adapter {key}")
         name = f"adapter{next(self._names)}"
         self.engine.load_adapter(name, cached.path)
         now = time.time()

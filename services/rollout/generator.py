@@ -127,7 +127,12 @@ class Generator:
                     config.training_address,
                     auth_token=config.training_token,
                 )
-            self.adapters = ResidentAdapters(engine, self.cache, config.max_resident_adapters)
+            self.adapters = ResidentAdapters(
+                engine,
+                self.cache,
+                config.max_resident_adapters,
+                base_model=Path(config.base_model) if config.base_model else None,
+            )
 
     def require_engine(self) -> GenerationEngine:
         if self.engine is None:

@@ -15,6 +15,7 @@ renamed, so a reader never sees half an adapter.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
+from services.common.weight_files import ADAPTER_BASE_FILE, base_shape
 from services.training.methods import llama_pro
 from services.training.recipes import LoraSettings
 
@@ -108,6 +110,9 @@ def save_adapter(model: PeftModel, dest: Path, state_dict: dict | None = None) -
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+    # the base it trained on (LLaMA-Pro blocks, RoPE scaling): loaders refuse another base
+    shape = base_shape(model.get_base_model().config.to_dict())
+    (tmp / ADAPTER_BASE_FILE).write_text(json.dumps(shape, indent=1) + "\n")
     if dest.exists():
         shutil.rmtree(dest)
     tmp.rename(dest)

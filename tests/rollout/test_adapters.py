@@ -110,3 +110,26 @@ def test_loading_v2_does_not_pause_a_request_on_v1(engine, training, tmp_path):
     v2 = adapters.acquire(ref("policy", 2))
     (on_v2,) = collect(engine.generate(GenerationRequest(p, request.sampling, v2)), 1)
     assert on_v2.token_ids != before.token_ids
+
+
+def test_an_adapter_trained_on_another_base_shape_is_refused(
+    engine, adapter_dirs, tiny_model, tmp_path
+):
+    """An adapter whose llamafleet_base.json says it trained on LLaMA-Pro blocks (6 layers) is
+    refused over the 4-layer base: FAILED_PRECONDITION, nothing made resident."""
+    import json
+    import shutil
+
+    from services.common.weight_files import ADAPTER_BASE_FILE
+
+    pro = tmp_path / "pro"
+    shutil.copytree(adapter_dirs["a1"], pro)
+    shape = {"num_hidden_layers": 6, "rope_type": "default", "rope_factor": 1.0}
+    (pro / ADAPTER_BASE_FILE).write_text(json.dumps(shape))
+    with TrainingServer() as server:
+        server.servicer.add("pro", 1, pro)
+        cache = AdapterCache(tmp_path / "c", server.address)
+        adapters = ResidentAdapters(engine, cache, 2, base_model=tiny_model)
+        with pytest.raises(errors.FailedPrecondition, match="num_hidden_layers 6 .this base: 4."):
+            adapters.acquire(ref("pro", 1))
+        assert adapters.resident() == []

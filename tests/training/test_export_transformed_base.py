@@ -1,18 +1,25 @@
-"""A merged export of a LoRA job trained on a transformed base (LLaMA-Pro blocks inserted, RoPE
-scaled) is the trained model: the base is rebuilt as training built it before the adapter is
-folded in. Over the plain base the same adapter gives another model (what the export did before).
+"""A LoRA job trained on a transformed base (LLaMA-Pro blocks inserted, RoPE scaled).
+
+- Its merged export is the trained model: the base is rebuilt as training built it before the
+  adapter is folded in. Over the plain base the same adapter gives another model (what the
+  export did before).
+- Its adapter records the base it trained on (``llamafleet_base.json``), and the rollout and
+  reward services refuse it over a base shaped otherwise; a plain LoRA's adapter passes.
 """
 
 from __future__ import annotations
 
+import pytest
 import torch
 from llamafleet.training.v1 import training_pb2 as tpb
 from method_checks import logits, repeated_batch_rows, train_on_repeated_batch
 from peft import PeftModel
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from services.training import export
-from services.training.recipes import settings, validate
+from services.common.errors import FailedPrecondition
+from services.common.weight_files import ADAPTER_BASE_FILE, require_adapter_base
+from services.training import export, lora
+from services.training.recipes import LoraSettings, settings, validate
 
 
 def lora_pro_rope_spec(base) -> tpb.TrainingJobSpec:
@@ -50,3 +57,23 @@ def test_merged_export_rebuilds_the_base_the_job_trained_on(tiny_random, tokeniz
 
     plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_random), adapter)
     assert not torch.allclose(logits(plain.merge_and_unload(), ids), trained, atol=1e-2)
+
+
+def test_an_adapter_is_refused_over_a_base_it_was_not_trained_on(tiny_random, tokenizer, tmp_path):
+    spec = lora_pro_rope_spec(tiny_random)
+    spec.hyperparameters.max_steps = 1
+    rows = repeated_batch_rows(tokenizer)
+    train_on_repeated_batch(settings(spec), rows, tmp_path / "job")
+    adapter = tmp_path / "job" / "adapters" / "v1"
+    assert (adapter / ADAPTER_BASE_FILE).is_file()
+    with pytest.raises(FailedPrecondition) as refused:
+        require_adapter_base(adapter, tiny_random, "adapter j@1")
+    assert refused.value.reason == "ADAPTER_BASE_MISMATCH"
+    message = str(refused.value)
+    assert "num_hidden_layers 6 (this base: 4)" in message and "rope_factor 2.0" in message
+
+    plain = lora.apply_lora(
+        AutoModelForCausalLM.from_pretrained(tiny_random), LoraSettings(rank=4), seed=0
+    )
+    lora.save_adapter(plain, tmp_path / "plain")
+    require_adapter_base(tmp_path / "plain", tiny_random, "adapter p@1")  # same shape: passes

@@ -37,7 +37,7 @@ import torch
 from safetensors import safe_open
 
 from services.common.errors import FailedPrecondition, NotFound
-from services.common.weight_files import require_safetensors_model
+from services.common.weight_files import require_adapter_base, require_safetensors_model
 from services.reward.scorers import Reads, ScoreInput
 
 logger = logging.getLogger(__name__)
@@ -175,6 +175,7 @@ class RewardModels:
         self._peft = None  # peft.PeftModel over _base once an adapter is loaded
         self._resident: OrderedDict[str, None] = OrderedDict()  # LRU of request-named adapters
         self._has_default_adapter = False
+        self._base_path = Path(base_model) if base_model else None
         for key, value in (("base_model", base_model), ("reward_model", reward_model)):
             if value and not Path(value).is_dir():
                 raise FailedPrecondition(
@@ -233,6 +234,7 @@ class RewardModels:
         from peft import PeftModel
 
         check_reward_adapter(path)
+        require_adapter_base(path, self._base_path, f"reward adapter {path}")
         if self._peft is None:
             self._peft = PeftModel.from_pretrained(self._base, str(path), adapter_name=name)
         else:
