@@ -228,7 +228,7 @@ def _refusal(data: dict, encode_special_tokens: bool) -> str | None:
     if pattern not in KNOWN_PATTERNS:
         return "the split regex is not one whose behaviour is known to match in both regex engines"
     added = data.get("added_tokens") or []
-    return _added_refusal(added) or _merge_refusal(model, {a["id"] for a in added})
+    return _added_refusal(added) or _merge_refusal(model, {a["id"]: a["content"] for a in added})
 
 
 def _added_refusal(added: list[dict]) -> str | None:
@@ -249,11 +249,17 @@ def _added_refusal(added: list[dict]) -> str | None:
     return None
 
 
-def _merge_refusal(model: dict, added_ids: set[int]) -> str | None:
+def _merge_refusal(model: dict, added: dict[int, str]) -> str | None:
     from tokenizers import models
 
     vocab: dict[str, int] = model["vocab"]
     byte_of = _byte_of()
+    added_ids = set(added)
+    if model.get("ignore_merges"):  # HF looks a piece up in the whole vocabulary, added ids too
+        for token, i in vocab.items():
+            if i in added and all(c in byte_of for c in token):
+                if bytes(byte_of[c] for c in token) != added[i].encode():
+                    return f"with ignore_merges, a piece could be the added token {added[i]!r}"
     if any(c not in vocab or vocab[c] in added_ids for c in byte_of):
         return "not every byte is in the vocabulary"
     if len(set(vocab.values())) != len(vocab):

@@ -116,6 +116,12 @@ def test_tokenizers_with_the_gpt2_and_llama3_split_regexes(pre_tokenizer):
     _assert_same_ids(_train(pre_tokenizer), TRICKY + _random_texts(1000, seed=7))
 
 
+def test_a_tokenizer_with_ignore_merges_as_llama3_sets_it():
+    data = json.loads(_train(_split(LLAMA3)).backend_tokenizer.to_str())
+    data["model"]["ignore_merges"] = True
+    _assert_same_ids(_wrap(Tokenizer.from_str(json.dumps(data))), TRICKY + _random_texts(1000, 8))
+
+
 def test_encoder_outputs_do_not_depend_on_the_engine(tokenizer):
     convs = [
         {"conversations": [{"from": "human", "value": "q" + a}, {"from": "gpt", "value": b + "."}]}
@@ -135,11 +141,11 @@ def test_encoder_outputs_do_not_depend_on_the_engine(tokenizer):
     ]
 
 
-def _hand_made(merges: list[tuple[str, str]], tokens: list[str]) -> Tokenizer:
+def _hand_made(merges: list[tuple[str, str]], tokens: list[str], **options) -> Tokenizer:
     """A byte-level BPE over all 256 bytes plus ``tokens`` (ids in that order) and ``merges``."""
     vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
     vocab.update({t: 256 + i for i, t in enumerate(tokens)})
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, **options))
     backend.pre_tokenizer = _split(QWEN2)
     return backend
 
@@ -193,3 +199,14 @@ def test_merge_results_must_rise_with_rank_and_come_from_one_merge():
     assert "rise" in select_engine(_wrap(backend)).reason
     backend = _hand_made([("a", "bc"), ("ab", "c"), ("b", "c"), ("a", "b")], ["bc", "ab", "abc"])
     assert select_engine(_wrap(backend)).name == "huggingface"
+
+
+def test_with_ignore_merges_an_added_token_a_piece_could_spell_is_refused():
+    # HF looks a whole piece up in the model's vocabulary, where " foo" spells "Ġfoo", the added
+    # token's entry; tiktoken keeps added tokens apart from the mergeable ones.
+    backend = _hand_made([], ["Ġfoo"], ignore_merges=True)
+    backend.add_special_tokens(["Ġfoo"])
+    engine = select_engine(_wrap(backend))
+    assert engine.name == "huggingface"
+    assert "ignore_merges" in engine.reason
+    assert backend.encode(" foo").ids == [256]
