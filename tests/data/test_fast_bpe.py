@@ -3,7 +3,7 @@
 The reference is the tokenizer's own ``tokenizers`` backend (``encode_batch_fast``). Every
 tokenizer the test suite builds (the tiny model's at its default 3072 tokens, and 512, which the
 CLI test builds) and tokenizers trained here with the GPT-2 and Llama-3 split regexes are compared
-on hand-picked awkward text and on seeded random ASCII strings.
+on hand-picked awkward text, every ASCII character in a few contexts, and seeded random strings.
 """
 
 from __future__ import annotations
@@ -52,6 +52,14 @@ TRICKY = [
 ]
 
 
+# every ASCII character in the contexts the split regexes care about
+ASCII_CONTEXTS = [
+    form.format(c=chr(i))
+    for i in range(128)
+    for form in ("{c}", "a{c}b", "{c}{c} {c}", " {c}\n", "1{c}2", "'{c}", "{c}  x", "x \n{c}")
+]
+
+
 def _random_texts(n: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     pieces = [*"abcXYZ019 '.,!?\n\r\t-_<>|", "  ", "'s", "'LL", "<|im_end|>", "<|im_start|>", "ab"]
@@ -60,6 +68,7 @@ def _random_texts(n: int, seed: int) -> list[str]:
 
 
 def _assert_same_ids(tokenizer: PreTrainedTokenizerFast, texts: list[str]) -> None:
+    texts = texts + ASCII_CONTEXTS
     engine = select_engine(tokenizer)
     assert engine.name == "tiktoken", engine.reason
     reference = HFEngine(tokenizer.backend_tokenizer, "reference").encode_batch(texts)
