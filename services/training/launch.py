@@ -60,8 +60,13 @@ def runner_command(
     runner_args = ["--job-dir", str(Path(job_dir).resolve()), "--data-address", data_address]
     env = {"LLAMAFLEET_TOKEN": token} if token else {}
     env["PYTHONUNBUFFERED"] = "1"
-    env.update(allocator_env())  # jemalloc keeping freed pages, where installed
     world = spec.distributed.world_size
+    if world <= 1 or spec.distributed.backend != tpb.DISTRIBUTED_BACKEND_DEEPSPEED:
+        # jemalloc keeping freed pages, where installed. Not under DeepSpeed: one of five ZeRO-3
+        # test runs with it aborted at exit ("terminate called without an active exception",
+        # after its result was written), none of two without; too few runs to blame it, so the
+        # DeepSpeed path keeps glibc until that is settled.
+        env.update(allocator_env())
     if world <= 1:
         return [sys.executable, "-m", RUNNER_MODULE, *runner_args], env
     port = str(free_port())

@@ -56,3 +56,15 @@ def test_a_process_started_with_it_runs_on_jemalloc():
     env = {**allocator_env({}), "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "True", out.stderr
+
+
+def test_deepspeed_launches_keep_glibc():
+    spec = tpb.TrainingJobSpec()
+    spec.distributed.world_size = 2
+    spec.distributed.backend = tpb.DISTRIBUTED_BACKEND_DEEPSPEED
+    with mock.patch.object(allocator, "find_jemalloc", return_value="libjemalloc.so.2"):
+        _, env = runner_command(spec, "/jobs/j1", "localhost:1234")
+        assert "LD_PRELOAD" not in env
+        spec.distributed.backend = tpb.DISTRIBUTED_BACKEND_DDP
+        _, env = runner_command(spec, "/jobs/j1", "localhost:1234")
+        assert env["LD_PRELOAD"].startswith("libjemalloc.so.2")
