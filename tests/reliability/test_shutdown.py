@@ -213,7 +213,9 @@ def test_in_flight_calls_finish_within_grace_and_new_calls_are_refused():
     out = asyncio.run(asyncio.wait_for(scenario(), timeout=120))
     report("graceful_shutdown_in_flight", delay_s=delay_s, grace_s=grace_s, **out)
     assert out["served_during_delay"] >= 1
-    assert out["refused_code"] == "UNAVAILABLE"
+    # UNAVAILABLE once the port refuses; CANCELLED for a call that reached the server in the
+    # instant it stopped (grpc cancels calls it had accepted but not started; seen once under load)
+    assert out["refused_code"] in ("UNAVAILABLE", "CANCELLED")
     assert out["refused_at_s"] >= delay_s * 0.9
     assert out["short_done_when_refused"] == 0  # refused while in-flight calls still ran
     assert all(code == "OK" for code, _s in out["short"])  # and those finished
