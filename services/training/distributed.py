@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from services.training.methods.galore import LayerwiseOptimizer
 from services.training.recipes import Settings
 
 logger = logging.getLogger(__name__)
@@ -109,9 +110,12 @@ class Engine:
     def step(self) -> float:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        limit = self.settings.max_grad_norm or float("inf")
-        norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
+        if isinstance(self.optimizer, LayerwiseOptimizer):  # stepped in backward: no gradients
+            norm = self.optimizer.take_grad_norm()  # left to clip, only their norm to report
+        else:
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            limit = self.settings.max_grad_norm or float("inf")
+            norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()

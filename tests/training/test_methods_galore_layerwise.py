@@ -6,6 +6,7 @@ which updates every parameter with the same per-parameter rule, must give the sa
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 
@@ -67,6 +68,13 @@ def test_layerwise_trains_steps_in_backward_and_matches_whole_model_galore(
     ):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
     assert losses == pytest.approx(ref_losses, rel=1e-5)
+    # the reported gradient norm is the whole model's, as with one optimizer (it used to be 0)
+    norms = [json.loads(x)["grad_norm"] for x in (tmp_path / "layerwise" / "output" /
+             "metrics.jsonl").read_text().splitlines() if '"grad_norm"' in x]  # fmt: skip
+    ref_norms = [json.loads(x)["grad_norm"] for x in (tmp_path / "whole" / "output" /
+                 "metrics.jsonl").read_text().splitlines() if '"grad_norm"' in x]  # fmt: skip
+    assert len(norms) == 6 and all(n > 0 for n in norms)
+    assert norms == pytest.approx(ref_norms, rel=1e-4)
 
 
 def test_layerwise_schedule_and_resume(tiny_random, tokenizer, tmp_path):

@@ -147,15 +147,24 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         self.optimizers = optimizers
         super().__init__(list(optimizers), {})
         self._link_groups()
+        self._grad_sq: torch.Tensor | None = None  # sum of squared gradients since take_grad_norm
         self._hooks = [p.register_post_accumulate_grad_hook(self._step_one) for p in optimizers]
 
     def _link_groups(self) -> None:
         self.param_groups = [g for opt in self.optimizers.values() for g in opt.param_groups]
 
     def _step_one(self, param: torch.Tensor) -> None:
+        sq = param.grad.detach().float().pow(2).sum()
+        self._grad_sq = sq if self._grad_sq is None else self._grad_sq + sq
         optimizer = self.optimizers[param]
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
+    def take_grad_norm(self) -> float:
+        """The L2 norm of the gradients stepped since the last call (the whole model's gradient
+        norm, as ``clip_grad_norm_`` reports it elsewhere: the gradients themselves are gone)."""
+        sq, self._grad_sq = self._grad_sq, None
+        return float(sq.sqrt()) if sq is not None else 0.0
 
     def step(self, closure=None):
         """Nothing to do: every parameter was stepped when its gradient arrived."""
