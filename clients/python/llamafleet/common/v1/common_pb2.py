@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!llamafleet/common/v1/common.proto\x12\x14llamafleet.common.v1\x1a\x1fgoogle/protobuf/timestamp.proto\")\n\nAdapterRef\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"\'\n\tTokenSpan\x12\r\n\x05start\x18\x01 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x05\"\xe1\x01\n\nDeadLetter\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x10\n\x08\x65ntry_id\x18\x03 \x01(\t\x12\x0f\n\x07item_id\x18\x04 \x01(\t\x12\x14\n\x0cpayload_type\x18\x05 \x01(\t\x12\x0f\n\x07payload\x18\x06 \x01(\x0c\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x12\n\ndeliveries\x18\x08 \x01(\x03\x12\x10\n\x08\x63onsumer\x18\t \x01(\t\x12\x34\n\x10\x64\x65\x61\x64_letter_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"x\n\x0eRewardSettings\x12\x0e\n\x06whiten\x18\x01 \x01(\x08\x12\x12\n\x05scale\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x0c\n\x04\x63lip\x18\x03 \x01(\x01\x12\x15\n\rregex_pattern\x18\x04 \x01(\t\x12\x13\n\x0bignore_case\x18\x05 \x01(\x08\x42\x08\n\x06_scaleBOZMgithub.com/llamafleet/llamafleet/clients/go/gen/llamafleet/common/v1;commonv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!llamafleet/common/v1/common.proto\x12\x14llamafleet.common.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\")\n\nAdapterRef\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"\'\n\tTokenSpan\x12\r\n\x05start\x18\x01 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x05\"\xe1\x01\n\nDeadLetter\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x10\n\x08\x65ntry_id\x18\x03 \x01(\t\x12\x0f\n\x07item_id\x18\x04 \x01(\t\x12\x14\n\x0cpayload_type\x18\x05 \x01(\t\x12\x0f\n\x07payload\x18\x06 \x01(\x0c\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x12\n\ndeliveries\x18\x08 \x01(\x03\x12\x10\n\x08\x63onsumer\x18\t \x01(\t\x12\x34\n\x10\x64\x65\x61\x64_letter_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb4\x01\n\x0eRewardSettings\x12\x0e\n\x06whiten\x18\x01 \x01(\x08\x12\x12\n\x05scale\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x0c\n\x04\x63lip\x18\x03 \x01(\x01\x12\x15\n\rregex_pattern\x18\x04 \x01(\t\x12\x13\n\x0bignore_case\x18\x05 \x01(\x08\x12:\n\tfunctions\x18\x06 \x03(\x0b\x32\'.llamafleet.common.v1.RewardFunctionRefB\x08\n\x06_scale\"w\n\x11RewardFunctionRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x06weight\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12%\n\x04\x61rgs\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05label\x18\x04 \x01(\tB\t\n\x07_weightBOZMgithub.com/llamafleet/llamafleet/clients/go/gen/llamafleet/common/v1;commonv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,12 +34,14 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llamafleet.common.v1.common
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZMgithub.com/llamafleet/llamafleet/clients/go/gen/llamafleet/common/v1;commonv1'
-  _globals['_ADAPTERREF']._serialized_start=92
-  _globals['_ADAPTERREF']._serialized_end=133
-  _globals['_TOKENSPAN']._serialized_start=135
-  _globals['_TOKENSPAN']._serialized_end=174
-  _globals['_DEADLETTER']._serialized_start=177
-  _globals['_DEADLETTER']._serialized_end=402
-  _globals['_REWARDSETTINGS']._serialized_start=404
-  _globals['_REWARDSETTINGS']._serialized_end=524
+  _globals['_ADAPTERREF']._serialized_start=122
+  _globals['_ADAPTERREF']._serialized_end=163
+  _globals['_TOKENSPAN']._serialized_start=165
+  _globals['_TOKENSPAN']._serialized_end=204
+  _globals['_DEADLETTER']._serialized_start=207
+  _globals['_DEADLETTER']._serialized_end=432
+  _globals['_REWARDSETTINGS']._serialized_start=435
+  _globals['_REWARDSETTINGS']._serialized_end=615
+  _globals['_REWARDFUNCTIONREF']._serialized_start=617
+  _globals['_REWARDFUNCTIONREF']._serialized_end=736
 # @@protoc_insertion_point(module_scope)

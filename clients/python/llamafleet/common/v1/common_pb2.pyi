@@ -1,9 +1,11 @@
 import datetime
 
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -49,15 +51,29 @@ class DeadLetter(_message.Message):
     def __init__(self, stream: _Optional[str] = ..., group: _Optional[str] = ..., entry_id: _Optional[str] = ..., item_id: _Optional[str] = ..., payload_type: _Optional[str] = ..., payload: _Optional[bytes] = ..., reason: _Optional[str] = ..., deliveries: _Optional[int] = ..., consumer: _Optional[str] = ..., dead_letter_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class RewardSettings(_message.Message):
-    __slots__ = ("whiten", "scale", "clip", "regex_pattern", "ignore_case")
+    __slots__ = ("whiten", "scale", "clip", "regex_pattern", "ignore_case", "functions")
     WHITEN_FIELD_NUMBER: _ClassVar[int]
     SCALE_FIELD_NUMBER: _ClassVar[int]
     CLIP_FIELD_NUMBER: _ClassVar[int]
     REGEX_PATTERN_FIELD_NUMBER: _ClassVar[int]
     IGNORE_CASE_FIELD_NUMBER: _ClassVar[int]
+    FUNCTIONS_FIELD_NUMBER: _ClassVar[int]
     whiten: bool
     scale: float
     clip: float
     regex_pattern: str
     ignore_case: bool
-    def __init__(self, whiten: _Optional[bool] = ..., scale: _Optional[float] = ..., clip: _Optional[float] = ..., regex_pattern: _Optional[str] = ..., ignore_case: _Optional[bool] = ...) -> None: ...
+    functions: _containers.RepeatedCompositeFieldContainer[RewardFunctionRef]
+    def __init__(self, whiten: _Optional[bool] = ..., scale: _Optional[float] = ..., clip: _Optional[float] = ..., regex_pattern: _Optional[str] = ..., ignore_case: _Optional[bool] = ..., functions: _Optional[_Iterable[_Union[RewardFunctionRef, _Mapping]]] = ...) -> None: ...
+
+class RewardFunctionRef(_message.Message):
+    __slots__ = ("name", "weight", "args", "label")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    weight: float
+    args: _struct_pb2.Struct
+    label: str
+    def __init__(self, name: _Optional[str] = ..., weight: _Optional[float] = ..., args: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., label: _Optional[str] = ...) -> None: ...

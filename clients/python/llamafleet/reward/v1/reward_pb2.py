@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from llamafleet.rollout.v1 import rollout_pb2 as llamafleet_dot_rollout_dot_v1_dot_rollout__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!llamafleet/reward/v1/reward.proto\x12\x14llamafleet.reward.v1\x1a#llamafleet/rollout/v1/rollout.proto\"\x90\x01\n\tScoreItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x12\n\nprompt_ids\x18\x02 \x03(\x05\x12\x16\n\x0e\x63ompletion_ids\x18\x03 \x03(\x05\x12\x13\n\x0bprompt_text\x18\x04 \x01(\t\x12\x17\n\x0f\x63ompletion_text\x18\x05 \x01(\t\x12\x18\n\x10reference_answer\x18\x06 \x01(\t\"E\n\x05Score\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x11\n\traw_score\x18\x02 \x01(\x01\x12\x18\n\x10normalized_score\x18\x03 \x01(\x01\"}\n\rScoredRollout\x12/\n\x07rollout\x18\x01 \x01(\x0b\x32\x1e.llamafleet.rollout.v1.Rollout\x12\x11\n\traw_score\x18\x02 \x01(\x01\x12\x18\n\x10normalized_score\x18\x03 \x01(\x01\x12\x0e\n\x06scorer\x18\x04 \x01(\tBOZMgithub.com/llamafleet/llamafleet/clients/go/gen/llamafleet/reward/v1;rewardv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!llamafleet/reward/v1/reward.proto\x12\x14llamafleet.reward.v1\x1a#llamafleet/rollout/v1/rollout.proto\"\x90\x01\n\tScoreItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x12\n\nprompt_ids\x18\x02 \x03(\x05\x12\x16\n\x0e\x63ompletion_ids\x18\x03 \x03(\x05\x12\x13\n\x0bprompt_text\x18\x04 \x01(\t\x12\x17\n\x0f\x63ompletion_text\x18\x05 \x01(\t\x12\x18\n\x10reference_answer\x18\x06 \x01(\t\"\x80\x01\n\x05Score\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x11\n\traw_score\x18\x02 \x01(\x01\x12\x18\n\x10normalized_score\x18\x03 \x01(\x01\x12\x39\n\ncomponents\x18\x04 \x03(\x0b\x32%.llamafleet.reward.v1.RewardComponent\"\xd9\x01\n\x0fRewardComponent\x12\r\n\x05label\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12\r\n\x05score\x18\x04 \x01(\x01\x12H\n\nsub_scores\x18\x05 \x03(\x0b\x32\x34.llamafleet.reward.v1.RewardComponent.SubScoresEntry\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\x1a\x30\n\x0eSubScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xb8\x01\n\rScoredRollout\x12/\n\x07rollout\x18\x01 \x01(\x0b\x32\x1e.llamafleet.rollout.v1.Rollout\x12\x11\n\traw_score\x18\x02 \x01(\x01\x12\x18\n\x10normalized_score\x18\x03 \x01(\x01\x12\x0e\n\x06scorer\x18\x04 \x01(\t\x12\x39\n\ncomponents\x18\x05 \x03(\x0b\x32%.llamafleet.reward.v1.RewardComponentBOZMgithub.com/llamafleet/llamafleet/clients/go/gen/llamafleet/reward/v1;rewardv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,10 +33,16 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llamafleet.reward.v1.reward
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZMgithub.com/llamafleet/llamafleet/clients/go/gen/llamafleet/reward/v1;rewardv1'
+  _globals['_REWARDCOMPONENT_SUBSCORESENTRY']._loaded_options = None
+  _globals['_REWARDCOMPONENT_SUBSCORESENTRY']._serialized_options = b'8\001'
   _globals['_SCOREITEM']._serialized_start=97
   _globals['_SCOREITEM']._serialized_end=241
-  _globals['_SCORE']._serialized_start=243
-  _globals['_SCORE']._serialized_end=312
-  _globals['_SCOREDROLLOUT']._serialized_start=314
-  _globals['_SCOREDROLLOUT']._serialized_end=439
+  _globals['_SCORE']._serialized_start=244
+  _globals['_SCORE']._serialized_end=372
+  _globals['_REWARDCOMPONENT']._serialized_start=375
+  _globals['_REWARDCOMPONENT']._serialized_end=592
+  _globals['_REWARDCOMPONENT_SUBSCORESENTRY']._serialized_start=544
+  _globals['_REWARDCOMPONENT_SUBSCORESENTRY']._serialized_end=592
+  _globals['_SCOREDROLLOUT']._serialized_start=595
+  _globals['_SCOREDROLLOUT']._serialized_end=779
 # @@protoc_insertion_point(module_scope)

@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from llamafleet.common.v1 import common_pb2 as llamafleet_dot_common_dot_v1_dot_common__pb2
 from llamafleet.reward.v1 import reward_pb2 as llamafleet_dot_reward_dot_v1_dot_reward__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)llamafleet/reward/v1/reward_service.proto\x12\x14llamafleet.reward.v1\x1a!llamafleet/common/v1/common.proto\x1a!llamafleet/reward/v1/reward.proto\"\xdf\x01\n\x14ScoreRolloutsRequest\x12.\n\x05items\x18\x01 \x03(\x0b\x32\x1f.llamafleet.reward.v1.ScoreItem\x12\x0e\n\x06scorer\x18\x02 \x01(\t\x12\x38\n\x0ereward_adapter\x18\x03 \x01(\x0b\x32 .llamafleet.common.v1.AdapterRef\x12\x0e\n\x06job_id\x18\x04 \x01(\t\x12=\n\x0freward_settings\x18\x05 \x01(\x0b\x32$.llamafleet.common.v1.RewardSettings\"T\n\x15ScoreRolloutsResponse\x12+\n\x06scores\x18\x01 \x03(\x0b\x32\x1b.llamafleet.reward.v1.Score\x12\x0e\n\x06scorer\x18\x02 \x01(\t2y\n\rRewardService\x12h\n\rScoreRollouts\x12*.llamafleet.reward.v1.ScoreRolloutsRequest\x1a+.llamafleet.reward.v1.ScoreRolloutsResponseBOZMgithub.com/llamafleet/llamafleet/clients/go/gen/llamafleet/reward/v1;rewardv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)llamafleet/reward/v1/reward_service.proto\x12\x14llamafleet.reward.v1\x1a\x1egoogle/protobuf/duration.proto\x1a!llamafleet/common/v1/common.proto\x1a!llamafleet/reward/v1/reward.proto\"\xdf\x01\n\x14ScoreRolloutsRequest\x12.\n\x05items\x18\x01 \x03(\x0b\x32\x1f.llamafleet.reward.v1.ScoreItem\x12\x0e\n\x06scorer\x18\x02 \x01(\t\x12\x38\n\x0ereward_adapter\x18\x03 \x01(\x0b\x32 .llamafleet.common.v1.AdapterRef\x12\x0e\n\x06job_id\x18\x04 \x01(\t\x12=\n\x0freward_settings\x18\x05 \x01(\x0b\x32$.llamafleet.common.v1.RewardSettings\"T\n\x15ScoreRolloutsResponse\x12+\n\x06scores\x18\x01 \x03(\x0b\x32\x1b.llamafleet.reward.v1.Score\x12\x0e\n\x06scorer\x18\x02 \x01(\t\"\xda\x01\n\x12RewardFunctionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\x04kind\x18\x02 \x01(\x0e\x32(.llamafleet.reward.v1.RewardFunctionKind\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tavailable\x18\x06 \x01(\x08\x12\x1a\n\x12unavailable_reason\x18\x07 \x01(\t\"\x1c\n\x1aListRewardFunctionsRequest\"Z\n\x1bListRewardFunctionsResponse\x12;\n\tfunctions\x18\x01 \x03(\x0b\x32(.llamafleet.reward.v1.RewardFunctionInfo\"\x86\x01\n\x19TestRewardFunctionRequest\x12:\n\tfunctions\x18\x01 \x03(\x0b\x32\'.llamafleet.common.v1.RewardFunctionRef\x12-\n\x04item\x18\x02 \x01(\x0b\x32\x1f.llamafleet.reward.v1.ScoreItem\"f\n\x1aTestRewardFunctionResponse\x12\r\n\x05score\x18\x01 \x01(\x01\x12\x39\n\ncomponents\x18\x02 \x03(\x0b\x32%.llamafleet.reward.v1.RewardComponent*\xdd\x01\n\x12RewardFunctionKind\x12$\n REWARD_FUNCTION_KIND_UNSPECIFIED\x10\x00\x12\x1d\n\x19REWARD_FUNCTION_KIND_RULE\x10\x01\x12 \n\x1cREWARD_FUNCTION_KIND_BUILTIN\x10\x02\x12\x1d\n\x19REWARD_FUNCTION_KIND_USER\x10\x03\x12 \n\x1cREWARD_FUNCTION_KIND_SANDBOX\x10\x04\x12\x1f\n\x1bREWARD_FUNCTION_KIND_REMOTE\x10\x05\x32\xee\x02\n\rRewardService\x12h\n\rScoreRollouts\x12*.llamafleet.reward.v1.ScoreRolloutsRequest\x1a+.llamafleet.reward.v1.ScoreRolloutsResponse\x12z\n\x13ListRewardFunctions\x12\x30.llamafleet.reward.v1.ListRewardFunctionsRequest\x1a\x31.llamafleet.reward.v1.ListRewardFunctionsResponse\x12w\n\x12TestRewardFunction\x12/.llamafleet.reward.v1.TestRewardFunctionRequest\x1a\x30.llamafleet.reward.v1.TestRewardFunctionResponseBOZMgithub.com/llamafleet/llamafleet/clients/go/gen/llamafleet/reward/v1;rewardv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,10 +35,22 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llamafleet.reward.v1.reward
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZMgithub.com/llamafleet/llamafleet/clients/go/gen/llamafleet/reward/v1;rewardv1'
-  _globals['_SCOREROLLOUTSREQUEST']._serialized_start=138
-  _globals['_SCOREROLLOUTSREQUEST']._serialized_end=361
-  _globals['_SCOREROLLOUTSRESPONSE']._serialized_start=363
-  _globals['_SCOREROLLOUTSRESPONSE']._serialized_end=447
-  _globals['_REWARDSERVICE']._serialized_start=449
-  _globals['_REWARDSERVICE']._serialized_end=570
+  _globals['_REWARDFUNCTIONKIND']._serialized_start=1066
+  _globals['_REWARDFUNCTIONKIND']._serialized_end=1287
+  _globals['_SCOREROLLOUTSREQUEST']._serialized_start=170
+  _globals['_SCOREROLLOUTSREQUEST']._serialized_end=393
+  _globals['_SCOREROLLOUTSRESPONSE']._serialized_start=395
+  _globals['_SCOREROLLOUTSRESPONSE']._serialized_end=479
+  _globals['_REWARDFUNCTIONINFO']._serialized_start=482
+  _globals['_REWARDFUNCTIONINFO']._serialized_end=700
+  _globals['_LISTREWARDFUNCTIONSREQUEST']._serialized_start=702
+  _globals['_LISTREWARDFUNCTIONSREQUEST']._serialized_end=730
+  _globals['_LISTREWARDFUNCTIONSRESPONSE']._serialized_start=732
+  _globals['_LISTREWARDFUNCTIONSRESPONSE']._serialized_end=822
+  _globals['_TESTREWARDFUNCTIONREQUEST']._serialized_start=825
+  _globals['_TESTREWARDFUNCTIONREQUEST']._serialized_end=959
+  _globals['_TESTREWARDFUNCTIONRESPONSE']._serialized_start=961
+  _globals['_TESTREWARDFUNCTIONRESPONSE']._serialized_end=1063
+  _globals['_REWARDSERVICE']._serialized_start=1290
+  _globals['_REWARDSERVICE']._serialized_end=1656
 # @@protoc_insertion_point(module_scope)

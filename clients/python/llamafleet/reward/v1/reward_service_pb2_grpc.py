@@ -40,6 +40,16 @@ class RewardServiceStub:
                 request_serializer=llamafleet_dot_reward_dot_v1_dot_reward__service__pb2.ScoreRolloutsRequest.SerializeToString,
                 response_deserializer=llamafleet_dot_reward_dot_v1_dot_reward__service__pb2.ScoreRolloutsResponse.FromString,
                 _registered_method=True)
+        self.ListRewardFunctions = channel.unary_unary(
+                '/llamafleet.reward.v1.RewardService/ListRewardFunctions',
+                request_serializer=llamafleet_dot_reward_dot_v1_dot_reward__service__pb2.ListRewardFunctionsRequest.SerializeToString,
+                response_deserializer=llamafleet_dot_reward_dot_v1_dot_reward__service__pb2.ListRewardFunctionsResponse.FromString,
+                _registered_method=True)
+        self.TestRewardFunction = channel.unary_unary(
+                '/llamafleet.reward.v1.RewardService/TestRewardFunction',
+                request_serializer=llamafleet_dot_reward_dot_v1_dot_reward__service__pb2.TestRewardFunctionRequest.SerializeToString,
+                response_deserializer=llamafleet_dot_reward_dot_v1_dot_reward__service__pb2.TestRewardFunctionResponse.FromString,
+                _registered_method=True)
 
 
 class RewardServiceServicer:
@@ -53,6 +63,21 @@ class RewardServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRewardFunctions(self, request, context):
+        """Lists the reward functions this service offers (what a job may name in
+        RewardSettings.functions).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TestRewardFunction(self, request, context):
+        """Scores one item with reward functions, without a job: to debug rewards before a long run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RewardServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +85,16 @@ def add_RewardServiceServicer_to_server(servicer, server):
                     servicer.ScoreRollouts,
                     request_deserializer=llamafleet_dot_reward_dot_v1_dot_reward__service__pb2.ScoreRolloutsRequest.FromString,
                     response_serializer=llamafleet_dot_reward_dot_v1_dot_reward__service__pb2.ScoreRolloutsResponse.SerializeToString,
+            ),
+            'ListRewardFunctions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRewardFunctions,
+                    request_deserializer=llamafleet_dot_reward_dot_v1_dot_reward__service__pb2.ListRewardFunctionsRequest.FromString,
+                    response_serializer=llamafleet_dot_reward_dot_v1_dot_reward__service__pb2.ListRewardFunctionsResponse.SerializeToString,
+            ),
+            'TestRewardFunction': grpc.unary_unary_rpc_method_handler(
+                    servicer.TestRewardFunction,
+                    request_deserializer=llamafleet_dot_reward_dot_v1_dot_reward__service__pb2.TestRewardFunctionRequest.FromString,
+                    response_serializer=llamafleet_dot_reward_dot_v1_dot_reward__service__pb2.TestRewardFunctionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +125,60 @@ class RewardService:
             '/llamafleet.reward.v1.RewardService/ScoreRollouts',
             llamafleet_dot_reward_dot_v1_dot_reward__service__pb2.ScoreRolloutsRequest.SerializeToString,
             llamafleet_dot_reward_dot_v1_dot_reward__service__pb2.ScoreRolloutsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRewardFunctions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llamafleet.reward.v1.RewardService/ListRewardFunctions',
+            llamafleet_dot_reward_dot_v1_dot_reward__service__pb2.ListRewardFunctionsRequest.SerializeToString,
+            llamafleet_dot_reward_dot_v1_dot_reward__service__pb2.ListRewardFunctionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TestRewardFunction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llamafleet.reward.v1.RewardService/TestRewardFunction',
+            llamafleet_dot_reward_dot_v1_dot_reward__service__pb2.TestRewardFunctionRequest.SerializeToString,
+            llamafleet_dot_reward_dot_v1_dot_reward__service__pb2.TestRewardFunctionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -19,6 +19,11 @@ const _ = grpc.SupportPackageIsVersion7
 type RewardServiceClient interface {
 	// Scores a list of items with one scorer; batches across callers.
 	ScoreRollouts(ctx context.Context, in *ScoreRolloutsRequest, opts ...grpc.CallOption) (*ScoreRolloutsResponse, error)
+	// Lists the reward functions this service offers (what a job may name in
+	// RewardSettings.functions).
+	ListRewardFunctions(ctx context.Context, in *ListRewardFunctionsRequest, opts ...grpc.CallOption) (*ListRewardFunctionsResponse, error)
+	// Scores one item with reward functions, without a job: to debug rewards before a long run.
+	TestRewardFunction(ctx context.Context, in *TestRewardFunctionRequest, opts ...grpc.CallOption) (*TestRewardFunctionResponse, error)
 }
 
 type rewardServiceClient struct {
@@ -38,12 +43,35 @@ func (c *rewardServiceClient) ScoreRollouts(ctx context.Context, in *ScoreRollou
 	return out, nil
 }
 
+func (c *rewardServiceClient) ListRewardFunctions(ctx context.Context, in *ListRewardFunctionsRequest, opts ...grpc.CallOption) (*ListRewardFunctionsResponse, error) {
+	out := new(ListRewardFunctionsResponse)
+	err := c.cc.Invoke(ctx, "/llamafleet.reward.v1.RewardService/ListRewardFunctions", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *rewardServiceClient) TestRewardFunction(ctx context.Context, in *TestRewardFunctionRequest, opts ...grpc.CallOption) (*TestRewardFunctionResponse, error) {
+	out := new(TestRewardFunctionResponse)
+	err := c.cc.Invoke(ctx, "/llamafleet.reward.v1.RewardService/TestRewardFunction", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RewardServiceServer is the server API for RewardService service.
 // All implementations must embed UnimplementedRewardServiceServer
 // for forward compatibility
 type RewardServiceServer interface {
 	// Scores a list of items with one scorer; batches across callers.
 	ScoreRollouts(context.Context, *ScoreRolloutsRequest) (*ScoreRolloutsResponse, error)
+	// Lists the reward functions this service offers (what a job may name in
+	// RewardSettings.functions).
+	ListRewardFunctions(context.Context, *ListRewardFunctionsRequest) (*ListRewardFunctionsResponse, error)
+	// Scores one item with reward functions, without a job: to debug rewards before a long run.
+	TestRewardFunction(context.Context, *TestRewardFunctionRequest) (*TestRewardFunctionResponse, error)
 	mustEmbedUnimplementedRewardServiceServer()
 }
 
@@ -53,6 +81,12 @@ type UnimplementedRewardServiceServer struct {
 
 func (UnimplementedRewardServiceServer) ScoreRollouts(context.Context, *ScoreRolloutsRequest) (*ScoreRolloutsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ScoreRollouts not implemented")
+}
+func (UnimplementedRewardServiceServer) ListRewardFunctions(context.Context, *ListRewardFunctionsRequest) (*ListRewardFunctionsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListRewardFunctions not implemented")
+}
+func (UnimplementedRewardServiceServer) TestRewardFunction(context.Context, *TestRewardFunctionRequest) (*TestRewardFunctionResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method TestRewardFunction not implemented")
 }
 func (UnimplementedRewardServiceServer) mustEmbedUnimplementedRewardServiceServer() {}
 
@@ -85,6 +119,42 @@ func _RewardService_ScoreRollouts_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RewardService_ListRewardFunctions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListRewardFunctionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RewardServiceServer).ListRewardFunctions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/llamafleet.reward.v1.RewardService/ListRewardFunctions",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RewardServiceServer).ListRewardFunctions(ctx, req.(*ListRewardFunctionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RewardService_TestRewardFunction_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TestRewardFunctionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RewardServiceServer).TestRewardFunction(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/llamafleet.reward.v1.RewardService/TestRewardFunction",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RewardServiceServer).TestRewardFunction(ctx, req.(*TestRewardFunctionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _RewardService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "llamafleet.reward.v1.RewardService",
 	HandlerType: (*RewardServiceServer)(nil),
@@ -92,6 +162,14 @@ var _RewardService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ScoreRollouts",
 			Handler:    _RewardService_ScoreRollouts_Handler,
+		},
+		{
+			MethodName: "ListRewardFunctions",
+			Handler:    _RewardService_ListRewardFunctions_Handler,
+		},
+		{
+			MethodName: "TestRewardFunction",
+			Handler:    _RewardService_TestRewardFunction_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
