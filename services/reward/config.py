@@ -55,6 +55,9 @@ class RewardConfig(ServerConfig):
     job_settings_file: str = ""  # YAML: per-job overrides of the keys above
     regex_timeout_ms: float = 100.0  # per item; a slower match is INVALID_ARGUMENT
     max_pattern_chars: int = 512
+    # -- reward functions (functions/registry.py): the owner's functions, pool, sandbox, remotes
+    functions_file: str = ""  # YAML; "" = the built-in functions only
+    function_workers: int = 2  # processes of the reward-function pool (started on first use)
 
     def __post_init__(self) -> None:
         super().__post_init__()

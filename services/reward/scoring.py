@@ -8,6 +8,10 @@
    small thread pool (a regex match may take up to its timeout);
 4. normalise with the job's running statistics (``normalize.py``).
 
+The scorer ``functions`` (a job's weighted sum of reward functions) and a reward function named
+directly as the scorer resolve through ``functions/`` (``RewardFunctions``) instead of the
+scorer table; their scores carry each function's part (``Scored.components``).
+
 It knows the domain types only; ``servicer.py`` and ``worker.py`` translate protos.
 """
 
@@ -26,10 +30,13 @@ from pathlib import Path
 from llamafleet.common.v1 import common_pb2
 
 from services.common.adapter_cache import AdapterCache, check_ref
-from services.common.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from services.common.config import ConfigError
+from services.common.errors import FailedPrecondition, FieldViolation, InvalidArgument, invalid
 from services.reward import job_settings, scorers
 from services.reward.batching import Batcher
 from services.reward.config import RewardConfig
+from services.reward.functions import FUNCTIONS_SCORER, Component, FunctionCall, registry
+from services.reward.functions.runtime import RewardFunctions
 from services.reward.job_settings import JobSettings, JobSettingsTable
 from services.reward.normalize import Normalizer
 from services.reward.scorers import Reads, ScoreInput, Scorer, ScorerContext
@@ -46,6 +53,7 @@ class Scored:
     scorer: str
     raw: list[float]
     normalized: list[float]
+    components: list[tuple[Component, ...]] = dataclasses.field(default_factory=list)
 
 
 def adapter_key(adapter_id: str, version: int, field_path: str) -> AdapterKey | None:
@@ -137,8 +145,10 @@ class ScoringEngine:
         models: RewardModels | None = None,
         codec: Codec | None = None,
         settings: JobSettingsTable | None = None,
+        functions: RewardFunctions | None = None,
     ) -> None:
         self.config = config
+        self.functions = functions or _load_functions(config)
         self.models = models
         self.codec = codec
         self.settings = settings or JobSettingsTable.from_config(config)
@@ -170,6 +180,7 @@ class ScoringEngine:
     def close(self) -> None:
         self.batcher.close()
         self._rules.shutdown(wait=False, cancel_futures=True)
+        self.functions.close()
 
     # -- the steps ------------------------------------------------------------------------------
 
@@ -184,7 +195,26 @@ class ScoringEngine:
         adapter: AdapterKey | None,
         field_prefix: str = "",
         override: JobSettings | None = None,
+        calls: tuple[FunctionCall, ...] | None = None,
     ) -> Scorer:
+        if calls is not None:
+            if adapter is not None:
+                raise invalid(
+                    f"{field_prefix}reward_adapter",
+                    "reward functions read no reward model; leave reward_adapter empty",
+                    reason="ADAPTER_NOT_USED",
+                )
+            return self.functions.scorer(calls)
+        if name not in scorers.SCORERS:
+            shown = repr(name) if name else "an empty name"
+            offered = sorted(self.functions.config.functions)
+            raise invalid(
+                f"{field_prefix}scorer",
+                f"unknown scorer {shown}; valid scorers: {', '.join(scorers.valid_names())}, "
+                f"{FUNCTIONS_SCORER!r} (the job's reward_settings.functions) or a reward "
+                f"function: {', '.join(offered)}",
+                reason="UNKNOWN_SCORER",
+            )
         ctx = ScorerContext(
             settings=self.job_settings(job_id, override),
             adapter=adapter,
@@ -202,6 +232,9 @@ class ScoringEngine:
         for i, item in enumerate(items):
             where = f"{field}[{i}]"
             if scorer.reads is Reads.TEXT:
+                wants_prompt = getattr(scorer, "wants_prompt", False)
+                if wants_prompt and not item.prompt_text and item.prompt_ids and self.codec:
+                    item = dataclasses.replace(item, prompt_text=self.codec.decode(item.prompt_ids))
                 if not item.completion_text and item.completion_ids:
                     item = dataclasses.replace(
                         item, completion_text=self._codec(where).decode(item.completion_ids)
@@ -263,7 +296,8 @@ class ScoringEngine:
         """A future of the raw scores."""
         if scorer.batched:
             return self.batcher.submit(scorer, items)
-        return self._rules.submit(scorer.score, list(items))
+        executor = getattr(scorer, "executor", None) or self._rules
+        return executor.submit(scorer.score, list(items))
 
     def finish(
         self,
@@ -273,6 +307,8 @@ class ScoringEngine:
         field: str,
         override: JobSettings | None = None,
     ) -> Scored:
+        components = [tuple(getattr(r, "components", ())) for r in raws]
+        raws = [float(r) for r in raws]
         bad = [i for i, r in enumerate(raws) if not math.isfinite(r)]
         if bad:
             raise FailedPrecondition(
@@ -282,7 +318,7 @@ class ScoringEngine:
             )
         settings = self.job_settings(job_id, override)
         normalized = self.normalizer.apply(job_id, settings, raws)
-        return Scored(scorer.name, list(raws), normalized)
+        return Scored(scorer.name, list(raws), normalized, components)
 
     # -- the two entry points -------------------------------------------------------------------
 
@@ -296,9 +332,11 @@ class ScoringEngine:
         field_prefix: str = "",
         items_field: str = "items",
         override: JobSettings | None = None,
+        calls: tuple[FunctionCall, ...] | None = None,
     ) -> Scored:
-        """Blocking: for worker threads. ``override``: the request's own job settings."""
-        scorer = self.resolve(name, job_id, adapter, field_prefix, override)
+        """Blocking: for worker threads. ``override``: the request's own job settings;
+        ``calls``: the reward functions of the scorer ``functions`` (``function_calls``)."""
+        scorer = self.resolve(name, job_id, adapter, field_prefix, override, calls)
         prepared = self.prepare(scorer, items, items_field)
         raws = self.submit(scorer, prepared).result()
         return self.finish(scorer, job_id, raws, items_field, override)
@@ -310,9 +348,10 @@ class ScoringEngine:
         adapter: AdapterKey | None,
         items: Sequence[ScoreInput],
         override: JobSettings | None = None,
+        calls: tuple[FunctionCall, ...] | None = None,
     ) -> Scored:
         """For the event loop: waits on the batch without holding a thread."""
-        scorer = self.resolve(name, job_id, adapter, override=override)
+        scorer = self.resolve(name, job_id, adapter, override=override, calls=calls)
         prepared = self.prepare(scorer, items)
         raws = await asyncio.wrap_future(self.submit(scorer, prepared))
         return self.finish(scorer, job_id, raws, "items", override)
@@ -321,3 +360,38 @@ class ScoringEngine:
         """A request's ``RewardSettings``, checked with this service's pattern limits."""
         limits = PatternLimits(self.config.max_pattern_chars, self.config.regex_timeout_ms)
         return job_settings.from_proto(message, field, limits)
+
+    def function_calls(self, name: str, refs, field: str) -> tuple[FunctionCall, ...] | None:
+        """The reward functions a request's scorer runs: its ``RewardSettings.functions`` for the
+        scorer ``functions``, the one function when ``name`` is a reward function, else None (a
+        scorer of the table). Functions given with another scorer are INVALID_ARGUMENT."""
+        if name == FUNCTIONS_SCORER:
+            return self.functions.calls_from_proto(refs, field)
+        if refs:
+            raise invalid(
+                field,
+                f"reward functions are read only with the scorer {FUNCTIONS_SCORER!r} "
+                f"(this request's scorer is {name!r})",
+                reason="FUNCTIONS_NEED_FUNCTIONS_SCORER",
+            )
+        if name not in scorers.SCORERS and name in self.functions.config.functions:
+            return (FunctionCall(name, name, 1.0, {}),)
+        return None
+
+    async def test_functions(self, refs, item: ScoreInput) -> tuple[float, tuple[Component, ...]]:
+        """``TestRewardFunction``: the functions on one item, without a job (no normalisation)."""
+        calls = self.functions.calls_from_proto(refs, "functions")
+        scorer = self.functions.scorer(calls)
+        prepared = self.prepare(scorer, [item], "item")
+        [result] = await asyncio.wrap_future(self.submit(scorer, prepared))
+        return float(result), tuple(result.components)
+
+
+def _load_functions(config: RewardConfig) -> RewardFunctions:
+    """The reward functions of ``config`` (built-ins + its functions_file)."""
+    try:
+        loaded = registry.load(config.functions_file, config.function_workers)
+    except ConfigError as exc:
+        raise FailedPrecondition(str(exc), reason="BAD_FUNCTIONS_FILE") from None
+    limits = PatternLimits(config.max_pattern_chars, config.regex_timeout_ms)
+    return RewardFunctions(loaded, limits)

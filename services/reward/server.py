@@ -51,6 +51,7 @@ def build_app(config: RewardConfig, adapters: AdapterSource | None = None) -> Re
     if config.redis_url:
         queues.require_redis(config.redis_url)
     engine = ScoringEngine.from_config(config, adapters)
+    engine.functions.start()  # the owner's functions are imported now: a bad one stops start-up
     worker = None
     if config.redis_url and config.worker_threads > 0:
         worker = RewardWorker(

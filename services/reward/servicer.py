@@ -5,9 +5,12 @@ Everything else (scorer table, batching, normalisation) is in ``scoring.py``.
 
 from __future__ import annotations
 
+import asyncio
+
 from llamafleet.reward.v1 import reward_pb2, reward_service_pb2, reward_service_pb2_grpc
 
 from services.common.errors import invalid
+from services.reward.functions.messages import components_pb, info_pb
 from services.reward.scorers import ScoreInput
 from services.reward.scoring import ScoringEngine, adapter_key
 
@@ -41,13 +44,40 @@ class RewardServicer(reward_service_pb2_grpc.RewardServiceServicer):
         override = None
         if request.HasField("reward_settings"):
             override = self.engine.settings_from(request.reward_settings, "reward_settings")
-        scored = await self.engine.score_async(
-            request.scorer, request.job_id, adapter, items, override
+        calls = self.engine.function_calls(
+            request.scorer, request.reward_settings.functions, "reward_settings.functions"
         )
+        scored = await self.engine.score_async(
+            request.scorer, request.job_id, adapter, items, override, calls
+        )
+        components = scored.components or [()] * len(items)
         return reward_service_pb2.ScoreRolloutsResponse(
             scorer=scored.scorer,
             scores=[
-                reward_pb2.Score(item_id=item.item_id, raw_score=raw, normalized_score=norm)
-                for item, raw, norm in zip(items, scored.raw, scored.normalized, strict=True)
+                reward_pb2.Score(
+                    item_id=item.item_id, raw_score=raw, normalized_score=norm,
+                    components=components_pb(parts),
+                )
+                for item, raw, norm, parts in zip(
+                    items, scored.raw, scored.normalized, components, strict=True
+                )
             ],
+        )  # fmt: skip
+
+    async def ListRewardFunctions(self, request, context):
+        functions = self.engine.functions
+        infos = []
+        for spec in functions.specs():
+            unavailable = await asyncio.to_thread(functions.unavailable_reason, spec)
+            infos.append(info_pb(spec, functions.timeout_s(spec), unavailable))
+        return reward_service_pb2.ListRewardFunctionsResponse(functions=infos)
+
+    async def TestRewardFunction(self, request, context):
+        if not request.HasField("item"):
+            raise invalid("item", "required: the prompt and completion to score")
+        score, parts = await self.engine.test_functions(
+            request.functions, item_from_proto(request.item)
+        )
+        return reward_service_pb2.TestRewardFunctionResponse(
+            score=score, components=components_pb(parts)
         )

@@ -26,6 +26,7 @@ from llamafleet.rollout.v1 import rollout_pb2
 from services.common import queues
 from services.common.errors import InvalidArgument
 from services.common.queues import Delivery, Output, WorkQueue
+from services.reward.functions.messages import components_pb
 from services.reward.scorers import ScoreInput
 from services.reward.scoring import ScoringEngine, adapter_key
 
@@ -66,6 +67,9 @@ def score_rollout(engine: ScoringEngine, payload: bytes) -> tuple[str, str, byte
     override = None
     if task.HasField("reward_settings"):  # the job's own settings, carried by its task
         override = engine.settings_from(task.reward_settings, "task.reward_settings")
+    calls = engine.function_calls(
+        task.scorer, task.reward_settings.functions, "task.reward_settings.functions"
+    )
     scored = engine.score(
         task.scorer,
         task.job_id,
@@ -74,12 +78,14 @@ def score_rollout(engine: ScoringEngine, payload: bytes) -> tuple[str, str, byte
         field_prefix="task.",
         items_field="rollout",
         override=override,
+        calls=calls,
     )
     out = reward_pb2.ScoredRollout(
         rollout=rollout,
         raw_score=scored.raw[0],
         normalized_score=scored.normalized[0],
         scorer=scored.scorer,
+        components=components_pb(scored.components[0]) if scored.components else [],
     )
     return queues.reward_results_stream(task.job_id), task.item_id, out.SerializeToString()
 
