@@ -36,6 +36,7 @@ from llamafleet.commands import api as api_commands
 from llamafleet.commands import chat as chat_commands
 from llamafleet.commands import data as data_commands
 from llamafleet.commands import deadletters as deadletter_commands
+from llamafleet.commands import reward as reward_commands
 from llamafleet.commands import train as train_commands
 from llamafleet.commands import web as web_commands
 from llamafleet.dead_letters import RequeueError
@@ -51,6 +52,7 @@ COMMAND_MODULES: tuple = (
     api_commands,
     web_commands,
     deadletter_commands,
+    reward_commands,
 )
 
 # Status codes that mean the request was wrong (exit 2), as opposed to the cluster failing (1).

@@ -45,7 +45,8 @@ STUBS = {
 IDEMPOTENT = {
     "PreviewExample", "GetDataset", "ListDatasets", "StreamBatches",
     "GetTrainingJob", "ListTrainingJobs", "WatchTrainingJob", "FetchAdapter",
-    "CancelTrainingJob", "ListAdapters", "LoadAdapter", "ScoreRollouts",
+    "CancelTrainingJob", "ListAdapters", "LoadAdapter", "ScoreRollouts", "ListRewardFunctions",
+    "TestRewardFunction",
 }  # fmt: skip
 
 

@@ -90,6 +90,38 @@ def _adapter(key: str, value: Any) -> common_pb2.AdapterRef:
     return common_pb2.AdapterRef(id=adapter_id, version=int(version))
 
 
+def _reward_functions(key: str, value: Any) -> list[common_pb2.RewardFunctionRef]:
+    """``reward_functions``: a list of ``{name, weight?, args?, label?}`` (or bare names)."""
+    items = value if isinstance(value, list) else None
+    if not items:
+        raise ConfigFileError(
+            f"{key}: expected a list of reward functions, e.g. "
+            "[{name: math_verify, weight: 1.0, args: {extractor: boxed}}]"
+        )
+    refs = []
+    for i, item in enumerate(items):
+        at = f"{key}[{i}]"
+        if isinstance(item, str):
+            item = {"name": item}
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise ConfigFileError(f"{at}: expected a name or a mapping with a name")
+        unknown = sorted(set(item) - {"name", "weight", "args", "label"})
+        if unknown:
+            raise ConfigFileError(f"{at}: unknown key {unknown[0]!r} (name, weight, args, label)")
+        ref = common_pb2.RewardFunctionRef(name=item["name"], label=str(item.get("label", "")))
+        if "weight" in item:
+            ref.weight = _float(f"{at}.weight", item["weight"])
+        args = item.get("args") or {}
+        if not isinstance(args, dict):
+            raise ConfigFileError(f"{at}.args: expected a mapping of argument: value")
+        try:
+            ref.args.update(args)
+        except (ValueError, TypeError) as exc:
+            raise ConfigFileError(f"{at}.args: {exc}") from None
+        refs.append(ref)
+    return refs
+
+
 def hint(key: str, names: list[str]) -> str:
     close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -185,6 +217,11 @@ def _flat_keys() -> dict[str, Any]:
 
         return setter
 
+    def reward_functions(s, c, k, v):
+        s.ppo.reward_settings.functions.extend(_reward_functions(k, v))
+        if not s.ppo.reward_scorer:
+            s.ppo.reward_scorer = "functions"
+
     def max_steps(s, c, k, v):
         if _int(k, v) > 0:  # LLaMA-Factory's -1 means "use num_train_epochs"
             s.hyperparameters.max_steps = _int(k, v)
@@ -275,6 +312,7 @@ def _flat_keys() -> dict[str, Any]:
         "ppo_whiten_rewards": put(ppo, "whiten_rewards", _bool),
         "reward_model": lambda s, c, k, v: s.ppo.reward_adapter.CopyFrom(_adapter(k, v)),
         "reward_scorer": put(ppo, "reward_scorer", _str),  # llamafleet's own
+        "reward_functions": reward_functions,  # llamafleet's own: scorer "functions"
         "temperature": put(sampling, "temperature", _float),
         "top_p": put(sampling, "top_p", _float),
         "top_k": put(sampling, "top_k", _int),

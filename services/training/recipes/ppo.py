@@ -370,6 +370,7 @@ class PpoTrainer(RolloutFlow):
             "queue/consumed": float(self.counts.consumed),
             "queue/redelivered": float(self.counts.redelivered),
             "queue/stray": float(self.counts.stray),
+            **reward_components(received),
             **stats,
         }
         self.history.append((self.step, record["loss"]))
@@ -486,3 +487,16 @@ def run(
     result = trainer.train()  # publish tasks, collect scored rollouts, update, publish versions
     trainer.save_outputs()
     return result
+
+
+def reward_components(received) -> dict[str, float]:
+    """``reward/<label>`` (and ``reward/<label>/<sub-score>``): the step's mean of each reward
+    function of a ``functions`` scorer, from the scored rollouts' components."""
+    sums: dict[str, list[float]] = {}
+    for r in received:
+        for c in r.scored.components:
+            label = c.label if c.label not in ("mean", "normalized_mean") else f"{c.label}_fn"
+            sums.setdefault(f"reward/{label}", []).append(c.score)
+            for sub, value in c.sub_scores.items():
+                sums.setdefault(f"reward/{label}/{sub}", []).append(value)
+    return {key: sum(values) / len(values) for key, values in sums.items()}

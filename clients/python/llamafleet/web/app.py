@@ -22,8 +22,11 @@ from google.protobuf import struct_pb2
 from llamafleet import cluster
 from llamafleet.chat import ChatBackend, UnknownModel
 from llamafleet.client import Client, RpcError
+from llamafleet.commands import reward as reward_commands
+from llamafleet.common.v1 import common_pb2
 from llamafleet.data.v1 import data_pb2, data_service_pb2
 from llamafleet.lf_keys import EXAMPLE_KINDS, STAGES
+from llamafleet.reward.v1 import reward_pb2, reward_service_pb2
 from llamafleet.rollout.v1 import rollout_pb2
 from llamafleet.training.v1 import training_pb2 as pb
 from llamafleet.training.v1 import training_service_pb2 as api
@@ -294,6 +297,40 @@ class WebApi:
         report["base_model"] = self.base_model
         return report
 
+    def reward_functions(self) -> list[dict[str, Any]]:
+        response = self.client.reward.ListRewardFunctions(
+            reward_service_pb2.ListRewardFunctionsRequest()
+        )
+        return [reward_commands.function_info(f) for f in response.functions]
+
+    def reward_test(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``{"function", "args"?, "prompt"?, "completion", "reference"?}`` -> score and parts."""
+        name = body.get("function")
+        if not isinstance(name, str) or not name:
+            raise WebError(400, "function: name a reward function")
+        args = body.get("args") or {}
+        if not isinstance(args, dict):
+            raise WebError(400, "args: expected a JSON object")
+        texts = {k: body.get(k) or "" for k in ("prompt", "completion", "reference")}
+        if not all(isinstance(v, str) for v in texts.values()):
+            raise WebError(400, "prompt, completion and reference must be strings")
+        ref = common_pb2.RewardFunctionRef(name=name)
+        try:
+            ref.args.update(args)
+        except (TypeError, ValueError) as exc:
+            raise WebError(400, f"args: {exc}") from None
+        item = reward_pb2.ScoreItem(
+            item_id="web", prompt_text=texts["prompt"], completion_text=texts["completion"],
+            reference_answer=texts["reference"],
+        )  # fmt: skip
+        response = self.client.reward.TestRewardFunction(
+            reward_service_pb2.TestRewardFunctionRequest(functions=[ref], item=item)
+        )
+        return {
+            "score": response.score,
+            "components": [reward_commands.component(c) for c in response.components],
+        }
+
     def _chat(self) -> ChatBackend:
         if self.chat is None:
             raise WebError(
@@ -406,6 +443,14 @@ def create_app(
     @app.get("/api/cluster")
     def cluster_status() -> dict:
         return web.cluster()
+
+    @app.get("/api/reward/functions")
+    def reward_functions() -> dict:
+        return {"functions": web.reward_functions()}
+
+    @app.post("/api/reward/test")
+    def reward_test(body: dict) -> dict:
+        return web.reward_test(body)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

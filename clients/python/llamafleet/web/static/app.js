@@ -61,6 +61,7 @@ function showTab(name) {
   if (name === "jobs") refreshJobs();
   if (name === "chat") refreshModels();
   if (name === "cluster") refreshCluster();
+  if (name === "rewards") refreshRewards();
 }
 for (const b of $$("#tabs button")) b.addEventListener("click", () => showTab(b.dataset.tab));
 
@@ -385,6 +386,55 @@ async function refreshCluster() {
   }
 }
 $("#cluster-refresh").addEventListener("click", refreshCluster);
+
+// ---- Rewards ----------------------------------------------------------------------------
+async function refreshRewards() {
+  try {
+    const r = await api("/api/reward/functions");
+    const body = $("#rewards-table tbody");
+    const select = $("#reward-function");
+    const chosen = select.value;
+    body.replaceChildren();
+    select.replaceChildren();
+    for (const f of r.functions) {
+      const ok = f.available ? "yes" : "no: " + f.unavailable_reason;
+      body.append(el("tr", { "data-function": f.name }, ...[f.name, f.kind, f.timeout_s + " s", ok, f.description]
+        .map((v) => el("td", { textContent: String(v) }))));
+      select.append(el("option", { value: f.name, textContent: f.name, disabled: !f.available }));
+    }
+    if (chosen) select.value = chosen;
+    showError($("#banner"), null);
+  } catch (err) {
+    showError($("#banner"), err);
+  }
+}
+$("#rewards-refresh").addEventListener("click", refreshRewards);
+$("#reward-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const f = new FormData($("#reward-form"));
+  const button = $("#reward-run");
+  button.disabled = true;
+  try {
+    let args = {};
+    if (f.get("args")) {
+      try { args = JSON.parse(f.get("args")); } catch (e) { throw new Error("arguments: not JSON: " + e.message); }
+    }
+    const r = await api("/api/reward/test", { function: f.get("function"), args, prompt: f.get("prompt"),
+      completion: f.get("completion"), reference: f.get("reference") });
+    $("#reward-score").textContent = "reward: " + r.score;
+    const body = $("#reward-parts tbody");
+    body.replaceChildren();
+    for (const c of r.components) {
+      const subs = Object.entries(c.sub_scores).map(([k, v]) => `${k}=${v}`).join(", ");
+      body.append(el("tr", {}, ...[c.label, c.weight, c.score, subs, c.detail].map((v) => el("td", { textContent: String(v) }))));
+    }
+    showError($("#reward-error"), null);
+  } catch (err) {
+    showError($("#reward-error"), err);
+  } finally {
+    button.disabled = false;
+  }
+});
 
 // ---- timers -----------------------------------------------------------------------------
 setInterval(() => {
