@@ -40,6 +40,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -151,6 +152,11 @@ class SubprocessPool:
         self._workers: set[_Worker] = set()
         self._closed = False
         self.stats = PoolStats()
+        # Every worker is started by this one long-lived thread: PR_SET_PDEATHSIG fires when the
+        # *thread* that started a process ends, so a worker started by a short-lived thread (a
+        # restart, a caller's) would be killed with it.
+        self._spawns: queue.Queue[Future | None] = queue.Queue()
+        threading.Thread(target=self._spawner, name=f"{name}-spawner", daemon=True).start()
         started = [self._spawn() for _ in range(size)]
         errors = []
         for worker in started:
@@ -167,7 +173,19 @@ class SubprocessPool:
 
     # -- workers --------------------------------------------------------------------------------
 
+    def _spawner(self) -> None:
+        while (request := self._spawns.get()) is not None:
+            try:
+                request.set_result(self._start_process())
+            except BaseException as exc:  # handed to the caller
+                request.set_exception(exc)
+
     def _spawn(self) -> _Worker:
+        request: Future = Future()
+        self._spawns.put(request)
+        return request.result()
+
+    def _start_process(self) -> _Worker:
         call_r, call_w = os.pipe()
         reply_r, reply_w = os.pipe()
         config = {
@@ -297,5 +315,6 @@ class SubprocessPool:
             self._closed = True
             workers = list(self._workers)
             self._workers.clear()
+        self._spawns.put(None)
         for worker in workers:
             worker.kill()

@@ -31,6 +31,7 @@ import resource
 import signal
 import subprocess
 import sys
+import time
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
@@ -124,16 +125,19 @@ def kill_uid(uid: int) -> None:
         os.waitpid(pid, 0)
 
 
-def reap() -> None:
-    """Collect the exit status of every finished descendant (killed orphans included), so no
-    zombie keeps counting against the sandbox uid's process limit."""
+def reap(wait_s: float = 2.0) -> None:
+    """Collect the exit status of every descendant (killed orphans are reparented here), waiting
+    up to ``wait_s`` for the dying, so no zombie keeps counting against the uid's process limit."""
+    deadline = time.monotonic() + wait_s
     while True:
         try:
             pid, _status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            return  # no children left
         if pid == 0:
-            return
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.005)
 
 
 def _limits(spec: dict):
@@ -246,6 +250,7 @@ def main() -> int:
     for index, test in enumerate(spec["tests"]):
         emit(run_test(index, test, spec))
     kill_uid(spec["uid"])
+    reap()
     emit({"done": True})
     return 0
 
