@@ -276,8 +276,34 @@ def test_native_spec_yaml_is_detected_and_parsed(tmp_path):
         load_job_spec(write(tmp_path, "a: [", "broken.yaml"))
 
 
+REWARD_FUNCTION_KEYS = {
+    "model_name_or_path": "/m", "stage": "ppo", "dataset": "prompts",
+    "reward_functions": [{"name": "math_verify", "weight": 0.8, "args": {"extractor": "boxed"}},
+                         "format_json", {"name": "length", "label": "len", "weight": -0.1}],
+}  # fmt: skip
+
+
+def test_reward_functions_become_the_functions_scorer_with_weights_and_args():
+    spec, _ = from_flat(REWARD_FUNCTION_KEYS)
+    assert spec.ppo.reward_scorer == "functions"
+    fns = spec.ppo.reward_settings.functions
+    assert [(f.name, f.label) for f in fns] == [("math_verify", ""), ("format_json", ""),
+                                                ("length", "len")]  # fmt: skip
+    assert fns[0].weight == 0.8 and not fns[1].HasField("weight") and fns[2].weight == -0.1
+    assert dict(fns[0].args) == {"extractor": "boxed"}
+    for bad, match in (
+        ("math_verify", "expected a list"),
+        ([{"weight": 1}], r"reward_functions\[0\]: expected a name"),
+        ([{"name": "x", "wieght": 1}], "unknown key 'wieght'"),
+        ([{"name": "x", "args": [1]}], r"reward_functions\[0\].args: expected a mapping"),
+    ):
+        with pytest.raises(ConfigFileError, match=match):
+            from_flat({**REWARD_FUNCTION_KEYS, "reward_functions": bad})
+
+
 def test_every_supported_key_is_exercised_above():
     used = set(yaml.safe_load(SFT_YAML)) | set(DPO_KEYS) | set(PPO_KEYS) | set(GALORE_KEYS)
+    used |= set(REWARD_FUNCTION_KEYS)
     used |= set(QLORA_ROPE_KEYS)
     assert set(FLAT_KEYS) - used == set()
     assert set(NO_EFFECT_KEYS) & set(FLAT_KEYS) == set()

@@ -35,7 +35,10 @@ NOT_EQUIVALENT = [
 
 
 def _args(extractor: str) -> dict:
-    return {"extractor": extractor, **({"pattern": r"ANSWER=(\d+)"} if extractor == "regex" else {})}
+    return {
+        "extractor": extractor,
+        **({"pattern": r"ANSWER=(\d+)"} if extractor == "regex" else {}),
+    }
 
 
 @pytest.mark.parametrize(("completion", "reference", "extractor"), EQUIVALENT)
@@ -65,7 +68,9 @@ def test_the_pool_gives_the_same_answers_as_a_direct_call():
         for completion, reference, extractor in EQUIVALENT + NOT_EQUIVALENT:
             payload = {"completion": completion, "reference": reference,
                        "args": _args(extractor)}  # fmt: skip
-            direct = math_verify.score(completion=completion, reference=reference, **_args(extractor))
+            direct = math_verify.score(
+                completion=completion, reference=reference, **_args(extractor)
+            )
             assert pool.call(MATH_VERIFY_TARGET, payload, 10.0) == direct
     finally:
         pool.close()

@@ -125,7 +125,9 @@ def test_errors_retrying_cannot_fix_are_not_retried(server, monkeypatch):
         scorer(server, "garbage").score(PAYLOAD)
     assert server.calls == {"flaky": 1, "garbage": 1}
     with pytest.raises(RemoteError, match="cannot reach"):
-        RemoteScorer(name="x", url="http://127.0.0.1:1/none", retries=1, backoff_s=0.01).score(PAYLOAD)
+        RemoteScorer(name="x", url="http://127.0.0.1:1/none", retries=1, backoff_s=0.01).score(
+            PAYLOAD
+        )
 
 
 def test_configuration_is_checked():
@@ -135,7 +137,9 @@ def test_configuration_is_checked():
         RemoteScorer(name="x", url="http://h/", token_env="NOT_SET_ANYWHERE")
 
 
-def test_the_worker_dead_letters_an_item_whose_remote_scorer_keeps_failing(server, redis_url, tmp_path):
+def test_the_worker_dead_letters_an_item_whose_remote_scorer_keeps_failing(
+    server, redis_url, tmp_path
+):
     path = tmp_path / "functions.yaml"
     common = "token_env: TEST_REWARD_TOKEN, timeout_s: 0.3, retries: 2, backoff_s: 0.05"
     path.write_text(

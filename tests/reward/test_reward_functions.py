@@ -80,7 +80,9 @@ def test_a_weighted_sum_by_hand_with_each_part_reported(engine):
     assert scored.raw == [pytest.approx(-1.0)]
     parts = {c.label: c for c in scored.components[0]}
     assert [c.label for c in scored.components[0]] == ["length", "exact_match", "kw", "math_verify"]
-    assert parts["length"].score == pytest.approx(sample_rewards.length_score(completion="abcdef", target=4))
+    assert parts["length"].score == pytest.approx(
+        sample_rewards.length_score(completion="abcdef", target=4)
+    )
     assert (parts["kw"].name, parts["kw"].weight, parts["kw"].score) == ("keywords", -1.0, 0.5)
     assert parts["kw"].sub_scores == {"hits": 1.0, "ref_in": 1.0}
     assert parts["math_verify"].detail == "no answer found"
@@ -175,9 +177,7 @@ def test_the_worker_dead_letters_failing_items_with_the_reason_and_goes_on(engin
     assert scored["fj:1:3:0:0"].raw_score == pytest.approx(1 + 1 + 2 * 0.0)
     parts = {c.label: c for c in scored["fj:1:0:0:0"].components}
     assert set(parts) == {"flaky", "slow", "math_verify"} and parts["math_verify"].weight == 2.0
-    reasons = {
-        f[b"id"].decode(): f[b"reason"].decode() for _e, f in r.xrange(queues.DEADLETTER)
-    }
+    reasons = {f[b"id"].decode(): f[b"reason"].decode() for _e, f in r.xrange(queues.DEADLETTER)}
     assert "reward function 'flaky' raised ValueError: cannot score 'boom'" in reasons["fj:1:1:0:0"]
     assert "reward function 'slow' failed: took longer than its deadline" in reasons["fj:1:2:0:0"]
     assert "unknown reward function 'nope'" in reasons["fj:1:9:0:0"]
@@ -253,7 +253,9 @@ def test_list_and_test_rpcs(tmp_path):
 def test_the_owners_configuration_is_checked_at_start_up(tmp_path):
     bad_key = tmp_path / "bad.yaml"
     bad_key.write_text("functions:\n  f: {cal: 'x:y'}\n", encoding="utf-8")
-    with pytest.raises(FailedPrecondition, match=r"functions.f: unknown key 'cal'; did you mean 'call'"):
+    with pytest.raises(
+        FailedPrecondition, match=r"functions.f: unknown key 'cal'; did you mean 'call'"
+    ):
         build_app(RewardConfig(functions_file=str(bad_key), worker_threads=0))
     clash = tmp_path / "clash.yaml"
     clash.write_text("functions:\n  math_verify: {call: 'x:y'}\n", encoding="utf-8")

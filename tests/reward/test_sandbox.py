@@ -37,11 +37,22 @@ def run(box: Sandbox, code: str, tests=("",)) -> dict:
 
 
 def uid_processes(base: int, count: int) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "uid=,pid=,stat=,comm="], capture_output=True, text=True)
-    return [
-        line for line in out.stdout.splitlines()
-        if line.split() and base <= int(line.split()[0]) < base + count
-    ]  # fmt: skip
+    """``"<uid> <pid> <state> <name>"`` of every process whose real uid is in the range (from
+    /proc, zombies included)."""
+    out = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(
+                line.split(":", 1) for line in status.read_text().splitlines() if ":" in line
+            )
+        except OSError:
+            continue  # it ended while we looked
+        uid = int(fields.get("Uid", "-1").split()[0])
+        if base <= uid < base + count:
+            out.append(
+                f"{uid} {status.parent.name} {fields['State'].strip()} {fields['Name'].strip()}"
+            )
+    return out
 
 
 def test_the_fraction_of_tests_passed_is_the_score(box):
