@@ -50,6 +50,8 @@ EXPECTED_RPCS = {
     },
     "llamafleet.reward.v1.RewardService": {
         "ScoreRollouts": False,
+        "ListRewardFunctions": False,
+        "TestRewardFunction": False,
     },
 }
 

@@ -162,7 +162,8 @@ def load(path: str, default_workers: int) -> FunctionsConfig:
             raise ConfigError(f"{where} is not valid YAML: {' '.join(str(exc).split())}") from None
     data = _keys(where, data, _TOP)
     pool = _keys(f"{where}: pool", data.get("pool"), _POOL)
-    workers = _number(f"{where}: pool.workers", pool.get("workers", default_workers), int, 0)
+    workers_at = f"{where}: pool.workers" if "workers" in pool else "function_workers"
+    workers = _number(workers_at, pool.get("workers", default_workers), int, 0)
     timeout = _number(f"{where}: pool.timeout_s", pool.get("timeout_s", 10.0), float, 0.01)
     memory = _number(f"{where}: pool.memory_mb", pool.get("memory_mb", 0), int, 0)
     sandbox_keys = _keys(f"{where}: sandbox", data.get("sandbox"), _SANDBOX)
