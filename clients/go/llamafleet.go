@@ -303,3 +303,19 @@ func (c *Client) ScoreRollouts(ctx context.Context, req *rewardv1.ScoreRolloutsR
 	resp, err := c.Reward.ScoreRollouts(ctx, req)
 	return resp, AsError(err)
 }
+
+// ListRewardFunctions lists the reward functions the reward service offers.
+func (c *Client) ListRewardFunctions(ctx context.Context, req *rewardv1.ListRewardFunctionsRequest) (*rewardv1.ListRewardFunctionsResponse, error) {
+	ctx, cancel := c.deadline(ctx)
+	defer cancel()
+	resp, err := c.Reward.ListRewardFunctions(ctx, req)
+	return resp, AsError(err)
+}
+
+// TestRewardFunction scores one item with reward functions (no job, no normalisation).
+func (c *Client) TestRewardFunction(ctx context.Context, req *rewardv1.TestRewardFunctionRequest) (*rewardv1.TestRewardFunctionResponse, error) {
+	ctx, cancel := c.deadline(ctx)
+	defer cancel()
+	resp, err := c.Reward.TestRewardFunction(ctx, req)
+	return resp, AsError(err)
+}
