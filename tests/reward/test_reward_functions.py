@@ -271,3 +271,30 @@ def test_the_owners_configuration_is_checked_at_start_up(tmp_path):
         build_app(RewardConfig(functions_file=str(missing), worker_threads=0))
     assert time.monotonic() - start < 60
     assert struct_pb2  # Struct is how args travel
+
+
+def test_functions_of_an_entry_point_group_are_offered_and_run(tmp_path, monkeypatch):
+    dist = tmp_path / "owner_rewards-1.0.dist-info"  # an installed package declaring a function
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: owner-rewards\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[owner.rewards]\nkeyword-hits = sample_rewards:keyword_hits\n", encoding="utf-8"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))  # where the metadata is found (no import)
+    path = tmp_path / "functions.yaml"
+    path.write_text(f"python_path: [{USER_DIR}]\nentry_point_group: owner.rewards\n")
+    engine = ScoringEngine.from_config(RewardConfig(functions_file=str(path)))
+    try:
+        spec = engine.functions.config.functions["keyword-hits"]
+        assert (spec.source, spec.target) == (
+            "entry point owner.rewards",
+            "sample_rewards:keyword_hits",
+        )
+        calls = engine.function_calls("functions", [ref("keyword-hits", keywords=["a", "b"])], "f")
+        item = ScoreInput(completion_text="a c", reference_answer="c")
+        scored = engine.score("functions", "", None, [item], calls=calls)
+        direct = sample_rewards.keyword_hits("a c", "c", keywords=["a", "b"])
+        assert scored.raw == [direct[0]]
+        assert scored.components[0][0].sub_scores == direct[1]
+    finally:
+        engine.close()

@@ -142,6 +142,18 @@ def test_train_watch_and_chat_in_a_browser(browser, web_cluster, tmp_path):
     expect(page.locator("#cluster-deadletters")).to_have_text("dead letters: 0")
     _shot(page, "cluster")
 
+    # Rewards: the functions the reward service offers, and one scored in the page.
+    page.click("#tabs button[data-tab=rewards]")
+    expect(page.locator("#rewards-table tr[data-function=math_verify]")).to_contain_text("yes")
+    page.locator("#reward-function").select_option("math_verify")
+    page.fill("#reward-form [name=completion]", "so the answer is \\boxed{\\frac{1}{2}}")
+    page.fill("#reward-form [name=reference]", "0.5")
+    page.click("#reward-run")
+    expect(page.locator("#reward-score")).to_have_text("reward: 1")
+    expect(page.locator("#reward-parts tbody")).to_contain_text("equals the reference")
+    expect(page.locator("#reward-error")).to_be_hidden()
+    _shot(page, "rewards")
+
     # A job the service refuses shows the service's message; nothing pretends it started.
     page.click("#tabs button[data-tab=train]")
     page.locator("#train-form [name=dataset_dir]").fill(web_cluster.dataset_dir)
