@@ -91,9 +91,10 @@ def score(
         return {"score": 0.0, "sub_scores": {"extracted": 0.0}, "detail": "no answer found"}
     equal = verify(gold, answer, float_rounding=int(float_rounding), timeout_seconds=seconds)
     shown = answer[-1] if isinstance(answer[-1], str) else str(answer[0])
+    want = gold[-1] if isinstance(gold[-1], str) else str(gold[0])
+    verdict = "equals" if equal else "differs from"
     return {
         "score": float(equal),
         "sub_scores": {"extracted": 1.0},
-        "detail": f"answer {shown!r:.200} {'equals' if equal else 'differs from'} the reference "
-        f"{str(gold[0])!r:.200}",
+        "detail": f"answer {shown[:200]} {verdict} the reference {want[:200]}",
     }
