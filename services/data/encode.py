@@ -2,25 +2,31 @@
 
 Loss mask: every assistant turn (content, tool calls and its end-of-turn token) is trained;
 prompts (system, user, tool results) are masked unless ``train_on_prompt``; ``mask_history``
-trains only the last kept assistant turn. An efficient-eos template (glm4) has no end-of-turn token:
-the row ends with the eos (trained; ``cutoff_len`` keeps room for it) and the first token of each
-later prompt is labelled eos when the turn before it is trained (its input id stays the prompt's). Preference examples train the chosen/rejected turn
-only. Pre-training text is ``bos + text + eos``, all trained, split into ``cutoff_len`` chunks.
+trains only the last kept assistant turn. An efficient-eos template (glm4) has no end-of-turn
+token: the row ends with the eos (trained; ``cutoff_len`` keeps room for it) and the first token
+of each later prompt is labelled eos when the turn before it is trained (its input id stays the
+prompt's). Preference examples train the chosen/rejected turn only, feedback (KTO) examples their
+one rated response. Pre-training text is ``bos + text + eos``, all trained, split into
+``cutoff_len`` chunks.
 
-Truncation rule (both template kinds): whole turns are kept from the first while the row fits in
-``cutoff_len``; a later turn that does not fit is dropped with everything after it (the example
-counts as truncated). If even the first turn does not fit, its prompt is kept whole and its
-response is cut to fit (truncated). If the prompt alone fills ``cutoff_len`` the row cannot be
-used: ``RowError("too_long_prompt")``. Preference pairs apply the rule to each side; prompt-only
-examples longer than ``cutoff_len`` are ``too_long_prompt``.
+Truncation rule (both template kinds; LLaMA-Factory instead shortens prompt and response in
+proportion): whole turns are kept from the first while the row fits in ``cutoff_len``; a later
+turn that does not fit is dropped with everything after it (the example counts as truncated). If
+even the first turn does not fit, its prompt is kept whole and its response is cut to fit
+(truncated). If the prompt alone fills ``cutoff_len`` the row cannot be used:
+``RowError("too_long_prompt")``. Preference and feedback examples apply the rule to each side;
+prompt-only examples longer than ``cutoff_len`` are ``too_long_prompt``.
 
-Named templates are tokenized piece by piece (each (prompt, response) text separately, in one
-batched call to the engine ``fast_bpe.select_engine`` picks: tiktoken where it provably gives the
-HF tokenizer's ids, else the HF tokenizer). ``Encoder.start`` renders a batch and hands its pieces
-to a background thread (both engines release the GIL), so the caller can read and normalise the
-next batch, or pack the previous one, while this one is tokenized; ``Pending.result`` assembles.
-The ``tokenizer`` template renders the whole conversation with the tokenizer's Jinja
-``chat_template`` and tokenizes it once with the HF tokenizer, so the ids equal
+Named templates render to segments (``templates.render``): each text segment is tokenized on its
+own, as LLaMA-Factory tokenizes each element of its slots, and special segments (bos, eos, named
+tokens) are inserted by id; the eos is the template's first stop word when it replaces the
+tokenizer's (a token the vocabulary lacks is FAILED_PRECONDITION: this service never adds tokens).
+All segments of a batch go in one call to the engine ``fast_bpe.select_engine`` picks (tiktoken
+where it provably gives the HF tokenizer's ids, else the HF tokenizer). ``Encoder.start`` renders a
+batch and hands its segments to a background thread (both engines release the GIL), so the caller
+can read and normalise the next batch, or pack the previous one, while this one is tokenized;
+``Pending.result`` assembles. The ``tokenizer`` template renders the whole conversation with the
+tokenizer's Jinja ``chat_template`` and tokenizes it once with the HF tokenizer, so the ids equal
 ``apply_chat_template``; assistant spans come from rendering prefixes of the conversation (a
 template whose rendering of a prefix is not a prefix of the full rendering is refused).
 
@@ -33,7 +39,7 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from services.common.errors import FailedPrecondition
@@ -57,11 +63,13 @@ class Sequence:
 
 @dataclass
 class Encoded:
-    """An encoded example: rows (pretrain chunks / one sft row), a pair, or a prompt."""
+    """An encoded example: rows (pretrain chunks / one sft row), a pair, a rated response
+    (feedback) or a prompt."""
 
     kind: str
     sequences: list[Sequence] = field(default_factory=list)
     reference: str = ""
+    desirable: bool | None = None  # feedback (KTO) examples: the response's rating
 
     @property
     def truncated(self) -> bool:
@@ -76,6 +84,17 @@ class EncodeOptions:
     mask_history: bool = False
     default_system: str | None = None
     tool_format: str = ""
+    enable_thinking: bool = True
+    preserve_thinking: bool = False
+
+    def render_options(self) -> tpl.RenderOptions:
+        return tpl.RenderOptions(
+            default_system=self.default_system,
+            tool_format=self.tool_format,
+            enable_thinking=self.enable_thinking,
+            preserve_thinking=self.preserve_thinking,
+            mask_history=self.mask_history,
+        )
 
 
 _POOL: ThreadPoolExecutor | None = None
@@ -120,21 +139,49 @@ class Encoder:
         tpl.check_tool_format(options.tool_format)
         self._backend = tokenizer.backend_tokenizer
         self.engine = select_engine(tokenizer)  # tiktoken where proven equal, else the backend
-        self._bos = tokenizer.bos_token or ""
-        self._eos = tokenizer.eos_token or ""
-        template = tpl.get_template(options.template)
-        if template is not None:  # resolve {bos}/{eos} in the slots, never inside content
-            slots = ("user", "assistant", "function", "observation", "system", "prefix")
-            template = replace(template, **{k: self._fill(getattr(template, k)) for k in slots})
-        self.template = template
-        self._eos_id = tokenizer.eos_token_id
+        self.template = tpl.get_template(options.template)
         self._bos_id = tokenizer.bos_token_id
-        if template is not None and template.efficient_eos and self._eos_id is None:
+        self._eos_id = tokenizer.eos_token_id
+        self._eos = tokenizer.eos_token or ""
+        if self.template is not None:
+            self._check_special_tokens(self.template)
+
+    def _token_id(self, text: str) -> int | None:
+        """The id of the token spelled ``text`` in the vocabulary (added tokens included)."""
+        found = self._backend.token_to_id(text)
+        return found
+
+    def _check_special_tokens(self, t: tpl.Template) -> None:
+        """Resolve the template's eos (LLaMA-Factory's ``replace_eos``) and its named tokens."""
+        slots = (t.user, t.assistant, t.system, t.function, t.observation, t.prefix)
+        specials = {s for slot in slots for s in slot if isinstance(s, tpl.Special)}
+        if self.options.tool_format and not t.efficient_eos:  # the override's function slot
+            specials.add(tpl.EOS)
+        uses_eos = t.efficient_eos or tpl.EOS in specials
+        if t.eos_text is not None and uses_eos:
+            eos_id = self._token_id(t.eos_text)
+            if eos_id is None:
+                raise FailedPrecondition(
+                    f"template {t.name!r} ends turns with {t.eos_text!r}, which is not in this "
+                    "tokenizer's vocabulary (LLaMA-Factory would add it and resize the "
+                    "embeddings; the data service never changes a vocabulary): use the model "
+                    "this template belongs to, or another template",
+                    reason="TEMPLATE_TOKEN_MISSING",
+                )
+            self._eos_id, self._eos = eos_id, t.eos_text
+        if uses_eos and self._eos_id is None:
             raise FailedPrecondition(
-                f"template {template.name!r} ends rows with the tokenizer's eos token, and this "
+                f"template {t.name!r} ends turns with the tokenizer's eos token, and this "
                 "tokenizer has none; set eos_token in its tokenizer_config.json",
                 reason="NO_EOS_TOKEN",
             )
+        for s in specials:
+            if s.kind == "token" and self._token_id(s.text) is None:
+                raise FailedPrecondition(
+                    f"template {t.name!r} needs the token {s.text!r}, which is not in this "
+                    "tokenizer's vocabulary",
+                    reason="TEMPLATE_TOKEN_MISSING",
+                )
 
     def check_jinja(self) -> None:
         if self.template is None and not getattr(self.tokenizer, "chat_template", None):
@@ -188,38 +235,69 @@ class Encoder:
 
     # --- named templates --------------------------------------------------------------------
 
-    def _fill(self, text: str) -> str:
-        return text.replace("{bos}", self._bos).replace("{eos}", self._eos)
+    def _parts(self, e: Example) -> list[list[tpl.Segment]]:
+        """The parts of one example: sft: prompt, response, prompt, response...; preference:
+        prompt, chosen, rejected; feedback: prompt, response; prompt: the prompt."""
+        t, ro = self.template, self.options.render_options()
+        if e.kind == "sft":
+            return [part for pair in tpl.render_turns(t, e, ro) for part in pair]
+        if e.kind == "preference":
+            prompt, chosen = tpl.render_oneturn(t, e, e.chosen, ro)
+            _, rejected = tpl.render_oneturn(t, e, e.rejected, ro)
+            return [prompt, chosen, rejected]
+        if e.kind == "feedback":
+            return list(tpl.render_oneturn(t, e, e.response, ro))
+        return [tpl.render_oneturn(t, e, None, ro)[0]]
+
+    def _special(self, s: tpl.Special) -> tuple[int, str] | None:
+        """(id, text) of a special segment; None for a bos the tokenizer does not have."""
+        if s.kind == "bos":
+            if self._bos_id is None:
+                return None
+            return self._bos_id, self.tokenizer.bos_token or ""
+        if s.kind == "eos":
+            return self._eos_id, self._eos
+        return self._token_id(s.text), s.text
 
     def _plan(self, examples: list[Example]) -> tuple[list, list[str]]:
-        """(example, first piece, its texts or its RowError) per example, and every piece."""
-        t, o = self.template, self.options
+        """Per example: (example, its parts as lists of text indices / token ids, their texts)
+        or (example, RowError); and every text segment to tokenize, in order."""
         plans, pieces = [], []
         for e in examples:
             try:
-                pairs, tail = tpl.render_pairs(t, e, o.default_system, o.tool_format)
-                texts = [s for pair in pairs for s in pair]
-                if e.kind == "preference":
-                    texts += [tail]
-                    texts += [
-                        tpl.render_response(t, m, o.tool_format) for m in (e.chosen, e.rejected)
-                    ]
-                elif e.kind == "prompt":
-                    texts += [tail]
+                parts = self._parts(e)
             except RowError as exc:
-                plans.append((e, len(pieces), exc))
+                plans.append((e, exc, None))
                 continue
-            plans.append((e, len(pieces), texts))
-            pieces += texts
+            ops, texts = [], []
+            for part in parts:
+                part_ops, text = [], []
+                for seg in part:
+                    if isinstance(seg, str):
+                        if seg:
+                            part_ops.append(("t", len(pieces)))
+                            pieces.append(seg)
+                            text.append(seg)
+                    else:
+                        found = self._special(seg)
+                        if found is not None:
+                            part_ops.append(("i", found[0]))
+                            text.append(found[1])
+                ops.append(part_ops)
+                texts.append("".join(text))
+            plans.append((e, ops, texts))
         return plans, pieces
 
     def _assemble_all(self, plans: list, ids: list[list[int]]) -> list[Encoded | RowError]:
         out: list[Encoded | RowError] = []
-        for e, start, texts in plans:
-            if isinstance(texts, RowError):
-                out.append(texts)
+        for e, ops, texts in plans:
+            if isinstance(ops, RowError):
+                out.append(ops)
                 continue
-            seg = ids[start : start + len(texts)]
+            seg = [
+                [tok for kind, v in part for tok in (ids[v] if kind == "t" else (v,))]
+                for part in ops
+            ]
             out.append(
                 self._safe(lambda ex, seg=seg, texts=texts: self._assemble(ex, seg, texts), e)
             )
@@ -230,24 +308,20 @@ class Encoder:
         if e.kind == "sft":
             turns = [(seg[i], seg[i + 1]) for i in range(0, len(seg), 2)]
             return Encoded("sft", [self._turns(turns, "".join(texts))])
-        history = [tok for s in seg[: -3 if e.kind == "preference" else -1] for tok in s]
-        prompt = history + seg[-3 if e.kind == "preference" else -1]
+        prompt = seg[0]
         if e.kind == "prompt":
             if len(prompt) > o.cutoff_len:
                 raise RowError("too_long_prompt", "", f"the prompt has {len(prompt)} tokens")
             return Encoded(
-                "prompt", [Sequence(prompt, [IGNORE] * len(prompt), "".join(texts))], e.reference
+                "prompt", [Sequence(prompt, [IGNORE] * len(prompt), texts[0])], e.reference
             )
-        prompt_text = "".join(texts[:-2])
+        names = ("chosen", "rejected") if e.kind == "preference" else ("",)
         seqs = []
-        for name, response, text in (
-            ("chosen", seg[-2], texts[-2]),
-            ("rejected", seg[-1], texts[-1]),
-        ):
-            s = self._turns([(prompt, response)], prompt_text + text, train_prompt=False)
+        for name, response, text in zip(names, seg[1:], texts[1:], strict=True):
+            s = self._turns([(prompt, response)], texts[0] + text, train_prompt=False)
             s.name = name
             seqs.append(s)
-        return Encoded("preference", seqs)
+        return Encoded(e.kind, seqs, desirable=e.desirable)
 
     def _turns(
         self, turns: list[tuple[list[int], list[int]]], text: str, train_prompt=None
@@ -305,13 +379,18 @@ class Encoder:
             if len(ids) > self.options.cutoff_len:
                 raise RowError("too_long_prompt", "", f"the prompt has {len(ids)} tokens")
             return Encoded("prompt", [Sequence(ids, [IGNORE] * len(ids), text)], e.reference)
-        if e.kind == "preference":
+        if e.kind in ("preference", "feedback"):
             seqs = []
-            for name, m in (("chosen", e.chosen), ("rejected", e.rejected)):
+            responses = (
+                (("chosen", e.chosen), ("rejected", e.rejected))
+                if e.kind == "preference"
+                else (("", e.response),)
+            )
+            for name, m in responses:
                 s = self._jinja_sequence([*msgs, tpl.jinja_message(m)], e.tools, only_last=True)
                 s.name = name
                 seqs.append(s)
-            return Encoded("preference", seqs)
+            return Encoded(e.kind, seqs, desirable=e.desirable)
         return Encoded("sft", [self._jinja_sequence(msgs, e.tools)])
 
     def _jinja_sequence(

@@ -8,7 +8,9 @@ and its reason are logged once per tokenizer and kept on the engine (``name``, `
 
 Why the two give identical ids, under the checks (``_refusal`` returns the first that fails):
 
-* Text handling. No normalizer; no truncation or padding on the backend; added tokens matched
+* Text handling. No normalizer, or one that is the identity on ASCII text (NFC, as Qwen's: every
+  ASCII character is already in NFC and none composes with another; an empty ``Sequence``); no
+  truncation or padding on the backend; added tokens matched
   literally (no lstrip/rstrip/single_word, one ``normalized`` flag for all, no added token a prefix
   of another, so HF's leftmost-longest match and tiktoken's leftmost match find the same ones;
   ``encode_special_tokens`` off). The pre-tokenizer is ``Split(<pattern>, Isolated)`` +
@@ -176,6 +178,17 @@ def _build(spec: str, encode_special_tokens: bool) -> str | tuple:
     return encoding, frozenset(specials), name
 
 
+def _ascii_identity(normalizer: dict | None) -> bool:
+    """Whether the normalizer leaves every ASCII text unchanged (None, NFC, sequences of them)."""
+    if normalizer is None:
+        return True
+    if normalizer.get("type") == "NFC":
+        return True
+    if normalizer.get("type") == "Sequence":
+        return all(_ascii_identity(n) for n in normalizer.get("normalizers", []))
+    return False
+
+
 def _split_pattern(pre: dict | None) -> str | None:
     """The split regex of a supported byte-level pre-tokenizer, else None."""
     if pre is None:
@@ -216,8 +229,8 @@ def _refusal(data: dict, encode_special_tokens: bool) -> str | None:
             return f"the BPE model sets {key}"
     if model.get("byte_fallback"):
         return "the BPE model uses byte fallback"
-    if data.get("normalizer") is not None:
-        return "the tokenizer has a normalizer"
+    if not _ascii_identity(data.get("normalizer")):
+        return "the tokenizer has a normalizer that may change ASCII text"
     if data.get("truncation") is not None or data.get("padding") is not None:
         return "the tokenizer truncates or pads"
     if encode_special_tokens:

@@ -2,8 +2,13 @@
 
 Knows the shapes LLaMA-Factory users bring (alpaca, sharegpt with its role tags, OpenAI
 ``messages`` with ``tool_calls`` and ``tool`` results, preference pairs in both shapes, plain
-text, prompt-only sets) and the column/tag renames of ``dataset_info.json``. It checks each record
-and raises ``RowError`` naming the field and a snake_case reason; the caller adds file and row.
+text, prompt-only sets, KTO feedback sets whose ``kto_tag`` column rates each response) and the
+column/tag renames of ``dataset_info.json``. It checks each record and raises ``RowError`` naming
+the field and a snake_case reason; the caller adds file and row.
+
+Nothing is dropped silently: a record with images, videos or audios (multimodal training is not
+supported; their placeholders would be trained as text) and a ``kto_tag`` outside a feedback
+dataset (an undesirable response would become an SFT target) are ``RowError``s naming the column.
 
 It knows nothing about templates, tokenizers or files.
 """
@@ -24,7 +29,7 @@ FORMATS = (
     "text",
     "prompt",
 )
-KINDS = ("pretrain", "sft", "preference", "prompt")
+KINDS = ("pretrain", "sft", "preference", "prompt", "feedback")
 KIND_OF_FORMAT = {
     "alpaca": "sft",
     "sharegpt": "sft",
@@ -63,7 +68,12 @@ DEFAULT_COLUMNS = {
     "tools": "tools",
     "chosen": "chosen",
     "rejected": "rejected",
+    "kto_tag": "kto_tag",
+    "images": "images",
+    "videos": "videos",
+    "audios": "audios",
 }
+MEDIA_COLUMNS = ("images", "videos", "audios")
 
 
 class RowError(ValueError):
@@ -93,7 +103,7 @@ class Message:
 
 @dataclass
 class Example:
-    """A normalised record: a conversation (sft/preference/prompt) or a text (pretrain)."""
+    """A normalised record: a conversation (sft/preference/prompt/feedback) or a text (pretrain)."""
 
     kind: str
     messages: list[Message] = field(default_factory=list)
@@ -103,6 +113,8 @@ class Example:
     chosen: Message | None = None
     rejected: Message | None = None
     reference: str = ""
+    response: Message | None = None  # feedback: the rated response
+    desirable: bool | None = None  # feedback: its rating (LLaMA-Factory's kto_tag)
 
 
 @dataclass(frozen=True)
@@ -143,6 +155,7 @@ def to_example(record: Any, spec: FormatSpec, kind: str) -> Example:
     """Turn one raw record into an ``Example`` of ``kind``, or raise ``RowError``."""
     if not isinstance(record, dict):
         raise RowError("not_an_object", "", f"a record must be an object, got {_type(record)}")
+    _check_unsupported(record, spec, kind)
     fmt = spec.format
     if fmt == "text":
         text = _text(record, spec.column("prompt"), required=True)
@@ -154,8 +167,49 @@ def to_example(record: Any, spec: FormatSpec, kind: str) -> Example:
     else:
         example = _sharegpt(record, spec, kind)
     example.tools = _tools(record, spec.column("tools"))
+    if kind == "feedback":
+        _feedback(record, spec, example)
     check_order(example, spec.column("messages"))
     return example
+
+
+def _check_unsupported(record: dict, spec: FormatSpec, kind: str) -> None:
+    """Columns this service would otherwise misread: media, and a KTO label outside KTO."""
+    for key in MEDIA_COLUMNS:
+        col = spec.column(key)
+        value = record.get(col)
+        if value not in (None, "", [], {}):
+            raise RowError(
+                "multimodal_not_supported",
+                col,
+                f"the {key} column {col!r} holds {key}: multimodal training is not supported "
+                f"(the {key} would be dropped and their placeholders trained as text)",
+            )
+    col = spec.column("kto_tag")
+    if kind != "feedback" and record.get(col) is not None:
+        raise RowError(
+            "kto_tag_outside_feedback",
+            col,
+            f"the kto_tag column {col!r} rates responses for KTO: only a FEEDBACK dataset reads "
+            f"it (a {kind} dataset would train on responses marked undesirable); prepare it with "
+            "kind FEEDBACK, or drop the column",
+        )
+
+
+def _feedback(record: dict, spec: FormatSpec, example: Example) -> None:
+    """LLaMA-Factory's KTO reading: the last turn is the rated response, the rest the prompt."""
+    col = spec.column("kto_tag")
+    tag = record.get(col)
+    if not isinstance(tag, bool):
+        raise RowError("invalid_kto_tag", col, f"must be true or false, got {_type(tag)}")
+    if not example.messages or example.messages[-1].role != "assistant":
+        raise RowError(
+            "missing_response", spec.column("messages"), "a feedback example ends with a response"
+        )
+    example.response = example.messages.pop()
+    if _blank(example.response.content) and not example.response.tool_calls:
+        raise RowError("empty_response", spec.column("messages"), "the response is empty")
+    example.desirable = tag
 
 
 def _alpaca(record: dict, spec: FormatSpec, kind: str) -> Example:
@@ -338,7 +392,7 @@ def check_order(example: Example, col: str) -> None:
     last = example.messages[-1].role if example.messages else None
     if example.kind == "sft" and last != "assistant":
         raise RowError("missing_response", col, "the conversation must end with an assistant turn")
-    if example.kind in ("preference", "prompt") and last == "assistant":
+    if example.kind in ("preference", "prompt", "feedback") and last == "assistant":
         raise RowError("invalid_role_order", col, "the prompt must end with a user or tool turn")
 
 

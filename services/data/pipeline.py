@@ -67,9 +67,16 @@ class Stats:
     encode_dropped: Counter = field(default_factory=Counter)
 
 
-def resolve_kind(formats: list[str], kind: str, field_name: str = "spec.kind") -> str:
+def kind_of(spec: FormatSpec) -> str:
+    """The kind a format yields by itself: a declared ``kto_tag`` column makes feedback."""
+    if spec.columns.get("kto_tag") and spec.format in ("alpaca", "sharegpt", "openai"):
+        return "feedback"
+    return KIND_OF_FORMAT[spec.format]
+
+
+def resolve_kind(formats: list[FormatSpec | str], kind: str, field_name: str = "spec.kind") -> str:
     """The example kind: given, or derived from the formats (which must agree)."""
-    derived = {KIND_OF_FORMAT[f] for f in formats}
+    derived = {kind_of(f) if isinstance(f, FormatSpec) else KIND_OF_FORMAT[f] for f in formats}
     if kind:
         return kind
     if len(derived) != 1:
@@ -84,7 +91,9 @@ def format_for_kind(spec: FormatSpec, kind: str, field_name: str) -> FormatSpec:
         return FormatSpec("text", {"prompt": spec.column("prompt")}, spec.tags)
     if kind == "prompt" and fmt == "alpaca":
         return FormatSpec("prompt", spec.columns, spec.tags)
-    if kind == "prompt" and fmt in ("sharegpt", "openai"):
+    if kind in ("prompt", "feedback") and fmt in ("sharegpt", "openai"):
+        return spec
+    if kind == "feedback" and fmt == "alpaca":
         return spec
     if KIND_OF_FORMAT[fmt] != kind:
         raise invalid(field_name, f"format {fmt!r} cannot make {kind} examples", "KIND_MISMATCH")

@@ -4,8 +4,10 @@ An entry names local files (``file_name``: a file or a folder, relative to the r
 directory), their shape (``formatting``: alpaca | sharegpt, ``ranking``: preference pairs) and the
 ``columns`` and ``tags`` renames; an existing ``dataset_info.json`` works unchanged. Hub entries
 (``hf_hub_url``, ``ms_hub_url``, ``om_hub_url``, ``script_url``, ``cloud_file_name``) cannot be
-read here (no machine reaches a hub) and are INVALID_ARGUMENT saying so. Keys LLaMA-Factory uses
-for other modalities (``images``, ``videos``, ``audios``, ``kto_tag``) are accepted and ignored.
+read here (no machine reaches a hub) and are INVALID_ARGUMENT saying so. A ``kto_tag`` column makes
+the entry a feedback (KTO) dataset; ``images``, ``videos`` and ``audios`` columns are kept so that
+a record holding media is refused by name (multimodal training is not supported), never read
+without them.
 
 It knows nothing about tokenizers or templates.
 """
@@ -25,7 +27,6 @@ logger = logging.getLogger(__name__)
 
 REGISTRY_FILE = "dataset_info.json"
 _HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
-_IGNORED_COLUMNS = {"images", "videos", "audios", "kto_tag"}
 _KNOWN_KEYS = {
     "file_name", "formatting", "ranking", "columns", "tags", "subset", "split", "folder",
     "num_samples", *_HUB_KEYS,
@@ -93,9 +94,8 @@ def resolve(dataset_dir: str, name: str) -> RegistryDataset:
         )
     ranking = bool(entry.get("ranking", False))
     fmt = f"preference_{formatting}" if ranking else formatting
-    columns = _mapping(entry, "columns", where, set(DEFAULT_COLUMNS) | _IGNORED_COLUMNS)
+    columns = _mapping(entry, "columns", where, set(DEFAULT_COLUMNS))
     tags = _mapping(entry, "tags", where, set(SHAREGPT_TAGS))
-    columns = {k: v for k, v in columns.items() if k not in _IGNORED_COLUMNS}
     num_samples = entry.get("num_samples")
     path = str(Path(dataset_dir) / file_name)
     return RegistryDataset(name, [path], FormatSpec(fmt, columns, tags), num_samples)

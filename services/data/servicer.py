@@ -144,7 +144,7 @@ def to_domain(spec: d.DatasetSpec, config: DataConfig) -> tuple[DataSpec, d.Data
         if s.HasField("max_samples"):
             limit = s.max_samples
         sources.append(SourceSpec(paths, fmt, file_type, limit))
-    kind = resolve_kind([s.format.format for s in sources], KINDS.get(spec.kind, ""))
+    kind = resolve_kind([s.format for s in sources], KINDS.get(spec.kind, ""))
     sources = [
         SourceSpec(
             s.paths,
@@ -274,7 +274,7 @@ class DataServicer(data_service_pb2_grpc.DataServiceServicer):
         fmt = _format(request.format, "format")
         if request.kind:
             _known(KINDS, request.kind, "kind", d.ExampleKind)
-        kind = resolve_kind([fmt.format], KINDS.get(request.kind, ""), "kind")
+        kind = resolve_kind([fmt], KINDS.get(request.kind, ""), "kind")
         fmt = format_for_kind(fmt, kind, "format")
         options = _encode_options(request.tokenization, self.config)
         encoder = make_encoder(request.tokenization.tokenizer_path, options)

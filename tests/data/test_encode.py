@@ -8,6 +8,7 @@ the ids and ``return_assistant_tokens_mask`` (the templates below mark assistant
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 from transformers import AutoTokenizer
@@ -16,6 +17,7 @@ from services.common.errors import InvalidArgument
 from services.data.encode import IGNORE, EncodeOptions, Encoder
 from services.data.formats import FormatSpec, RowError, to_example
 from services.data.templates import TEMPLATE_NAMES
+from tests.data import real_tokenizers
 
 LLAMA3_LIKE = (
     "{{- bos_token -}}"
@@ -160,7 +162,10 @@ def test_qwen_multiturn_trains_every_assistant_turn_and_its_end_token(tokenizer)
         "Rome.<|im_end|>\n",
     ]
     text = tokenizer.decode(seq.ids)
-    assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n")
+    assert text.startswith(
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+        "<|im_end|>\n"
+    )
     masked = _encode(tokenizer, {"messages": CHAT}, template="qwen", mask_history=True)
     assert _trained_texts(tokenizer, masked) == ["Rome.<|im_end|>\n"]
     everything = _encode(tokenizer, {"messages": CHAT}, template="qwen", train_on_prompt=True)
@@ -198,13 +203,23 @@ def test_sharegpt_function_call_and_observation_roles(tokenizer):
 
 
 @pytest.mark.parametrize("name", [n for n in TEMPLATE_NAMES if n != "tokenizer"])
-def test_every_named_template_masks_prompts(tokenizer, name):
+def test_every_named_template_masks_prompts(name):
+    """On the real Qwen vocabulary with every family's control tokens (tests/data/real_tokenizers)."""
+    reason = real_tokenizers.missing("family")
+    if reason:
+        pytest.skip(reason)
+    tokenizer = _family()
     record = {"instruction": "QUESTION zebra", "output": "ANSWER giraffe", "system": "SYSTEM owl"}
     seq = _encode(tokenizer, record, fmt="alpaca", template=name)
     trained = "".join(_trained_texts(tokenizer, seq))
     assert "ANSWER giraffe" in trained
     assert "QUESTION" not in trained and "SYSTEM" not in trained
     assert "SYSTEM owl" in tokenizer.decode(seq.ids)
+
+
+@functools.cache
+def _family():
+    return real_tokenizers.load("family")
 
 
 def test_truncation_keeps_whole_turns(tokenizer):

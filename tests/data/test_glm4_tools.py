@@ -161,4 +161,5 @@ def test_glm4_refuses_parallel_calls_and_works_as_a_tool_format_of_another_templ
     seq = _encode(tokenizer, CONVERSATION, template="chatml", tool_format="glm4")
     text = tokenizer.decode(seq.ids)
     assert "Be brief.你是一个名为 ChatGLM" in text and "\n## calc\n\n{\n" in text
-    assert 'calc\n{"expr": "12*7"}<|im_end|>\n' in _trained_runs(tokenizer, seq)
+    # LLaMA-Factory's tool_format override: the plain function slot, content + eos
+    assert 'calc\n{"expr": "12*7"}<|im_end|>' in _trained_runs(tokenizer, seq)
