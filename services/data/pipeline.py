@@ -66,6 +66,10 @@ class Stats:
     # streaming pass over one split sees only that split's); not a DatasetStats field
     encode_dropped: Counter = field(default_factory=Counter)
 
+    def __post_init__(self) -> None:
+        # reason -> where and why the first row dropped for it was (for error messages only)
+        self.first_drops: dict[str, str] = {}
+
 
 def kind_of(spec: FormatSpec) -> str:
     """The kind a format yields by itself: a declared ``kto_tag`` column makes feedback."""
@@ -130,7 +134,37 @@ def bad_row(stats: Stats, fail: bool, file: str, row: int, err: RowError) -> Non
         logger.warning(
             "dropping rows: %s (%s); counted under %r", where, err.description, err.reason
         )
+        stats.first_drops[err.reason] = f"{where}: {err.description}"
     stats.dropped_rows[err.reason] += 1
+
+
+def check_not_empty(stats: Stats, kind: str, prefix: bool = False) -> None:
+    """INVALID_ARGUMENT when reading gave no example at all, saying why (never an empty success)."""
+    if stats.examples:
+        return
+    read = f"the first {stats.source_rows} records" if prefix else f"{stats.source_rows} records"
+    if not stats.source_rows:
+        raise invalid("spec.sources", "the sources hold no records", "NO_EXAMPLES")
+    counts = ", ".join(f"{reason}: {n}" for reason, n in stats.dropped_rows.most_common())
+    first = "; ".join(f"first {reason} at {stats.first_drops[reason]}"
+                      for reason in stats.first_drops)  # fmt: skip
+    hint = ""
+    top = stats.dropped_rows.most_common(1)[0][0] if stats.dropped_rows else ""
+    if kind != "pretrain" and top in ("missing_column", "missing_response", "empty_response"):
+        hint = (
+            f" The records have no {kind} shape: if they are plain text for pre-training, "
+            "prepare them with kind PRETRAIN (LLaMA-Factory's stage pt)."
+        )
+    elif top == "too_long_prompt":
+        hint = " Every prompt is longer than cutoff_len: raise tokenization.cutoff_len."
+    raise InvalidArgument(
+        f"no examples: {read} read as {kind}, all dropped ({counts}; {first}).{hint}",
+        reason="NO_EXAMPLES",
+        violations=[
+            FieldViolation("spec.kind", f"{kind}: all {stats.source_rows} records dropped")
+        ],
+        metadata={"dropped": counts},
+    )
 
 
 def iter_records(source: SourceSpec, seed: int, lazy: bool) -> Iterator[src.Record]:

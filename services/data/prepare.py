@@ -28,6 +28,7 @@ from services.data.packing import Ints
 from services.data.pipeline import (
     DataSpec,
     Stats,
+    check_not_empty,
     is_eval,
     iter_encoded,
     iter_examples,
@@ -78,6 +79,17 @@ def row_items(example_id: str, encoded: Encoded) -> list[tuple[str, Ints, Ints]]
 
 
 def pair_or_prompt(example_id: str, encoded: Encoded) -> dict:
+    """The stored row of a preference, feedback or prompt example."""
+    if encoded.kind == "feedback":
+        (seq,) = encoded.sequences
+        trained = [i for i, label in enumerate(seq.labels) if label != IGNORE]
+        return {
+            "example_id": example_id,
+            "input_ids": array("i", seq.ids),
+            "labels": array("i", seq.labels),
+            "prompt_length": trained[0] if trained else len(seq.ids),
+            "desirable": bool(encoded.desirable),
+        }
     if encoded.kind == "preference":
         chosen, rejected = encoded.sequences
         return {
@@ -102,7 +114,7 @@ def count(stats: Stats, rows: list[dict], layout: str, cutoff_len: int) -> None:
     """Add rows to ``stats`` and recompute the padding fraction."""
     lengths = []
     for row in rows:
-        if layout == "rows":
+        if layout in ("rows", "feedback"):
             sides = [(row["input_ids"], row["labels"])]
         elif layout == "pairs":
             sides = [(row["chosen_ids"], row["chosen_labels"])]
@@ -145,6 +157,7 @@ def prepare(
             buckets[name].append(pair_or_prompt(example_id, enc))
     cutoff = encoder.options.cutoff_len
     result = Prepared(stats, split_stats=split_stats)
+    check_not_empty(stats, spec.kind, prefix=limit is not None)
     for name in names:
         rows = buckets[name]
         if layout == "rows":

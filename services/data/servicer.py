@@ -54,6 +54,7 @@ KINDS = {
     d.EXAMPLE_KIND_SFT: "sft",
     d.EXAMPLE_KIND_PREFERENCE: "preference",
     d.EXAMPLE_KIND_PROMPT: "prompt",
+    d.EXAMPLE_KIND_FEEDBACK: "feedback",
 }
 KIND_ENUM = {v: k for k, v in KINDS.items()}
 FILE_TYPES = {
@@ -77,6 +78,10 @@ _COLUMN_KEYS = (
     "tools",
     "chosen",
     "rejected",
+    "kto_tag",
+    "images",
+    "videos",
+    "audios",
 )
 _TAG_KEYS = tuple(f.name for f in d.RoleTags.DESCRIPTOR.fields)
 
@@ -116,6 +121,8 @@ def _encode_options(tok: d.TokenizationOptions, config: DataConfig) -> EncodeOpt
         mask_history=tok.mask_history,
         default_system=t.default_system if t.HasField("default_system") else None,
         tool_format=t.tool_format,
+        enable_thinking=t.enable_thinking if t.HasField("enable_thinking") else True,
+        preserve_thinking=t.preserve_thinking,
     )
 
 
@@ -235,6 +242,15 @@ def batch_proto(layout: str, epoch: int, index: int, rows: list[dict]) -> d.Batc
     for row in rows:
         if layout == "rows":
             batch.rows.append(_token_row(row))
+            sides = [row["labels"]]
+        elif layout == "feedback":
+            batch.feedback.append(
+                d.FeedbackExample(
+                    row=_single(row["example_id"], row["input_ids"], row["labels"]),
+                    prompt_length=row["prompt_length"],
+                    desirable=row["desirable"],
+                )
+            )
             sides = [row["labels"]]
         elif layout == "pairs":
             eid = row["example_id"]

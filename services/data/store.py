@@ -6,7 +6,8 @@ memory-mapped when read: a split is never loaded whole, ``take`` reads only the 
 
 Row schemas by kind: rows (pretrain, sft): input_ids, labels, position_ids, cu_seqlens,
 example_ids; pairs (preference): example_id, chosen_ids, chosen_labels, rejected_ids,
-rejected_labels; prompts: example_id, prompt_ids, reference_answer.
+rejected_labels; prompts: example_id, prompt_ids, reference_answer; feedback: example_id,
+input_ids, labels, prompt_length, desirable.
 
 It knows nothing about protos or tokenizers; ``meta.json`` carries the spec as opaque bytes.
 """
@@ -50,8 +51,23 @@ SCHEMAS = {
     "prompts": pa.schema(
         [("example_id", pa.string()), ("prompt_ids", _INTS), ("reference_answer", pa.string())]
     ),
+    "feedback": pa.schema(
+        [
+            ("example_id", pa.string()),
+            ("input_ids", _INTS),
+            ("labels", _INTS),
+            ("prompt_length", pa.int32()),
+            ("desirable", pa.bool_()),
+        ]
+    ),
 }
-LAYOUT_OF_KIND = {"pretrain": "rows", "sft": "rows", "preference": "pairs", "prompt": "prompts"}
+LAYOUT_OF_KIND = {
+    "pretrain": "rows",
+    "sft": "rows",
+    "preference": "pairs",
+    "prompt": "prompts",
+    "feedback": "feedback",
+}
 
 
 def check_id(dataset_id: str) -> None:
@@ -176,7 +192,7 @@ class SplitReader:
     def lengths(self) -> list[int]:
         """Token length of each row (a pair: its longer side)."""
         t = self.table
-        if self.layout == "rows":
+        if self.layout in ("rows", "feedback"):
             return pc.list_value_length(t["input_ids"]).to_pylist()
         if self.layout == "pairs":
             a = pc.list_value_length(t["chosen_ids"])

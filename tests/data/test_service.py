@@ -34,6 +34,7 @@ def spec(model_dir: str, path, **kw) -> d.DatasetSpec:
         **kw,
     )
     s.tokenization.template.name = "qwen"
+    s.tokenization.template.default_system = "You are a helpful assistant."  # short rows
     return s
 
 

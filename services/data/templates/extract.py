@@ -6,7 +6,9 @@ as JSON text) or ``None`` when the text makes no well-formed call in that format
 is an ordinary answer). Where LLaMA-Factory has no working inverse (``glm4_moe`` reuses the qwen
 extractor, which cannot read ``<arg_key>`` pairs) this module parses what the format writes.
 Arguments written as text in the XML-like formats are read back as JSON when they parse as JSON
-and kept as strings otherwise, as the formats write them.
+and kept as strings otherwise, as the formats write them. ``seed_oss`` reads both
+``<function=name>`` (what Seed-OSS's prompt shows and the model writes) and ``<function=name``
+(what LLaMA-Factory's writer, and so llamafleet's training text, writes).
 
 It knows nothing about templates or tokenizers.
 """
@@ -159,7 +161,7 @@ def _minimax2(text: str) -> list[ToolCall] | None:
 
 
 _SEED = re.compile(
-    r"<seed:tool_call>\s*<function=\s*([^\s<]+)\s*(.*?)\s*</function>\s*</seed:tool_call>", re.S
+    r"<seed:tool_call>\s*<function=\s*([^\s<>]+)>?\s*(.*?)\s*</function>\s*</seed:tool_call>", re.S
 )
 
 

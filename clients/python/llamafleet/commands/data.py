@@ -39,6 +39,7 @@ KINDS = {
     "sft": d.EXAMPLE_KIND_SFT,
     "preference": d.EXAMPLE_KIND_PREFERENCE,
     "prompt": d.EXAMPLE_KIND_PROMPT,
+    "feedback": d.EXAMPLE_KIND_FEEDBACK,
 }
 KIND_NAMES = {v: k for k, v in KINDS.items()}
 POLICIES = {"skip": d.BAD_ROW_POLICY_SKIP, "fail": d.BAD_ROW_POLICY_FAIL}

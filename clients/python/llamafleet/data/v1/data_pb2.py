@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from llamafleet.common.v1 import common_pb2 as llamafleet_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dllamafleet/data/v1/data.proto\x12\x12llamafleet.data.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!llamafleet/common/v1/common.proto\"\xa4\x01\n\rColumnMapping\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\x10\n\x08response\x18\x03 \x01(\t\x12\x0f\n\x07history\x18\x04 \x01(\t\x12\x10\n\x08messages\x18\x05 \x01(\t\x12\x0e\n\x06system\x18\x06 \x01(\t\x12\r\n\x05tools\x18\x07 \x01(\t\x12\x0e\n\x06\x63hosen\x18\x08 \x01(\t\x12\x10\n\x08rejected\x18\t \x01(\t\"\x9d\x01\n\x08RoleTags\x12\x10\n\x08role_tag\x18\x01 \x01(\t\x12\x13\n\x0b\x63ontent_tag\x18\x02 \x01(\t\x12\x10\n\x08user_tag\x18\x03 \x01(\t\x12\x15\n\rassistant_tag\x18\x04 \x01(\t\x12\x17\n\x0fobservation_tag\x18\x05 \x01(\t\x12\x14\n\x0c\x66unction_tag\x18\x06 \x01(\t\x12\x12\n\nsystem_tag\x18\x07 \x01(\t\"\xa2\x01\n\rFormatOptions\x12\x31\n\x06\x66ormat\x18\x01 \x01(\x0e\x32!.llamafleet.data.v1.DatasetFormat\x12\x32\n\x07\x63olumns\x18\x02 \x01(\x0b\x32!.llamafleet.data.v1.ColumnMapping\x12*\n\x04tags\x18\x03 \x01(\x0b\x32\x1c.llamafleet.data.v1.RoleTags\"L\n\nFileSource\x12\r\n\x05paths\x18\x01 \x03(\t\x12/\n\tfile_type\x18\x02 \x01(\x0e\x32\x1c.llamafleet.data.v1.FileType\"2\n\rRegistryEntry\x12\x13\n\x0b\x64\x61taset_dir\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\xe0\x01\n\rDatasetSource\x12/\n\x05\x66iles\x18\x01 \x01(\x0b\x32\x1e.llamafleet.data.v1.FileSourceH\x00\x12\x35\n\x08registry\x18\x02 \x01(\x0b\x32!.llamafleet.data.v1.RegistryEntryH\x00\x12\x31\n\x06\x66ormat\x18\x03 \x01(\x0b\x32!.llamafleet.data.v1.FormatOptions\x12\x18\n\x0bmax_samples\x18\x04 \x01(\x03H\x01\x88\x01\x01\x42\n\n\x08locationB\x0e\n\x0c_max_samples\"d\n\x0fTemplateOptions\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1b\n\x0e\x64\x65\x66\x61ult_system\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x0btool_format\x18\x03 \x01(\tB\x11\n\x0f_default_system\"\xa7\x01\n\x13TokenizationOptions\x12\x16\n\x0etokenizer_path\x18\x01 \x01(\t\x12\x35\n\x08template\x18\x02 \x01(\x0b\x32#.llamafleet.data.v1.TemplateOptions\x12\x12\n\ncutoff_len\x18\x03 \x01(\x05\x12\x17\n\x0ftrain_on_prompt\x18\x04 \x01(\x08\x12\x14\n\x0cmask_history\x18\x05 \x01(\x08\"\xb2\x02\n\x0b\x44\x61tasetSpec\x12\x32\n\x07sources\x18\x01 \x03(\x0b\x32!.llamafleet.data.v1.DatasetSource\x12-\n\x04kind\x18\x02 \x01(\x0e\x32\x1f.llamafleet.data.v1.ExampleKind\x12=\n\x0ctokenization\x18\x03 \x01(\x0b\x32\'.llamafleet.data.v1.TokenizationOptions\x12\x0f\n\x07packing\x18\x04 \x01(\x08\x12\x11\n\tstreaming\x18\x05 \x01(\x08\x12\x0c\n\x04seed\x18\x06 \x01(\x03\x12\x38\n\x0e\x62\x61\x64_row_policy\x18\x07 \x01(\x0e\x32 .llamafleet.data.v1.BadRowPolicy\x12\x15\n\reval_fraction\x18\x08 \x01(\x01\"\xb1\x02\n\x0c\x44\x61tasetStats\x12\x13\n\x0bsource_rows\x18\x01 \x01(\x03\x12\x10\n\x08\x65xamples\x18\x02 \x01(\x03\x12\x0c\n\x04rows\x18\x03 \x01(\x03\x12\x0e\n\x06tokens\x18\x04 \x01(\x03\x12\x16\n\x0etrained_tokens\x18\x05 \x01(\x03\x12\x18\n\x10padding_fraction\x18\x06 \x01(\x01\x12\x1a\n\x12truncated_examples\x18\x07 \x01(\x03\x12G\n\x0c\x64ropped_rows\x18\x08 \x03(\x0b\x32\x31.llamafleet.data.v1.DatasetStats.DroppedRowsEntry\x12\x11\n\testimated\x18\t \x01(\x08\x1a\x32\n\x10\x44roppedRowsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"~\n\x0c\x44\x61tasetSplit\x12(\n\x05split\x18\x01 \x01(\x0e\x32\x19.llamafleet.data.v1.Split\x12/\n\x05stats\x18\x02 \x01(\x0b\x32 .llamafleet.data.v1.DatasetStats\x12\x13\n\x0bshard_paths\x18\x03 \x03(\t\"\x9c\x02\n\x07\x44\x61taset\x12\n\n\x02id\x18\x01 \x01(\t\x12-\n\x04spec\x18\x02 \x01(\x0b\x32\x1f.llamafleet.data.v1.DatasetSpec\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x04kind\x18\x05 \x01(\x0e\x32\x1f.llamafleet.data.v1.ExampleKind\x12/\n\x05stats\x18\x06 \x01(\x0b\x32 .llamafleet.data.v1.DatasetStats\x12\x30\n\x06splits\x18\x07 \x03(\x0b\x32 .llamafleet.data.v1.DatasetSplit\"l\n\x08TokenRow\x12\x11\n\tinput_ids\x18\x01 \x03(\x05\x12\x0e\n\x06labels\x18\x02 \x03(\x05\x12\x14\n\x0cposition_ids\x18\x03 \x03(\x05\x12\x12\n\ncu_seqlens\x18\x04 \x03(\x05\x12\x13\n\x0b\x65xample_ids\x18\x05 \x03(\t\"n\n\x0ePreferencePair\x12,\n\x06\x63hosen\x18\x01 \x01(\x0b\x32\x1c.llamafleet.data.v1.TokenRow\x12.\n\x08rejected\x18\x02 \x01(\x0b\x32\x1c.llamafleet.data.v1.TokenRow\"Q\n\rPromptExample\x12\x12\n\nexample_id\x18\x01 \x01(\t\x12\x12\n\nprompt_ids\x18\x02 \x03(\x05\x12\x18\n\x10reference_answer\x18\x03 \x01(\t\"\xe0\x01\n\x05\x42\x61tch\x12\r\n\x05\x65poch\x18\x01 \x01(\x05\x12\r\n\x05index\x18\x02 \x01(\x03\x12*\n\x04rows\x18\x03 \x03(\x0b\x32\x1c.llamafleet.data.v1.TokenRow\x12\x31\n\x05pairs\x18\x04 \x03(\x0b\x32\".llamafleet.data.v1.PreferencePair\x12\x32\n\x07prompts\x18\x05 \x03(\x0b\x32!.llamafleet.data.v1.PromptExample\x12\x0e\n\x06tokens\x18\x06 \x01(\x03\x12\x16\n\x0etrained_tokens\x18\x07 \x01(\x03\"\xb3\x01\n\x10RenderedSequence\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\tinput_ids\x18\x03 \x03(\x05\x12\x0e\n\x06labels\x18\x04 \x03(\x05\x12\x36\n\rtrained_spans\x18\x05 \x03(\x0b\x32\x1f.llamafleet.common.v1.TokenSpan\x12\x15\n\rtrained_texts\x18\x06 \x03(\t\x12\x11\n\ttruncated\x18\x07 \x01(\x08*\x92\x01\n\x0b\x45xampleKind\x12\x1c\n\x18\x45XAMPLE_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45XAMPLE_KIND_PRETRAIN\x10\x01\x12\x14\n\x10\x45XAMPLE_KIND_SFT\x10\x02\x12\x1b\n\x17\x45XAMPLE_KIND_PREFERENCE\x10\x03\x12\x17\n\x13\x45XAMPLE_KIND_PROMPT\x10\x04*\x84\x02\n\rDatasetFormat\x12\x1e\n\x1a\x44\x41TASET_FORMAT_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44\x41TASET_FORMAT_ALPACA\x10\x01\x12\x1b\n\x17\x44\x41TASET_FORMAT_SHAREGPT\x10\x02\x12\x19\n\x15\x44\x41TASET_FORMAT_OPENAI\x10\x03\x12$\n DATASET_FORMAT_PREFERENCE_ALPACA\x10\x04\x12&\n\"DATASET_FORMAT_PREFERENCE_SHAREGPT\x10\x05\x12\x17\n\x13\x44\x41TASET_FORMAT_TEXT\x10\x06\x12\x19\n\x15\x44\x41TASET_FORMAT_PROMPT\x10\x07*\x8c\x01\n\x08\x46ileType\x12\x19\n\x15\x46ILE_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x46ILE_TYPE_JSON\x10\x01\x12\x13\n\x0f\x46ILE_TYPE_JSONL\x10\x02\x12\x11\n\rFILE_TYPE_CSV\x10\x03\x12\x15\n\x11\x46ILE_TYPE_PARQUET\x10\x04\x12\x12\n\x0e\x46ILE_TYPE_TEXT\x10\x05*`\n\x0c\x42\x61\x64RowPolicy\x12\x1e\n\x1a\x42\x41\x44_ROW_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13\x42\x41\x44_ROW_POLICY_SKIP\x10\x01\x12\x17\n\x13\x42\x41\x44_ROW_POLICY_FAIL\x10\x02*?\n\x05Split\x12\x15\n\x11SPLIT_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSPLIT_TRAIN\x10\x01\x12\x0e\n\nSPLIT_EVAL\x10\x02\x42KZIgithub.com/llamafleet/llamafleet/clients/go/gen/llamafleet/data/v1;datav1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dllamafleet/data/v1/data.proto\x12\x12llamafleet.data.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!llamafleet/common/v1/common.proto\"\xe5\x01\n\rColumnMapping\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\x10\n\x08response\x18\x03 \x01(\t\x12\x0f\n\x07history\x18\x04 \x01(\t\x12\x10\n\x08messages\x18\x05 \x01(\t\x12\x0e\n\x06system\x18\x06 \x01(\t\x12\r\n\x05tools\x18\x07 \x01(\t\x12\x0e\n\x06\x63hosen\x18\x08 \x01(\t\x12\x10\n\x08rejected\x18\t \x01(\t\x12\x0f\n\x07kto_tag\x18\n \x01(\t\x12\x0e\n\x06images\x18\x0b \x01(\t\x12\x0e\n\x06videos\x18\x0c \x01(\t\x12\x0e\n\x06\x61udios\x18\r \x01(\t\"\x9d\x01\n\x08RoleTags\x12\x10\n\x08role_tag\x18\x01 \x01(\t\x12\x13\n\x0b\x63ontent_tag\x18\x02 \x01(\t\x12\x10\n\x08user_tag\x18\x03 \x01(\t\x12\x15\n\rassistant_tag\x18\x04 \x01(\t\x12\x17\n\x0fobservation_tag\x18\x05 \x01(\t\x12\x14\n\x0c\x66unction_tag\x18\x06 \x01(\t\x12\x12\n\nsystem_tag\x18\x07 \x01(\t\"\xa2\x01\n\rFormatOptions\x12\x31\n\x06\x66ormat\x18\x01 \x01(\x0e\x32!.llamafleet.data.v1.DatasetFormat\x12\x32\n\x07\x63olumns\x18\x02 \x01(\x0b\x32!.llamafleet.data.v1.ColumnMapping\x12*\n\x04tags\x18\x03 \x01(\x0b\x32\x1c.llamafleet.data.v1.RoleTags\"L\n\nFileSource\x12\r\n\x05paths\x18\x01 \x03(\t\x12/\n\tfile_type\x18\x02 \x01(\x0e\x32\x1c.llamafleet.data.v1.FileType\"2\n\rRegistryEntry\x12\x13\n\x0b\x64\x61taset_dir\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\xe0\x01\n\rDatasetSource\x12/\n\x05\x66iles\x18\x01 \x01(\x0b\x32\x1e.llamafleet.data.v1.FileSourceH\x00\x12\x35\n\x08registry\x18\x02 \x01(\x0b\x32!.llamafleet.data.v1.RegistryEntryH\x00\x12\x31\n\x06\x66ormat\x18\x03 \x01(\x0b\x32!.llamafleet.data.v1.FormatOptions\x12\x18\n\x0bmax_samples\x18\x04 \x01(\x03H\x01\x88\x01\x01\x42\n\n\x08locationB\x0e\n\x0c_max_samples\"\xb1\x01\n\x0fTemplateOptions\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1b\n\x0e\x64\x65\x66\x61ult_system\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x0btool_format\x18\x03 \x01(\t\x12\x1c\n\x0f\x65nable_thinking\x18\x04 \x01(\x08H\x01\x88\x01\x01\x12\x19\n\x11preserve_thinking\x18\x05 \x01(\x08\x42\x11\n\x0f_default_systemB\x12\n\x10_enable_thinking\"\xa7\x01\n\x13TokenizationOptions\x12\x16\n\x0etokenizer_path\x18\x01 \x01(\t\x12\x35\n\x08template\x18\x02 \x01(\x0b\x32#.llamafleet.data.v1.TemplateOptions\x12\x12\n\ncutoff_len\x18\x03 \x01(\x05\x12\x17\n\x0ftrain_on_prompt\x18\x04 \x01(\x08\x12\x14\n\x0cmask_history\x18\x05 \x01(\x08\"\xb2\x02\n\x0b\x44\x61tasetSpec\x12\x32\n\x07sources\x18\x01 \x03(\x0b\x32!.llamafleet.data.v1.DatasetSource\x12-\n\x04kind\x18\x02 \x01(\x0e\x32\x1f.llamafleet.data.v1.ExampleKind\x12=\n\x0ctokenization\x18\x03 \x01(\x0b\x32\'.llamafleet.data.v1.TokenizationOptions\x12\x0f\n\x07packing\x18\x04 \x01(\x08\x12\x11\n\tstreaming\x18\x05 \x01(\x08\x12\x0c\n\x04seed\x18\x06 \x01(\x03\x12\x38\n\x0e\x62\x61\x64_row_policy\x18\x07 \x01(\x0e\x32 .llamafleet.data.v1.BadRowPolicy\x12\x15\n\reval_fraction\x18\x08 \x01(\x01\"\xb1\x02\n\x0c\x44\x61tasetStats\x12\x13\n\x0bsource_rows\x18\x01 \x01(\x03\x12\x10\n\x08\x65xamples\x18\x02 \x01(\x03\x12\x0c\n\x04rows\x18\x03 \x01(\x03\x12\x0e\n\x06tokens\x18\x04 \x01(\x03\x12\x16\n\x0etrained_tokens\x18\x05 \x01(\x03\x12\x18\n\x10padding_fraction\x18\x06 \x01(\x01\x12\x1a\n\x12truncated_examples\x18\x07 \x01(\x03\x12G\n\x0c\x64ropped_rows\x18\x08 \x03(\x0b\x32\x31.llamafleet.data.v1.DatasetStats.DroppedRowsEntry\x12\x11\n\testimated\x18\t \x01(\x08\x1a\x32\n\x10\x44roppedRowsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"~\n\x0c\x44\x61tasetSplit\x12(\n\x05split\x18\x01 \x01(\x0e\x32\x19.llamafleet.data.v1.Split\x12/\n\x05stats\x18\x02 \x01(\x0b\x32 .llamafleet.data.v1.DatasetStats\x12\x13\n\x0bshard_paths\x18\x03 \x03(\t\"\x9c\x02\n\x07\x44\x61taset\x12\n\n\x02id\x18\x01 \x01(\t\x12-\n\x04spec\x18\x02 \x01(\x0b\x32\x1f.llamafleet.data.v1.DatasetSpec\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x04kind\x18\x05 \x01(\x0e\x32\x1f.llamafleet.data.v1.ExampleKind\x12/\n\x05stats\x18\x06 \x01(\x0b\x32 .llamafleet.data.v1.DatasetStats\x12\x30\n\x06splits\x18\x07 \x03(\x0b\x32 .llamafleet.data.v1.DatasetSplit\"l\n\x08TokenRow\x12\x11\n\tinput_ids\x18\x01 \x03(\x05\x12\x0e\n\x06labels\x18\x02 \x03(\x05\x12\x14\n\x0cposition_ids\x18\x03 \x03(\x05\x12\x12\n\ncu_seqlens\x18\x04 \x03(\x05\x12\x13\n\x0b\x65xample_ids\x18\x05 \x03(\t\"n\n\x0ePreferencePair\x12,\n\x06\x63hosen\x18\x01 \x01(\x0b\x32\x1c.llamafleet.data.v1.TokenRow\x12.\n\x08rejected\x18\x02 \x01(\x0b\x32\x1c.llamafleet.data.v1.TokenRow\"Q\n\rPromptExample\x12\x12\n\nexample_id\x18\x01 \x01(\t\x12\x12\n\nprompt_ids\x18\x02 \x03(\x05\x12\x18\n\x10reference_answer\x18\x03 \x01(\t\"f\n\x0f\x46\x65\x65\x64\x62\x61\x63kExample\x12)\n\x03row\x18\x01 \x01(\x0b\x32\x1c.llamafleet.data.v1.TokenRow\x12\x15\n\rprompt_length\x18\x02 \x01(\x05\x12\x11\n\tdesirable\x18\x03 \x01(\x08\"\x97\x02\n\x05\x42\x61tch\x12\r\n\x05\x65poch\x18\x01 \x01(\x05\x12\r\n\x05index\x18\x02 \x01(\x03\x12*\n\x04rows\x18\x03 \x03(\x0b\x32\x1c.llamafleet.data.v1.TokenRow\x12\x31\n\x05pairs\x18\x04 \x03(\x0b\x32\".llamafleet.data.v1.PreferencePair\x12\x32\n\x07prompts\x18\x05 \x03(\x0b\x32!.llamafleet.data.v1.PromptExample\x12\x0e\n\x06tokens\x18\x06 \x01(\x03\x12\x16\n\x0etrained_tokens\x18\x07 \x01(\x03\x12\x35\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x08 \x03(\x0b\x32#.llamafleet.data.v1.FeedbackExample\"\xb3\x01\n\x10RenderedSequence\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\tinput_ids\x18\x03 \x03(\x05\x12\x0e\n\x06labels\x18\x04 \x03(\x05\x12\x36\n\rtrained_spans\x18\x05 \x03(\x0b\x32\x1f.llamafleet.common.v1.TokenSpan\x12\x15\n\rtrained_texts\x18\x06 \x03(\t\x12\x11\n\ttruncated\x18\x07 \x01(\x08*\xad\x01\n\x0b\x45xampleKind\x12\x1c\n\x18\x45XAMPLE_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45XAMPLE_KIND_PRETRAIN\x10\x01\x12\x14\n\x10\x45XAMPLE_KIND_SFT\x10\x02\x12\x1b\n\x17\x45XAMPLE_KIND_PREFERENCE\x10\x03\x12\x17\n\x13\x45XAMPLE_KIND_PROMPT\x10\x04\x12\x19\n\x15\x45XAMPLE_KIND_FEEDBACK\x10\x05*\x84\x02\n\rDatasetFormat\x12\x1e\n\x1a\x44\x41TASET_FORMAT_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44\x41TASET_FORMAT_ALPACA\x10\x01\x12\x1b\n\x17\x44\x41TASET_FORMAT_SHAREGPT\x10\x02\x12\x19\n\x15\x44\x41TASET_FORMAT_OPENAI\x10\x03\x12$\n DATASET_FORMAT_PREFERENCE_ALPACA\x10\x04\x12&\n\"DATASET_FORMAT_PREFERENCE_SHAREGPT\x10\x05\x12\x17\n\x13\x44\x41TASET_FORMAT_TEXT\x10\x06\x12\x19\n\x15\x44\x41TASET_FORMAT_PROMPT\x10\x07*\x8c\x01\n\x08\x46ileType\x12\x19\n\x15\x46ILE_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x46ILE_TYPE_JSON\x10\x01\x12\x13\n\x0f\x46ILE_TYPE_JSONL\x10\x02\x12\x11\n\rFILE_TYPE_CSV\x10\x03\x12\x15\n\x11\x46ILE_TYPE_PARQUET\x10\x04\x12\x12\n\x0e\x46ILE_TYPE_TEXT\x10\x05*`\n\x0c\x42\x61\x64RowPolicy\x12\x1e\n\x1a\x42\x41\x44_ROW_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13\x42\x41\x44_ROW_POLICY_SKIP\x10\x01\x12\x17\n\x13\x42\x41\x44_ROW_POLICY_FAIL\x10\x02*?\n\x05Split\x12\x15\n\x11SPLIT_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSPLIT_TRAIN\x10\x01\x12\x0e\n\nSPLIT_EVAL\x10\x02\x42KZIgithub.com/llamafleet/llamafleet/clients/go/gen/llamafleet/data/v1;datav1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,50 +36,52 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'ZIgithub.com/llamafleet/llamafleet/clients/go/gen/llamafleet/data/v1;datav1'
   _globals['_DATASETSTATS_DROPPEDROWSENTRY']._loaded_options = None
   _globals['_DATASETSTATS_DROPPEDROWSENTRY']._serialized_options = b'8\001'
-  _globals['_EXAMPLEKIND']._serialized_start=2989
-  _globals['_EXAMPLEKIND']._serialized_end=3135
-  _globals['_DATASETFORMAT']._serialized_start=3138
-  _globals['_DATASETFORMAT']._serialized_end=3398
-  _globals['_FILETYPE']._serialized_start=3401
-  _globals['_FILETYPE']._serialized_end=3541
-  _globals['_BADROWPOLICY']._serialized_start=3543
-  _globals['_BADROWPOLICY']._serialized_end=3639
-  _globals['_SPLIT']._serialized_start=3641
-  _globals['_SPLIT']._serialized_end=3704
+  _globals['_EXAMPLEKIND']._serialized_start=3291
+  _globals['_EXAMPLEKIND']._serialized_end=3464
+  _globals['_DATASETFORMAT']._serialized_start=3467
+  _globals['_DATASETFORMAT']._serialized_end=3727
+  _globals['_FILETYPE']._serialized_start=3730
+  _globals['_FILETYPE']._serialized_end=3870
+  _globals['_BADROWPOLICY']._serialized_start=3872
+  _globals['_BADROWPOLICY']._serialized_end=3968
+  _globals['_SPLIT']._serialized_start=3970
+  _globals['_SPLIT']._serialized_end=4033
   _globals['_COLUMNMAPPING']._serialized_start=122
-  _globals['_COLUMNMAPPING']._serialized_end=286
-  _globals['_ROLETAGS']._serialized_start=289
-  _globals['_ROLETAGS']._serialized_end=446
-  _globals['_FORMATOPTIONS']._serialized_start=449
-  _globals['_FORMATOPTIONS']._serialized_end=611
-  _globals['_FILESOURCE']._serialized_start=613
-  _globals['_FILESOURCE']._serialized_end=689
-  _globals['_REGISTRYENTRY']._serialized_start=691
-  _globals['_REGISTRYENTRY']._serialized_end=741
-  _globals['_DATASETSOURCE']._serialized_start=744
-  _globals['_DATASETSOURCE']._serialized_end=968
-  _globals['_TEMPLATEOPTIONS']._serialized_start=970
-  _globals['_TEMPLATEOPTIONS']._serialized_end=1070
-  _globals['_TOKENIZATIONOPTIONS']._serialized_start=1073
-  _globals['_TOKENIZATIONOPTIONS']._serialized_end=1240
-  _globals['_DATASETSPEC']._serialized_start=1243
-  _globals['_DATASETSPEC']._serialized_end=1549
-  _globals['_DATASETSTATS']._serialized_start=1552
-  _globals['_DATASETSTATS']._serialized_end=1857
-  _globals['_DATASETSTATS_DROPPEDROWSENTRY']._serialized_start=1807
-  _globals['_DATASETSTATS_DROPPEDROWSENTRY']._serialized_end=1857
-  _globals['_DATASETSPLIT']._serialized_start=1859
-  _globals['_DATASETSPLIT']._serialized_end=1985
-  _globals['_DATASET']._serialized_start=1988
-  _globals['_DATASET']._serialized_end=2272
-  _globals['_TOKENROW']._serialized_start=2274
-  _globals['_TOKENROW']._serialized_end=2382
-  _globals['_PREFERENCEPAIR']._serialized_start=2384
-  _globals['_PREFERENCEPAIR']._serialized_end=2494
-  _globals['_PROMPTEXAMPLE']._serialized_start=2496
-  _globals['_PROMPTEXAMPLE']._serialized_end=2577
-  _globals['_BATCH']._serialized_start=2580
-  _globals['_BATCH']._serialized_end=2804
-  _globals['_RENDEREDSEQUENCE']._serialized_start=2807
-  _globals['_RENDEREDSEQUENCE']._serialized_end=2986
+  _globals['_COLUMNMAPPING']._serialized_end=351
+  _globals['_ROLETAGS']._serialized_start=354
+  _globals['_ROLETAGS']._serialized_end=511
+  _globals['_FORMATOPTIONS']._serialized_start=514
+  _globals['_FORMATOPTIONS']._serialized_end=676
+  _globals['_FILESOURCE']._serialized_start=678
+  _globals['_FILESOURCE']._serialized_end=754
+  _globals['_REGISTRYENTRY']._serialized_start=756
+  _globals['_REGISTRYENTRY']._serialized_end=806
+  _globals['_DATASETSOURCE']._serialized_start=809
+  _globals['_DATASETSOURCE']._serialized_end=1033
+  _globals['_TEMPLATEOPTIONS']._serialized_start=1036
+  _globals['_TEMPLATEOPTIONS']._serialized_end=1213
+  _globals['_TOKENIZATIONOPTIONS']._serialized_start=1216
+  _globals['_TOKENIZATIONOPTIONS']._serialized_end=1383
+  _globals['_DATASETSPEC']._serialized_start=1386
+  _globals['_DATASETSPEC']._serialized_end=1692
+  _globals['_DATASETSTATS']._serialized_start=1695
+  _globals['_DATASETSTATS']._serialized_end=2000
+  _globals['_DATASETSTATS_DROPPEDROWSENTRY']._serialized_start=1950
+  _globals['_DATASETSTATS_DROPPEDROWSENTRY']._serialized_end=2000
+  _globals['_DATASETSPLIT']._serialized_start=2002
+  _globals['_DATASETSPLIT']._serialized_end=2128
+  _globals['_DATASET']._serialized_start=2131
+  _globals['_DATASET']._serialized_end=2415
+  _globals['_TOKENROW']._serialized_start=2417
+  _globals['_TOKENROW']._serialized_end=2525
+  _globals['_PREFERENCEPAIR']._serialized_start=2527
+  _globals['_PREFERENCEPAIR']._serialized_end=2637
+  _globals['_PROMPTEXAMPLE']._serialized_start=2639
+  _globals['_PROMPTEXAMPLE']._serialized_end=2720
+  _globals['_FEEDBACKEXAMPLE']._serialized_start=2722
+  _globals['_FEEDBACKEXAMPLE']._serialized_end=2824
+  _globals['_BATCH']._serialized_start=2827
+  _globals['_BATCH']._serialized_end=3106
+  _globals['_RENDEREDSEQUENCE']._serialized_start=3109
+  _globals['_RENDEREDSEQUENCE']._serialized_end=3288
 # @@protoc_insertion_point(module_scope)

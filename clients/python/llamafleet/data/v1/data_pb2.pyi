@@ -18,6 +18,7 @@ class ExampleKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EXAMPLE_KIND_SFT: _ClassVar[ExampleKind]
     EXAMPLE_KIND_PREFERENCE: _ClassVar[ExampleKind]
     EXAMPLE_KIND_PROMPT: _ClassVar[ExampleKind]
+    EXAMPLE_KIND_FEEDBACK: _ClassVar[ExampleKind]
 
 class DatasetFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -55,6 +56,7 @@ EXAMPLE_KIND_PRETRAIN: ExampleKind
 EXAMPLE_KIND_SFT: ExampleKind
 EXAMPLE_KIND_PREFERENCE: ExampleKind
 EXAMPLE_KIND_PROMPT: ExampleKind
+EXAMPLE_KIND_FEEDBACK: ExampleKind
 DATASET_FORMAT_UNSPECIFIED: DatasetFormat
 DATASET_FORMAT_ALPACA: DatasetFormat
 DATASET_FORMAT_SHAREGPT: DatasetFormat
@@ -77,7 +79,7 @@ SPLIT_TRAIN: Split
 SPLIT_EVAL: Split
 
 class ColumnMapping(_message.Message):
-    __slots__ = ("prompt", "query", "response", "history", "messages", "system", "tools", "chosen", "rejected")
+    __slots__ = ("prompt", "query", "response", "history", "messages", "system", "tools", "chosen", "rejected", "kto_tag", "images", "videos", "audios")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +89,10 @@ class ColumnMapping(_message.Message):
     TOOLS_FIELD_NUMBER: _ClassVar[int]
     CHOSEN_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
+    KTO_TAG_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    VIDEOS_FIELD_NUMBER: _ClassVar[int]
+    AUDIOS_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     query: str
     response: str
@@ -96,7 +102,11 @@ class ColumnMapping(_message.Message):
     tools: str
     chosen: str
     rejected: str
-    def __init__(self, prompt: _Optional[str] = ..., query: _Optional[str] = ..., response: _Optional[str] = ..., history: _Optional[str] = ..., messages: _Optional[str] = ..., system: _Optional[str] = ..., tools: _Optional[str] = ..., chosen: _Optional[str] = ..., rejected: _Optional[str] = ...) -> None: ...
+    kto_tag: str
+    images: str
+    videos: str
+    audios: str
+    def __init__(self, prompt: _Optional[str] = ..., query: _Optional[str] = ..., response: _Optional[str] = ..., history: _Optional[str] = ..., messages: _Optional[str] = ..., system: _Optional[str] = ..., tools: _Optional[str] = ..., chosen: _Optional[str] = ..., rejected: _Optional[str] = ..., kto_tag: _Optional[str] = ..., images: _Optional[str] = ..., videos: _Optional[str] = ..., audios: _Optional[str] = ...) -> None: ...
 
 class RoleTags(_message.Message):
     __slots__ = ("role_tag", "content_tag", "user_tag", "assistant_tag", "observation_tag", "function_tag", "system_tag")
@@ -155,14 +165,18 @@ class DatasetSource(_message.Message):
     def __init__(self, files: _Optional[_Union[FileSource, _Mapping]] = ..., registry: _Optional[_Union[RegistryEntry, _Mapping]] = ..., format: _Optional[_Union[FormatOptions, _Mapping]] = ..., max_samples: _Optional[int] = ...) -> None: ...
 
 class TemplateOptions(_message.Message):
-    __slots__ = ("name", "default_system", "tool_format")
+    __slots__ = ("name", "default_system", "tool_format", "enable_thinking", "preserve_thinking")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_SYSTEM_FIELD_NUMBER: _ClassVar[int]
     TOOL_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    ENABLE_THINKING_FIELD_NUMBER: _ClassVar[int]
+    PRESERVE_THINKING_FIELD_NUMBER: _ClassVar[int]
     name: str
     default_system: str
     tool_format: str
-    def __init__(self, name: _Optional[str] = ..., default_system: _Optional[str] = ..., tool_format: _Optional[str] = ...) -> None: ...
+    enable_thinking: bool
+    preserve_thinking: bool
+    def __init__(self, name: _Optional[str] = ..., default_system: _Optional[str] = ..., tool_format: _Optional[str] = ..., enable_thinking: _Optional[bool] = ..., preserve_thinking: _Optional[bool] = ...) -> None: ...
 
 class TokenizationOptions(_message.Message):
     __slots__ = ("tokenizer_path", "template", "cutoff_len", "train_on_prompt", "mask_history")
@@ -287,8 +301,18 @@ class PromptExample(_message.Message):
     reference_answer: str
     def __init__(self, example_id: _Optional[str] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., reference_answer: _Optional[str] = ...) -> None: ...
 
+class FeedbackExample(_message.Message):
+    __slots__ = ("row", "prompt_length", "desirable")
+    ROW_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    DESIRABLE_FIELD_NUMBER: _ClassVar[int]
+    row: TokenRow
+    prompt_length: int
+    desirable: bool
+    def __init__(self, row: _Optional[_Union[TokenRow, _Mapping]] = ..., prompt_length: _Optional[int] = ..., desirable: _Optional[bool] = ...) -> None: ...
+
 class Batch(_message.Message):
-    __slots__ = ("epoch", "index", "rows", "pairs", "prompts", "tokens", "trained_tokens")
+    __slots__ = ("epoch", "index", "rows", "pairs", "prompts", "tokens", "trained_tokens", "feedback")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
@@ -296,6 +320,7 @@ class Batch(_message.Message):
     PROMPTS_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     TRAINED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     index: int
     rows: _containers.RepeatedCompositeFieldContainer[TokenRow]
@@ -303,7 +328,8 @@ class Batch(_message.Message):
     prompts: _containers.RepeatedCompositeFieldContainer[PromptExample]
     tokens: int
     trained_tokens: int
-    def __init__(self, epoch: _Optional[int] = ..., index: _Optional[int] = ..., rows: _Optional[_Iterable[_Union[TokenRow, _Mapping]]] = ..., pairs: _Optional[_Iterable[_Union[PreferencePair, _Mapping]]] = ..., prompts: _Optional[_Iterable[_Union[PromptExample, _Mapping]]] = ..., tokens: _Optional[int] = ..., trained_tokens: _Optional[int] = ...) -> None: ...
+    feedback: _containers.RepeatedCompositeFieldContainer[FeedbackExample]
+    def __init__(self, epoch: _Optional[int] = ..., index: _Optional[int] = ..., rows: _Optional[_Iterable[_Union[TokenRow, _Mapping]]] = ..., pairs: _Optional[_Iterable[_Union[PreferencePair, _Mapping]]] = ..., prompts: _Optional[_Iterable[_Union[PromptExample, _Mapping]]] = ..., tokens: _Optional[int] = ..., trained_tokens: _Optional[int] = ..., feedback: _Optional[_Iterable[_Union[FeedbackExample, _Mapping]]] = ...) -> None: ...
 
 class RenderedSequence(_message.Message):
     __slots__ = ("name", "text", "input_ids", "labels", "trained_spans", "trained_texts", "truncated")
