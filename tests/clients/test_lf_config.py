@@ -46,6 +46,8 @@ cutoff_len: 1024
 max_samples: 1000
 train_on_prompt: false
 mask_history: true
+enable_thinking: false
+preserve_thinking: true
 packing: true
 overwrite_cache: true
 preprocessing_num_workers: 16
@@ -103,6 +105,8 @@ def test_a_llama_factory_sft_lora_file_maps_every_key(tmp_path, monkeypatch):
     tok = data.tokenization
     assert tok.template.name == "llama3" and tok.template.default_system == "You are helpful."
     assert tok.cutoff_len == 1024 and tok.mask_history and not tok.train_on_prompt
+    assert tok.template.HasField("enable_thinking") and not tok.template.enable_thinking
+    assert tok.template.preserve_thinking
     assert tok.tokenizer_path == ""  # = the job's base model
     assert data.packing and data.eval_fraction == pytest.approx(0.1) and data.seed == 7
 

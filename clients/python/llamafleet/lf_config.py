@@ -121,6 +121,9 @@ def _dataset_spec(spec: pb.TrainingJobSpec, ctx: dict, names: list[str]) -> data
     tok.cutoff_len = ctx.get("cutoff_len", 0)
     tok.train_on_prompt = ctx.get("train_on_prompt", False)
     tok.mask_history = ctx.get("mask_history", False)
+    if "enable_thinking" in ctx:
+        tok.template.enable_thinking = ctx["enable_thinking"]
+    tok.template.preserve_thinking = ctx.get("preserve_thinking", False)
     out.packing = ctx.get("packing", False)
     out.streaming = ctx.get("streaming", False)
     out.seed = ctx.get("seed", 0)

@@ -327,6 +327,8 @@ def _flat_keys() -> dict[str, Any]:
         "cutoff_len": data("cutoff_len", _int),
         "train_on_prompt": data("train_on_prompt", _bool),
         "mask_history": data("mask_history", _bool),
+        "enable_thinking": data("enable_thinking", _bool),
+        "preserve_thinking": data("preserve_thinking", _bool),
         "packing": data("packing", _bool),
         "streaming": data("streaming", _bool),
         "val_size": data("val_size", _float),
