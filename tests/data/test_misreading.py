@@ -142,10 +142,11 @@ def test_kto_tag_outside_feedback_and_media_are_row_errors_naming_the_column(dem
     assert to_example({"instruction": "q", "output": "a"}, FormatSpec("alpaca"), "sft")
 
 
-def test_kto_dataset_streams_its_ratings(stub, model_dir, demo_dir):
-    ds = stub.PrepareDataset(
-        pb.PrepareDatasetRequest(spec=_spec(model_dir, demo_dir, "kto_en_demo"))
-    ).dataset
+@pytest.mark.parametrize("streaming", [False, True], ids=["stored", "streaming"])
+def test_kto_dataset_streams_its_ratings(stub, model_dir, demo_dir, streaming):
+    spec = _spec(model_dir, demo_dir, "kto_en_demo")
+    spec.streaming = streaming
+    ds = stub.PrepareDataset(pb.PrepareDatasetRequest(spec=spec)).dataset
     assert ds.kind == d.EXAMPLE_KIND_FEEDBACK and ds.stats.examples == 3
     responses = list(
         stub.StreamBatches(
