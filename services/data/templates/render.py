@@ -88,7 +88,8 @@ class _Renderer:
         self.system = example.system or base
         if not example.tools:
             self.tool_text = ""
-        elif t.tools_slot:
+        elif t.tools_slot:  # LLaMA-Factory writes the record's raw tools text here; the
+            # record's tools are parsed by now, so they are written back as compact JSON
             raw = json.dumps(example.tools, ensure_ascii=False)
             self.tool_text = str(fill(t.tools_slot, raw)[0])
         else:
