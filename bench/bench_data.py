@@ -96,7 +96,7 @@ def make_inputs(work: Path, n: int) -> tuple[Path, Path]:
     model = work / "model"
     if not (model / "tokenizer.json").exists():
         sys.path.insert(0, str(REPO))
-        from services.training.tiny_model import build_tiny_model
+        from services.training.tiny.model import build_tiny_model
 
         build_tiny_model(model, size="tiny", force=True)
     return data_dir, model

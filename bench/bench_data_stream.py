@@ -116,7 +116,7 @@ def main() -> int:
     model = work / "model"
     if not (model / "tokenizer.json").exists():
         sys.path.insert(0, str(REPO))
-        from services.training.tiny_model import build_tiny_model
+        from services.training.tiny.model import build_tiny_model
 
         build_tiny_model(model, size="tiny", force=True)
     results = {}

@@ -25,7 +25,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from services.training.methods.lora_fused import fuse_lora_layers  # noqa: E402
+from services.training.model.methods.lora_fused import fuse_lora_layers  # noqa: E402
 
 SHAPES = [  # (m, r, d, h): tokens, rank, in, out
     (2048, 16, 4096, 11008),  # Llama-7B MLP up/gate projection, 2k tokens

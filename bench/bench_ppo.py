@@ -51,7 +51,7 @@ def set_threads(n: int) -> None:
 
 
 def build_model(work: Path, size: str) -> Path:
-    from services.training.tiny_model import build_tiny_model
+    from services.training.tiny.model import build_tiny_model
 
     out = work / "models" / size
     if not (out / "config.json").exists():
@@ -243,7 +243,7 @@ def run_inline(spec, model: Path, work: Path, args) -> dict:
     from transformers import AutoTokenizer
 
     from services.training.recipes import ppo
-    from services.training.recipes import settings as settings_of
+    from services.training.spec.settings import settings as settings_of
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     pattern = re.compile(YES)
@@ -317,7 +317,7 @@ def throughput(r, tokenizer, tag: str, n: int, max_tokens: int) -> dict:
     from llamafleet.rollout.v1 import rollout_pb2
 
     from services.common import queues
-    from services.training.ppo_exchange import task_id
+    from services.training.ppo.exchange import task_id
 
     job = f"bench-tput-{tag}"
     last = r.xrevrange(queues.ROLLOUT_RESULTS, count=1)
@@ -368,7 +368,7 @@ def adapter_sync(client, job_result: dict, base_model: Path) -> dict:
     from llamafleet.common.v1 import common_pb2
     from llamafleet.training.v1 import training_service_pb2 as api
 
-    from services.training import lora
+    from services.training.model import lora
 
     job, job_dir = job_result["job"], Path(job_result["job_dir"])
     versions = []

@@ -42,7 +42,7 @@ SIZE = "small"
 def preference_records(count: int, seed: int = 0) -> list[dict]:
     """Prompt sentence -> chosen / rejected replies of corpus sentences."""
     sys.path.insert(0, str(REPO))
-    from services.training.corpus import synthetic_corpus
+    from services.training.tiny.corpus import synthetic_corpus
 
     texts = list(synthetic_corpus(count * 12, seed=seed))
     rng = random.Random(seed)
@@ -59,7 +59,7 @@ def preference_records(count: int, seed: int = 0) -> list[dict]:
 def prepare(work: Path, count: int) -> None:
     """Build the model and write the pairs (+ LLaMA-Factory's dataset_info.json)."""
     sys.path.insert(0, str(REPO))
-    from services.training.tiny_model import build_tiny_model
+    from services.training.tiny.model import build_tiny_model
 
     if not (work / SIZE / "config.json").exists():
         build_tiny_model(work / SIZE, SIZE, seed=0, force=True)
@@ -94,9 +94,10 @@ def run_llamafleet(work: Path, stage: str) -> dict:
     from synthetic import make_settings, render
     from transformers import AutoTokenizer
 
-    from services.training.batches import InMemoryPairSource, InMemorySource
-    from services.training.recipes import LoraSettings, PreferenceSettings, dpo, rm
-    from services.training.trainer import Trainer
+    from services.training.loop.batches import InMemoryPairSource, InMemorySource
+    from services.training.loop.trainer import Trainer
+    from services.training.recipes import dpo, rm
+    from services.training.spec.settings import LoraSettings, PreferenceSettings
 
     model = work / SIZE
     tokenizer = AutoTokenizer.from_pretrained(model)

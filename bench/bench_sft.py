@@ -11,7 +11,7 @@ Measured per framework, each in its own process: the training loop's wall time a
 reports it (``train_runtime`` for the HF-Trainer-based peers, the recipe's loop for llamafleet),
 trained tokens/s = assistant tokens of the dataset / that time (every framework trains the same
 tokens once), and the process's peak RSS (``wait4`` ru_maxrss). llamafleet's child gets the
-allocator environment the training service gives a job's runner (``services.training.allocator``:
+allocator environment the training service gives a job's runner (``services.training.jobs.allocator``:
 jemalloc where installed; ``LLAMAFLEET_RUNNER_ALLOCATOR=glibc`` for glibc's malloc); the peers
 run as their users run them, on glibc's malloc. The peers run from
 ``--peer-python`` (a separate venv with ``llamafactory`` and ``trl``). ``--repeats N`` alternates
@@ -41,7 +41,7 @@ LR = 1e-4
 def conversations(count: int, seed: int = 0) -> list[dict]:
     """Multi-turn chats of corpus sentences (1-3 turns, replies 1-6 sentences)."""
     sys.path.insert(0, str(REPO))
-    from services.training.corpus import synthetic_corpus
+    from services.training.tiny.corpus import synthetic_corpus
 
     texts = list(synthetic_corpus(count * 12, seed=seed))
     rng = random.Random(seed)
@@ -59,7 +59,7 @@ def conversations(count: int, seed: int = 0) -> list[dict]:
 def prepare(work: Path, count: int) -> dict:
     """Build the model and write the dataset (JSON + LLaMA-Factory's dataset_info.json)."""
     sys.path.insert(0, str(REPO))
-    from services.training.tiny_model import build_tiny_model
+    from services.training.tiny.model import build_tiny_model
 
     model = work / "medium"
     if not (model / "config.json").exists():
@@ -93,9 +93,9 @@ def run_llamafleet(work: Path) -> dict:
     from synthetic import make_settings, pack, render
     from transformers import AutoTokenizer
 
-    from services.training.batches import InMemorySource
-    from services.training.recipes import LoraSettings
-    from services.training.trainer import Trainer
+    from services.training.loop.batches import InMemorySource
+    from services.training.loop.trainer import Trainer
+    from services.training.spec.settings import LoraSettings
 
     model = work / "medium"
     tokenizer = AutoTokenizer.from_pretrained(model)
@@ -219,7 +219,7 @@ def measure(python: str, name: str, work: Path) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     if name == "llamafleet":  # the allocator the training service gives a job's runner
         sys.path.insert(0, str(REPO))
-        from services.training.allocator import allocator_env
+        from services.training.jobs.allocator import allocator_env
 
         env.update(allocator_env(env))
     if name == "llamafactory":

@@ -32,11 +32,12 @@ import torch  # noqa: E402
 from synthetic import digit_task, make_settings, pack, task_rows  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from services.training.batches import InMemorySource  # noqa: E402
-from services.training.collate import collate  # noqa: E402
-from services.training.losses import causal_lm_loss_sum  # noqa: E402
-from services.training.recipes import LoraSettings, sft  # noqa: E402
-from services.training.tiny_model import build_tiny_model  # noqa: E402
+from services.training.loop.batches import InMemorySource  # noqa: E402
+from services.training.loop.collate import collate  # noqa: E402
+from services.training.losses.causal_lm import causal_lm_loss_sum  # noqa: E402
+from services.training.recipes import sft  # noqa: E402
+from services.training.spec.settings import LoraSettings
+from services.training.tiny.model import build_tiny_model  # noqa: E402
 
 
 def packed_loss(base, rows, pad_id, attention, dtype) -> float:
@@ -80,7 +81,7 @@ def qlora_steps(base, rows, job_dir, quant_type: str) -> dict:
     """A few LoRA steps over the base quantised to 4 bits (``quant_type``, double quantisation)."""
     import bitsandbytes as bnb
 
-    from services.training import models
+    from services.training.model import load as models
 
     settings = make_settings(
         base, method="lora", lora=LoraSettings(rank=8, alpha=16), compute_dtype="bfloat16",
@@ -118,7 +119,8 @@ def ppo_steps(tiny, tokenizer, work: Path, dtype: str, device: str = "cuda") -> 
     from inline_fleet import InlineFleet, PromptSource, yes_no_prompts, yes_no_rows
     from llamafleet.rollout.v1 import rollout_pb2
 
-    from services.training.recipes import PpoSettings, ppo
+    from services.training.recipes import ppo
+    from services.training.spec.settings import PpoSettings
 
     sft_job = work / f"sft-{dtype}"
     sft.run(

@@ -49,8 +49,10 @@ def memory_child(layout: str, model_dir: str, seqs: int, prompt_len: int, gen_le
     extra: dict = {}
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from services.training import lora, ppo_math
-    from services.training.recipes import LoraSettings, PpoSettings, Settings, ppo
+    from services.training.losses import ppo as ppo_math
+    from services.training.model import lora
+    from services.training.recipes import ppo
+    from services.training.spec.settings import LoraSettings, PpoSettings, Settings
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     gc.collect()
@@ -103,7 +105,7 @@ def memory_child(layout: str, model_dir: str, seqs: int, prompt_len: int, gen_le
             trainer._update(rollouts, t)
 
         trainable = sum(q.numel() for q in trainer.model.parameters() if q.requires_grad)
-        from services.training import adapter_store
+        from services.training.adapters import store as adapter_store
 
         _, info = adapter_store.archive_info(job / "adapters" / "v1")
         extra = {"adapter_archive_bytes": info.total_size}

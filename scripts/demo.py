@@ -40,7 +40,7 @@ from llamafleet.rollout.v1 import rollout_pb2
 from llamafleet.training.v1 import training_pb2 as pb
 from llamafleet.training.v1 import training_service_pb2 as api
 
-from services.training.corpus import synthetic_corpus
+from services.training.tiny.corpus import synthetic_corpus
 
 SUCCESSOR = str.maketrans("0123456789", "1234567890")
 PRETRAIN_STEPS = 150

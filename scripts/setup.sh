@@ -11,7 +11,7 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 apt_packages=()
 command -v redis-server >/dev/null 2>&1 || apt_packages+=(redis-server)
-# jemalloc for the training job runners (services/training/allocator.py; lower peak RSS)
+# jemalloc for the training job runners (services/training/jobs/manager/allocator.py; lower peak RSS)
 /sbin/ldconfig -p 2>/dev/null | grep -q 'libjemalloc\.so\.2' || apt_packages+=(libjemalloc2)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   echo "setup: installing ${apt_packages[*]} with apt"

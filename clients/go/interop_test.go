@@ -50,7 +50,7 @@ func TestInteropWithThePythonServices(t *testing.T) {
 	dir := t.TempDir()
 	model := filepath.Join(dir, "tiny")
 	runDir := filepath.Join(dir, "run")
-	python(t, dir, "-m", "services.training.tiny_model", model, "--size", "tiny")
+	python(t, dir, "-m", "services.training.tiny.model", model, "--size", "tiny")
 	python(t, dir, "-m", "llamafleet.cli", "up", "--run-dir", runDir, "--base-model", model)
 	t.Cleanup(func() {
 		exec.Command(os.Getenv("LLAMAFLEET_PYTHON"), "-m", "llamafleet.cli", "down", "--run-dir", runDir).Run()

@@ -30,16 +30,17 @@ from pathlib import Path
 
 from llamafleet.training.v1 import training_pb2 as tpb
 
-from services.training.batches import open_source
-from services.training.events import EventLog
-from services.training.recipes import dpo, ppo, pt, rm, settings, sft, validate
-from services.training.trainer import TrainResult
+from services.training.jobs.events import EventLog
+from services.training.loop.batches import open_source
+from services.training.loop.trainer import TrainResult
+from services.training.recipes import RECIPES
+from services.training.spec.settings import settings
+from services.training.spec.validation import validate
 
 logger = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
 SPEC_FILE = "spec.binpb"
-RECIPES = {"pt": pt.run, "sft": sft.run, "rm": rm.run, "dpo": dpo.run, "ppo": ppo.run}
 LEVELS = {
     logging.DEBUG: tpb.LOG_LEVEL_DEBUG,
     logging.INFO: tpb.LOG_LEVEL_INFO,
@@ -151,7 +152,7 @@ def run(job_dir: Path, data_address: str) -> int:
                 )
             )
             logging.getLogger("services.training").addHandler(EventLogHandler(events, rank))
-        from services.training.distributed import init_world, shutdown
+        from services.training.loop.distributed import init_world, shutdown
 
         world = init_world(resolved)
         job_id = spec.job_id or job_dir.name

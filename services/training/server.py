@@ -7,7 +7,7 @@ from llamafleet.training.v1 import training_service_pb2, training_service_pb2_gr
 from services.common.queues import require_redis
 from services.common.server import Register, register_servicer
 from services.training.config import TrainingConfig
-from services.training.jobs import JobManager
+from services.training.jobs.manager import JobManager
 from services.training.servicer import TrainingServicer
 
 SERVICE_NAME = training_service_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name

@@ -1,7 +1,7 @@
 """proto <-> domain translation for ``llamafleet.training.v1.TrainingService``.
 
-Jobs are run by ``jobs.JobManager``, read back by ``job_dirs.JobView``; adapters are streamed by
-``adapter_store`` and exported by ``export``. Blocking work (hashing an adapter, merging a model)
+Jobs are run by ``jobs.manager.JobManager``, read back by ``jobs.store.JobView``; adapters are
+streamed by ``adapters.store`` and exported by ``adapters.export``. Blocking work (hashing an adapter, merging a model)
 runs in worker threads so the event loop keeps serving other calls.
 """
 
@@ -15,11 +15,12 @@ from llamafleet.training.v1 import training_service_pb2 as api
 from llamafleet.training.v1 import training_service_pb2_grpc
 
 from services.common.errors import invalid
-from services.training import adapter_store, export
+from services.training.adapters import export
+from services.training.adapters import store as adapter_store
 from services.training.config import TrainingConfig
-from services.training.job_dirs import EventTail
-from services.training.job_specs import TERMINAL_STATES
-from services.training.jobs import JobManager
+from services.training.jobs.manager import JobManager
+from services.training.jobs.store import EventTail
+from services.training.spec.normalize import TERMINAL_STATES
 
 
 def _is_terminal(event: pb.TrainingEvent) -> bool:

@@ -23,8 +23,8 @@ from llamafleet.training.v1 import training_pb2
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from services.training.events import EventLog
-from services.training.tiny_model import build_tiny_model
+from services.training.jobs.events import EventLog
+from services.training.tiny.model import build_tiny_model
 
 JOB = "chatjob"
 

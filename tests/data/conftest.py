@@ -1,6 +1,6 @@
 """Fixtures of the data tests: one tiny model folder (model + tokenizer) per session, data files.
 
-The folder is built locally by ``services.training.tiny_model`` (tests may import both services;
+The folder is built locally by ``services.training.tiny.model`` (tests may import both services;
 the services themselves never do) and loaded through ``from_pretrained`` like a downloaded one.
 """
 
@@ -20,7 +20,7 @@ import pytest
 from services.common.server import ServiceHost
 from services.data.config import DataConfig
 from services.data.server import make_register
-from services.training.tiny_model import build_tiny_model
+from services.training.tiny.model import build_tiny_model
 
 
 @pytest.fixture(scope="session")

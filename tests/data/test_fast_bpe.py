@@ -21,7 +21,7 @@ from services.data import fast_bpe
 from services.data.encode import EncodeOptions, Encoder
 from services.data.fast_bpe import HFEngine, select_engine
 from services.data.formats import FormatSpec, to_example
-from services.training.tiny_model import build_tokenizer, synthetic_corpus
+from services.training.tiny.model import build_tokenizer, synthetic_corpus
 
 SPECIALS = ["<|begin_of_text|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>"]
 TRICKY = [

@@ -42,7 +42,7 @@ ENV = ("LLAMAFLEET_TOKEN", "LLAMAFLEET_TLS_CA", "LLAMAFLEET_TLS_CERT", "LLAMAFLE
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory):
     """A local cluster with a token and mutual TLS: (state, certs, tiny model folder)."""
-    from services.training.tiny_model import build_tiny_model
+    from services.training.tiny.model import build_tiny_model
 
     work = tmp_path_factory.mktemp("auth-clients")
     certs = make_certs(work / "certs")

@@ -71,7 +71,7 @@ class Ctx:
 
 @pytest.fixture(scope="module")
 def ctx(tmp_path_factory) -> Ctx:
-    from services.training.tiny_model import build_tiny_model
+    from services.training.tiny.model import build_tiny_model
 
     root = tmp_path_factory.mktemp("bad-input")
     model = build_tiny_model(root / "tiny", "tiny", seed=0)

@@ -209,7 +209,7 @@ def _dataset_spec(model: Path, data: Path) -> d.DatasetSpec:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from services.training.tiny_model import build_tiny_model
+    from services.training.tiny.model import build_tiny_model
 
     root = tmp_path_factory.mktemp("properties")
     model = build_tiny_model(root / "tiny", "tiny", seed=0)

@@ -56,7 +56,7 @@ CHUNK = 4096
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    from services.training.tiny_model import build_tiny_model
+    from services.training.tiny.model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("st") / "tiny", "tiny", seed=0)
 
@@ -286,9 +286,10 @@ def test_reward_refuses_a_pickle_reward_adapter(tiny, folders):
 
 
 def test_training_refuses_a_pickle_only_base_model(folders, tmp_path):
-    from services.training import job_specs
-    from services.training.models import load_base
-    from services.training.recipes import LoraSettings, Settings, validate
+    from services.training.model.load import load_base
+    from services.training.spec import normalize as job_specs
+    from services.training.spec.settings import LoraSettings, Settings
+    from services.training.spec.validation import validate
 
     spec = training_pb2.TrainingJobSpec(
         job_id="pickled",

@@ -29,7 +29,7 @@ MAX_TOKENS = 200  # a second or more of work (a random tiny model rarely stops e
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from services.training.tiny_model import build_tiny_model
+    from services.training.tiny.model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny", seed=3)
 

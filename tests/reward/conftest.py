@@ -18,7 +18,7 @@ import torch
 from peft import LoraConfig, TaskType, get_peft_model
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from services.training.tiny_model import build_tiny_model
+from services.training.tiny.model import build_tiny_model
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ def make_adapter(base_model: Path, out: Path, seed: int, rank: int = 8) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    from services.training.tiny_model import build_tiny_model
+    from services.training.tiny.model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("model") / "tiny", "tiny", seed=0)
 

@@ -20,9 +20,9 @@ import torch
 from synthetic import PRETRAIN_STEPS, make_settings, text_rows
 from transformers import AutoTokenizer
 
-from services.training.batches import InMemorySource
-from services.training.corpus import synthetic_corpus
-from services.training.tiny_model import build_tiny_model
+from services.training.loop.batches import InMemorySource
+from services.training.tiny.corpus import synthetic_corpus
+from services.training.tiny.model import build_tiny_model
 
 torch.set_num_threads(1)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from llamafleet.training.v1 import training_pb2 as pb
 
-from services.training.events import EventLog
+from services.training.jobs.events import EventLog
 
 job_dir = Path(sys.argv[1])
 spec = pb.TrainingJobSpec.FromString((job_dir / "spec.binpb").read_bytes())

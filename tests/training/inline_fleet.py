@@ -18,8 +18,8 @@ from llamafleet.rollout.v1 import rollout_pb2
 
 from services.rollout.engines import GenerationRequest, Sampling, collect
 from services.rollout.engines.hf import HFEngine
-from services.training.batches import InMemorySource
-from services.training.ppo_exchange import Received
+from services.training.loop.batches import InMemorySource
+from services.training.ppo.exchange import Received
 
 
 class InlineFleet:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from synthetic import digit_task, pack, task_rows
 
-from services.training.batches import InMemorySource
-from services.training.trainer import Trainer
+from services.training.loop.batches import InMemorySource
+from services.training.loop.trainer import Trainer
 
 
 def repeated_batch_rows(tokenizer) -> list:

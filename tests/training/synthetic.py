@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from llamafleet.data.v1 import data_pb2
 
-from services.training.recipes import LoraSettings, Settings
+from services.training.spec.settings import LoraSettings, Settings
 
 PRETRAIN_STEPS = 150
 

@@ -13,11 +13,11 @@ import torch
 from synthetic import digit_task, make_settings, pack, task_rows
 from transformers import AutoModelForCausalLM
 
-from services.training import models
-from services.training.batches import InMemorySource
-from services.training.losses import causal_lm_loss_sum, chunked_causal_lm_loss_sum
-from services.training.recipes import LoraSettings
-from services.training.trainer import Trainer
+from services.training.loop.batches import InMemorySource
+from services.training.loop.trainer import Trainer
+from services.training.losses.causal_lm import causal_lm_loss_sum, chunked_causal_lm_loss_sum
+from services.training.model import load as models
+from services.training.spec.settings import LoraSettings
 
 
 @pytest.mark.parametrize("rows_per_chunk", [1, 4, 1000])

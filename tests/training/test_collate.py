@@ -6,7 +6,7 @@ import pytest
 import torch
 from llamafleet.data.v1 import data_pb2
 
-from services.training.collate import block_causal_mask, collate, row_shift_labels, segment_ids
+from services.training.loop.collate import block_causal_mask, collate, row_shift_labels, segment_ids
 
 
 def packed_row() -> data_pb2.TokenRow:

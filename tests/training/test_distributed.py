@@ -12,7 +12,7 @@ from llamafleet.training.v1 import training_pb2 as tpb
 from synthetic import digit_task, pack, task_rows
 from test_recipes import job_spec, result_of, start, write_rows
 
-from services.training.outputs import read_metrics
+from services.training.loop.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
 

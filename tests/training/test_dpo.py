@@ -18,8 +18,10 @@ from synthetic import digit_task, make_settings, render
 from test_recipes import job_spec
 
 from services.common.errors import InvalidArgument, Unimplemented
-from services.training.preference import InMemoryPairSource, collate_pairs
-from services.training.recipes import LoraSettings, PreferenceSettings, dpo, settings, validate
+from services.training.loop.pairs import InMemoryPairSource, collate_pairs
+from services.training.recipes import dpo
+from services.training.spec.settings import LoraSettings, PreferenceSettings, settings
+from services.training.spec.validation import validate
 
 
 def preference_pairs(tokenizer, pairs, rejected=lambda prompt, answer: prompt.split()[-1]):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from llamafleet.training.v1 import training_pb2 as pb
 
-from services.training.events import EventLog
+from services.training.jobs.events import EventLog
 
 
 def _metrics(step: int) -> pb.TrainingEvent:

@@ -18,8 +18,10 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from services.common.errors import FailedPrecondition
 from services.common.weight_files import ADAPTER_BASE_FILE, require_adapter_base
-from services.training import export, lora
-from services.training.recipes import LoraSettings, settings, validate
+from services.training.adapters import export
+from services.training.model import lora
+from services.training.spec.settings import LoraSettings, settings
+from services.training.spec.validation import validate
 
 
 def lora_pro_rope_spec(base) -> tpb.TrainingJobSpec:

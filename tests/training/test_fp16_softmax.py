@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from synthetic import make_settings
 
-from services.training import models
+from services.training.model import load as models
 
 
 def test_eager_attention_softmax_runs_in_float32_under_fp16_training(tiny_random, monkeypatch):

@@ -14,9 +14,9 @@ from training_harness import (
 )
 
 from services.common.errors import FailedPrecondition, InvalidArgument
-from services.training import job_specs
-from services.training.events import EventLog
-from services.training.jobs import JobManager
+from services.training.jobs.events import EventLog
+from services.training.jobs.manager import JobManager
+from services.training.spec import normalize as job_specs
 
 
 @pytest.fixture

@@ -15,16 +15,16 @@ from transformers import AutoModelForCausalLM
 from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-from services.training.lean_layers import (
+from services.training.model.lean_layers import (
     RMSNormFunction,
     SiluMulFunction,
     rms_norm,
     silu_mul,
     use_lean_layers,
 )
-from services.training.lora import apply_lora
-from services.training.methods.lora_fused import fuse_lora_layers
-from services.training.recipes import LoraSettings
+from services.training.model.lora import apply_lora
+from services.training.model.methods.lora_fused import fuse_lora_layers
+from services.training.spec.settings import LoraSettings
 
 
 def saved_bytes(fn) -> int:

@@ -16,8 +16,9 @@ from safetensors.torch import load_file
 from synthetic import digit_task, exact_match, make_settings, pack, task_rows
 from transformers import AutoModelForCausalLM
 
-from services.training.batches import InMemorySource
-from services.training.recipes import LoraSettings, sft
+from services.training.loop.batches import InMemorySource
+from services.training.recipes import sft
+from services.training.spec.settings import LoraSettings
 
 pytestmark = pytest.mark.slow
 

@@ -10,11 +10,11 @@ from peft import PeftModel
 from synthetic import digit_task, make_settings, pack, task_rows
 from transformers import AutoModelForCausalLM
 
-from services.training import checkpoints
-from services.training.batches import InMemorySource
-from services.training.lora import apply_lora, expand_target_modules
-from services.training.recipes import LoraSettings
-from services.training.trainer import Trainer
+from services.training.loop import checkpoints
+from services.training.loop.batches import InMemorySource
+from services.training.loop.trainer import Trainer
+from services.training.model.lora import apply_lora, expand_target_modules
+from services.training.spec.settings import LoraSettings
 
 ALL_LINEAR = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 

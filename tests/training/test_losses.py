@@ -9,9 +9,9 @@ import torch
 from synthetic import digit_task, pack, task_rows
 from transformers import AutoModelForCausalLM
 
-from services.training.collate import collate
-from services.training.losses import causal_lm_loss_sum, token_losses, token_mean
-from services.training.models import VARLEN_SDPA
+from services.training.loop.collate import collate
+from services.training.losses.causal_lm import causal_lm_loss_sum, token_losses, token_mean
+from services.training.model.load import VARLEN_SDPA
 
 
 def test_token_losses_by_hand():

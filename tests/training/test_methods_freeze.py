@@ -10,10 +10,10 @@ from method_checks import logits, moved, repeated_batch_rows, train_on_repeated_
 from synthetic import make_settings
 from transformers import AutoModelForCausalLM
 
-from services.training.batches import InMemorySource
-from services.training.methods.freeze import chosen_layers, trainable_names
-from services.training.recipes import FreezeSettings
-from services.training.trainer import Trainer
+from services.training.loop.batches import InMemorySource
+from services.training.loop.trainer import Trainer
+from services.training.model.methods.freeze import chosen_layers, trainable_names
+from services.training.spec.settings import FreezeSettings
 
 
 def test_layer_choice():

@@ -15,10 +15,11 @@ from llamafleet.training.v1 import training_pb2 as tpb
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from services.common.errors import InvalidArgument, Unimplemented
-from services.training.batches import InMemorySource
-from services.training.corpus import synthetic_corpus
-from services.training.recipes import settings, validate
-from services.training.trainer import Trainer
+from services.training.loop.batches import InMemorySource
+from services.training.loop.trainer import Trainer
+from services.training.spec.settings import settings
+from services.training.spec.validation import validate
+from services.training.tiny.corpus import synthetic_corpus
 
 ORIGINAL = 64  # max_position_embeddings of the short-context copy of the tiny model
 LENGTH = 150  # trained row length: past 64, factor ceil(150 / 64) = 3
@@ -145,7 +146,7 @@ def test_quantization_type_and_double_quant_reach_the_bitsandbytes_config(
     tiny_random, monkeypatch, fields, quant_type, double
 ):
     pytest.importorskip("bitsandbytes")
-    from services.training import models
+    from services.training.model import load as models
 
     spec = qlora_spec(tiny_random, quantization_bits=4, **fields)
     validate(spec)

@@ -12,11 +12,12 @@ from synthetic import make_settings
 from transformers import AutoModelForCausalLM
 
 from services.common.errors import InvalidArgument, Unimplemented
-from services.training.batches import InMemorySource
-from services.training.methods.galore import GaLoreAdamW, state_bytes, target_parameters
-from services.training.optim import build_optimizer
-from services.training.recipes import GaloreSettings, settings, validate
-from services.training.trainer import Trainer
+from services.training.loop.batches import InMemorySource
+from services.training.loop.trainer import Trainer
+from services.training.model.methods.galore import GaLoreAdamW, state_bytes, target_parameters
+from services.training.model.optim import build_optimizer
+from services.training.spec.settings import GaloreSettings, settings
+from services.training.spec.validation import validate
 
 RANK = 4
 

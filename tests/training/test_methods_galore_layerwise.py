@@ -17,10 +17,11 @@ from method_checks import logits, moved, repeated_batch_rows, train_on_repeated_
 from synthetic import make_settings
 
 from services.common.errors import InvalidArgument
-from services.training.batches import InMemorySource
-from services.training.methods.galore import GaLoreAdamW, LayerwiseOptimizer
-from services.training.recipes import GaloreSettings, settings, validate
-from services.training.trainer import Trainer
+from services.training.loop.batches import InMemorySource
+from services.training.loop.trainer import Trainer
+from services.training.model.methods.galore import GaLoreAdamW, LayerwiseOptimizer
+from services.training.spec.settings import GaloreSettings, settings
+from services.training.spec.validation import validate
 
 
 def layerwise_settings(base, layerwise=True, **kw):

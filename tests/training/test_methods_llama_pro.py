@@ -12,10 +12,11 @@ from synthetic import make_settings
 from transformers import AutoModelForCausalLM
 
 from services.common.errors import InvalidArgument, Unimplemented
-from services.training.batches import InMemorySource
-from services.training.methods import llama_pro
-from services.training.recipes import FreezeSettings, validate
-from services.training.trainer import Trainer
+from services.training.loop.batches import InMemorySource
+from services.training.loop.trainer import Trainer
+from services.training.model.methods import llama_pro
+from services.training.spec.settings import FreezeSettings
+from services.training.spec.validation import validate
 
 
 def test_new_block_indices():

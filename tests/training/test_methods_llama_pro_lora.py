@@ -14,10 +14,11 @@ from synthetic import make_settings
 from transformers import AutoModelForCausalLM
 
 from services.common.errors import Unimplemented
-from services.training.batches import InMemorySource
-from services.training.methods import llama_pro
-from services.training.recipes import LoraSettings, settings, validate
-from services.training.trainer import Trainer
+from services.training.loop.batches import InMemorySource
+from services.training.loop.trainer import Trainer
+from services.training.model.methods import llama_pro
+from services.training.spec.settings import LoraSettings, settings
+from services.training.spec.validation import validate
 
 NEW = (2, 5)  # 4 layers, 2 new blocks: [0 1 new 2 3 new]
 
@@ -66,7 +67,7 @@ def test_lora_on_new_blocks_only_trains_and_reloads(tiny_random, tokenizer, tmp_
 
 
 def test_untrained_expanded_lora_model_computes_what_the_base_did(tiny_random):
-    from services.training.lora import apply_lora
+    from services.training.model.lora import apply_lora
 
     base = AutoModelForCausalLM.from_pretrained(tiny_random)
     ids = torch.randint(

@@ -10,13 +10,13 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import Linear as PeftLoraLinear
 from transformers import AutoModelForCausalLM
 
-from services.training.lora import apply_lora
-from services.training.methods.lora_fused import (
+from services.training.model.lora import apply_lora
+from services.training.model.methods.lora_fused import (
     FusedLoraLinear,
     fuse_lora_layers,
     fused_lora_linear,
 )
-from services.training.recipes import LoraSettings
+from services.training.spec.settings import LoraSettings
 
 
 def peft_layer(d: int, h: int, r: int, bias: bool, seed: int) -> PeftLoraLinear:

@@ -14,9 +14,9 @@ import torch
 from synthetic import make_settings
 from transformers import AutoModelForCausalLM
 
-from services.training.lora import apply_lora
-from services.training.optim import build_optimizer
-from services.training.recipes import LoraSettings
+from services.training.model.lora import apply_lora
+from services.training.model.optim import build_optimizer
+from services.training.spec.settings import LoraSettings
 
 IDS = torch.randint(0, 500, (2, 24), generator=torch.Generator().manual_seed(0))
 

@@ -18,9 +18,11 @@ from test_dpo import preference_pairs
 from test_recipes import job_spec
 
 from services.common.errors import Unimplemented
-from services.training import models
-from services.training.preference import InMemoryPairSource
-from services.training.recipes import LoraSettings, PreferenceSettings, dpo, rm, validate
+from services.training.loop.pairs import InMemoryPairSource
+from services.training.model import load as models
+from services.training.recipes import dpo, rm
+from services.training.spec.settings import LoraSettings, PreferenceSettings
+from services.training.spec.validation import validate
 
 NEW_BLOCKS = (2, 5)  # 4 layers + 2 LLaMA-Pro blocks
 
@@ -156,7 +158,7 @@ def test_pissa_adapter_disabled_is_not_the_base(tiny_random):
     """Why PiSSA is refused with a reference-based DPO loss: PiSSA moves the principal part of W
     into the adapter, so the adapter-disabled model (the LoRA reference) is the residual
     W - BA, not the base model."""
-    from services.training.lora import apply_lora
+    from services.training.model.lora import apply_lora
 
     settings = method_settings(tiny_random, "dpo", method="lora")
     ids = torch.arange(3, 40)[None]

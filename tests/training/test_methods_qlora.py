@@ -12,10 +12,11 @@ from synthetic import make_settings
 from transformers import AutoModelForCausalLM
 
 from services.common.errors import InvalidArgument, Unimplemented
-from services.training.batches import InMemorySource
-from services.training.methods import quantize
-from services.training.recipes import LoraSettings, validate
-from services.training.trainer import Trainer
+from services.training.loop.batches import InMemorySource
+from services.training.loop.trainer import Trainer
+from services.training.model.methods import quantize
+from services.training.spec.settings import LoraSettings
+from services.training.spec.validation import validate
 
 pytest.importorskip("bitsandbytes")
 

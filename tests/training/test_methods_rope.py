@@ -11,10 +11,10 @@ from llamafleet.data.v1 import data_pb2
 from synthetic import make_settings
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from services.training.batches import InMemorySource
-from services.training.corpus import synthetic_corpus
-from services.training.methods.rope import rope_scaling
-from services.training.trainer import Trainer
+from services.training.loop.batches import InMemorySource
+from services.training.loop.trainer import Trainer
+from services.training.model.methods.rope import rope_scaling
+from services.training.tiny.corpus import synthetic_corpus
 
 ORIGINAL = 64  # the short-context copy of the tiny model
 LENGTH = 150  # requested context: factor ceil(150 / 64) = 3

@@ -13,7 +13,7 @@ from llamafleet.rollout.v1 import rollout_pb2
 
 from services.common import queues
 from services.common.errors import Unavailable
-from services.training.ppo_exchange import RolloutExchange, task_id
+from services.training.ppo.exchange import RolloutExchange, task_id
 
 JOB = "ppo-x"
 

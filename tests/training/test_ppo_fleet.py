@@ -30,7 +30,7 @@ from llamafleet.training.v1 import training_service_pb2 as api
 from synthetic import make_settings
 
 from services.common import queues
-from services.training.batches import InMemorySource
+from services.training.loop.batches import InMemorySource
 from services.training.recipes import sft
 
 pytestmark = pytest.mark.slow

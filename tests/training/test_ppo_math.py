@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from services.training.ppo_math import (
+from services.training.losses.ppo import (
     KlController,
     gae,
     kl_penalised_rewards,
@@ -122,7 +122,7 @@ def test_adaptive_kl_controller_moves_towards_the_target():
 
 
 def test_selected_logprobs_equal_log_softmax_gathered():
-    from services.training.ppo_batch import selected_logprobs
+    from services.training.ppo.batch import selected_logprobs
 
     torch.manual_seed(0)
     logits = torch.randn(3, 5, 11) * 4

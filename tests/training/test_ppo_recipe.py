@@ -16,9 +16,10 @@ from inline_fleet import InlineFleet, PromptSource, yes_no_prompts, yes_no_rows
 from llamafleet.rollout.v1 import rollout_pb2
 from synthetic import make_settings
 
-from services.training import checkpoints
-from services.training.batches import InMemorySource
-from services.training.recipes import LoraSettings, PpoSettings, ppo, sft
+from services.training.loop import checkpoints
+from services.training.loop.batches import InMemorySource
+from services.training.recipes import ppo, sft
+from services.training.spec.settings import LoraSettings, PpoSettings
 
 pytestmark = pytest.mark.slow
 
@@ -229,7 +230,7 @@ def test_a_fresh_job_under_a_reused_id_is_refused_while_redis_holds_the_old_ones
     would have its tasks de-duplicated away and wait forever: it fails at once instead, saying
     which keys to delete (or to resume)."""
     from services.common import queues
-    from services.training.ppo_exchange import RolloutExchange
+    from services.training.ppo.exchange import RolloutExchange
 
     r = queues.connect(redis_url)
     queues.publish(r, queues.reward_results_stream("ppo-old"), "ppo-old:1:0:0:0", b"x")

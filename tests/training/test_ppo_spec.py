@@ -13,8 +13,9 @@ from llamafleet.training.v1 import training_service_pb2 as api
 from training_harness import TrainingService, config, fake_base_model, kill_runners
 
 from services.common.errors import InvalidArgument, Unimplemented
-from services.training.recipes import settings, validate
-from services.training.runner_process import PPO_REDIS_URL_ENV, default_launcher
+from services.training.jobs.process import PPO_REDIS_URL_ENV, default_launcher
+from services.training.spec.settings import settings
+from services.training.spec.validation import validate
 
 
 def ppo_spec(base) -> pb.TrainingJobSpec:
@@ -107,7 +108,7 @@ def test_a_ppo_job_without_a_work_queue_is_failed_precondition(service, tmp_path
 
 
 def test_the_ppo_runner_gets_the_redis_url_in_its_environment(tmp_path, monkeypatch, redis_url):
-    from services.training import runner_process
+    from services.training.jobs import process as runner_process
 
     seen = {}
     real_spawn = runner_process.spawn

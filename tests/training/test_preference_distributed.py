@@ -18,8 +18,8 @@ from test_dpo import preference_pairs
 from test_recipes import job_spec, result_of, start
 
 from services.common.errors import Unimplemented
-from services.training.outputs import read_metrics
-from services.training.recipes import validate
+from services.training.loop.metrics import read_metrics
+from services.training.spec.validation import validate
 
 pytestmark = pytest.mark.slow
 

@@ -43,7 +43,7 @@ from services.reward.config import RewardConfig
 from services.reward.server import build_app as reward_app
 from services.training.config import TrainingConfig
 from services.training.server import make_register as training_register
-from services.training.tiny_model import build_tiny_model
+from services.training.tiny.model import build_tiny_model
 
 COMMON = {"shutdown_delay_s": 0.0, "grace_s": 0.5}
 

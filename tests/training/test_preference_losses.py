@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from services.training.preference_losses import (
+from services.training.losses.preference import (
     dpo_loss,
     orpo_odds_ratio_loss,
     pairwise_reward_loss,

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from services.training.preference_losses import dpo_loss, orpo_odds_ratio_loss, simpo_loss
+from services.training.losses.preference import dpo_loss, orpo_odds_ratio_loss, simpo_loss
 
 cpo = pytest.importorskip("trl.experimental.cpo")
 orpo = pytest.importorskip("trl.experimental.orpo")

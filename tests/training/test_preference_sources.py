@@ -14,7 +14,7 @@ from test_dpo import preference_pairs
 from test_recipes import job_spec
 
 from services.training import runner
-from services.training.batches import InMemoryPairSource, InMemorySource, StreamRequest
+from services.training.loop.batches import InMemoryPairSource, InMemorySource, StreamRequest
 
 
 @pytest.fixture(scope="module")

@@ -19,11 +19,11 @@ from llamafleet.training.v1 import training_pb2 as tpb
 from synthetic import digit_task, pack, task_rows
 
 from services.common.errors import InvalidArgument, Unimplemented
-from services.training.checkpoints import list_checkpoints
-from services.training.events import EventLog
-from services.training.launch import runner_command
-from services.training.outputs import read_metrics
-from services.training.recipes import validate
+from services.training.jobs.events import EventLog
+from services.training.jobs.launch import runner_command
+from services.training.loop.checkpoints import list_checkpoints
+from services.training.loop.metrics import read_metrics
+from services.training.spec.validation import validate
 
 REPO = Path(__file__).resolve().parents[2]
 

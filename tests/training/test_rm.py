@@ -20,8 +20,9 @@ from synthetic import digit_task, make_settings
 from test_dpo import preference_pairs
 
 from services.reward.scorers.model import RewardModels
-from services.training.preference import InMemoryPairSource
-from services.training.recipes import LoraSettings, rm
+from services.training.loop.pairs import InMemoryPairSource
+from services.training.recipes import rm
+from services.training.spec.settings import LoraSettings
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from llamafleet.training.v1 import training_pb2 as pb
 from llamafleet.training.v1 import training_service_pb2 as api
 from training_harness import TrainingService, config, fake_base_model, kill_runners, make_spec
 
-from services.training.adapter_store import CHUNK_SIZE, AdapterArchive
+from services.training.adapters.store import CHUNK_SIZE, AdapterArchive
 
 
 @pytest.fixture(scope="module")

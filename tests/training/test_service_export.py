@@ -26,7 +26,7 @@ from training_harness import (
 )
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from services.training.tiny_model import build_tiny_model
+from services.training.tiny.model import build_tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ from unittest import mock
 import pytest
 from llamafleet.training.v1 import training_pb2 as tpb
 
-from services.training import allocator
-from services.training.allocator import JEMALLOC_CONF, allocator_env
-from services.training.launch import runner_command
+from services.training.jobs import allocator
+from services.training.jobs.allocator import JEMALLOC_CONF, allocator_env
+from services.training.jobs.launch import runner_command
 
 
 def test_jemalloc_preloaded_with_its_conf_when_installed():

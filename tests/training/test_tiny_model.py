@@ -19,8 +19,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-from services.training import tiny_model
-from services.training.tiny_model import (
+from services.training.tiny import model as tiny_model
+from services.training.tiny.model import (
     BOS_TOKEN,
     EOS_TOKEN,
     IM_END,
@@ -344,7 +344,7 @@ def test_module_runs_as_a_subprocess(tmp_path):
     out = tmp_path / "sub"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run(
-        [sys.executable, "-m", "services.training.tiny_model", str(out), "--size", "tiny"],
+        [sys.executable, "-m", "services.training.tiny.model", str(out), "--size", "tiny"],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,

@@ -29,8 +29,8 @@ from llamafleet.training.v1 import training_pb2 as tpb
 from synthetic import digit_task, pack, task_rows
 from test_recipes import job_spec, result_of, start, write_rows
 
-from services.training.checkpoints import list_checkpoints
-from services.training.outputs import METRICS_FILE, read_metrics
+from services.training.loop.checkpoints import list_checkpoints
+from services.training.loop.metrics import METRICS_FILE, read_metrics
 
 pytestmark = pytest.mark.slow
 

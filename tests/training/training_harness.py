@@ -21,7 +21,7 @@ from llamafleet.training.v1 import training_pb2 as pb
 
 from services.common.server import ServiceHost
 from services.training.config import TrainingConfig
-from services.training.jobs import JobManager
+from services.training.jobs.manager import JobManager
 from services.training.server import make_register
 
 FAKE_RUNNER = Path(__file__).with_name("fake_runner.py")

@@ -15,7 +15,7 @@ from llamafleet import cluster
 from llamafleet.client import Client
 from llamafleet.web.app import create_app
 
-from services.training.tiny_model import build_tiny_model
+from services.training.tiny.model import build_tiny_model
 
 DATASET = "repeat_words"
 

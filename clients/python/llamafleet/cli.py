@@ -190,7 +190,7 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
         raise UserError(
             "tiny-model needs the training extra: pip install -e '.[train]' (and torch==2.13.0)"
         )
-    cmd = [sys.executable, "-m", "services.training.tiny_model", args.out_dir, "--size", args.size]
+    cmd = [sys.executable, "-m", "services.training.tiny.model", args.out_dir, "--size", args.size]
     cmd += ["--seed", str(args.seed)]
     if args.force:
         cmd.append("--force")

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import torch
 
-from services.training import models
-from services.training.batches import BatchSource
-from services.training.distributed import World
-from services.training.preference import PairInputs, PreferenceTrainer
-from services.training.preference_losses import dpo_loss, orpo_odds_ratio_loss, simpo_loss
-from services.training.recipes import Settings
-from services.training.trainer import Reporter, TrainResult
+from services.training.loop.batches import BatchSource
+from services.training.loop.distributed import World
+from services.training.loop.pairs import PairInputs, PreferenceTrainer
+from services.training.loop.trainer import Reporter, TrainResult
+from services.training.losses.preference import dpo_loss, orpo_odds_ratio_loss, simpo_loss
+from services.training.model import load as models
+from services.training.spec.settings import Settings
 
 REFERENCE_FREE = ("orpo", "simpo")
 

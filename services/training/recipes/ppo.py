@@ -55,20 +55,13 @@ from safetensors.torch import save_file
 from transformers import set_seed
 
 from services.common import queues
-from services.training import checkpoints, lora, models, optim
-from services.training.batches import BatchSource
-from services.training.distributed import World, build_engine
-from services.training.outputs import MetricsWriter, plot_loss_curve
-from services.training.ppo_batch import (
-    PolicyWithValue,
-    Rollouts,
-    collate_rollouts,
-    completion_gather,
-    selected_logprobs,
-)
-from services.training.ppo_exchange import Received, RolloutExchange
-from services.training.ppo_flow import Counts, RolloutFlow, StepPlan
-from services.training.ppo_math import (
+from services.training.jobs.process import PPO_REDIS_URL_ENV
+from services.training.loop import checkpoints
+from services.training.loop.batches import BatchSource
+from services.training.loop.distributed import World, build_engine
+from services.training.loop.metrics import MetricsWriter, plot_loss_curve
+from services.training.loop.trainer import NullReporter, Reporter, TrainResult
+from services.training.losses.ppo import (
     KlController,
     gae,
     kl_penalised_rewards,
@@ -77,9 +70,18 @@ from services.training.ppo_math import (
     policy_loss,
     value_loss,
 )
-from services.training.recipes import Settings
-from services.training.runner_process import PPO_REDIS_URL_ENV
-from services.training.trainer import NullReporter, Reporter, TrainResult
+from services.training.model import load as models
+from services.training.model import lora, optim
+from services.training.ppo.batch import (
+    PolicyWithValue,
+    Rollouts,
+    collate_rollouts,
+    completion_gather,
+    selected_logprobs,
+)
+from services.training.ppo.exchange import Received, RolloutExchange
+from services.training.ppo.rollouts import Counts, RolloutFlow, StepPlan
+from services.training.spec.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -25,13 +25,14 @@ import torch
 from peft import get_peft_model
 from transformers import AutoModelForSequenceClassification
 
-from services.training import lora, models
-from services.training.batches import BatchSource
-from services.training.distributed import World
-from services.training.preference import PairInputs, PreferenceTrainer
-from services.training.preference_losses import pairwise_reward_loss
-from services.training.recipes import Settings
-from services.training.trainer import Reporter, TrainResult
+from services.training.loop.batches import BatchSource
+from services.training.loop.distributed import World
+from services.training.loop.pairs import PairInputs, PreferenceTrainer
+from services.training.loop.trainer import Reporter, TrainResult
+from services.training.losses.preference import pairwise_reward_loss
+from services.training.model import load as models
+from services.training.model import lora
+from services.training.spec.settings import Settings
 
 logger = logging.getLogger(__name__)
 

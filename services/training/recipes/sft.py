@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from services.training.batches import BatchSource
-from services.training.distributed import World
-from services.training.recipes import Settings
-from services.training.trainer import Reporter, Trainer, TrainResult
+from services.training.loop.batches import BatchSource
+from services.training.loop.distributed import World
+from services.training.loop.trainer import Reporter, Trainer, TrainResult
+from services.training.spec.settings import Settings
 
 
 def run(

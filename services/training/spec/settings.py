@@ -31,7 +31,7 @@ ATTENTION = {
     tpb.ATTENTION_IMPLEMENTATION_SDPA: "sdpa",
     tpb.ATTENTION_IMPLEMENTATION_FLASH_ATTENTION_2: "flash_attention_2",
 }
-RECIPES = {
+STAGES = {
     tpb.STAGE_PT: "pt",
     tpb.STAGE_SFT: "sft",
     tpb.STAGE_RM: "rm",
@@ -225,7 +225,7 @@ def settings(spec: tpb.TrainingJobSpec, device: str = "cpu") -> Settings:
     else:
         attention = ATTENTION[spec.attention_implementation]
     return Settings(
-        recipe=RECIPES[spec.stage],
+        recipe=STAGES[spec.stage],
         base_model=spec.base_model,
         method=METHODS.get(ft.type, "lora"),
         lora=lora,

@@ -82,9 +82,9 @@ def merge_lora(spec_bytes: bytes, adapter_dir: str, staging: str) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from services.training import models
-    from services.training.methods import llama_pro
-    from services.training.recipes import settings as spec_settings
+    from services.training.model import load as models
+    from services.training.model.methods import llama_pro
+    from services.training.spec.settings import settings as spec_settings
 
     spec = pb.TrainingJobSpec.FromString(spec_bytes)
     s = spec_settings(spec, "cpu")
@@ -127,7 +127,7 @@ def _save_tokenizer(base_model: str, staging: Path, trust_remote_code: bool) -> 
             "base model %s has no loadable tokenizer (%s); exported without", base_model, exc
         )
         return
-    # The chat template stays in tokenizer_config.json, where every loader looks (as tiny_model).
+    # The chat template stays in tokenizer_config.json, where every loader looks (as tiny.model).
     tokenizer.save_pretrained(staging, save_jinja_files=False)
 
 
@@ -162,7 +162,7 @@ def _publish(out: Path, write) -> list[str]:
 
 
 def export_job(view, version: int, mode: int, output_dir: str) -> tuple[Path, int, list[str]]:
-    """Export one job (a ``job_dirs.JobView``): (folder written, version exported, files)."""
+    """Export one job (a ``jobs.store.JobView``): (folder written, version exported, files)."""
     from llamafleet.training.v1 import training_pb2 as pb
 
     if mode not in (pb.EXPORT_MODE_MERGED, pb.EXPORT_MODE_ADAPTER_ONLY):

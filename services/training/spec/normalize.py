@@ -4,7 +4,7 @@
 (the stored spec is what ``TrainingJob.spec`` shows and what "identical spec" compares).
 ``validate`` rejects what can be seen without loading a model: missing required fields, values out
 of range, a base model folder that is not there or whose only weights are a pickle. Deeper,
-recipe-specific checks belong to the training core (``services.training.launch.validate``), which
+recipe-specific checks belong to the training core (``services.training.jobs.launch.validate``), which
 is called too when it exists. This module knows nothing about processes or files other than the base model folder.
 """
 
@@ -170,7 +170,7 @@ def validate(spec: pb.TrainingJobSpec) -> None:
 def pickle_only(folder: Path) -> str | None:
     """Why ``folder`` is refused when its only weights are a pickle (``pytorch_model.bin``, ...),
     else None. A folder with no weight files at all is left to the loader, which needs
-    ``*.safetensors`` (``models.load_base``)."""
+    ``*.safetensors`` (``model.load.load_base``)."""
     if any(folder.glob("*.safetensors")):
         return None
     pickles = pickle_files(folder)

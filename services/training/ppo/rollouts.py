@@ -30,9 +30,9 @@ from llamafleet.common.v1 import common_pb2
 from llamafleet.data.v1 import data_pb2
 from llamafleet.rollout.v1 import rollout_pb2
 
-from services.training.batches import BatchSource, StreamRequest
-from services.training.ppo_exchange import Received, RolloutExchange, parse_task_id, task_id
-from services.training.recipes import Settings
+from services.training.loop.batches import BatchSource, StreamRequest
+from services.training.ppo.exchange import Received, RolloutExchange, parse_task_id, task_id
+from services.training.spec.settings import Settings
 
 logger = logging.getLogger(__name__)
 

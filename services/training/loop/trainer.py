@@ -27,14 +27,16 @@ import torch.distributed as dist
 from llamafleet.data.v1 import data_pb2
 from transformers import set_seed
 
-from services.training import checkpoints, lean_layers, lora, models, optim
-from services.training.batches import BatchSource, StreamRequest
-from services.training.collate import ModelInputs, collate
-from services.training.distributed import World, all_reduce_sum, barrier, build_engine
-from services.training.losses import causal_lm_loss_sum, chunked_causal_lm_loss_sum
-from services.training.methods import lora_fused
-from services.training.outputs import MetricsWriter, plot_loss_curve
-from services.training.recipes import Settings
+from services.training.loop import checkpoints
+from services.training.loop.batches import BatchSource, StreamRequest
+from services.training.loop.collate import ModelInputs, collate
+from services.training.loop.distributed import World, all_reduce_sum, barrier, build_engine
+from services.training.loop.metrics import MetricsWriter, plot_loss_curve
+from services.training.losses.causal_lm import causal_lm_loss_sum, chunked_causal_lm_loss_sum
+from services.training.model import lean_layers, lora, optim
+from services.training.model import load as models
+from services.training.model.methods import lora_fused
+from services.training.spec.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import math
 import torch
 from transformers import get_scheduler
 
-from services.training.methods import galore
-from services.training.recipes import Settings
+from services.training.model.methods import galore
+from services.training.spec.settings import Settings
 
 
 def param_groups(model: torch.nn.Module, settings: Settings) -> list[dict]:

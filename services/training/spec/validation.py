@@ -2,7 +2,7 @@
 
 ``validate(spec)`` raises one ``InvalidArgument`` listing every bad field (``spec.compute_dtype``,
 ``spec.finetuning.lora.rank``, ...), or ``Unimplemented`` for a stage or method this version does
-not train yet, naming the field. ``spec_settings.settings`` assumes a spec that passed it.
+not train yet, naming the field. ``settings.settings`` assumes a spec that passed it.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 from llamafleet.training.v1 import training_pb2 as tpb
 
 from services.common.errors import FieldViolation, InvalidArgument, Unimplemented
-from services.training.job_specs import pickle_only
-from services.training.recipes.spec_settings import (
+from services.training.spec.normalize import pickle_only
+from services.training.spec.settings import (
     PREFERENCE_LOSSES,
     QUANTIZATION_TYPES,
     REFERENCED,

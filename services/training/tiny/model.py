@@ -13,7 +13,7 @@ of every size built with the default vocabulary share one tokenizer (a tiny rewa
 a small policy's tokens). The seed only decides the weights: the same seed gives bit-identical
 weights.
 
-Run as ``python -m services.training.tiny_model OUT_DIR --size tiny|small|medium [--seed N]
+Run as ``python -m services.training.tiny.model OUT_DIR --size tiny|small|medium [--seed N]
 [--vocab-size N] [--force]``; the ``llamafleet tiny-model`` command calls exactly that. This
 module knows nothing about training: the weights are random and the model says nothing useful
 until a recipe trains it.
@@ -37,7 +37,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 from tokenizers.trainers import BpeTrainer
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from services.training.corpus import synthetic_corpus
+from services.training.tiny.corpus import synthetic_corpus
 
 logger = logging.getLogger(__name__)
 
@@ -392,7 +392,7 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: build a model folder, print its path; 2 and a one-line message on bad input."""
     parser = _Parser(
-        prog="python -m services.training.tiny_model",
+        prog="python -m services.training.tiny.model",
         description="Build a random-initialised Llama model and a locally trained tokenizer.",
     )
     parser.add_argument("out_dir", type=Path, help="folder to create")

@@ -3,8 +3,8 @@
 The runner runs in its own session (its pid is its process group id), so a cancel reaches every
 process it started (torchrun / deepspeed workers). ``runner.pid`` records the pid with the
 process's start time, so a service that restarts re-attaches only to the very same process, never
-to an unrelated one that reused the pid. The launcher and the spec checks come from the training
-core (``services.training.launch``, ``services.training.recipes``) unless a test injects others.
+to an unrelated one that reused the pid. The launcher (``launch``) and the spec check
+(``spec.validation``) are plain imports; tests inject others.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from pathlib import Path
 from llamafleet.training.v1 import training_pb2 as pb
 
 from services.common.errors import FailedPrecondition
+from services.training.jobs import launch
+from services.training.spec.validation import validate
 
 logger = logging.getLogger(__name__)
 
@@ -34,16 +36,7 @@ Launcher = Callable[[pb.TrainingJobSpec, Path, str, str], tuple[list[str], dict[
 
 
 def default_launcher(spec, job_dir, data_address, token):
-    """The training core's runner command (imported here so tests can run without it)."""
-    try:
-        from services.training import launch
-    except ImportError as exc:
-        if exc.name != "services.training.launch":
-            raise
-        raise FailedPrecondition(
-            "this training service has no runner installed (services.training.launch is missing)",
-            reason="RUNNER_UNAVAILABLE",
-        ) from None
+    """The runner command of ``launch.runner_command``, once a data service is configured."""
     if not data_address:
         raise FailedPrecondition(
             "this training service has no data service to read the job's batches from: set "
@@ -54,20 +47,8 @@ def default_launcher(spec, job_dir, data_address, token):
 
 
 def core_validate(spec: pb.TrainingJobSpec) -> None:
-    """The training core's recipe-level checks (``launch.validate``, else ``recipes.validate``)."""
-    try:
-        from services.training import launch
-    except ImportError:
-        return
-    check = getattr(launch, "validate", None)
-    if check is None:
-        try:
-            from services.training import recipes
-        except ImportError:
-            return
-        check = getattr(recipes, "validate", None)
-    if check is not None:
-        check(spec)
+    """The whole-spec check (``spec.validation.validate``) the service runs before a launch."""
+    validate(spec)
 
 
 def proc_start(pid: int) -> str | None:

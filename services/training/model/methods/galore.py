@@ -21,7 +21,7 @@ by a post-accumulate-grad hook the moment that parameter's gradient is complete 
 pass, after which the gradient is freed. At no time does the model hold every gradient, and no
 optimizer holds every parameter. The price: one micro-batch per step (no gradient accumulation),
 one process, no float16 loss scale and no clipping by the whole model's gradient norm
-(``recipes.validate`` refuses those). The learning-rate schedule still applies: the wrapper's
+(``spec.validation`` refuses those). The learning-rate schedule still applies: the wrapper's
 ``param_groups`` are the per-parameter optimizers' own group dicts.
 
 Written from the paper (Zhao et al., 2024) rather than taken from PyPI's ``galore-torch`` 1.0:

@@ -6,7 +6,7 @@ Precision policy (mixed precision, the way Transformers' Trainer does it):
 - A frozen LoRA base is loaded directly in the compute dtype (half the memory), since it is never
   updated.
 - float16 uses a gradient scaler (``torch.amp.GradScaler``). A model pre-trained in bfloat16 is
-  refused in float16 by ``recipes.validate`` (its activations exceed float16's range).
+  refused in float16 by ``spec.validation`` (its activations exceed float16's range).
 - The attention softmax runs in float32 under float16: Transformers' eager attention computes
   ``softmax(..., dtype=float32)``, and the SDPA / flash-attn kernels accumulate the softmax in
   float32. Nothing here lowers that.
@@ -40,9 +40,9 @@ from transformers import (
 )
 
 from services.common.weight_files import require_safetensors_model
-from services.training import losses
-from services.training.methods import freeze, llama_pro, quantize, rope
-from services.training.recipes import Settings
+from services.training.losses import causal_lm as losses
+from services.training.model.methods import freeze, llama_pro, quantize, rope
+from services.training.spec.settings import Settings
 
 logger = logging.getLogger(__name__)
 

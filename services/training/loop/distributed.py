@@ -27,12 +27,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from services.training.methods.galore import LayerwiseOptimizer
-from services.training.recipes import Settings
+from services.training.model.methods.galore import LayerwiseOptimizer
+from services.training.spec.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).parent / "deepspeed"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "deepspeed"  # services/training/deepspeed
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from services.training.ppo_exchange import Received
+from services.training.ppo.exchange import Received
 
 
 class PolicyWithValue(torch.nn.Module):

@@ -25,8 +25,8 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from services.common.weight_files import ADAPTER_BASE_FILE, base_shape
-from services.training.methods import llama_pro
-from services.training.recipes import LoraSettings
+from services.training.model.methods import llama_pro
+from services.training.spec.settings import LoraSettings
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,7 @@ Multi-node training is launcher configuration, not code: DeepSpeed reads a hostf
 (``--hostfile``, ``--master_addr``), torchrun ``--nnodes``/``--node_rank``/``--master_addr``; the
 runner only reads the ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` the launcher sets.
 
-``validate`` (from ``recipes``) is re-exported here: the service checks a spec with it before it
-launches. The token reaches the runner through ``LLAMAFLEET_TOKEN`` in ``env`` (not argv, which other users
+The token reaches the runner through ``LLAMAFLEET_TOKEN`` in ``env`` (not argv, which other users
 of the machine can read). ``env`` holds only the variables to add to the service's environment, among them the allocator's (``allocator.allocator_env``: jemalloc
 preloaded where the machine has it).
 """
@@ -29,10 +28,9 @@ from pathlib import Path
 
 from llamafleet.training.v1 import training_pb2 as tpb
 
-from services.training.allocator import allocator_env
-from services.training.recipes import validate
+from services.training.jobs.allocator import allocator_env
 
-__all__ = ["RUNNER_MODULE", "free_port", "runner_command", "validate"]
+__all__ = ["RUNNER_MODULE", "free_port", "runner_command"]
 
 RUNNER_MODULE = "services.training.runner"
 

@@ -2,7 +2,7 @@
 
 A job lives in ``<jobs_dir>/<job_id>/`` (a symlink to ``spec.output_dir`` when the spec names
 one). The manager writes ``spec.binpb`` and the QUEUED event, launches the runner
-(``services.training.launch.runner_command`` unless a test injects another launcher) with
+(``services.training.jobs.launch.runner_command`` unless a test injects another launcher) with
 ``start_new_session`` and its output in ``runner.log``, records ``runner.pid``, and when the runner
 exits appends the final state from the runner's ``result.json``; no result means the runner died,
 and the job is FAILED with a message that says how and that ``resume`` continues from the last
@@ -34,18 +34,10 @@ from services.common.errors import (
     NotFound,
     invalid,
 )
-from services.training import job_specs, runner_process
 from services.training.config import TrainingConfig
-from services.training.events import EventLog
-from services.training.job_dirs import (
-    RESULT_FILE,
-    SPEC_FILE,
-    JobView,
-    read_result,
-    repair_event_log,
-    write_spec,
-)
-from services.training.runner_process import (
+from services.training.jobs import process as runner_process
+from services.training.jobs.events import EventLog
+from services.training.jobs.process import (
     LOG_FILE,
     PID_FILE,
     PPO_REDIS_URL_ENV,
@@ -56,6 +48,15 @@ from services.training.runner_process import (
     death_message,
     default_launcher,
 )
+from services.training.jobs.store import (
+    RESULT_FILE,
+    SPEC_FILE,
+    JobView,
+    read_result,
+    repair_event_log,
+    write_spec,
+)
+from services.training.spec import normalize as job_specs
 
 logger = logging.getLogger(__name__)
 

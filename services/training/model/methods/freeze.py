@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 import torch
 
-from services.training.recipes import FreezeSettings
+from services.training.spec.settings import FreezeSettings
 
 logger = logging.getLogger(__name__)
 

@@ -1,11 +1,11 @@
 """A job folder read back into a ``TrainingJob``: the job store's on-disk half.
 
 Everything about a job is derived from its folder, so that its state survives a service restart:
-``spec.binpb`` (the normalised spec), ``events.jsonl`` (its history, see ``events.py``),
+``spec.binpb`` (the normalised spec), ``events.jsonl`` (its history, see ``events``),
 ``checkpoints/step-<N>/``, ``adapters/v<K>/`` (PEFT folders, each published by an atomic rename)
 and the runner's ``result.json``. ``JobView`` folds new event lines into the derived fields as
 they appear (``EventTail`` reads only what was appended since its last look). This module knows
-nothing about processes; ``jobs.py`` runs them.
+nothing about processes; ``manager`` runs them.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from google.protobuf import json_format, timestamp_pb2
 from llamafleet.training.v1 import training_pb2 as pb
 
 from services.common.errors import NotFound, invalid
-from services.training import adapter_store
-from services.training.events import EVENTS_FILE
-from services.training.job_specs import TERMINAL_STATES
+from services.training.adapters import store as adapter_store
+from services.training.jobs.events import EVENTS_FILE
+from services.training.spec.normalize import TERMINAL_STATES
 
 logger = logging.getLogger(__name__)
 

@@ -25,12 +25,12 @@ from dataclasses import dataclass
 import torch
 from llamafleet.data.v1 import data_pb2
 
-from services.training import models
-from services.training.batches import InMemoryPairSource
-from services.training.collate import ModelInputs, collate
-from services.training.distributed import all_reduce_sum
-from services.training.losses import token_losses
-from services.training.trainer import Trainer, TrainResult
+from services.training.loop.batches import InMemoryPairSource
+from services.training.loop.collate import ModelInputs, collate
+from services.training.loop.distributed import all_reduce_sum
+from services.training.loop.trainer import Trainer, TrainResult
+from services.training.losses.causal_lm import token_losses
+from services.training.model import load as models
 
 __all__ = ["InMemoryPairSource", "PairInputs", "PreferenceTrainer", "collate_pairs"]
 
