@@ -95,6 +95,7 @@ def run_llamafleet(work: Path, stage: str) -> dict:
     from transformers import AutoTokenizer
 
     from services.training.loop.batches import InMemoryPairSource, InMemorySource
+    from services.training.loop.tokens import TokenLoss
     from services.training.loop.trainer import Trainer
     from services.training.recipes import dpo, rm
     from services.training.spec.settings import LoraSettings, PreferenceSettings
@@ -125,14 +126,16 @@ def run_llamafleet(work: Path, stage: str) -> dict:
     job = work / "runs" / f"llamafleet-{stage}-{os.getpid()}"
     if stage == "sft":
         rows = [row(r, "chosen", i) for i, r in enumerate(records)]
-        trainer = Trainer(settings, InMemorySource(rows), job, train_all_tokens=False)
+        trainer = Trainer(
+            settings, InMemorySource(rows), job, loss=TokenLoss(train_all_tokens=False)
+        )
     else:
         pairs = [
             data_pb2.PreferencePair(chosen=row(r, "chosen", i), rejected=row(r, "rejected", i))
             for i, r in enumerate(records)
         ]
-        recipe = {"dpo": dpo.DpoTrainer, "rm": rm.RewardTrainer}[stage]
-        trainer = recipe(settings, InMemoryPairSource(pairs), job)
+        build_trainer = {"dpo": dpo.build_trainer, "rm": rm.build_trainer}[stage]
+        trainer = build_trainer(settings, InMemoryPairSource(pairs), job)
     trainer.setup()
     started = time.perf_counter()
     trainer.train()

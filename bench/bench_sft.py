@@ -94,6 +94,7 @@ def run_llamafleet(work: Path) -> dict:
     from transformers import AutoTokenizer
 
     from services.training.loop.batches import InMemorySource
+    from services.training.loop.tokens import TokenLoss
     from services.training.loop.trainer import Trainer
     from services.training.spec.settings import LoraSettings
 
@@ -113,7 +114,7 @@ def run_llamafleet(work: Path) -> dict:
         logging_steps=1000,
     )
     job = work / "runs" / f"llamafleet-{os.getpid()}"
-    trainer = Trainer(settings, InMemorySource(packed), job, train_all_tokens=False)
+    trainer = Trainer(settings, InMemorySource(packed), job, loss=TokenLoss(train_all_tokens=False))
     trainer.setup()
     started = time.perf_counter()
     trainer.train()

@@ -31,8 +31,10 @@ from pathlib import Path
 from llamafleet.training.v1 import training_pb2 as tpb
 
 from services.training.jobs.events import EventLog
+from services.training.jobs.process import PPO_REDIS_URL_ENV
 from services.training.loop.batches import open_source
 from services.training.loop.trainer import TrainResult
+from services.training.ppo import exchange
 from services.training.recipes import RECIPES
 from services.training.spec.settings import settings
 from services.training.spec.validation import validate
@@ -123,6 +125,20 @@ class EventLogHandler(logging.Handler):
             self.handleError(record)
 
 
+def recipe_arguments(recipe: str, job_id: str) -> dict:
+    """What a recipe needs beyond the data: ``ppo`` its exchange with the fleets, over the
+    work-queue Redis the service names in the environment (never argv: it may hold a password)."""
+    if recipe != "ppo":
+        return {}
+    url = os.environ.get(PPO_REDIS_URL_ENV, "")
+    if not url:
+        raise RuntimeError(
+            f"STAGE_PPO needs the work-queue Redis: {PPO_REDIS_URL_ENV} is not set (the training "
+            "service sets it from its redis_url; configure LLAMAFLEET_TRAINING_REDIS_URL)"
+        )
+    return {"exchange": exchange.connect(url, job_id), "job_id": job_id}
+
+
 def run(job_dir: Path, data_address: str) -> int:
     """Train the job in ``job_dir``; returns the process exit code."""
     rank = int(os.environ.get("RANK", "0"))
@@ -166,6 +182,7 @@ def run(job_dir: Path, data_address: str) -> int:
             world=world,
             reporter=EventReporter(events) if rank == 0 else None,
             should_stop=lambda: stop["requested"],
+            **recipe_arguments(resolved.recipe, job_id),
         )
         step = result.step
         if rank == 0:

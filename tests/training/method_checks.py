@@ -11,6 +11,7 @@ import torch
 from synthetic import digit_task, pack, task_rows
 
 from services.training.loop.batches import InMemorySource
+from services.training.loop.tokens import TokenLoss
 from services.training.loop.trainer import Trainer
 
 
@@ -20,7 +21,9 @@ def repeated_batch_rows(tokenizer) -> list:
 
 
 def train_on_repeated_batch(settings, rows, job_dir) -> tuple[Trainer, list[float], dict]:
-    trainer = Trainer(settings, InMemorySource(rows), job_dir, train_all_tokens=False)
+    trainer = Trainer(
+        settings, InMemorySource(rows), job_dir, loss=TokenLoss(train_all_tokens=False)
+    )
     trainer.setup()
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()

@@ -14,6 +14,7 @@ from synthetic import digit_task, make_settings, pack, task_rows
 from transformers import AutoModelForCausalLM
 
 from services.training.loop.batches import InMemorySource
+from services.training.loop.tokens import TokenLoss
 from services.training.loop.trainer import Trainer
 from services.training.losses.causal_lm import causal_lm_loss_sum, chunked_causal_lm_loss_sum
 from services.training.model import load as models
@@ -62,7 +63,9 @@ def packed_trainer(tiny_random, tokenizer, tmp_path, method: str, attention: str
         batch_rows=2,
         max_steps=1,
     )
-    trainer = Trainer(settings, InMemorySource(rows), tmp_path, train_all_tokens=False)
+    trainer = Trainer(
+        settings, InMemorySource(rows), tmp_path, loss=TokenLoss(train_all_tokens=False)
+    )
     trainer.setup()
     return trainer
 
@@ -86,9 +89,9 @@ def test_trainer_loss_and_gradients_equal_the_full_logits_path(
     trainer = packed_trainer(tiny_random, tokenizer, tmp_path, method, attention)
     x = trainer._collate(next(trainer._micro_batches())[0])
     assert len(x.flash_kwargs.get("cu_seq_lens_q", [])) > 2 or attention == "eager"
-    assert trainer._split_head() is not None
-    trainer._chunk_rows = 7  # several chunks (and a ragged last one) at this size
-    assert x.num_trained > 2 * trainer._chunk_rows
+    assert trainer.loss._split_head(trainer.model) is not None
+    trainer.loss.chunk_rows = 7  # several chunks (and a ragged last one) at this size
+    assert x.num_trained > 2 * trainer.loss.chunk_rows
 
     got = loss_and_gradients(trainer, lambda: trainer._forward_loss(x))
     full = loss_and_gradients(
@@ -110,8 +113,8 @@ def test_trainer_loss_equals_transformers_on_unpacked_examples(tiny_random, toke
     """The token-mean of the chunked path on packed rows equals transformers' own loss
     (``labels=``, shifted internally) on each conversation alone, weighted by its trained tokens."""
     trainer = packed_trainer(tiny_random, tokenizer, tmp_path, "full", "sdpa")
-    trainer._split_head()
-    trainer._chunk_rows = 7
+    trainer.loss._split_head(trainer.model)
+    trainer.loss.chunk_rows = 7
     batch = next(trainer._micro_batches())[0]
     x = trainer._collate(batch)
     plain = AutoModelForCausalLM.from_pretrained(tiny_random, attn_implementation="eager")

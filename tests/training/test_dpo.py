@@ -18,7 +18,8 @@ from synthetic import digit_task, make_settings, render
 from test_recipes import job_spec
 
 from services.common.errors import InvalidArgument, Unimplemented
-from services.training.loop.pairs import InMemoryPairSource, collate_pairs
+from services.training.loop.batches import InMemoryPairSource
+from services.training.loop.pairs import collate_pairs
 from services.training.recipes import dpo
 from services.training.spec.settings import LoraSettings, PreferenceSettings, settings
 from services.training.spec.validation import validate
@@ -51,7 +52,7 @@ def dpo_settings(base, loss_type="sigmoid", **overrides):
 
 
 def trainer_for(settings, pairs, tmp_path):
-    trainer = dpo.DpoTrainer(settings, InMemoryPairSource(pairs), tmp_path)
+    trainer = dpo.build_trainer(settings, InMemoryPairSource(pairs), tmp_path)
     trainer.setup()
     return trainer
 
@@ -164,11 +165,11 @@ def test_dpo_loss_equals_trl_dpo_trainer(
     trainer.model.eval()
     x = trainer._collate(data_pb2.Batch(pairs=fixed_pairs))
     with torch.no_grad():
-        ours = float(trainer.pair_losses(x)[0].mean())
+        ours = float(trainer.loss.objective.pair_losses(trainer.models, x)[0].mean())
 
     policy = copy.deepcopy(trainer.model)
     policy.config._attn_implementation = "eager"
-    reference = copy.deepcopy(trainer.reference)
+    reference = copy.deepcopy(trainer.models.reference.copy)
     reference.config._attn_implementation = "eager"
     theirs = trl_loss(policy, reference, tokenizer, fixed_pairs, 0.5, loss_type, tmp_path)
     print(f"\n{loss_type}/{attention}: ours {ours:.8f} TRL {theirs:.8f} diff {ours - theirs:.2e}")
@@ -180,14 +181,15 @@ def test_dpo_loss_equals_trl_dpo_trainer(
 def test_lora_reference_is_the_base_with_adapters_disabled(tiny_random, fixed_pairs, tmp_path):
     settings = dpo_settings(tiny_random, method="lora", lora=LoraSettings(rank=4, alpha=8.0))
     trainer = trainer_for(settings, fixed_pairs, tmp_path)
-    assert trainer.reference is None  # no second copy
+    assert trainer.models.reference.copy is None  # no second copy
     x = trainer._collate(data_pb2.Batch(pairs=fixed_pairs))
     base = copy.deepcopy(trainer.model.get_base_model())  # LoRA B = 0: the base's outputs
     perturb(trainer.model)
     with torch.no_grad():
         expected = x.response_logps(base(**x.inputs.model_kwargs()).logits)[0]
         policy = x.response_logps(trainer.model(**x.inputs.model_kwargs()).logits)[0]
-    torch.testing.assert_close(trainer.reference_logps(x), expected, rtol=0, atol=1e-5)
+    reference = trainer.loss.objective.reference_logps(trainer.models, x)
+    torch.testing.assert_close(reference, expected, rtol=0, atol=1e-5)
     assert (policy - expected).abs().max() > 1e-3  # the adapters do change the policy
 
 
@@ -197,7 +199,7 @@ def test_orpo_and_simpo_match_a_hand_derivation(tiny_random, fixed_pairs, tmp_pa
     ``a`` = response log-prob / response tokens. The per-sequence log-probs are recomputed here
     from each row alone (its own forward, no concatenation)."""
     trainer = trainer_for(dpo_settings(tiny_random, "orpo", beta=0.25), fixed_pairs, tmp_path)
-    assert trainer.reference is None
+    assert trainer.models.reference is None
     model = trainer.model.eval()
     averages = []
     with torch.no_grad():
@@ -216,9 +218,9 @@ def test_orpo_and_simpo_match_a_hand_derivation(tiny_random, fixed_pairs, tmp_pa
 
     x = trainer._collate(data_pb2.Batch(pairs=fixed_pairs))
     with torch.no_grad():
-        orpo = trainer.pair_losses(x)[0].mean()
-        trainer.settings = dpo_settings(tiny_random, "simpo", beta=2.0)
-        simpo = trainer.pair_losses(x)[0].mean()
+        orpo = trainer.loss.objective.pair_losses(trainer.models, x)[0].mean()
+        simpo_pairs = dpo.DpoPairs(dpo_settings(tiny_random, "simpo", beta=2.0).preference)
+        simpo = simpo_pairs.pair_losses(trainer.models, x)[0].mean()
     assert abs(float(orpo) - float(orpo_expected)) < 1e-5
     assert abs(float(simpo) - float(simpo_expected)) < 1e-5
 
@@ -243,12 +245,12 @@ def task(tokenizer):
     return preference_pairs(tokenizer, train), preference_pairs(tokenizer, held_out)
 
 
-def chosen_sft_loss(trainer: dpo.DpoTrainer, pairs) -> float:
+def chosen_sft_loss(trainer, pairs) -> float:
     """Token-mean NLL of the chosen responses under the trained policy."""
     trainer.model.eval()
     with torch.no_grad():
         x = trainer._collate(data_pb2.Batch(pairs=pairs))
-        logps, counts = trainer.policy_logps(x)
+        logps, counts = trainer.loss.objective.policy_logps(trainer.models, x)
     b = len(pairs)
     return float(-logps[:b].sum() / counts[:b].sum())
 
@@ -267,7 +269,7 @@ def train_dpo(base, pairs, job, steps, **overrides):
         eval_steps=steps,
         **overrides,
     )
-    trainer = dpo.DpoTrainer(settings, InMemoryPairSource(*pairs), job)
+    trainer = dpo.build_trainer(settings, InMemoryPairSource(*pairs), job)
     trainer.setup()
     trainer.evaluate()
     before = dict(trainer.last_eval_metrics)

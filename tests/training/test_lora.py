@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from services.training.loop import checkpoints
 from services.training.loop.batches import InMemorySource
+from services.training.loop.tokens import TokenLoss
 from services.training.loop.trainer import Trainer
 from services.training.model.lora import apply_lora, expand_target_modules
 from services.training.spec.settings import LoraSettings
@@ -43,7 +44,9 @@ def test_checkpoint_round_trips(tiny_random, tokenizer, tmp_path):
     settings = make_settings(
         tiny_random, method="lora", lora=LoraSettings(rank=4, alpha=8), max_steps=3, batch_rows=2
     )
-    trainer = Trainer(settings, InMemorySource(rows), tmp_path, train_all_tokens=False)
+    trainer = Trainer(
+        settings, InMemorySource(rows), tmp_path, loss=TokenLoss(train_all_tokens=False)
+    )
     trainer.setup()
     trainer.train()
     folder = checkpoints.latest_checkpoint(tmp_path)
@@ -57,7 +60,7 @@ def test_checkpoint_round_trips(tiny_random, tokenizer, tmp_path):
         ),
         InMemorySource(rows),
         tmp_path,
-        train_all_tokens=False,
+        loss=TokenLoss(train_all_tokens=False),
     )  # fmt: skip
     resumed.setup()
     assert resumed.step == 3 and resumed.cursor == trainer.cursor
@@ -89,7 +92,9 @@ def test_mixed_precision_trains_with_float32_adapters(
         tiny_random, method="lora", lora=LoraSettings(rank=4, alpha=8), compute_dtype=dtype,
         attention=attention, max_steps=6, batch_rows=2, logging_steps=1, learning_rate=5e-3,
     )  # fmt: skip
-    trainer = Trainer(settings, InMemorySource(rows), tmp_path, train_all_tokens=False)
+    trainer = Trainer(
+        settings, InMemorySource(rows), tmp_path, loss=TokenLoss(train_all_tokens=False)
+    )
     trainer.setup()
     assert (trainer.engine.scaler is not None) == (dtype == "float16")
     trained = [p for p in trainer.model.parameters() if p.requires_grad]

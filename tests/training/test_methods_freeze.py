@@ -11,6 +11,7 @@ from synthetic import make_settings
 from transformers import AutoModelForCausalLM
 
 from services.training.loop.batches import InMemorySource
+from services.training.loop.tokens import TokenLoss
 from services.training.loop.trainer import Trainer
 from services.training.model.methods.freeze import chosen_layers, trainable_names
 from services.training.spec.settings import FreezeSettings
@@ -60,7 +61,7 @@ def test_freeze_trains_exactly_the_last_layers_and_reloads(tiny_random, tokenize
             tiny_random, method="freeze", freeze=FreezeSettings(trainable_layers=2),
             max_steps=6, batch_rows=2, resume=True,
         ),
-        InMemorySource(rows), tmp_path, train_all_tokens=False,
+        InMemorySource(rows), tmp_path, loss=TokenLoss(train_all_tokens=False),
     )  # fmt: skip
     resumed.setup()
     assert set(resumed.engine.state_dict()) == expected

@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from services.common.errors import InvalidArgument, Unimplemented
 from services.training.loop.batches import InMemorySource
+from services.training.loop.tokens import TokenLoss
 from services.training.loop.trainer import Trainer
 from services.training.spec.settings import settings
 from services.training.spec.validation import validate
@@ -71,7 +72,9 @@ def test_rope_scaling_from_the_spec_trains_past_the_original_length(
     )  # fmt: skip
     run = replace(resolved, max_steps=5, batch_rows=1, logging_steps=1, learning_rate=3e-3,
                   lr_scheduler="constant")  # fmt: skip
-    trainer = Trainer(run, InMemorySource([row]), tmp_path / "job", train_all_tokens=True)
+    trainer = Trainer(
+        run, InMemorySource([row]), tmp_path / "job", loss=TokenLoss(train_all_tokens=True)
+    )
     trainer.setup()
     trainer.train()
     losses = [loss for _, loss in trainer.history]

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from services.common.errors import InvalidArgument, Unimplemented
 from services.training.loop.batches import InMemorySource
+from services.training.loop.tokens import TokenLoss
 from services.training.loop.trainer import Trainer
 from services.training.model.methods.galore import GaLoreAdamW, state_bytes, target_parameters
 from services.training.model.optim import build_optimizer
@@ -81,7 +82,7 @@ def test_galore_trains_everything_with_smaller_optimizer_state(
 
     resumed = Trainer(
         galore_settings(tiny_random, projection, resume=True), InMemorySource(rows), tmp_path,
-        train_all_tokens=False,
+        loss=TokenLoss(train_all_tokens=False),
     )  # fmt: skip
     resumed.setup()
     ids = torch.tensor([rows[0].input_ids[:48]])

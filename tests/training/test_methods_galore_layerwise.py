@@ -18,6 +18,7 @@ from synthetic import make_settings
 
 from services.common.errors import InvalidArgument
 from services.training.loop.batches import InMemorySource
+from services.training.loop.tokens import TokenLoss
 from services.training.loop.trainer import Trainer
 from services.training.model.methods.galore import GaLoreAdamW, LayerwiseOptimizer
 from services.training.spec.settings import GaloreSettings, settings
@@ -89,7 +90,10 @@ def test_layerwise_schedule_and_resume(tiny_random, tokenizer, tmp_path):
     # resume from step 2 and train to 4: the same weights as the uninterrupted run
     (tmp_path / "checkpoints" / "step-4").rename(tmp_path / "step-4-kept")
     resumed = Trainer(
-        replace(run, resume=True), InMemorySource(rows), tmp_path, train_all_tokens=False
+        replace(run, resume=True),
+        InMemorySource(rows),
+        tmp_path,
+        loss=TokenLoss(train_all_tokens=False),
     )
     resumed.setup()
     assert resumed.step == 2

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from services.common.errors import InvalidArgument, Unimplemented
 from services.training.loop.batches import InMemorySource
+from services.training.loop.tokens import TokenLoss
 from services.training.loop.trainer import Trainer
 from services.training.model.methods import llama_pro
 from services.training.spec.settings import FreezeSettings
@@ -70,7 +71,7 @@ def test_only_new_blocks_train_and_export_loads(tiny_random, tokenizer, tmp_path
             tiny_random, method="freeze", llama_pro_expand=2, max_steps=6, batch_rows=2,
             resume=True,
         ),
-        InMemorySource(rows), tmp_path, train_all_tokens=False,
+        InMemorySource(rows), tmp_path, loss=TokenLoss(train_all_tokens=False),
     )  # fmt: skip
     resumed.setup()
     torch.testing.assert_close(

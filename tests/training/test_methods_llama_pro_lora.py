@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM
 
 from services.common.errors import Unimplemented
 from services.training.loop.batches import InMemorySource
+from services.training.loop.tokens import TokenLoss
 from services.training.loop.trainer import Trainer
 from services.training.model.methods import llama_pro
 from services.training.spec.settings import LoraSettings, settings
@@ -60,7 +61,7 @@ def test_lora_on_new_blocks_only_trains_and_reloads(tiny_random, tokenizer, tmp_
 
     resumed = Trainer(
         lora_pro_settings(tiny_random, resume=True), InMemorySource(rows), tmp_path,
-        train_all_tokens=False,
+        loss=TokenLoss(train_all_tokens=False),
     )  # fmt: skip
     resumed.setup()
     torch.testing.assert_close(logits(resumed.model, ids), logits(model, ids), rtol=0, atol=0)

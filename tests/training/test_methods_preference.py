@@ -18,7 +18,7 @@ from test_dpo import preference_pairs
 from test_recipes import job_spec
 
 from services.common.errors import Unimplemented
-from services.training.loop.pairs import InMemoryPairSource
+from services.training.loop.batches import InMemoryPairSource
 from services.training.model import load as models
 from services.training.recipes import dpo, rm
 from services.training.spec.settings import LoraSettings, PreferenceSettings
@@ -34,8 +34,8 @@ def pairs(tokenizer):
 
 def train(recipe: str, settings, pairs, job_dir):
     """``settings`` trained for 6 steps on the same 4 pairs: (trainer, losses, weights before)."""
-    trainer_class = rm.RewardTrainer if recipe == "rm" else dpo.DpoTrainer
-    trainer = trainer_class(settings, InMemoryPairSource(pairs), job_dir)
+    build_trainer = rm.build_trainer if recipe == "rm" else dpo.build_trainer
+    trainer = build_trainer(settings, InMemoryPairSource(pairs), job_dir)
     trainer.setup()
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
@@ -121,7 +121,7 @@ def test_full_fine_tuning(tiny_random, pairs, tmp_path, recipe):
     assert trainable == set(before)
     assert {n for n in changed if ".layers." in n} == {n for n in before if ".layers." in n}
     if recipe == "dpo":  # a frozen reference copy of the base, untouched by training
-        reference = trainer.reference
+        reference = trainer.models.reference.copy
         assert reference is not None and not any(p.requires_grad for p in reference.parameters())
         base = models.load_base(settings, torch.device("cpu"))
         for (name, p), (_, q) in zip(
@@ -149,7 +149,7 @@ def test_llama_pro_freeze_through_dpo(tiny_random, pairs, tmp_path):
     trainable, changed = check_trained(trainer, losses, before, new)
     assert trainable == new
     # the reference is the expanded base, frozen: the policy's weights outside the new blocks
-    ref = dict(trainer.reference.named_parameters())
+    ref = dict(trainer.models.reference.copy.named_parameters())
     assert set(ref) == set(before)
     assert all(torch.equal(ref[n], before[n]) for n in before)
 

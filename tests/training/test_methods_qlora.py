@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from services.common.errors import InvalidArgument, Unimplemented
 from services.training.loop.batches import InMemorySource
+from services.training.loop.tokens import TokenLoss
 from services.training.loop.trainer import Trainer
 from services.training.model.methods import quantize
 from services.training.spec.settings import LoraSettings
@@ -70,7 +71,12 @@ def test_qlora_trains_only_adapters_and_reloads(tiny_random, tokenizer, tmp_path
         if name not in trainable:
             assert torch.equal(param.detach(), before[name]), name
 
-    resumed = Trainer(settings(resume=True), InMemorySource(rows), tmp_path, train_all_tokens=False)
+    resumed = Trainer(
+        settings(resume=True),
+        InMemorySource(rows),
+        tmp_path,
+        loss=TokenLoss(train_all_tokens=False),
+    )
     resumed.setup()
     ids = torch.tensor([rows[0].input_ids[:48]])
     torch.testing.assert_close(

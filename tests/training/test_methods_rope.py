@@ -12,6 +12,7 @@ from synthetic import make_settings
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from services.training.loop.batches import InMemorySource
+from services.training.loop.tokens import TokenLoss
 from services.training.loop.trainer import Trainer
 from services.training.model.methods.rope import rope_scaling
 from services.training.tiny.corpus import synthetic_corpus
@@ -93,7 +94,9 @@ def test_trains_and_generates_past_the_original_length(
     settings = make_settings(
         scaled, recipe="pt", max_steps=5, batch_rows=1, logging_steps=1, learning_rate=3e-3
     )
-    trainer = Trainer(settings, InMemorySource([row]), tmp_path / "job", train_all_tokens=True)
+    trainer = Trainer(
+        settings, InMemorySource([row]), tmp_path / "job", loss=TokenLoss(train_all_tokens=True)
+    )
     trainer.setup()
     assert trainer.model.config.rope_parameters["rope_type"] == rope_type
     trainer.train()

@@ -20,7 +20,7 @@ from synthetic import digit_task, make_settings
 from test_dpo import preference_pairs
 
 from services.reward.scorers.model import RewardModels
-from services.training.loop.pairs import InMemoryPairSource
+from services.training.loop.batches import InMemoryPairSource
 from services.training.recipes import rm
 from services.training.spec.settings import LoraSettings
 
@@ -38,10 +38,11 @@ def accuracy(models: RewardModels, pairs, adapter=None) -> float:
     return sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(pairs)
 
 
-def trainer_scores(trainer: rm.RewardTrainer, pairs) -> list[float]:
+def trainer_scores(trainer, pairs) -> list[float]:
     trainer.model.eval()
     with torch.no_grad():
-        return trainer.scores(trainer._collate(data_pb2.Batch(pairs=pairs))).tolist()
+        x = trainer._collate(data_pb2.Batch(pairs=pairs))
+        return trainer.loss.objective.scores(trainer.models, x).tolist()
 
 
 @pytest.mark.slow
@@ -60,7 +61,7 @@ def test_lora_reward_model_learns_and_the_reward_service_serves_it(pretrained_ba
         eval_steps=300,
         save_steps=300,
     )
-    trainer = rm.RewardTrainer(settings, InMemoryPairSource(train, held_out), tmp_path)
+    trainer = rm.build_trainer(settings, InMemoryPairSource(train, held_out), tmp_path)
     trainer.setup()
     assert trainer.model.peft_config["default"].task_type == "SEQ_CLS"
     before = trainer.evaluate()
@@ -99,7 +100,7 @@ def test_lora_reward_model_learns_and_the_reward_service_serves_it(pretrained_ba
 def test_full_reward_model_is_saved_as_a_sequence_classifier(tiny_random, tokenizer, tmp_path):
     pairs = preference_pairs(tokenizer, digit_task(13, 8))
     settings = make_settings(tiny_random, recipe="rm", max_steps=3, batch_rows=4, logging_steps=1)
-    trainer = rm.RewardTrainer(settings, InMemoryPairSource(pairs), tmp_path)
+    trainer = rm.build_trainer(settings, InMemoryPairSource(pairs), tmp_path)
     trainer.setup()
     head = trainer.model.score.weight.detach().clone()
     backbone = trainer.model.model.layers[0].mlp.up_proj.weight.detach().clone()
@@ -126,7 +127,7 @@ def test_full_reward_model_is_saved_as_a_sequence_classifier(tiny_random, tokeni
 def test_score_is_read_at_the_last_real_token_not_padding(tiny_random, tokenizer, tmp_path):
     pairs = preference_pairs(tokenizer, digit_task(14, 4), rejected=lambda p, a: a + " " + a)
     settings = make_settings(tiny_random, recipe="rm", attention="eager", max_steps=1)
-    trainer = rm.RewardTrainer(settings, InMemoryPairSource(pairs), tmp_path)
+    trainer = rm.build_trainer(settings, InMemoryPairSource(pairs), tmp_path)
     trainer.setup()
     padded = trainer_scores(trainer, pairs)  # eager: rows right-padded to the longest
     alone = [trainer_scores(trainer, [p]) for p in pairs]  # no padding at all

@@ -1,4 +1,4 @@
-"""Preference pairs -> one concatenated forward pass, and the training loop of the pair recipes.
+"""Preference pairs -> one concatenated forward pass, and ``PairLoss``: one unit per pair.
 
 A ``data.v1.Batch`` of a preference dataset carries ``pairs``: each a chosen and a rejected
 ``TokenRow`` (prompt + response, unpacked, labels -100 outside the response). ``collate_pairs``
@@ -9,30 +9,25 @@ every position, which of the 2B sequences it belongs to (``segment``) and where 
 last real token is (``last_index``, flat), so per-sequence sums and last-token reads never touch
 padding.
 
-``PreferenceTrainer`` is the shared ``Trainer`` loop with one optimizer step averaging a per-pair
-loss over the step's pairs (all micro-batches, all ranks) instead of a per-token loss. A recipe
-subclasses it with ``pair_losses`` (and ``Trainer``'s ``build_model`` / ``after_setup`` hooks);
-evaluation adds pairwise accuracy and the mean margin (``eval_rewards/accuracy``,
-``eval_rewards/margin``), also once at step 0 before training. This module knows nothing about
-which preference loss is used.
+``PairLoss`` is the ``StepLoss`` of the pair recipes: the loop averages a per-pair loss over the
+step's pairs (all micro-batches, all ranks), and an evaluation adds pairwise accuracy and the mean
+margin (``eval_rewards/accuracy``, ``eval_rewards/margin``). Which per-pair loss, and whether it
+needs a reference model, is the composed ``PairObjective``'s (``recipes.dpo.DpoPairs``,
+``recipes.rm.RewardPairs``); this module knows nothing about it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from llamafleet.data.v1 import data_pb2
 
-from services.training.loop.batches import InMemoryPairSource
 from services.training.loop.collate import ModelInputs, collate
-from services.training.loop.distributed import all_reduce_sum
-from services.training.loop.trainer import Trainer, TrainResult
+from services.training.loop.step_loss import Layout, StepModels
 from services.training.losses.causal_lm import token_losses
-from services.training.model import load as models
-
-__all__ = ["InMemoryPairSource", "PairInputs", "PreferenceTrainer", "collate_pairs"]
 
 
 @dataclass
@@ -104,76 +99,47 @@ def collate_pairs(
     return PairInputs(inputs, segment, last_index, len(pairs))
 
 
-class PreferenceTrainer(Trainer):
-    """The ``Trainer`` loop over preference pairs: a per-pair loss, averaged over the step."""
+class PairObjective(Protocol):
+    """A per-pair loss over one micro-batch of pairs."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, train_all_tokens=False, **kwargs)
-        self._stats = [0.0, 0.0, 0.0]  # correct pairs, summed margin, pairs
-        self.last_eval_metrics: dict[str, float] = {}
-        self.evaluated_step: int | None = None  # the step of the last evaluation
+    needs_reference: bool
 
-    def evaluate_if_stale(self) -> None:
-        """The final evaluation of a recipe, unless the loop just evaluated this step."""
-        if self.has_eval and self.evaluated_step != self.step:
-            self.evaluate(log=True)
-
-    # --- what a recipe defines (and ``Trainer.build_model`` / ``after_setup``) -------------
-
-    def pair_losses(self, x: PairInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def pair_losses(
+        self, models: StepModels, x: PairInputs
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-pair losses (B,) and the chosen and rejected rewards (B,) (detached)."""
-        raise NotImplementedError
+        ...
 
-    # --- the Trainer seams -------------------------------------------------------------------
 
-    def train(self) -> TrainResult:
-        """The shared loop, after one evaluation at step 0 (when there is eval data and the job
-        is not resuming): the held-out accuracy and margin before any update are logged, so a
-        job's events show what it learned (for DPO the margin starts at 0: policy = reference)."""
-        if self.has_eval and self.step == 0:
-            self.evaluate(log=True)
-        return super().train()
+class PairLoss:
+    """The ``StepLoss`` over preference pairs: the objective's per-pair loss, one unit per pair."""
 
-    def _collate(self, batch: data_pb2.Batch) -> PairInputs:
+    metrics = ("rewards/accuracy", "rewards/margin")  # sums: correct pairs, margins
+
+    def __init__(self, objective: PairObjective, recipe: str) -> None:
+        self.objective, self.recipe = objective, recipe
+        self.needs_reference = objective.needs_reference
+
+    def collate(self, batch: data_pb2.Batch, layout: Layout) -> PairInputs:
         if not batch.pairs:
             raise ValueError(
                 f"batch {batch.index} of epoch {batch.epoch} has no preference pairs: "
-                f"the {self.settings.recipe} stage needs a preference dataset "
+                f"the {self.recipe} stage needs a preference dataset "
                 "(DATASET_FORMAT_PREFERENCE_ALPACA or _SHAREGPT)"
             )
         return collate_pairs(
             batch.pairs,
-            pad_id=self.pad_id,
-            attention=self.settings.attention,
-            mask_dtype=models.mask_dtype(self.settings),
-        ).to(self.device)
+            pad_id=layout.pad_id,
+            attention=layout.attention,
+            mask_dtype=layout.mask_dtype,
+        )
 
-    def _forward_loss(self, x: PairInputs) -> tuple[torch.Tensor, int]:
-        context = models.autocast(self.settings, self.device)
-        if not self.engine.uses_autocast:
-            context = torch.autocast(self.device.type, enabled=False)
-        with context:
-            losses, chosen, rejected = self.pair_losses(x)  # (B,) each
-        margin = (chosen - rejected).float()
-        self._stats[0] += float((margin > 0).sum())
-        self._stats[1] += float(margin.sum())
-        self._stats[2] += x.num_pairs
-        return losses.float().sum(), x.num_pairs
-
-    @torch.no_grad()
-    def evaluate(self, log: bool = False) -> float:
-        """Pair-mean loss over the eval split, with pairwise accuracy and mean margin."""
-        self._stats = [0.0, 0.0, 0.0]
-        loss = super().evaluate(log=False)
-        correct, margin, count = all_reduce_sum(self._stats, self.world)
-        self.evaluated_step = self.step
-        self.last_eval_metrics = {
-            "eval_loss": loss,
-            "eval_rewards/accuracy": correct / max(count, 1.0),
-            "eval_rewards/margin": margin / max(count, 1.0),
+    def loss(self, models: StepModels, x: PairInputs) -> tuple[torch.Tensor, float, dict]:
+        with models.autocast():
+            losses, chosen, rejected = self.objective.pair_losses(models, x)  # (B,) each
+        margin = (chosen - rejected).float()  # (B,)
+        metrics = {
+            "rewards/accuracy": float((margin > 0).sum()),
+            "rewards/margin": float(margin.sum()),
         }
-        if log and self.world.is_main:
-            record = {"step": self.step, **self.last_eval_metrics}
-            self.writer.write(record)
-            self.report.metrics({**record, "eval_only": True})
-        return loss
+        return losses.float().sum(), x.num_pairs, metrics

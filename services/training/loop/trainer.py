@@ -1,14 +1,18 @@
-"""The causal-LM training loop shared by the ``pt`` and ``sft`` recipes.
+"""The training loop every recipe but ``ppo`` shares, over a composed ``StepLoss``.
 
 One optimizer step = ``gradient_accumulation_steps`` micro-batches on every rank. The loss is the
-mean over the step's trained tokens on all ranks (the token count is all-reduced before the
-backward passes), so 1 process with a global batch and N processes with 1/N of it each train the
-same model. Data comes from a ``BatchSource`` epoch by epoch; the cursor of the last micro-batch
-is checkpointed with the step, optimizer, scheduler and RNG state, and a resumed job continues
-from it with the same data order.
+mean over the step's units on all ranks (the unit count is all-reduced before the backward
+passes): trained tokens for ``TokenLoss`` (pt, sft), pairs for ``PairLoss`` (rm, dpo). So 1
+process with a global batch and N processes with 1/N of it each train the same model. Data comes
+from a ``BatchSource`` epoch by epoch; the cursor of the last micro-batch is checkpointed with the
+step, optimizer, scheduler and RNG state, and a resumed job continues from it with the same data
+order.
 
-The loop knows nothing about processes, signals or the event log: it reports through a
-``Reporter`` and polls ``should_stop`` (the runner's SIGTERM flag) after each optimizer step.
+What varies between recipes is composed, never subclassed: the ``StepLoss`` (what a batch costs,
+and whether it needs a reference model, which the loop then builds: ``model.reference``) and
+``build_model`` (``model.load.load_trained`` by default; the reward model's sequence classifier
+for ``rm``). The loop knows nothing about processes, signals or the event log: it reports through
+a ``Reporter`` and polls ``should_stop`` (the runner's SIGTERM flag) after each optimizer step.
 """
 
 from __future__ import annotations
@@ -29,13 +33,12 @@ from transformers import set_seed
 
 from services.training.loop import checkpoints
 from services.training.loop.batches import BatchSource, StreamRequest
-from services.training.loop.collate import ModelInputs, collate
 from services.training.loop.distributed import World, all_reduce_sum, barrier, build_engine
 from services.training.loop.metrics import MetricsWriter, plot_loss_curve
-from services.training.losses.causal_lm import causal_lm_loss_sum, chunked_causal_lm_loss_sum
-from services.training.model import lean_layers, lora, optim
+from services.training.loop.step_loss import Layout, StepInputs, StepLoss, StepModels
 from services.training.model import load as models
-from services.training.model.methods import lora_fused
+from services.training.model import lora, optim
+from services.training.model.reference import build_reference
 from services.training.spec.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -74,7 +77,8 @@ class Trainer:
         source: BatchSource,
         job_dir: str | Path,
         *,
-        train_all_tokens: bool,
+        loss: StepLoss,
+        build_model: Callable[[Settings, torch.device], torch.nn.Module] = models.load_trained,
         output_dir: str | Path | None = None,
         world: World | None = None,
         reporter: Reporter | None = None,
@@ -86,12 +90,15 @@ class Trainer:
         self.world = world or World()
         self.report = reporter or NullReporter()
         self.should_stop = should_stop
-        self.train_all_tokens = train_all_tokens
+        self.loss, self.build_model = loss, build_model
         self.step = 0
         self.adapter_version = 0
         self.cursor, self.epoch = "", 0
         self.batches_seen = 0  # micro-batches consumed by this rank since the start
         self.last_eval_loss: float | None = None
+        self.last_eval_metrics: dict[str, float] = {}  # eval_loss and eval_<metric>
+        self.evaluated_step: int | None = None  # the step of the last evaluation
+        self._metric_sums = dict.fromkeys(loss.metrics, 0.0)
         self.history: list[tuple[int, float]] = []
 
     # --- setup --------------------------------------------------------------------------------
@@ -100,9 +107,10 @@ class Trainer:
         s = self.settings
         set_seed(s.seed)
         self.device = models.pick_device(self.world.local_rank)
-        model = self.build_model()
+        model = self.build_model(s, self.device)
         pad = getattr(getattr(model, "config", None), "pad_token_id", None)
         self.pad_id = pad if pad is not None else 0
+        self.layout = Layout(self.pad_id, s.attention, models.mask_dtype(s))
         self.model = model
         trainable, total = models.trainable_parameters(model)
         logger.info("trainable parameters: %d of %d", trainable, total)
@@ -124,27 +132,10 @@ class Trainer:
         if latest is not None:
             self._resume(latest)
         self.writer = MetricsWriter(self.output_dir) if self.world.is_main else None
-        self.after_setup()
-
-    def build_model(self) -> torch.nn.Module:
-        """The trained model on ``self.device``: the base, with LoRA when ``method == "lora"``.
-
-        RMSNorm and SwiGLU modules keep less for the backward (``lean_layers``), and LoRA layers
-        run as one fused function (``methods.lora_fused``: no (tokens, out) temporaries for the
-        scaled low-rank term) except under DeepSpeed, whose ZeRO-3 gathers weights in the hooks
-        of the very submodules the fused function does not call. Both compute what the plain
-        modules compute. The seam recipes override (the reward model is a sequence classifier)."""
-        s = self.settings
-        model = models.load_base(s, self.device)
-        lean_layers.use_lean_layers(model)
-        if s.method == "lora":
-            model = lora.apply_lora(model, s.lora, s.seed)
-            if s.backend != "deepspeed":
-                lora_fused.fuse_lora_layers(model)
-        return model
-
-    def after_setup(self) -> None:
-        """Anything a recipe needs once the model and engine exist (e.g. a reference model)."""
+        reference = None
+        if self.loss.needs_reference:  # after resume: a frozen copy is never trained
+            reference = build_reference(s, self.model, self.device)
+        self.models = StepModels(self.engine.module, self.model, reference, self._autocast)
 
     def _request(self, epoch: int, cursor: str = "", split=data_pb2.SPLIT_TRAIN) -> StreamRequest:
         s = self.settings
@@ -184,51 +175,21 @@ class Trainer:
                 raise ValueError(f"epoch {epoch} of the training split is empty")
             epoch, cursor = epoch + 1, ""
 
-    def _collate(self, batch: data_pb2.Batch) -> ModelInputs:
-        return collate(
-            batch.rows,
-            pad_id=self.pad_id,
-            attention=self.settings.attention,
-            train_all_tokens=self.train_all_tokens,
-            mask_dtype=models.mask_dtype(self.settings),
-        ).to(self.device)
+    def _collate(self, batch: data_pb2.Batch) -> StepInputs:
+        return self.loss.collate(batch, self.layout).to(self.device)
 
     def _autocast(self):
         if not self.engine.uses_autocast:  # DeepSpeed casts the model itself
             return torch.autocast(self.device.type, enabled=False)
         return models.autocast(self.settings, self.device)
 
-    def _forward_loss(self, inputs: ModelInputs) -> tuple[torch.Tensor, int]:
-        """Summed loss over the trained positions and their count.
-
-        The model returns its last hidden states (the LM head runs on no position inside it) and
-        ``chunked_causal_lm_loss_sum`` applies the head chunk by chunk on the trained positions
-        only. Models whose logits are more than ``lm_head(hidden)`` fall back to full logits."""
-        head = self._split_head()
-        if head is None:
-            with self._autocast():
-                logits = self.engine.module(**inputs.model_kwargs()).logits  # (B, T, V)
-            return causal_lm_loss_sum(logits, inputs.shift_labels)
-        no_position = torch.zeros_like(inputs.shift_labels, dtype=torch.bool)  # (B, T)
-        with self._autocast():
-            out = self.engine.module(
-                **inputs.model_kwargs(), output_hidden_states=True, logits_to_keep=no_position
-            )
-        hidden = out.hidden_states[-1]  # (B, T, H): after the final norm
-
-        def project(h: torch.Tensor) -> torch.Tensor:  # (N, H) -> (N, V)
-            with self._autocast():
-                return head(h)
-
-        return chunked_causal_lm_loss_sum(hidden, project, inputs.shift_labels, self._chunk_rows)
-
-    def _split_head(self) -> torch.nn.Module | None:
-        """The LM head when logits are exactly ``head(last hidden state)``, else None (cached)."""
-        if not hasattr(self, "_head"):
-            self._head, self._chunk_rows = models.split_lm_head(self.model)
-            if self._head is None:
-                logger.info("the loss uses full logits (the model's head cannot be split off)")
-        return self._head
+    def _forward_loss(self, inputs: StepInputs) -> tuple[torch.Tensor, float]:
+        """The loss of one micro-batch summed over its units, and their count (the loss's
+        metric sums are added to those of the current evaluation)."""
+        loss_sum, count, metrics = self.loss.loss(self.models, inputs)
+        for name, value in metrics.items():
+            self._metric_sums[name] += value
+        return loss_sum, count
 
     def train(self) -> TrainResult:
         s = self.settings
@@ -300,20 +261,32 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, log: bool = False) -> float:
-        """Token-mean loss over the eval split (all ranks)."""
+        """Unit-mean loss over the eval split (all ranks), with the loss's metrics per unit."""
         self.model.eval()
+        names = self.loss.metrics
+        self._metric_sums = dict.fromkeys(names, 0.0)
         total, count = 0.0, 0.0
         for batch, _ in self.source.stream(self._request(0, split=data_pb2.SPLIT_EVAL)):
             loss_sum, n = self._forward_loss(self._collate(batch))
             total, count = total + float(loss_sum), count + n
-        total, count = all_reduce_sum([total, count], self.world)
+        sums = [self._metric_sums[name] for name in names]
+        total, count, *sums = all_reduce_sum([total, count, *sums], self.world)
         self.model.train()
         self.last_eval_loss = total / max(count, 1.0)
+        self.evaluated_step = self.step
+        self.last_eval_metrics = {"eval_loss": self.last_eval_loss}
+        for name, value in zip(names, sums, strict=True):
+            self.last_eval_metrics[f"eval_{name}"] = value / max(count, 1.0)
         if log and self.world.is_main:
-            record = {"step": self.step, "eval_loss": self.last_eval_loss}
+            record = {"step": self.step, **self.last_eval_metrics}
             self.writer.write(record)
             self.report.metrics({**record, "eval_only": True})
         return self.last_eval_loss
+
+    def evaluate_if_stale(self) -> None:
+        """The final evaluation of a recipe, unless the loop just evaluated this step."""
+        if self.has_eval and self.evaluated_step != self.step:
+            self.evaluate(log=True)
 
     # --- saving -------------------------------------------------------------------------------
 

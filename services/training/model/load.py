@@ -18,7 +18,8 @@ block-diagonal causal attention the contract asks for, without materialising a T
 PyTorch's fused kernels apply. ``eager`` keeps the explicit 4-D block-diagonal mask;
 ``flash_attention_2`` uses flash-attn's own varlen kernel.
 
-This module does not know about recipes or data.
+``load_trained`` is the model the shared loop trains by default: the base, lean layers, and LoRA
+(fused) when asked. This module does not know about recipes or data.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ from transformers import (
 
 from services.common.weight_files import require_safetensors_model
 from services.training.losses import causal_lm as losses
-from services.training.model.methods import freeze, llama_pro, quantize, rope
+from services.training.model import lean_layers, lora
+from services.training.model.methods import freeze, llama_pro, lora_fused, quantize, rope
 from services.training.spec.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -170,6 +172,22 @@ def load_base(settings: Settings, device: torch.device) -> PreTrainedModel:
         settings.attention,
     )
     return model if quantized else model.to(device)  # bitsandbytes placed it already
+
+
+def load_trained(settings: Settings, device: torch.device) -> torch.nn.Module:
+    """The trained model on ``device``: the base, with LoRA when ``method == "lora"``.
+
+    RMSNorm and SwiGLU modules keep less for the backward (``lean_layers``), and LoRA layers run
+    as one fused function (``methods.lora_fused``: no (tokens, out) temporaries for the scaled
+    low-rank term) except under DeepSpeed, whose ZeRO-3 gathers weights in the hooks of the very
+    submodules the fused function does not call. Both compute what the plain modules compute."""
+    model = load_base(settings, device)
+    lean_layers.use_lean_layers(model)
+    if settings.method == "lora":
+        model = lora.apply_lora(model, settings.lora, settings.seed)
+        if settings.backend != "deepspeed":
+            lora_fused.fuse_lora_layers(model)
+    return model
 
 
 def load_tokenizer(settings: Settings):

@@ -76,6 +76,12 @@ class DeadTask:
     reason: str
 
 
+def connect(redis_url: str, job_id: str) -> RolloutExchange:
+    """The exchange of ``job_id`` over the work-queue Redis at ``redis_url``."""
+    r = queues.connect(redis_url, socket_timeout=10.0, client_name=f"ppo-trainer-{job_id}")
+    return RolloutExchange(r, job_id)
+
+
 class RolloutExchange:
     """Tasks out, scored rollouts in, for one PPO job."""
 

@@ -1,22 +1,24 @@
-"""The PPO trainer's rollout flow: which rollouts each step trains on, and getting them.
+"""The PPO trainer's rollout planner: which rollouts each step trains on, and getting them.
 
-``RolloutFlow`` is the half of ``recipes/ppo.py``'s ``PpoTrainer`` that talks to the fleets:
+``RolloutPlanner`` is the part of the ``ppo`` recipe that talks to the fleets, an object with its
+own state (plans, buffer, counts, consumed ids, lost versions, the prompt stream's position); the
+trainer hands it the step and the policy's adapter version as arguments:
 
 - **Planning.** Steps are planned in order from the prompt stream (``batches_per_step`` batches
   each), with the stream position before and after, so a checkpoint can say where to resume.
-- **Admission.** ``_admit`` publishes the tasks of steps ``step .. step + max_staleness - 1``;
-  a task names the adapter version the policy had when its step was admitted. A step that a
-  crashed run had published (under a version saved after the checkpoint) is re-published under
-  that version, so its tasks are de-duplicated rather than doubled.
-- **Collecting.** ``_collect`` waits for one step's scored rollouts through ``RolloutExchange``,
-  keeps later steps' for later, skips and acks what a checkpoint had already used, never acks
-  early what this run used since its last checkpoint, drops (acks, counts, logs) strays, and
-  fails the job on a task dead-lettered upstream instead of waiting for it forever.
+- **Admission.** ``admit(step, adapter_version)`` publishes the tasks of steps
+  ``step .. step + max_staleness - 1``; a task names the adapter version the policy had when its
+  step was admitted. A step that a crashed run had published (under a version saved after the
+  checkpoint) is re-published under that version, so its tasks are de-duplicated, not doubled.
+- **Collecting.** ``collect(step)`` waits for one step's scored rollouts through
+  ``RolloutExchange``, keeps later steps' for later, skips and acks what a checkpoint had already
+  used, never acks early what this run used since its last checkpoint, drops (acks, counts, logs)
+  strays, and fails the job on a task dead-lettered upstream instead of waiting for it forever.
+- **Consuming.** ``consumed(step, received)`` moves the prompt stream's checkpointed position past
+  the trained step; ``checkpoint_state`` and ``ack_consumed`` are what a checkpoint records and,
+  once it is written, lets Redis forget.
 
-It is a mixin over the trainer's state: ``settings``, ``source``, ``exchange``, ``job_id``,
-``step``, ``total_steps``, ``start``, ``batches_per_step``, ``adapter_version``,
-``lost_versions``, ``published_versions``, ``plans``, ``buffer``, ``counts``,
-``consumed_before``, ``prompts`` and ``should_stop`` (set up by ``PpoTrainer``). No model code.
+No model code.
 """
 
 from __future__ import annotations
@@ -59,34 +61,92 @@ class Counts:
     # item id -> stream entry id of what was consumed since the last checkpoint (acked by it)
     unacked: dict[str, str] = field(default_factory=dict)
 
+    def totals(self) -> dict[str, int]:
+        return {
+            "published": self.published,
+            "consumed": self.consumed,
+            "redelivered": self.redelivered,
+            "stray": self.stray,
+        }
 
-class RolloutFlow:
+
+def prompt_request(settings: Settings, epoch: int, cursor: str = "") -> StreamRequest:
+    """The prompt stream's request (one rank: PPO runs on one process)."""
+    return StreamRequest(
+        split=data_pb2.SPLIT_TRAIN, epoch=epoch, seed=settings.seed,
+        batch_rows=settings.batch_rows, cursor=cursor,
+    )  # fmt: skip
+
+
+class RolloutPlanner:
     """Plans, admits and collects the rollouts of PPO steps (see the module doc)."""
 
-    settings: Settings
-    source: BatchSource
-    exchange: RolloutExchange
-    job_id: str
-    step: int
-    total_steps: int
-    start: tuple[int, str]
-    batches_per_step: int
-    adapter_version: int
-    lost_versions: list[int]
-    published_versions: dict[int, int]
-    plans: dict[int, StepPlan]
-    buffer: dict[str, Received]
-    counts: Counts
-    consumed_before: set[str]
-    prompts: Iterator[tuple[data_pb2.Batch, int, str]]
-    should_stop: Callable[[], bool]
+    def __init__(
+        self,
+        settings: Settings,
+        source: BatchSource,
+        exchange: RolloutExchange,
+        *,
+        job_id: str,
+        batches_per_step: int,
+        total_steps: int,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.settings, self.source, self.exchange = settings, source, exchange
+        self.job_id = job_id
+        self.batches_per_step, self.total_steps = batches_per_step, total_steps
+        self.should_stop = should_stop
+        self.start: tuple[int, str] = (0, "")  # prompt stream before the next step to train
+        self.counts = Counts()
+        self.consumed_before: set[str] = set()  # ids the resumed-from checkpoint had used
+        self.buffer: dict[str, Received] = {}  # scored rollouts of outstanding tasks
+        self.plans: dict[int, StepPlan] = {}
+        self.published_versions: dict[int, int] = {}  # from the checkpoint resumed from
+        self.lost_versions: list[int] = []
+        self._next_plan = 0  # steps are planned in order: the next one to plan
+        self.prompts: Iterator[tuple[data_pb2.Batch, int, str]] | None = None
 
-    def _request(self, epoch: int, cursor: str = "") -> StreamRequest:
-        s = self.settings
-        return StreamRequest(
-            split=data_pb2.SPLIT_TRAIN, epoch=epoch, seed=s.seed, batch_rows=s.batch_rows,
-            cursor=cursor,
-        )  # fmt: skip
+    # --- the checkpoint -------------------------------------------------------------------
+
+    def restore(self, state: dict) -> None:
+        """What ``checkpoint_state`` recorded (before ``open``)."""
+        self.start = (state["prompt_epoch"], state["prompt_cursor"])
+        self.consumed_before = set(state["consumed_ids"])
+        self.published_versions = {int(k): v for k, v in state["published"].items()}
+        for name in ("published", "consumed", "redelivered", "stray"):
+            setattr(self.counts, name, state["counts"][name])
+
+    def checkpoint_state(self) -> dict:
+        """The planner's part of a checkpoint: where the prompts stand, which steps went out
+        under which version, which scored rollouts were used since the last checkpoint."""
+        return {
+            "prompt_epoch": self.start[0],
+            "prompt_cursor": self.start[1],
+            "published": {str(k): v.version for k, v in self.plans.items() if v.version},
+            "consumed_ids": sorted(self.counts.unacked),
+            "counts": self.counts.totals(),
+        }
+
+    def ack_consumed(self) -> None:
+        """Ack every scored rollout consumed since the last checkpoint (which records them)."""
+        self.exchange.ack(list(self.counts.unacked.values()))
+        self.counts.unacked = {}
+
+    def open(self, step: int, lost_versions: list[int], *, fresh: bool) -> None:
+        """Start planning at ``step``; ``lost_versions`` (newest first) are adapter versions a
+        crashed run saved after its checkpoint. A ``fresh`` job refuses leftovers in Redis."""
+        if fresh and (left := self.exchange.leftovers()):
+            raise RuntimeError(
+                f"Redis still holds work of an earlier PPO job with the id {self.job_id!r} "
+                f"({left}); a fresh job under that id would wait for rollouts that are never "
+                "generated again. Use another job id, resume that job, or delete its keys "
+                f"(llamafleet:reward:results:{self.job_id} and "
+                f"llamafleet:published:llamafleet:rollout:tasks:{self.job_id}:*) first"
+            )
+        self.exchange.ensure_group()
+        self.lost_versions = lost_versions
+        self._next_plan = step
+        self.prompts = self._prompt_stream(*self.start)
 
     # --- prompts and tasks --------------------------------------------------------------------
 
@@ -94,7 +154,9 @@ class RolloutFlow:
         """Prompt batches from ``(epoch, cursor)`` on, with the stream position after each."""
         while True:
             yielded = False
-            for batch, next_cursor in self.source.stream(self._request(epoch, cursor)):
+            for batch, next_cursor in self.source.stream(
+                prompt_request(self.settings, epoch, cursor)
+            ):
                 if not batch.prompts:
                     raise ValueError(
                         f"batch {batch.index} of epoch {batch.epoch} has no prompts: STAGE_PPO "
@@ -110,7 +172,7 @@ class RolloutFlow:
     def _plan(self, step: int) -> StepPlan:
         """The prompts of ``step`` (steps are planned in order, each once)."""
         while step not in self.plans:
-            planned = max(self.plans, default=self.step - 1) + 1
+            planned = self._next_plan
             start = self.plans[planned - 1].end if planned - 1 in self.plans else self.start
             prompts, end = [], start
             for _ in range(self.batches_per_step):
@@ -119,6 +181,7 @@ class RolloutFlow:
                 end = (epoch, cursor)
             version = self.published_versions.get(planned)
             self.plans[planned] = StepPlan(prompts, start, end, version)
+            self._next_plan += 1
         return self.plans[step]
 
     def _tasks(self, step: int, plan: StepPlan) -> list[rollout_pb2.RolloutTask]:
@@ -153,10 +216,11 @@ class RolloutFlow:
                 tasks.append(task)
         return tasks
 
-    def _admit(self) -> None:
-        """Publish the tasks of every step within ``max_staleness`` of the current one."""
-        last = min(self.step + self.settings.ppo.max_staleness, self.total_steps)
-        for step in range(self.step, last):
+    def admit(self, current: int, adapter_version: int) -> None:
+        """Publish the tasks of every step within ``max_staleness`` of ``current``; steps not
+        yet admitted name ``adapter_version`` (the policy's now)."""
+        last = min(current + self.settings.ppo.max_staleness, self.total_steps)
+        for step in range(current, last):
             plan = self._plan(step)
             if plan.version is None:
                 # A run that crashed after the checkpoint may have published this step already,
@@ -164,7 +228,7 @@ class RolloutFlow:
                 buffered = [v[1] for v in map(parse_task_id, self.buffer) if v and v[2] == step]
                 lost = self.lost_versions
                 found = self.exchange.published_version(step, lost) if lost else None
-                plan.version = max(buffered, default=None) or found or self.adapter_version
+                plan.version = max(buffered, default=None) or found or adapter_version
                 self.counts.published += len(plan.prompts) * self.settings.ppo.samples_per_prompt
             if not plan.sent:  # idempotent: tasks already in the stream are not added again
                 self.exchange.publish_tasks(self._tasks(step, plan))
@@ -181,7 +245,7 @@ class RolloutFlow:
 
     # --- collecting ---------------------------------------------------------------------------
 
-    def _collect(self, step: int) -> list[Received] | None:
+    def collect(self, step: int) -> list[Received] | None:
         """Wait for the scored rollouts of ``step``; None if a stop was requested meanwhile."""
         expected = self._expected(step)
         outstanding = {i for t in self.plans if t >= step and self.plans[t].version is not None
@@ -235,10 +299,15 @@ class RolloutFlow:
         logger.warning("scored rollout %s %s: acked, not used", got.item_id, why)
         self.exchange.ack([got.entry_id])
 
-    def _drop_stale(self, trained: int) -> None:
-        """After training ``trained``: buffered rollouts of it or earlier steps that it did not
-        use (published under another version before a crash) are dropped."""
+    def consumed(self, step: int, received: list[Received]) -> None:
+        """``step`` was trained on ``received``: the prompt stream's checkpointed position moves
+        past it, its rollouts wait for the next checkpoint's ack, and buffered rollouts of it or
+        earlier steps that it did not use (published under another version before a crash) are
+        dropped."""
+        self.start = self.plans.pop(step).end
+        self.counts.consumed += len(received)
+        self.counts.unacked.update((r.item_id, r.entry_id) for r in received)
         for item_id in list(self.buffer):
             parsed = parse_task_id(item_id)
-            if parsed is not None and parsed[2] <= trained:
+            if parsed is not None and parsed[2] <= step:
                 self._drop(self.buffer.pop(item_id), f"belongs to step {parsed[2]}, trained")

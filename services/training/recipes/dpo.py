@@ -1,7 +1,7 @@
 """Direct preference optimisation recipe (``STAGE_DPO``): DPO, IPO, hinge, ORPO, SimPO, + ftx.
 
 Per pair, the policy's log-probability of each response is summed over its response tokens
-(labels != -100), chosen and rejected in one concatenated forward pass (``preference``).
+(labels != -100), chosen and rejected in one concatenated forward pass (``loop.pairs``).
 
 - ``sigmoid`` / ``ipo`` / ``hinge`` compare with a reference model: with LoRA the same model with
   its adapters disabled (no second copy in memory), with full fine-tuning a frozen copy of the
@@ -13,8 +13,10 @@ Per pair, the policy's log-probability of each response is summed over its respo
 - ``pref_ftx`` (DPO-ftx) adds ``pref_ftx`` times the SFT loss of the chosen response (its token-mean
   NLL) to every pair's loss, the mix that limits forgetting.
 
-The loss of a step is the mean over its pairs. The formulas are ``preference_losses``'s. Reads top
-to bottom: setup -> train -> save.
+The loss of a step is the mean over its pairs: the shared loop (``loop.trainer``) with a
+``PairLoss`` over ``DpoPairs``, which says whether it needs the reference (the loop builds it:
+``model.reference``). The formulas are ``losses.preference``'s. Reads top to bottom: setup ->
+train -> save.
 """
 
 from __future__ import annotations
@@ -26,47 +28,37 @@ import torch
 
 from services.training.loop.batches import BatchSource
 from services.training.loop.distributed import World
-from services.training.loop.pairs import PairInputs, PreferenceTrainer
-from services.training.loop.trainer import Reporter, TrainResult
+from services.training.loop.pairs import PairInputs, PairLoss
+from services.training.loop.step_loss import StepModels
+from services.training.loop.trainer import Reporter, Trainer, TrainResult
 from services.training.losses.preference import dpo_loss, orpo_odds_ratio_loss, simpo_loss
-from services.training.model import load as models
-from services.training.spec.settings import Settings
+from services.training.spec.settings import PreferenceSettings, Settings
 
 REFERENCE_FREE = ("orpo", "simpo")
 
 
-class DpoTrainer(PreferenceTrainer):
-    # the policy is ``Trainer.build_model``'s: the base, with LoRA when asked
+class DpoPairs:
+    """The DPO family's per-pair losses (a ``PairObjective``)."""
 
-    def after_setup(self) -> None:
-        s = self.settings
-        self.reference: torch.nn.Module | None = None
-        if s.preference.loss_type not in REFERENCE_FREE and s.method != "lora":
-            reference = models.load_base(s, self.device)  # the frozen copy full FT needs
-            reference.eval().requires_grad_(False)
-            self.reference = reference
+    def __init__(self, preference: PreferenceSettings) -> None:
+        self.preference = preference
+        self.needs_reference = preference.loss_type not in REFERENCE_FREE
 
-    def policy_logps(self, x: PairInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.engine.module(**x.inputs.model_kwargs()).logits  # (N, T, V)
+    def policy_logps(self, models: StepModels, x: PairInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = models.module(**x.inputs.model_kwargs()).logits  # (N, T, V)
         return x.response_logps(logits)  # (2B,), (2B,)
 
     @torch.no_grad()
-    def reference_logps(self, x: PairInputs) -> torch.Tensor:
-        if self.reference is not None:
-            return x.response_logps(self.reference(**x.inputs.model_kwargs()).logits)[0]
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with self.model.disable_adapter():  # LoRA: the base is the reference
-                logits = self.model(**x.inputs.model_kwargs()).logits
-        finally:
-            self.model.train(was_training)
+    def reference_logps(self, models: StepModels, x: PairInputs) -> torch.Tensor:
+        logits = models.reference.logits(**x.inputs.model_kwargs())  # (N, T, V)
         return x.response_logps(logits)[0]  # (2B,)
 
-    def pair_losses(self, x: PairInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        p = self.settings.preference
+    def pair_losses(
+        self, models: StepModels, x: PairInputs
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        p = self.preference
         b = x.num_pairs
-        logps, counts = self.policy_logps(x)  # (2B,), (2B,)
+        logps, counts = self.policy_logps(models, x)  # (2B,), (2B,)
         average = logps / counts.clamp(min=1)  # (2B,)
         if p.loss_type == "orpo":
             losses = -average[:b] + p.beta * orpo_odds_ratio_loss(average[:b], average[b:])
@@ -75,7 +67,7 @@ class DpoTrainer(PreferenceTrainer):
             losses = simpo_loss(average[:b], average[b:], p.beta, p.simpo_gamma)
             chosen, rejected = p.beta * average[:b], p.beta * average[b:]
         else:
-            ref = self.reference_logps(x)  # (2B,)
+            ref = self.reference_logps(models, x)  # (2B,)
             if p.loss_type == "ipo":  # on length-averaged log-ratios, as TRL and LLaMA-Factory
                 logps, ref = average, ref / counts.clamp(min=1)
             out = dpo_loss(
@@ -85,6 +77,14 @@ class DpoTrainer(PreferenceTrainer):
         if p.pref_ftx > 0:
             losses = losses + p.pref_ftx * -average[:b]  # SFT loss of the chosen response
         return losses, chosen.detach(), rejected.detach()  # (B,) each
+
+
+def build_trainer(
+    settings: Settings, source: BatchSource, job_dir: str | Path, **kwargs
+) -> Trainer:
+    """The shared loop over ``DpoPairs`` (the policy: the base, with LoRA when asked)."""
+    loss = PairLoss(DpoPairs(settings.preference), settings.recipe)
+    return Trainer(settings, source, job_dir, loss=loss, **kwargs)
 
 
 def run(
@@ -98,7 +98,7 @@ def run(
     should_stop: Callable[[], bool] = lambda: False,
 ) -> TrainResult:
     """Optimise ``settings.base_model`` on the preference pairs of ``source``."""
-    trainer = DpoTrainer(
+    trainer = build_trainer(
         settings,
         source,
         job_dir,
@@ -108,6 +108,8 @@ def run(
         should_stop=should_stop,
     )
     trainer.setup()  # policy (+ LoRA), reference, optimizer, schedule, engine, resume state
+    if trainer.has_eval and trainer.step == 0:
+        trainer.evaluate(log=True)  # accuracy and margin before any update (margin 0: no change)
     result = trainer.train()  # steps, logging, eval (+ accuracy, margin), checkpoints
     if result.state == "SUCCEEDED":
         trainer.evaluate_if_stale()  # held-out accuracy and margin of the final model

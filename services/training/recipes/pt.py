@@ -12,6 +12,7 @@ from pathlib import Path
 
 from services.training.loop.batches import BatchSource
 from services.training.loop.distributed import World
+from services.training.loop.tokens import TokenLoss
 from services.training.loop.trainer import Reporter, Trainer, TrainResult
 from services.training.spec.settings import Settings
 
@@ -31,7 +32,7 @@ def run(
         settings,
         source,
         job_dir,
-        train_all_tokens=True,  # causal LM over all tokens
+        loss=TokenLoss(train_all_tokens=True),  # causal LM over all tokens
         output_dir=output_dir,
         world=world,
         reporter=reporter,

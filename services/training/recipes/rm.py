@@ -5,7 +5,8 @@ the backbone under ``model`` and a bias-free ``score`` Linear(hidden, 1), freshl
 The score of a sequence is ``score(h[t])`` at its last real token ``t`` (the end of the rendered
 response, never padding), exactly what the reward service's scorer reads; chosen and rejected go
 through the backbone in one concatenated forward pass. The loss of a pair is
-``-log sigmoid(s_c - s_r)``, averaged over the pairs of a step.
+``-log sigmoid(s_c - s_r)``, averaged over the pairs of a step: the shared loop
+(``loop.trainer``) with a ``PairLoss`` over ``RewardPairs`` and ``load_reward_model`` as its model.
 
 What is saved is what ``services.reward.scorers.model`` loads: with LoRA a PEFT ``SEQ_CLS``
 adapter whose ``modules_to_save`` holds the trained ``score`` head (published as adapter versions
@@ -27,8 +28,9 @@ from transformers import AutoModelForSequenceClassification
 
 from services.training.loop.batches import BatchSource
 from services.training.loop.distributed import World
-from services.training.loop.pairs import PairInputs, PreferenceTrainer
-from services.training.loop.trainer import Reporter, TrainResult
+from services.training.loop.pairs import PairInputs, PairLoss
+from services.training.loop.step_loss import StepModels
+from services.training.loop.trainer import Reporter, Trainer, TrainResult
 from services.training.losses.preference import pairwise_reward_loss
 from services.training.model import load as models
 from services.training.model import lora
@@ -87,30 +89,41 @@ def classifier(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-class RewardTrainer(PreferenceTrainer):
-    def build_model(self) -> torch.nn.Module:
-        return load_reward_model(self.settings, self.device)
+class RewardPairs:
+    """The pairwise reward-model loss over the score head's outputs (a ``PairObjective``)."""
 
-    def scores(self, x: PairInputs) -> torch.Tensor:
+    needs_reference = False
+
+    def scores(self, models: StepModels, x: PairInputs) -> torch.Tensor:
         """Scores (2B,) at each sequence's last real token.
 
         The forward is the engine's (under DDP the wrapper's own, so gradients are reduced over
         ranks); the per-position scores are taken from the ``score`` head's output, before the
         classifier pools them (its pooling assumes one right-padded sequence per row)."""
-        head = getattr(classifier(self.engine.module), SCORE_HEAD)
+        head = getattr(classifier(models.module), SCORE_HEAD)
         captured: list[torch.Tensor] = []
         handle = head.register_forward_hook(lambda module, args, out: captured.append(out))
         try:
-            self.engine.module(**x.inputs.model_kwargs())
+            models.module(**x.inputs.model_kwargs())
         finally:
             handle.remove()
         per_position = captured[0]  # (N, T, 1)
         return per_position.flatten(0, 1)[x.last_index].squeeze(-1).float()  # (2B,)
 
-    def pair_losses(self, x: PairInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        s = self.scores(x)
+    def pair_losses(
+        self, models: StepModels, x: PairInputs
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        s = self.scores(models, x)
         chosen, rejected = s[: x.num_pairs], s[x.num_pairs :]
         return pairwise_reward_loss(chosen, rejected), chosen.detach(), rejected.detach()
+
+
+def build_trainer(
+    settings: Settings, source: BatchSource, job_dir: str | Path, **kwargs
+) -> Trainer:
+    """The shared loop over ``RewardPairs``, training ``load_reward_model``'s classifier."""
+    loss = PairLoss(RewardPairs(), settings.recipe)
+    return Trainer(settings, source, job_dir, loss=loss, build_model=load_reward_model, **kwargs)
 
 
 def run(
@@ -124,7 +137,7 @@ def run(
     should_stop: Callable[[], bool] = lambda: False,
 ) -> TrainResult:
     """Train a reward model over ``settings.base_model`` on the preference pairs of ``source``."""
-    trainer = RewardTrainer(
+    trainer = build_trainer(
         settings,
         source,
         job_dir,
@@ -134,6 +147,8 @@ def run(
         should_stop=should_stop,
     )
     trainer.setup()  # sequence classifier (+ LoRA, score head saved), optimizer, engine, resume
+    if trainer.has_eval and trainer.step == 0:
+        trainer.evaluate(log=True)  # accuracy and margin of the fresh score head (about chance)
     result = trainer.train()  # steps, logging, eval (+ accuracy, margin), checkpoints
     if result.state == "SUCCEEDED":
         trainer.evaluate_if_stale()  # held-out accuracy and margin of the final model

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from services.training.loop.batches import BatchSource
 from services.training.loop.distributed import World
+from services.training.loop.tokens import TokenLoss
 from services.training.loop.trainer import Reporter, Trainer, TrainResult
 from services.training.spec.settings import Settings
 
@@ -34,7 +35,7 @@ def run(
         settings,
         source,
         job_dir,
-        train_all_tokens=False,  # the rows' labels: -100 outside assistant turns
+        loss=TokenLoss(train_all_tokens=False),  # the rows' labels: -100 outside assistant turns
         output_dir=output_dir,
         world=world,
         reporter=reporter,
