@@ -408,7 +408,6 @@ def adapter_sync(client, job_result: dict, base_model: Path) -> dict:
 
 def bench_fleet(args, work: Path) -> dict:
     from llamafleet import cluster
-    from llamafleet.client import Client
     from transformers import AutoTokenizer
 
     from services.common import queues
@@ -430,7 +429,7 @@ def bench_fleet(args, work: Path) -> dict:
     print(f"  cluster up in {time.perf_counter() - started:.0f}s ({run})")
     out = {"throughput": {1: [], 2: []}, "fleet": [], "inline": []}
     try:
-        client = Client.from_run_dir(run, timeout=60)
+        client = cluster.connect(run, timeout=60)
         r = queues.connect(state.redis_url)
         throughput(r, tokenizer, f"warm-{os.getpid()}", 2, 4)  # the worker's first generate
         # Throughput first, while the first worker has no adapter resident (a worker that

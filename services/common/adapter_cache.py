@@ -40,8 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import grpc
-from llamafleet.client import Credentials, CredentialsError
 from llamafleet.common.v1 import common_pb2
+from llamafleet.credentials import Credentials, CredentialsError
 from llamafleet.training.v1 import training_pb2, training_service_pb2, training_service_pb2_grpc
 
 from services.common.errors import (

@@ -17,7 +17,7 @@ import os
 import ssl
 
 import redis
-from llamafleet.redis_local import redact_url
+from llamafleet.credentials import redact_url
 from redis import exceptions as rexc
 from redis.backoff import NoBackoff
 from redis.retry import Retry

@@ -21,9 +21,13 @@ SERVICE = pb.DESCRIPTOR.services_by_name["DataService"].full_name
 class Probe(pb_grpc.DataServiceServicer):
     def __init__(self) -> None:
         self.calls = 0
+        self.metadata: list[dict] = []  # the invocation metadata of each GetDataset
 
     async def GetDataset(self, request, context):
         self.calls += 1
+        self.metadata.append(dict(context.invocation_metadata()))
+        if request.dataset_id == "flaky" and self.calls == 1:
+            raise errors.Unavailable("not yet", reason="WARMING_UP")
         if request.dataset_id == "bad":
             raise errors.invalid("dataset_id", "must not be 'bad'")
         if request.dataset_id == "slow":
@@ -96,3 +100,14 @@ def test_unavailable_is_retried_only_for_idempotent_rpcs(monkeypatch):
         with pytest.raises(RpcError):
             client.data.PrepareDataset(pb.PrepareDatasetRequest())  # not retried
         assert sleeps == []
+
+
+def test_a_retried_call_keeps_the_callers_metadata(server, monkeypatch):
+    """The caller's metadata (a request id) goes with every attempt, not only the first."""
+    address, probe = server
+    monkeypatch.setattr("llamafleet.client.time.sleep", lambda seconds: None)
+    with Client({"data": address}, token="tok") as client:
+        request = pb.GetDatasetRequest(dataset_id="flaky")
+        client.data.GetDataset(request, metadata=[("x-request-id", "r-1")])
+    assert [m.get("x-request-id") for m in probe.metadata] == ["r-1", "r-1"]  # retried once
+    assert all(m.get("authorization") == "Bearer tok" for m in probe.metadata)

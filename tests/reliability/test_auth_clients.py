@@ -19,8 +19,9 @@ import grpc
 import pytest
 import redis
 from llamafleet import cli, cluster
-from llamafleet.client import Client, Credentials, CredentialsError, RpcError
+from llamafleet.client import Client, RpcError
 from llamafleet.common.v1 import common_pb2
+from llamafleet.credentials import Credentials, CredentialsError
 from llamafleet.data.v1 import data_pb2
 from llamafleet.data.v1 import data_service_pb2 as dapi
 from llamafleet.reward.v1 import reward_service_pb2 as wapi
@@ -192,9 +193,9 @@ def test_the_python_client_reaches_each_service_only_with_the_token_and_certific
                     ), (label, name, code)
                 else:
                     assert code == expected, (label, name, code)
-    # from_run_dir takes the recorded TLS files and LLAMAFLEET_TOKEN from the environment.
+    # cluster.connect takes the recorded TLS files and LLAMAFLEET_TOKEN from the environment.
     env(token=TOKEN)
-    with Client.from_run_dir(state.run_dir) as client:
+    with cluster.connect(state.run_dir) as client:
         client.training.ListTrainingJobs(tapi.ListTrainingJobsRequest())
     refused = sum(1 for (label, _n), _c in outcomes.items() if cases[label][1] is not None)
     report("python_client_auth", calls=len(outcomes), refused=refused)
@@ -234,7 +235,7 @@ def test_calls_between_services_carry_the_token_and_certificate(secured, env, tm
     data_file = tmp_path / "train.jsonl"
     rows = [{"instruction": f"Repeat: w{i:02d}", "output": f"w{i:02d}"} for i in range(16)]
     data_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with Client.from_run_dir(state.run_dir, timeout=60) as client:
+    with cluster.connect(state.run_dir, timeout=60) as client:
         spec = _job_spec(model, data_file)
         client.training.CreateTrainingJob(tapi.CreateTrainingJobRequest(spec=spec))
         watch = tapi.WatchTrainingJobRequest(job_id=JOB)

@@ -20,7 +20,6 @@ import time
 import pytest
 from inline_fleet import yes_no_rows
 from llamafleet import cluster
-from llamafleet.client import Client
 from llamafleet.common.v1 import common_pb2
 from llamafleet.data.v1 import data_pb2
 from llamafleet.reward.v1 import reward_pb2
@@ -118,7 +117,7 @@ def test_ppo_across_the_fleets_survives_kills_scales_out_and_learns(sft_model, t
         timeout=120,
     )
     try:
-        client = Client.from_run_dir(run, timeout=60)
+        client = cluster.connect(run, timeout=60)
         spec = ppo_spec(sft_model, prompts_file(tmp_path / "prompts.jsonl"))
         client.training.CreateTrainingJob(api.CreateTrainingJobRequest(spec=spec))
         events = {"joined": None}

@@ -27,7 +27,6 @@ import time
 import pytest
 import redis
 from llamafleet import cluster
-from llamafleet.client import Client
 from llamafleet.redis_local import LocalRedis
 from llamafleet.reward.v1 import reward_pb2
 from llamafleet.training.v1 import training_pb2 as pb
@@ -93,7 +92,7 @@ def test_ppo_survives_a_worker_stopped_past_its_lease_and_a_redis_crash(tiny_ran
     )
     restarted: LocalRedis | None = None
     try:
-        client = Client.from_run_dir(run, timeout=60)
+        client = cluster.connect(run, timeout=60)
         spec = ppo_spec(tiny_random, prompts_file(tmp_path / "prompts.jsonl"))
         spec.hyperparameters.max_steps = STEPS
         spec.ppo.max_staleness = STALENESS  # admission: tasks of at most 2 steps in flight

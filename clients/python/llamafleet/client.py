@@ -11,24 +11,23 @@
 - errors raised as ``RpcError`` carrying the status code, the ``ErrorInfo`` reason and the
   ``BadRequest`` field violations.
 
-    client = Client.from_run_dir(".llamafleet")
+    client = cluster.connect(".llamafleet")  # a local cluster; else Client({"data": ADDR, ...})
     job = client.training.GetTrainingJob(training_service_pb2.GetTrainingJobRequest(job_id="j1"))
     for event in client.training.WatchTrainingJob(request): ...
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from llamafleet.credentials import Credentials
 from llamafleet.data.v1 import data_service_pb2_grpc
 from llamafleet.reward.v1 import reward_service_pb2_grpc
 from llamafleet.rollout.v1 import rollout_service_pb2_grpc
@@ -48,93 +47,6 @@ IDEMPOTENT = {
     "CancelTrainingJob", "ListAdapters", "LoadAdapter", "ScoreRollouts", "ListRewardFunctions",
     "TestRewardFunction",
 }  # fmt: skip
-
-
-ENV_TOKEN = "LLAMAFLEET_TOKEN"
-ENV_TLS_CA = "LLAMAFLEET_TLS_CA"
-ENV_TLS_CERT = "LLAMAFLEET_TLS_CERT"
-ENV_TLS_KEY = "LLAMAFLEET_TLS_KEY"
-
-
-class CredentialsError(ValueError):
-    """The TLS settings do not fit together or name a file that cannot be read."""
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """How a caller proves itself to the services, and checks that it reached them.
-
-    ``token`` goes in every call as ``authorization: Bearer <token>`` (the services'
-    ``auth_token``). ``tls_ca`` (a PEM file) turns TLS on and is the CA the services'
-    certificates must chain to; ``tls_cert``/``tls_key`` are this caller's certificate and key,
-    for services that require one (``tls_client_ca``, mutual TLS). TLS with a certificate but no
-    CA trusts the system's roots. Paths, not contents: the files are read (and must be PEM) when
-    channel credentials are made.
-    """
-
-    token: str = ""
-    tls_ca: str = ""
-    tls_cert: str = ""
-    tls_key: str = ""
-
-    def __post_init__(self) -> None:
-        if bool(self.tls_cert) != bool(self.tls_key):
-            raise CredentialsError(
-                f"TLS client certificate: set both {ENV_TLS_CERT} and {ENV_TLS_KEY} (certificate "
-                "and key), or neither"
-            )
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **defaults: str) -> Credentials:
-        """``LLAMAFLEET_TOKEN`` / ``LLAMAFLEET_TLS_{CA,CERT,KEY}`` over ``defaults`` (for example
-        what ``llamafleet up`` recorded); an empty variable counts as unset."""
-        environ = os.environ if environ is None else environ
-        values = {
-            "token": environ.get(ENV_TOKEN) or defaults.get("token", ""),
-            "tls_ca": environ.get(ENV_TLS_CA) or defaults.get("tls_ca", ""),
-        }
-        if environ.get(ENV_TLS_CERT) or environ.get(ENV_TLS_KEY):  # the pair, or an error
-            values["tls_cert"] = environ.get(ENV_TLS_CERT, "")
-            values["tls_key"] = environ.get(ENV_TLS_KEY, "")
-        else:
-            values["tls_cert"] = defaults.get("tls_cert", "")
-            values["tls_key"] = defaults.get("tls_key", "")
-        return cls(**values)
-
-    @property
-    def tls(self) -> bool:
-        return bool(self.tls_ca or self.tls_cert)
-
-    def metadata(self) -> list[tuple[str, str]]:
-        return [("authorization", f"Bearer {self.token}")] if self.token else []
-
-    def channel_credentials(self) -> grpc.ChannelCredentials | None:
-        """TLS credentials for a channel, or None for plaintext."""
-        if not self.tls:
-            return None
-        return grpc.ssl_channel_credentials(
-            _read(self.tls_ca, ENV_TLS_CA) if self.tls_ca else None,
-            _read(self.tls_key, ENV_TLS_KEY) if self.tls_key else None,
-            _read(self.tls_cert, ENV_TLS_CERT) if self.tls_cert else None,
-        )
-
-    def channel(self, address: str, options=None) -> grpc.Channel:
-        creds = self.channel_credentials()
-        if creds is None:
-            return grpc.insecure_channel(address, options=options)
-        return grpc.secure_channel(address, creds, options=options)
-
-
-def _read(path: str, setting: str) -> bytes:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise CredentialsError(
-            f"cannot read the TLS file {path} ({setting}): {exc.strerror or exc}"
-        ) from None
-    if b"-----BEGIN " not in data:
-        raise CredentialsError(f"the TLS file {path} ({setting}) is not in PEM format")
-    return data
 
 
 @dataclass
@@ -213,17 +125,6 @@ class Client:
             if name in self.addresses:
                 setattr(self, name, _Service(self, name, STUBS[name](self._channel(name))))
 
-    @classmethod
-    def from_run_dir(cls, run_dir: str | Path, **kw) -> Client:
-        """Connect to the local cluster that ``llamafleet up`` recorded in ``run_dir``, with the
-        TLS files it was started with (the environment overrides them) unless ``credentials``
-        are given."""
-        from llamafleet.cluster import ClusterState, credentials_for
-
-        state = ClusterState.load(run_dir)
-        kw.setdefault("credentials", credentials_for(state))
-        return cls({name: svc.address for name, svc in state.services.items()}, **kw)
-
     def _channel(self, name: str) -> grpc.Channel:
         if name not in self._channels:
             address = self.addresses[name]
@@ -236,14 +137,10 @@ class Client:
 
     def _call_unary(self, service: str, rpc: str, method, request, *, timeout=None, **kw):
         attempts = self.retries + 1 if rpc in IDEMPOTENT else 1
+        metadata = self._metadata + list(kw.pop("metadata", []))  # the same on every attempt
         for attempt in range(attempts):
             try:
-                return method(
-                    request,
-                    timeout=timeout or self.timeout,
-                    metadata=self._metadata + list(kw.pop("metadata", [])),
-                    **kw,
-                )
+                return method(request, timeout=timeout or self.timeout, metadata=metadata, **kw)
             except grpc.RpcError as err:
                 if err.code() != grpc.StatusCode.UNAVAILABLE or attempt + 1 == attempts:
                     raise translate(err, f"{service}.{rpc}") from None

@@ -35,20 +35,21 @@ import grpc
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from llamafleet.client import (
+from llamafleet.client import Client, RpcError
+from llamafleet.credentials import (
     ENV_TLS_CA,
     ENV_TLS_CERT,
     ENV_TLS_KEY,
     ENV_TOKEN,
-    Client,
     Credentials,
     CredentialsError,
-    RpcError,
+    redact_url,
 )
 from llamafleet.dead_letters import DEADLETTER_STREAM, STREAM_PREFIX, dead_letters
-from llamafleet.redis_local import LocalRedis, RedisTls, free_port, redact_url
+from llamafleet.redis_local import LocalRedis, RedisTls, free_port
 from llamafleet.training.v1 import training_service_pb2
 
+DEFAULT_RUN_DIR = os.environ.get("LLAMAFLEET_RUN_DIR", ".llamafleet")
 SERVICES = ("data", "training", "rollout", "reward")
 USES_REDIS = {"training", "rollout", "reward"}
 STATE_FILE = "cluster.json"
@@ -125,6 +126,14 @@ def credentials_for(state: ClusterState) -> Credentials:
     """What a client of this cluster presents: ``LLAMAFLEET_TOKEN``, and the TLS files ``up``
     recorded (``LLAMAFLEET_TLS_*`` in the environment override them)."""
     return Credentials.from_env(tls_ca=state.tls_ca, tls_cert=state.tls_cert, tls_key=state.tls_key)
+
+
+def connect(run_dir: str | Path = DEFAULT_RUN_DIR, **kw) -> Client:
+    """A ``Client`` of the local cluster that ``up`` recorded in ``run_dir``, with the TLS files
+    it was started with (the environment overrides them) unless ``credentials`` are given."""
+    state = ClusterState.load(run_dir)
+    kw.setdefault("credentials", credentials_for(state))
+    return Client({name: svc.address for name, svc in state.services.items()}, **kw)
 
 
 def check_health(

@@ -24,23 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-def redact_url(url: str) -> str:
-    """``url`` with its password (and a TLS key's ``ssl_password``) shown as ``***``: Redis URLs
-    carry credentials, logs must not."""
-    parts = urllib.parse.urlsplit(url)
-    userinfo, at, hostport = parts.netloc.rpartition("@")
-    if not at and "ssl_password=" not in parts.query:
-        return url
-    if at:
-        user, colon, _secret = userinfo.partition(":")
-        parts = parts._replace(netloc=f"{user}:***@{hostport}" if colon else f"***@{hostport}")
-    query = "&".join(
-        "ssl_password=***" if item.startswith("ssl_password=") else item
-        for item in parts.query.split("&")
-    )
-    return urllib.parse.urlunsplit(parts._replace(query=query))
-
-
 class RedisNotInstalledError(RuntimeError):
     """``redis-server`` is not on PATH."""
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 
 from llamafleet.client import Client
-from llamafleet.cluster import ClusterState, credentials_for
-from llamafleet.commands import UserError
+from llamafleet.cluster import DEFAULT_RUN_DIR, ClusterState, credentials_for
+from llamafleet.commands import UserError, loopback
 
 
 def cmd_api(args: argparse.Namespace) -> int:
@@ -21,7 +20,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     base_model = args.base_model or state.base_model
     if not base_model:
         raise UserError("no base model: start the cluster with `llamafleet up --base-model DIR`")
-    if not args.api_key and not _loopback(args.host):
+    if not args.api_key and not loopback(args.host):
         raise UserError(f"refusing to serve on {args.host} without --api-key")
     addresses = {name: svc.address for name, svc in state.services.items()}
     with Client(addresses, credentials=credentials_for(state), timeout=args.timeout) as client:
@@ -30,16 +29,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
-def _loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def register(sub) -> None:
-    from llamafleet.cli import DEFAULT_RUN_DIR
-
     p = sub.add_parser("api", help="OpenAI-compatible HTTP API (/v1/chat/completions, /v1/models)")
     p.add_argument("--run-dir", default=DEFAULT_RUN_DIR)
     p.add_argument("--host", default="127.0.0.1")

@@ -7,7 +7,7 @@ import sys
 
 from llamafleet.chat import ChatBackend, UnknownModel
 from llamafleet.client import Client
-from llamafleet.cluster import ClusterState, credentials_for
+from llamafleet.cluster import DEFAULT_RUN_DIR, ClusterState, credentials_for
 from llamafleet.commands import UserError
 from llamafleet.rollout.v1 import rollout_pb2
 from llamafleet.training.v1 import training_pb2, training_service_pb2
@@ -111,8 +111,6 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from llamafleet.cli import DEFAULT_RUN_DIR
-
     p = sub.add_parser("chat", help="talk to the base model or a job's adapter (rollout service)")
     p.add_argument("--model", default="base", help="base | JOB_ID | JOB_ID@VERSION")
     p.add_argument("--run-dir", default=DEFAULT_RUN_DIR)

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from llamafleet import cluster
 from llamafleet.client import Client
 from llamafleet.commands import UserError
 from llamafleet.data.v1 import data_pb2 as d
@@ -46,7 +47,7 @@ POLICIES = {"skip": d.BAD_ROW_POLICY_SKIP, "fail": d.BAD_ROW_POLICY_FAIL}
 
 
 def _client(args: argparse.Namespace) -> Client:
-    return Client.from_run_dir(args.run_dir, timeout=args.timeout)
+    return cluster.connect(args.run_dir, timeout=args.timeout)
 
 
 def _tokenization(args: argparse.Namespace) -> d.TokenizationOptions:

@@ -14,6 +14,7 @@ import json
 from rich.console import Console
 
 from llamafleet import cluster
+from llamafleet.cluster import DEFAULT_RUN_DIR
 from llamafleet.dead_letters import DEADLETTER_STREAM, requeue
 
 console = Console()
@@ -52,8 +53,6 @@ def cmd_requeue(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from llamafleet.cli import DEFAULT_RUN_DIR
-
     p = sub.add_parser(
         "requeue",
         help="put dead-lettered items back on their source streams (after fixing the cause)",

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
+from llamafleet import cluster
 from llamafleet.client import Client, RpcError
 from llamafleet.commands import UserError
 from llamafleet.lf_config import FLAT_KEYS, ConfigFileError, load_job_spec
@@ -39,7 +40,7 @@ def connect(args: argparse.Namespace) -> Client:
     token = os.environ.get("LLAMAFLEET_TOKEN", "")
     if args.address:
         return Client({"training": args.address}, token=token)
-    return Client.from_run_dir(args.run_dir, token=token)
+    return cluster.connect(args.run_dir, token=token)
 
 
 def state_name(state: int) -> str:

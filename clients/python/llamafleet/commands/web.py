@@ -6,9 +6,8 @@ import argparse
 from pathlib import Path
 
 from llamafleet.client import Client
-from llamafleet.cluster import ClusterState, credentials_for
-from llamafleet.commands import UserError
-from llamafleet.commands.api import _loopback
+from llamafleet.cluster import DEFAULT_RUN_DIR, ClusterState, credentials_for
+from llamafleet.commands import UserError, loopback
 
 
 def cmd_web(args: argparse.Namespace) -> int:
@@ -18,7 +17,7 @@ def cmd_web(args: argparse.Namespace) -> int:
         from llamafleet.web.app import create_app
     except ImportError:
         raise UserError("the web UI needs its extra: pip install -e '.[web]'") from None
-    if not args.token and not _loopback(args.host):
+    if not args.token and not loopback(args.host):
         raise UserError(f"refusing to serve on {args.host} without --token (a shared secret)")
     state = ClusterState.load(args.run_dir)
     addresses = {name: svc.address for name, svc in state.services.items()}
@@ -29,15 +28,13 @@ def cmd_web(args: argparse.Namespace) -> int:
         app = create_app(
             client, state.run_dir, state.base_model, token=args.token, dataset_dir=dataset_dir
         )
-        shown = "localhost" if _loopback(args.host) else args.host
+        shown = "localhost" if loopback(args.host) else args.host
         print(f"llamafleet web: http://{shown}:{args.port}/", flush=True)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 
 def register(sub) -> None:
-    from llamafleet.cli import DEFAULT_RUN_DIR
-
     p = sub.add_parser("web", help="browser UI: train, follow jobs, chat, cluster health")
     p.add_argument("--run-dir", default=DEFAULT_RUN_DIR)
     p.add_argument("--host", default="127.0.0.1")
