@@ -338,6 +338,9 @@ def run_service(
 
     try:
         asyncio.run(serve())
+    except ConfigError as exc:  # a file the configuration names, read when the service starts
+        sys.stderr.write(f"llamafleet {name}: configuration error: {exc}\n")
+        return 2
     except (OSError, LlamafleetError) as exc:
         logger.error("%s could not start: %s", name, exc)
         sys.stderr.write(f"llamafleet {name}: could not start: {exc}\n")

@@ -12,7 +12,8 @@ Reward models (see ``scorers/model.py`` for the two folder formats):
 
 With none of them set the service still starts; rule scorers work and ``reward_model`` answers
 FAILED_PRECONDITION naming these keys. Normalisation and rule options set here are the defaults
-of every job; ``job_settings_file`` overrides them per job (``job_settings.py``).
+of every job; ``job_settings_file`` overrides them per job (``job_settings.py``: read and checked
+when the service starts, in ``server.build_app``; a bad file or pattern fails start-up).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.common.config import ConfigError, ServerConfig
+from services.reward.scorers.rules import PatternLimits, check_pattern
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,5 @@ class RewardConfig(ServerConfig):
             )
         if self.clip < 0:
             raise ConfigError(f"clip: must be >= 0 (0 = no clipping), got {self.clip}")
-        from services.reward.job_settings import JobSettingsTable  # imports this module
-
-        JobSettingsTable.from_config(self)  # patterns and job_settings_file fail start-up here
+        limits = PatternLimits(self.max_pattern_chars, self.regex_timeout_ms)
+        check_pattern(self.regex_pattern, "regex_pattern", limits)  # the service's own pattern

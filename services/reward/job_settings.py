@@ -29,7 +29,7 @@ import yaml
 from services.common.config import ConfigError, nearest
 from services.common.errors import FieldViolation, InvalidArgument
 from services.reward.config import RewardConfig
-from services.reward.scorers.rules import PatternLimits, compile_pattern
+from services.reward.scorers.rules import PatternLimits, check_pattern, compile_pattern
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class JobSettingsTable:
     def from_config(cls, config: RewardConfig) -> JobSettingsTable:
         defaults = defaults_from(config)
         limits = PatternLimits(config.max_pattern_chars, config.regex_timeout_ms)
-        _check_pattern(defaults.regex_pattern, "regex_pattern", limits)
+        check_pattern(defaults.regex_pattern, "regex_pattern", limits)
         per_job: dict[str, JobSettings] = {}
         if config.job_settings_file:
             per_job = load_file(Path(config.job_settings_file), defaults, limits)
@@ -120,7 +120,7 @@ def load_file(path: Path, defaults: JobSettings, limits: PatternLimits) -> dict[
         settings = dataclasses.replace(defaults, **values)
         if settings.clip < 0:
             raise ConfigError(f"{where}.clip: must be >= 0 (0 = no clipping)")
-        _check_pattern(settings.regex_pattern, f"{where}.regex_pattern", limits)
+        check_pattern(settings.regex_pattern, f"{where}.regex_pattern", limits)
         out[str(job_id)] = settings
     return out
 
@@ -138,12 +138,3 @@ def _coerce(key: str, raw: Any, where: str) -> Any:
     if kind is str and isinstance(raw, str):
         return raw
     raise ConfigError(f"{where}.{key}: expected a {kind.__name__}, got {raw!r}")
-
-
-def _check_pattern(pattern: str, where: str, limits: PatternLimits) -> None:
-    if not pattern:
-        return
-    try:
-        compile_pattern(pattern, where, limits)
-    except InvalidArgument as exc:
-        raise ConfigError(f"{where}: {exc.violations[0].description}") from None

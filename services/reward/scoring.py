@@ -158,10 +158,15 @@ class ScoringEngine:
 
     @classmethod
     def from_config(
-        cls, config: RewardConfig, adapters: AdapterSource | None = None
+        cls,
+        config: RewardConfig,
+        adapters: AdapterSource | None = None,
+        *,
+        settings: JobSettingsTable | None = None,
     ) -> ScoringEngine:
-        """Load what the config names (models, tokenizer); nothing configured is fine."""
-        settings = JobSettingsTable.from_config(config)
+        """Load what the config names (models, tokenizer); nothing configured is fine.
+        ``settings`` default to the config's own (``JobSettingsTable.from_config``)."""
+        settings = settings or JobSettingsTable.from_config(config)
         if adapters is None:
             adapters = adapter_source(config)
         models = None

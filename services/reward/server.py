@@ -16,6 +16,7 @@ from llamafleet.reward.v1 import reward_service_pb2, reward_service_pb2_grpc
 from services.common import queues
 from services.common.server import Register, on_drain, stop_process
 from services.reward.config import RewardConfig
+from services.reward.job_settings import JobSettingsTable
 from services.reward.scorers.model import AdapterSource
 from services.reward.scoring import ScoringEngine
 from services.reward.servicer import RewardServicer
@@ -48,9 +49,10 @@ class RewardApp:
 
 def build_app(config: RewardConfig, adapters: AdapterSource | None = None) -> RewardApp:
     """Load models (if configured), check Redis (if configured) and wire the parts."""
+    settings = JobSettingsTable.from_config(config)  # a bad file or pattern fails start-up
     if config.redis_url:
         queues.require_redis(config.redis_url)
-    engine = ScoringEngine.from_config(config, adapters)
+    engine = ScoringEngine.from_config(config, adapters, settings=settings)
     engine.functions.start()  # the owner's functions are imported now: a bad one stops start-up
     worker = None
     if config.redis_url and config.worker_threads > 0:

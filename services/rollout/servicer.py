@@ -11,35 +11,15 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from google.protobuf import timestamp_pb2
 from llamafleet.rollout.v1 import rollout_pb2, rollout_service_pb2, rollout_service_pb2_grpc
 
 from services.common.errors import FieldViolation, InvalidArgument
-from services.rollout.adapters import Resident
 from services.rollout.config import RolloutConfig
-from services.rollout.engines import Finished, FinishReason, GenerationRequest, TokenDelta
+from services.rollout.convert import FINISH_REASONS, loaded_adapter
+from services.rollout.engines import Finished, GenerationRequest, TokenDelta
 from services.rollout.generator import Generator
 
-FINISH_REASONS = {
-    FinishReason.STOP: rollout_pb2.FINISH_REASON_STOP,
-    FinishReason.LENGTH: rollout_pb2.FINISH_REASON_LENGTH,
-    FinishReason.ABORT: rollout_pb2.FINISH_REASON_ABORT,
-}
-
 _DONE = object()
-
-
-def loaded_adapter(entry: Resident) -> rollout_pb2.LoadedAdapter:
-    load_time, last_used = timestamp_pb2.Timestamp(), timestamp_pb2.Timestamp()
-    load_time.FromNanoseconds(int(entry.load_time * 1e9))
-    last_used.FromNanoseconds(int(entry.last_used_time * 1e9))
-    return rollout_pb2.LoadedAdapter(
-        adapter=entry.ref,
-        sha256=entry.sha256,
-        size_bytes=entry.size_bytes,
-        load_time=load_time,
-        last_used_time=last_used,
-    )
 
 
 class RolloutServicer(rollout_service_pb2_grpc.RolloutServiceServicer):

@@ -23,9 +23,9 @@ from llamafleet.rollout.v1 import rollout_pb2
 from services.common import queues
 from services.common.errors import InvalidArgument
 from services.common.queues import Delivery, Output, WorkQueue
+from services.rollout.convert import FINISH_REASONS
 from services.rollout.engines import GenerationRequest, collect
 from services.rollout.generator import Generator
-from services.rollout.servicer import FINISH_REASONS
 
 logger = logging.getLogger(__name__)
 

@@ -12,9 +12,11 @@ import statistics
 import pytest
 
 from services.common.config import ConfigError
+from services.common.server import run_service
 from services.reward.config import RewardConfig
 from services.reward.job_settings import JobSettings, JobSettingsTable
 from services.reward.normalize import Normalizer, RunningStats, normalize
+from services.reward.server import build_app, make_register
 
 
 def test_batched_welford_equals_the_statistics_of_everything_seen():
@@ -97,3 +99,19 @@ def test_bad_job_settings_fail_start_up_with_the_place(tmp_path, text, message):
 def test_bad_service_pattern_fails_start_up():
     with pytest.raises(ConfigError, match="regex_pattern: pattern has 600 characters"):
         JobSettingsTable.from_config(RewardConfig(regex_pattern="a" * 600))
+
+
+def test_a_bad_job_settings_file_fails_the_service_start_up(tmp_path, capsys):
+    """The file is read when the service starts (``server.build_app``), not when its config is
+    built: the entry point still refuses it, with exit code 2 and one line naming the place."""
+    path = tmp_path / "jobs.yaml"
+    path.write_text("j:\n  whitten: true\n")
+    config = RewardConfig(job_settings_file=str(path))  # a config is only values
+    with pytest.raises(ConfigError, match="did you mean 'whiten'"):
+        build_app(config)
+    capsys.readouterr()
+    code = run_service("reward", RewardConfig, [f"job_settings_file={path}"], make_register)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "configuration error" in err and "j: unknown setting 'whitten'" in err

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Protocol
 from services.common.errors import invalid
 
 if TYPE_CHECKING:  # runtime imports stay lazy: rule scorers must not pay for torch
-    from services.reward.job_settings import JobSettings
     from services.reward.scorers.model import RewardModels
 
 
@@ -63,13 +62,20 @@ class Scorer(Protocol):
     def score(self, items: Sequence[ScoreInput]) -> list[float]: ...
 
 
+class RuleSettings(Protocol):
+    """What the rule scorers read of a job's settings (``job_settings.JobSettings`` has it)."""
+
+    regex_pattern: str
+    ignore_case: bool
+
+
 @dataclass(frozen=True)
 class ScorerContext:
     """What a factory may use: the job's settings, the adapter named by the caller (None: the
     configured model), the resident reward models (None when the service has none), and the
     regex limits."""
 
-    settings: JobSettings
+    settings: RuleSettings
     adapter: tuple[str, int] | None = None
     models: RewardModels | None = None
     max_pattern_chars: int = 512

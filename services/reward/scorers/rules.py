@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import regex
 
+from services.common.config import ConfigError
 from services.common.errors import FailedPrecondition, FieldViolation, InvalidArgument, invalid
 from services.reward.scorers import Reads, ScoreInput
 
@@ -115,6 +116,16 @@ def compile_pattern(pattern: str, field_path: str, limits: PatternLimits) -> reg
         raise invalid(
             field_path, f"pattern {pattern!r} does not compile: {exc}", reason="BAD_PATTERN"
         ) from None
+
+
+def check_pattern(pattern: str, where: str, limits: PatternLimits) -> None:
+    """``compile_pattern`` for a configured pattern: a ``ConfigError`` naming ``where``."""
+    if not pattern:
+        return
+    try:
+        compile_pattern(pattern, where, limits)
+    except InvalidArgument as exc:
+        raise ConfigError(f"{where}: {exc.violations[0].description}") from None
 
 
 @dataclass(frozen=True)

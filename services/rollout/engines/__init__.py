@@ -31,7 +31,7 @@ class FinishReason(StrEnum):
 
 @dataclass(frozen=True)
 class Sampling:
-    """Validated sampling parameters (``servicer.sampling_from_proto`` fills and checks them)."""
+    """Validated sampling parameters (``convert.sampling_from_proto`` fills and checks them)."""
 
     temperature: float = 1.0  # 0 = greedy
     top_p: float = 1.0
