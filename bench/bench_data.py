@@ -114,7 +114,7 @@ def llamafleet_worker(args: dict) -> dict:
     from services.data.formats import FormatSpec
     from services.data.pipeline import DataSpec, SourceSpec, load_tokenizer
     from services.data.prepare import prepare
-    from services.data.store import DatasetStore
+    from services.data.store import DatasetMeta, DatasetStore, SplitMeta
 
     options = EncodeOptions(template="qwen", cutoff_len=args["cutoff"])
     spec = DataSpec(
@@ -127,8 +127,8 @@ def llamafleet_worker(args: dict) -> dict:
     encoder = Encoder(load_tokenizer(args["model"]), options)
     started = time.perf_counter()
     result = prepare(spec, encoder, encode_batch=512)
-    meta = {"id": "bench", "splits": [{"split": "train"}]}
-    DatasetStore(args["output"]).write(meta, result.splits, "rows")
+    meta = DatasetMeta("bench", "", 0.0, "sft", b"", False, "rows", {}, (SplitMeta("train", {}),))
+    DatasetStore(args["output"]).write(meta, result.splits)
     seconds = time.perf_counter() - started
     s = result.stats
     engine = encoder.engine

@@ -1,18 +1,15 @@
 """proto <-> domain translation for ``llamafleet.data.v1.DataService``.
 
 Enum tables map the contract's choices onto the domain's names; the work happens in
-``pipeline``/``prepare``/``streaming``/``store``. CPU-bound work runs in worker threads so the
+``datasets`` (the lifecycle of prepared datasets over ``store``) and ``pipeline``/``encode`` (a
+preview). Blocking work (preparing, reading metadata, streaming) runs in worker threads so the
 server keeps answering health checks while a dataset is prepared or streamed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
-import threading
-import time
-from dataclasses import asdict
 
 from google.protobuf import json_format
 from llamafleet.common.v1 import common_pb2
@@ -20,23 +17,16 @@ from llamafleet.data.v1 import data_pb2 as d
 from llamafleet.data.v1 import data_service_pb2 as pb
 from llamafleet.data.v1 import data_service_pb2_grpc
 
-from services.common.errors import AlreadyExists, FieldViolation, InvalidArgument, invalid
+from services.common.errors import FieldViolation, InvalidArgument, invalid
 from services.data import batches as bt
 from services.data import registry
 from services.data.config import DataConfig
-from services.data.encode import EncodeOptions, Encoder, trained_spans
+from services.data.datasets import Datasets, make_encoder
+from services.data.encode import EncodeOptions, trained_spans
 from services.data.formats import FormatSpec, RowError, to_example
-from services.data.pipeline import (
-    DataSpec,
-    SourceSpec,
-    Stats,
-    format_for_kind,
-    load_tokenizer,
-    resolve_kind,
-)
-from services.data.prepare import check_spec, estimate_stats, fingerprint, prepare
-from services.data.store import LAYOUT_OF_KIND, DatasetStore, check_id
-from services.data.streaming import stored_batches, streaming_batches
+from services.data.pipeline import DataSpec, SourceSpec, format_for_kind, resolve_kind
+from services.data.prepare import check_spec
+from services.data.store import DatasetMeta, check_id
 
 logger = logging.getLogger(__name__)
 
@@ -182,36 +172,25 @@ def to_domain(spec: d.DatasetSpec, config: DataConfig) -> tuple[DataSpec, d.Data
     return domain, filled
 
 
-def make_encoder(tokenizer_path: str, options: EncodeOptions) -> Encoder:
-    return Encoder(load_tokenizer(tokenizer_path), options)
-
-
 def _stats_proto(stats: dict) -> d.DatasetStats:
     return d.DatasetStats(**stats)
 
 
-def _stats_dict(stats: Stats) -> dict:
-    out = asdict(stats)
-    out["dropped_rows"] = dict(stats.dropped_rows)
-    del out["encode_dropped"]
-    return out
-
-
-def dataset_proto(meta: dict) -> d.Dataset:
+def dataset_proto(meta: DatasetMeta) -> d.Dataset:
     ds = d.Dataset(
-        id=meta["id"],
-        spec=d.DatasetSpec.FromString(base64.b64decode(meta["spec_b64"])),
-        fingerprint=meta["fingerprint"],
-        kind=KIND_ENUM[meta["kind"]],
-        stats=_stats_proto(meta["stats"]),
+        id=meta.id,
+        spec=d.DatasetSpec.FromString(meta.spec),
+        fingerprint=meta.fingerprint,
+        kind=KIND_ENUM[meta.kind],
+        stats=_stats_proto(meta.stats),
     )
-    ds.create_time.FromNanoseconds(int(meta["create_time"] * 1e9))
-    for split in meta["splits"]:
+    ds.create_time.FromNanoseconds(int(meta.create_time * 1e9))
+    for split in meta.splits:
         ds.splits.append(
             d.DatasetSplit(
-                split=SPLIT_ENUM[split["split"]],
-                stats=_stats_proto(split["stats"]),
-                shard_paths=split.get("shard_paths", []),
+                split=SPLIT_ENUM[split.split],
+                stats=_stats_proto(split.stats),
+                shard_paths=split.shard_paths,
             )
         )
     return ds
@@ -279,9 +258,7 @@ def batch_proto(layout: str, epoch: int, index: int, rows: list[dict]) -> d.Batc
 class DataServicer(data_service_pb2_grpc.DataServiceServicer):
     def __init__(self, config: DataConfig) -> None:
         self.config = config
-        self.store = DatasetStore(config.datasets_dir, config.shard_rows)
-        self._locks: dict[str, threading.Lock] = {}
-        self._guard = threading.Lock()
+        self.datasets = Datasets(config)
 
     async def PreviewExample(self, request: pb.PreviewExampleRequest, context):
         return await asyncio.to_thread(self._preview, request)
@@ -336,104 +313,12 @@ class DataServicer(data_service_pb2_grpc.DataServiceServicer):
             check_id(request.dataset_id)
         spec, filled = to_domain(request.spec, self.config)
         spec_bytes = filled.SerializeToString(deterministic=True)
-        fp = fingerprint(spec_bytes, spec)
-        dataset_id = request.dataset_id or f"ds-{fp[:16]}"
-        with self._lock(dataset_id):
-            if self.store.exists(dataset_id):
-                meta = self.store.read_meta(dataset_id)
-                if meta["spec_b64"] != base64.b64encode(spec_bytes).decode():
-                    raise AlreadyExists(
-                        f"dataset {dataset_id!r} exists with a different spec; choose another id",
-                        reason="DATASET_EXISTS",
-                    )
-                if meta["fingerprint"] == fp:
-                    return pb.PrepareDatasetResponse(dataset=dataset_proto(meta))
-                logger.info(
-                    "dataset %s: sources changed since preparation; preparing again", dataset_id
-                )
-            meta = self._build(dataset_id, spec, spec_bytes, fp)
+        meta = self.datasets.prepare(request.dataset_id, spec, spec_bytes)
         return pb.PrepareDatasetResponse(dataset=dataset_proto(meta))
 
-    def _build(self, dataset_id: str, spec: DataSpec, spec_bytes: bytes, fp: str) -> dict:
-        cfg = self.config
-        encoder = make_encoder(spec.tokenizer_path, spec.encode)
-        names = ["train", "eval"] if spec.eval_fraction > 0 else ["train"]
-        meta = {
-            "id": dataset_id,
-            "fingerprint": fp,
-            "create_time": 0.0,
-            "kind": spec.kind,
-            "spec_b64": base64.b64encode(spec_bytes).decode(),
-            "streaming": spec.streaming,
-        }
-        if spec.streaming:
-            result = estimate_stats(spec, encoder, cfg.encode_batch, cfg.stats_prefix_rows)
-        else:
-            result = prepare(spec, encoder, cfg.encode_batch)
-        meta["stats"] = _stats_dict(result.stats)
-        meta["splits"] = [
-            {"split": n, "stats": {**_stats_dict(result.split_stats[n]), "dropped_rows": {}}}
-            for n in names
-        ]
-        meta["create_time"] = time.time()
-        if spec.streaming:
-            meta["layout"] = LAYOUT_OF_KIND[spec.kind]
-            for split in meta["splits"]:
-                split["shard_paths"] = []
-            return self.store.write_meta_only(meta)
-        return self.store.write(meta, result.splits, LAYOUT_OF_KIND[spec.kind])
-
-    def _record_pass(self, dataset_id: str, split: str, spec: DataSpec, counted: Stats) -> None:
-        """A streaming pass reached the end of ``split``: it counted all of it, so its stats
-        replace the prefix estimate. The dataset's own stats become exact once every split has
-        been passed over (each pass reads every record, so source rows and the rows dropped while
-        reading come from any pass; rows dropped while encoding come from their split's pass). ``rows`` and ``padding_fraction`` are those of the epoch that was passed over
-        (the pack windows follow the epoch's shuffle); the other counts do not depend on it."""
-        with self._lock(dataset_id):
-            meta = self.store.read_meta(dataset_id)
-            if not meta.get("streaming"):
-                return
-            spec_bytes = base64.b64decode(meta["spec_b64"])
-            if fingerprint(spec_bytes, spec) != meta["fingerprint"]:
-                logger.info("dataset %s: sources changed; stats left as they were", dataset_id)
-                return
-            exact = {**_stats_dict(counted), "estimated": False}
-            for item in meta["splits"]:
-                if item["split"] == split:
-                    item["stats"] = {**exact, "source_rows": 0, "dropped_rows": {}}
-                    item["encode_dropped"] = dict(counted.encode_dropped)
-            if all(not item["stats"]["estimated"] for item in meta["splits"]):
-                dropped = counted.dropped_rows - counted.encode_dropped  # read stage: every pass
-                for item in meta["splits"]:
-                    dropped.update(item["encode_dropped"])
-                exact["dropped_rows"] = dict(dropped)
-                total = {
-                    key: sum(item["stats"][key] for item in meta["splits"])
-                    for key in (
-                        "examples",
-                        "rows",
-                        "tokens",
-                        "trained_tokens",
-                        "truncated_examples",
-                    )
-                }
-                cutoff = spec.encode.cutoff_len
-                rows = total["rows"]
-                meta["stats"] = {
-                    **exact,
-                    **total,
-                    "padding_fraction": 1.0 - total["tokens"] / (rows * cutoff) if rows else 0.0,
-                }
-            self.store.write_meta_only(meta)
-
-    def _lock(self, dataset_id: str) -> threading.Lock:
-        with self._guard:
-            return self._locks.setdefault(dataset_id, threading.Lock())
-
     async def GetDataset(self, request: pb.GetDatasetRequest, context):
-        return pb.GetDatasetResponse(
-            dataset=dataset_proto(self.store.read_meta(request.dataset_id))
-        )
+        meta = await asyncio.to_thread(self.datasets.get, request.dataset_id)
+        return pb.GetDatasetResponse(dataset=dataset_proto(meta))
 
     async def ListDatasets(self, request: pb.ListDatasetsRequest, context):
         size = request.page_size or 50
@@ -446,15 +331,14 @@ class DataServicer(data_service_pb2_grpc.DataServiceServicer):
             start = -1
         if start < 0:
             raise invalid("page_token", "not a token from ListDatasets")
-        metas = self.store.list_metas()
-        page = metas[start : start + size]
-        token = str(start + size) if start + size < len(metas) else ""
+        page, more = await asyncio.to_thread(self.datasets.page, start, size)
         return pb.ListDatasetsResponse(
-            datasets=[dataset_proto(m) for m in page], next_page_token=token
+            datasets=[dataset_proto(m) for m in page],
+            next_page_token=str(start + size) if more else "",
         )
 
     async def StreamBatches(self, request: pb.StreamBatchesRequest, context):
-        meta = self.store.read_meta(request.dataset_id)
+        meta = await asyncio.to_thread(self.datasets.get, request.dataset_id)
         _known(SPLITS, request.split, "split", d.Split)
         split = SPLITS[request.split]
         shuffle = request.shuffle if request.HasField("shuffle") else split == "train"
@@ -472,38 +356,30 @@ class DataServicer(data_service_pb2_grpc.DataServiceServicer):
         if request.epoch < 0:
             raise invalid("epoch", "must not be negative")
         epoch, start = request.epoch, 0
-        if request.cursor:
+        if request.cursor and not request.count_only:
             epoch, start = bt.decode_cursor(request.cursor, plan)
-        if split not in {s["split"] for s in meta["splits"]}:
-            raise invalid("split", f"dataset {meta['id']!r} has no {split} split")
-        if meta["streaming"]:
-            spec, _ = to_domain(
-                d.DatasetSpec.FromString(base64.b64decode(meta["spec_b64"])), self.config
-            )
-            cfg = self.config
-            counted = Stats()
-            batches = streaming_batches(
-                spec,
-                make_encoder(spec.tokenizer_path, spec.encode),
-                plan,
-                epoch,
-                start,
-                shuffle_size=cfg.shuffle_buffer,
-                encode_batch=cfg.encode_batch,
-                pack_window=cfg.pack_window,
-                stats=counted,
-            )
-        else:
-            reader = await asyncio.to_thread(self.store.open_split, meta, split)
-            batches = stored_batches(reader, plan, epoch, start)
+        if meta.split(split) is None:
+            raise invalid("split", f"dataset {meta.id!r} has no {split} split")
+        spec = None
+        if meta.streaming:  # the stored spec, read again (its sources are read as it streams)
+            spec, _ = to_domain(d.DatasetSpec.FromString(meta.spec), self.config)
+        if request.count_only:
+            count = await asyncio.to_thread(self.datasets.count, meta, spec, plan, epoch)
+            yield pb.StreamBatchesResponse(num_batches=count)
+            return
+        batches, counted = await asyncio.to_thread(
+            self.datasets.batches, meta, spec, plan, epoch, start
+        )
         while True:
             item = await asyncio.to_thread(next, batches, None)
             if item is None:
-                if meta["streaming"]:
-                    await asyncio.to_thread(self._record_pass, meta["id"], split, spec, counted)
+                if counted is not None:
+                    await asyncio.to_thread(
+                        self.datasets.record_pass, meta.id, split, spec, counted
+                    )
                 return
             index, rows = item
             yield pb.StreamBatchesResponse(
-                batch=batch_proto(meta["layout"], epoch, index, rows),
+                batch=batch_proto(meta.layout, epoch, index, rows),
                 cursor=bt.encode_cursor(plan, epoch, index + 1),
             )

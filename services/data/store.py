@@ -9,18 +9,22 @@ example_ids; pairs (preference): example_id, chosen_ids, chosen_labels, rejected
 rejected_labels; prompts: example_id, prompt_ids, reference_answer; feedback: example_id,
 input_ids, labels, prompt_length, desirable.
 
-It knows nothing about protos or tokenizers; ``meta.json`` carries the spec as opaque bytes.
+``DatasetMeta`` is the typed record of ``meta.json`` (the store, the lifecycle in ``datasets`` and
+the servicer share it; the file's format is unchanged). It knows nothing about protos or
+tokenizers; the record carries the spec as opaque bytes.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shutil
 import uuid
 from array import array
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -70,6 +74,79 @@ LAYOUT_OF_KIND = {
 }
 
 
+@dataclass(frozen=True)
+class SplitMeta:
+    """One split of a dataset: its stats (``DatasetStats`` fields) and shard files."""
+
+    split: str  # "train" | "eval"
+    stats: dict[str, Any]
+    shard_paths: tuple[str, ...] = ()  # empty for a streaming dataset
+    encode_dropped: dict[str, int] = field(default_factory=dict)  # by a full streaming pass
+
+    def to_json(self) -> dict:
+        out = {"split": self.split, "stats": self.stats, "shard_paths": list(self.shard_paths)}
+        if self.encode_dropped:
+            out["encode_dropped"] = self.encode_dropped
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict) -> SplitMeta:
+        return cls(
+            data["split"],
+            data["stats"],
+            tuple(data.get("shard_paths", ())),
+            dict(data.get("encode_dropped", {})),
+        )
+
+
+@dataclass(frozen=True)
+class DatasetMeta:
+    """What ``meta.json`` records of a prepared dataset."""
+
+    id: str
+    fingerprint: str
+    create_time: float  # seconds since the epoch
+    kind: str  # "pretrain" | "sft" | "preference" | "prompt"
+    spec: bytes  # the filled ``DatasetSpec``, serialized (opaque here)
+    streaming: bool
+    layout: str  # "rows" | "pairs" | "prompts"
+    stats: dict[str, Any]  # ``DatasetStats`` fields of the whole dataset
+    splits: tuple[SplitMeta, ...]
+
+    def split(self, name: str) -> SplitMeta | None:
+        return next((s for s in self.splits if s.split == name), None)
+
+    def with_splits(self, splits: tuple[SplitMeta, ...], **changes) -> DatasetMeta:
+        return replace(self, splits=splits, **changes)
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id,
+            "fingerprint": self.fingerprint,
+            "create_time": self.create_time,
+            "kind": self.kind,
+            "spec_b64": base64.b64encode(self.spec).decode(),
+            "streaming": self.streaming,
+            "layout": self.layout,
+            "stats": self.stats,
+            "splits": [s.to_json() for s in self.splits],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> DatasetMeta:
+        return cls(
+            id=data["id"],
+            fingerprint=data["fingerprint"],
+            create_time=float(data["create_time"]),
+            kind=data["kind"],
+            spec=base64.b64decode(data["spec_b64"]),
+            streaming=bool(data.get("streaming", False)),
+            layout=data["layout"],
+            stats=data["stats"],
+            splits=tuple(SplitMeta.from_json(s) for s in data["splits"]),
+        )
+
+
 def check_id(dataset_id: str) -> None:
     if not ID_PATTERN.match(dataset_id):
         raise invalid("dataset_id", "must match [a-z0-9][a-z0-9-_.]{0,62}", "BAD_DATASET_ID")
@@ -87,13 +164,13 @@ class DatasetStore:
     def exists(self, dataset_id: str) -> bool:
         return (self._dir(dataset_id) / "meta.json").is_file()
 
-    def read_meta(self, dataset_id: str) -> dict:
+    def read_meta(self, dataset_id: str) -> DatasetMeta:
         path = self._dir(dataset_id) / "meta.json"
         if not path.is_file():
             raise NotFound(f"no dataset {dataset_id!r}", reason="DATASET_NOT_FOUND")
-        return json.loads(path.read_text())
+        return DatasetMeta.from_json(json.loads(path.read_text()))
 
-    def list_metas(self) -> list[dict]:
+    def list_metas(self) -> list[DatasetMeta]:
         """Every dataset's metadata, newest first (ties by id)."""
         if not self.root.is_dir():
             return []
@@ -101,31 +178,33 @@ class DatasetStore:
         for child in self.root.iterdir():
             meta = child / "meta.json"
             if meta.is_file():
-                metas.append(json.loads(meta.read_text()))
-        metas.sort(key=lambda m: (-m["create_time"], m["id"]))
+                metas.append(DatasetMeta.from_json(json.loads(meta.read_text())))
+        metas.sort(key=lambda m: (-m.create_time, m.id))
         return metas
 
-    def write(self, meta: dict, splits: dict[str, list[dict]], layout: str) -> dict:
-        """Write ``splits`` (split name -> rows as dicts) and ``meta``; returns meta with paths."""
-        final = self._dir(meta["id"])
+    def write(self, meta: DatasetMeta, splits: dict[str, list[dict]]) -> DatasetMeta:
+        """Write ``splits`` (split name -> rows as dicts, in ``meta.layout``) and ``meta``;
+        returns ``meta`` with the shard paths."""
+        final = self._dir(meta.id)
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".tmp-{meta['id']}-{uuid.uuid4().hex[:8]}"
+        tmp = self.root / f".tmp-{meta.id}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
-            schema = SCHEMAS[layout]
-            for split in meta["splits"]:
-                rows = splits.get(split["split"], [])
+            schema = SCHEMAS[meta.layout]
+            written = []
+            for split in meta.splits:
+                rows = splits.get(split.split, [])
                 names = []
                 for n, start in enumerate(range(0, max(len(rows), 1), self.shard_rows)):
-                    name = f"{split['split']}-{n:05d}.arrow"
+                    name = f"{split.split}-{n:05d}.arrow"
                     table = _table(rows[start : start + self.shard_rows], schema)
                     with pa.OSFile(str(tmp / name), "wb") as sink:
                         with pa.ipc.new_file(sink, schema) as writer:
                             writer.write_table(table)
                     names.append(name)
-                split["shard_paths"] = [str(final / name) for name in names]
-            meta["layout"] = layout
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+                written.append(replace(split, shard_paths=tuple(str(final / n) for n in names)))
+            meta = meta.with_splits(tuple(written))
+            (tmp / "meta.json").write_text(json.dumps(meta.to_json(), indent=1))
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)
@@ -134,20 +213,20 @@ class DatasetStore:
                 shutil.rmtree(tmp)
         return meta
 
-    def write_meta_only(self, meta: dict) -> dict:
+    def write_meta_only(self, meta: DatasetMeta) -> DatasetMeta:
         """A streaming dataset: metadata and no shards."""
-        final = self._dir(meta["id"])
+        final = self._dir(meta.id)
         final.mkdir(parents=True, exist_ok=True)
         tmp = final / "meta.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=1))
+        tmp.write_text(json.dumps(meta.to_json(), indent=1))
         tmp.replace(final / "meta.json")
         return meta
 
-    def open_split(self, meta: dict, split: str) -> SplitReader:
-        for item in meta["splits"]:
-            if item["split"] == split:
-                return SplitReader(item["shard_paths"], meta["layout"])
-        raise NotFound(f"dataset {meta['id']!r} has no {split} split", reason="SPLIT_NOT_FOUND")
+    def open_split(self, meta: DatasetMeta, split: str) -> SplitReader:
+        found = meta.split(split)
+        if found is None:
+            raise NotFound(f"dataset {meta.id!r} has no {split} split", reason="SPLIT_NOT_FOUND")
+        return SplitReader(list(found.shard_paths), meta.layout)
 
 
 def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:

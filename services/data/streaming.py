@@ -14,7 +14,10 @@ Every row made is counted into the ``stats`` passed in (records read, dropped ro
 examples, rows, tokens, trained tokens, padding), so a pass that reaches the end of a split has
 its exact stats; the service then records them in place of the prefix estimate.
 
-Stored datasets are served from their Arrow shards by ``stored_batches``.
+Stored datasets are served from their Arrow shards by ``stored_batches``. ``stored_count`` and
+``streaming_count`` give the number of batches one rank gets in an epoch from the same plan
+without reading a row (stored: the row lengths are enough) or keeping one (streaming: the epoch
+is read, encoded and packed, and only the batches are counted).
 
 It knows nothing about protos.
 """
@@ -79,6 +82,28 @@ def streaming_batches(
     yield from bt.for_rank(bt.group(rows, plan.mode, plan.size), plan.rank, plan.world_size, start)
 
 
+def streaming_count(
+    spec: DataSpec, encoder: Encoder, plan: bt.BatchPlan, epoch: int, **options: int
+) -> int:
+    """How many batches ``streaming_batches`` yields for ``plan`` in ``epoch`` (from 0), with
+    the same ``options`` (shuffle_size, encode_batch, pack_window); the rows are dropped."""
+    return sum(1 for _ in streaming_batches(spec, encoder, plan, epoch, 0, **options))
+
+
+def _stored_groups(
+    reader: SplitReader, plan: bt.BatchPlan, epoch: int, start: int
+) -> Iterator[tuple[int, list[int]]]:
+    """(index, row indices) of one rank's batches: only the lengths are read."""
+    lengths = reader.lengths()
+    order = list(range(len(lengths)))
+    if plan.shuffle:
+        epoch_rng(plan.seed, epoch).shuffle(order)
+    indexed = ((i, lengths[i]) for i in order)
+    yield from bt.for_rank(
+        bt.group(indexed, plan.mode, plan.size), plan.rank, plan.world_size, start
+    )
+
+
 def stored_batches(
     reader: SplitReader, plan: bt.BatchPlan, epoch: int, start: int
 ) -> Iterator[tuple[int, list[dict]]]:
@@ -87,12 +112,10 @@ def stored_batches(
     The epoch order is a seeded permutation of all rows (a full shuffle: only indices and
     lengths are held, the rows stay memory-mapped); rows are read for the batches sent only.
     """
-    lengths = reader.lengths()
-    order = list(range(len(lengths)))
-    if plan.shuffle:
-        epoch_rng(plan.seed, epoch).shuffle(order)
-    indexed = ((i, lengths[i]) for i in order)
-    for index, batch in bt.for_rank(
-        bt.group(indexed, plan.mode, plan.size), plan.rank, plan.world_size, start
-    ):
+    for index, batch in _stored_groups(reader, plan, epoch, start):
         yield index, reader.take(batch)
+
+
+def stored_count(reader: SplitReader, plan: bt.BatchPlan, epoch: int) -> int:
+    """How many batches ``stored_batches`` yields for ``plan`` in ``epoch`` (from 0)."""
+    return sum(1 for _ in _stored_groups(reader, plan, epoch, 0))

@@ -170,6 +170,56 @@ def test_stream_batches_ranks_determinism_and_resume(stub, model_dir, tmp_path, 
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.parametrize("streaming", [False, True])
+def test_count_only_answers_the_streamed_count_without_sending_rows(
+    stub, server, model_dir, tmp_path, streaming
+):
+    """``count_only`` is one response with ``num_batches`` and no batch, equal to the number of
+    batches the same request streams: by rows and by token budget, one rank and two, the eval
+    split, another epoch; the cursor is ignored. The training side asks it instead of streaming
+    the epoch (``DataServiceSource.count``)."""
+    records = [sharegpt_record(i, turns=1 + i % 2, words=2 + i % 9) for i in range(60)]
+    path = write_jsonl(tmp_path / "chat.jsonl", records)
+    s = spec(model_dir, path, packing=True, streaming=streaming, eval_fraction=0.25)
+    stub.PrepareDataset(pb.PrepareDatasetRequest(dataset_id="c", spec=s))
+    plans = [
+        dict(batch_rows=2),
+        dict(batch_rows=3, world_size=2, rank=1),
+        dict(batch_tokens=300, world_size=2, rank=0),
+        dict(batch_rows=2, split=d.SPLIT_EVAL),
+        dict(batch_rows=4, epoch=1),
+    ]
+    for plan in plans:
+        common = dict(dataset_id="c", seed=7, **plan)
+        streamed = _stream(stub, **common)
+        (answer,) = _stream(stub, count_only=True, **common)
+        assert answer.num_batches == len(streamed) > 0, plan
+        assert not answer.HasField("batch") and not answer.cursor
+        again = _stream(stub, count_only=True, cursor=streamed[0].cursor, **common)
+        assert [a.num_batches for a in again] == [len(streamed)]
+
+    from llamafleet.client import Client
+
+    from services.training.loop.batches import DataServiceSource, StreamRequest
+
+    class RecordingClient:  # records what each StreamBatches call returned
+        def __init__(self, client):
+            self.client, self.data, self.calls = client, self, []
+
+        def StreamBatches(self, request, **kw):
+            messages = list(self.client.data.StreamBatches(request, **kw))
+            self.calls.append((request.count_only, len(messages), messages[0].HasField("batch")))
+            yield from messages
+
+    with Client({"data": server.address}) as client:
+        recording = RecordingClient(client)
+        source = DataServiceSource(recording, "c")
+        request = StreamRequest(world_size=2, rank=1, batch_rows=3, seed=7)
+        counted = source.count(request)
+        assert recording.calls == [(True, 1, False)]  # one message, no rows
+        assert counted == sum(1 for _ in source.stream(request)) > 0
+
+
 def test_stream_preference_pairs_and_prompts_by_token_budget(stub, model_dir, tmp_path):
     rows = [
         {"instruction": f"q{i} " * (1 + i % 5), "chosen": "good", "rejected": "bad"}

@@ -1,7 +1,8 @@
 """Where a job's batches come from: the ``BatchSource`` protocol and its two implementations.
 
 - ``DataServiceSource`` streams ``DataService.StreamBatches`` through ``llamafleet.client.Client``
-  (preparing an inline ``DatasetSpec`` first with the idempotent ``PrepareDataset``).
+  (preparing an inline ``DatasetSpec`` first with the idempotent ``PrepareDataset``), and asks it
+  how many batches an epoch holds (``count_only``) instead of streaming the epoch to count them.
 - ``InMemorySource`` serves hand-built ``TokenRow``s with the same contract (seeded shuffle per
   epoch, the same number of batches on every rank, resumable cursors); ``InMemoryPairSource`` the
   same over ``PreferencePair``s (batches carry ``pairs``). Tests use them directly; a runner given
@@ -124,11 +125,17 @@ class InMemorySource:
             epoch, start = position["epoch"], position["index"] + 1
         batches = self._batches(replace(request, epoch=epoch))
         for index in range(start, len(batches)):
-            rows = batches[index]
-            batch = data_pb2.Batch(epoch=epoch, index=index, rows=rows)
-            batch.tokens = sum(len(r.input_ids) for r in rows)
-            batch.trained_tokens = sum(sum(1 for x in r.labels if x != -100) for r in rows)
-            yield batch, json.dumps({"epoch": epoch, "index": index})
+            yield (
+                self._batch(epoch, index, batches[index]),
+                json.dumps({"epoch": epoch, "index": index}),
+            )
+
+    @staticmethod
+    def _batch(epoch: int, index: int, rows: list[data_pb2.TokenRow]) -> data_pb2.Batch:
+        batch = data_pb2.Batch(epoch=epoch, index=index, rows=rows)
+        batch.tokens = sum(len(r.input_ids) for r in rows)
+        batch.trained_tokens = sum(sum(1 for x in r.labels if x != -100) for r in rows)
+        return batch
 
 
 class InMemoryPairSource(InMemorySource):
@@ -146,19 +153,13 @@ class InMemoryPairSource(InMemorySource):
             raise ValueError("InMemoryPairSource batches by batch_rows (pairs per batch) only")
         return super()._batches(request)
 
-    def stream(self, request: StreamRequest) -> Iterator[tuple[data_pb2.Batch, str]]:
-        epoch, start = request.epoch, 0
-        if request.cursor:
-            position = json.loads(request.cursor)
-            epoch, start = position["epoch"], position["index"] + 1
-        batches = self._batches(replace(request, epoch=epoch))
-        for index in range(start, len(batches)):
-            pairs = batches[index]
-            batch = data_pb2.Batch(epoch=epoch, index=index, pairs=pairs)
-            sides = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-            batch.tokens = sum(len(r.input_ids) for r in sides)
-            batch.trained_tokens = sum(sum(1 for x in r.labels if x != -100) for r in sides)
-            yield batch, json.dumps({"epoch": epoch, "index": index})
+    @staticmethod
+    def _batch(epoch: int, index: int, pairs: list[data_pb2.PreferencePair]) -> data_pb2.Batch:
+        batch = data_pb2.Batch(epoch=epoch, index=index, pairs=pairs)
+        sides = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+        batch.tokens = sum(len(r.input_ids) for r in sides)
+        batch.trained_tokens = sum(sum(1 for x in r.labels if x != -100) for r in sides)
+        return batch
 
 
 def _token_batches(rows: list[data_pb2.TokenRow], budget: int) -> list[list[data_pb2.TokenRow]]:
@@ -196,14 +197,31 @@ class DataServiceSource:
         return self._eval_target() is not None
 
     def count(self, request: StreamRequest) -> int:
-        return sum(1 for _ in self.stream(replace(request, cursor="")))
+        """Asked of the data service (``count_only``): no row crosses the wire."""
+        message = self._message(request)
+        if message is None:
+            return 0
+        message.count_only = True
+        message.cursor = ""
+        responses = self.client.data.StreamBatches(message, timeout=STREAM_TIMEOUT_S)
+        try:
+            first = next(responses, None)
+        finally:
+            responses.close()  # cancels the call if the service went on streaming
+        if first is None or first.HasField("batch"):
+            raise RuntimeError(
+                f"the data service did not answer StreamBatches count_only for dataset "
+                f"{message.dataset_id!r}: it predates the field; upgrade it to this version"
+            )
+        return first.num_batches
 
-    def stream(self, request: StreamRequest) -> Iterator[tuple[data_pb2.Batch, str]]:
+    def _message(self, request: StreamRequest) -> data_service_pb2.StreamBatchesRequest | None:
+        """The ``StreamBatchesRequest`` of ``request`` (None: no eval split anywhere)."""
         dataset_id, split = self.dataset_id, request.split
         if request.split == data_pb2.SPLIT_EVAL:
             target = self._eval_target()
             if target is None:
-                return
+                return None
             dataset_id, split = target
         message = data_service_pb2.StreamBatchesRequest(
             dataset_id=dataset_id,
@@ -218,6 +236,12 @@ class DataServiceSource:
             message.batch_tokens = request.batch_tokens
         else:
             message.batch_rows = request.batch_rows or 8
+        return message
+
+    def stream(self, request: StreamRequest) -> Iterator[tuple[data_pb2.Batch, str]]:
+        message = self._message(request)
+        if message is None:
+            return
         for response in self.client.data.StreamBatches(message, timeout=STREAM_TIMEOUT_S):
             yield response.batch, response.cursor
 

@@ -73,7 +73,7 @@ class ListDatasetsResponse(_message.Message):
     def __init__(self, datasets: _Optional[_Iterable[_Union[_data_pb2.Dataset, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class StreamBatchesRequest(_message.Message):
-    __slots__ = ("dataset_id", "split", "rank", "world_size", "epoch", "seed", "shuffle", "batch_rows", "batch_tokens", "cursor")
+    __slots__ = ("dataset_id", "split", "rank", "world_size", "epoch", "seed", "shuffle", "batch_rows", "batch_tokens", "cursor", "count_only")
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     SPLIT_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +84,7 @@ class StreamBatchesRequest(_message.Message):
     BATCH_ROWS_FIELD_NUMBER: _ClassVar[int]
     BATCH_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
+    COUNT_ONLY_FIELD_NUMBER: _ClassVar[int]
     dataset_id: str
     split: _data_pb2.Split
     rank: int
@@ -94,12 +95,15 @@ class StreamBatchesRequest(_message.Message):
     batch_rows: int
     batch_tokens: int
     cursor: str
-    def __init__(self, dataset_id: _Optional[str] = ..., split: _Optional[_Union[_data_pb2.Split, str]] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., epoch: _Optional[int] = ..., seed: _Optional[int] = ..., shuffle: _Optional[bool] = ..., batch_rows: _Optional[int] = ..., batch_tokens: _Optional[int] = ..., cursor: _Optional[str] = ...) -> None: ...
+    count_only: bool
+    def __init__(self, dataset_id: _Optional[str] = ..., split: _Optional[_Union[_data_pb2.Split, str]] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., epoch: _Optional[int] = ..., seed: _Optional[int] = ..., shuffle: _Optional[bool] = ..., batch_rows: _Optional[int] = ..., batch_tokens: _Optional[int] = ..., cursor: _Optional[str] = ..., count_only: _Optional[bool] = ...) -> None: ...
 
 class StreamBatchesResponse(_message.Message):
-    __slots__ = ("batch", "cursor")
+    __slots__ = ("batch", "cursor", "num_batches")
     BATCH_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
+    NUM_BATCHES_FIELD_NUMBER: _ClassVar[int]
     batch: _data_pb2.Batch
     cursor: str
-    def __init__(self, batch: _Optional[_Union[_data_pb2.Batch, _Mapping]] = ..., cursor: _Optional[str] = ...) -> None: ...
+    num_batches: int
+    def __init__(self, batch: _Optional[_Union[_data_pb2.Batch, _Mapping]] = ..., cursor: _Optional[str] = ..., num_batches: _Optional[int] = ...) -> None: ...

@@ -99,6 +99,7 @@ class DataServiceServicer:
     def StreamBatches(self, request, context):
         """Streams the batches of one epoch for one rank, then ends. Every rank of a world gets the same
         number of batches (a tail that cannot be split evenly is dropped). Resumable with a cursor.
+        With count_only, answers that number instead, without sending rows.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

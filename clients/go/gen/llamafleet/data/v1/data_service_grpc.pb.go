@@ -29,6 +29,7 @@ type DataServiceClient interface {
 	ListDatasets(ctx context.Context, in *ListDatasetsRequest, opts ...grpc.CallOption) (*ListDatasetsResponse, error)
 	// Streams the batches of one epoch for one rank, then ends. Every rank of a world gets the same
 	// number of batches (a tail that cannot be split evenly is dropped). Resumable with a cursor.
+	// With count_only, answers that number instead, without sending rows.
 	StreamBatches(ctx context.Context, in *StreamBatchesRequest, opts ...grpc.CallOption) (DataService_StreamBatchesClient, error)
 }
 
@@ -124,6 +125,7 @@ type DataServiceServer interface {
 	ListDatasets(context.Context, *ListDatasetsRequest) (*ListDatasetsResponse, error)
 	// Streams the batches of one epoch for one rank, then ends. Every rank of a world gets the same
 	// number of batches (a tail that cannot be split evenly is dropped). Resumable with a cursor.
+	// With count_only, answers that number instead, without sending rows.
 	StreamBatches(*StreamBatchesRequest, DataService_StreamBatchesServer) error
 	mustEmbedUnimplementedDataServiceServer()
 }
