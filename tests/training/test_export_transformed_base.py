@@ -18,8 +18,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from services.common.errors import FailedPrecondition
 from services.common.weight_files import ADAPTER_BASE_FILE, require_adapter_base
-from services.training.adapters import export
-from services.training.model import lora
+from services.training.model import lora, merge
 from services.training.spec.settings import LoraSettings, settings
 from services.training.spec.validation import validate
 
@@ -46,7 +45,7 @@ def test_merged_export_rebuilds_the_base_the_job_trained_on(tiny_random, tokeniz
     assert losses[-1] < losses[0]
     adapter = tmp_path / "job" / "adapters" / "v1"
     staging = tmp_path / "merged"
-    export.merge_lora(spec.SerializeToString(), str(adapter), str(staging))
+    merge.merge_lora(spec.SerializeToString(), str(adapter), str(staging))
 
     merged = AutoModelForCausalLM.from_pretrained(staging)
     config = AutoConfig.from_pretrained(staging)

@@ -18,7 +18,8 @@ from llamafleet.training.v1 import training_pb2 as pb
 from llamafleet.training.v1 import training_service_pb2 as api
 from training_harness import TrainingService, config, kill_runners, make_spec
 
-from services.training.jobs.process import core_validate, default_launcher
+from services.training.jobs.process import default_launcher
+from services.training.spec.validation import validate as core_validate
 from services.training.tiny.model import build_tiny_model
 
 

@@ -11,12 +11,14 @@
 - adapter only (LoRA): the adapter version's folder is copied.
 
 Everything is written beside ``output_dir`` and renamed into place, so a failed export leaves
-nothing behind. A merge runs in a child process (torch, transformers and peft load there), so a
-large model never grows the service. The servicer resolves which folders to export.
+nothing behind. A merge runs in a child process (``model.merge``, named by module: torch,
+transformers and peft load there, never in the service), so a large model never grows the
+service. The servicer resolves which folders to export.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import multiprocessing
 import os
@@ -30,7 +32,7 @@ from services.common.errors import FailedPrecondition, invalid
 
 logger = logging.getLogger(__name__)
 
-VALUE_HEAD_FILE = "value_head.safetensors"
+MERGE_MODULE = "services.training.model.merge"  # runs in the export's child process
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -62,7 +64,8 @@ def export_merged_lora(spec_bytes: bytes, adapter_dir: Path, out: Path) -> list[
     def write(staging: Path) -> None:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-            job = pool.submit(merge_lora, spec_bytes, str(adapter_dir), str(staging))
+            args = (spec_bytes, str(adapter_dir), str(staging))
+            job = pool.submit(_in_child, MERGE_MODULE, "merge_lora", *args)
             try:
                 job.result()
             except BrokenProcessPool:
@@ -75,33 +78,9 @@ def export_merged_lora(spec_bytes: bytes, adapter_dir: Path, out: Path) -> list[
     return _publish(out, write)
 
 
-def merge_lora(spec_bytes: bytes, adapter_dir: str, staging: str) -> None:
-    """Rebuild the job's base, apply the adapter, fold it in (``merge_and_unload``), save into
-    ``staging``. QLoRA adapters merge into the unquantized base, as LLaMA-Factory's export does."""
-    from llamafleet.training.v1 import training_pb2 as pb
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    from services.training.model import load as models
-    from services.training.model.methods import llama_pro
-    from services.training.spec.settings import settings as spec_settings
-
-    spec = pb.TrainingJobSpec.FromString(spec_bytes)
-    s = spec_settings(spec, "cpu")
-    base = AutoModelForCausalLM.from_pretrained(
-        s.base_model,
-        config=models.base_config(s),  # RoPE scaled as in training; saved with the model
-        dtype="auto",
-        use_safetensors=True,
-        trust_remote_code=s.trust_remote_code,
-    )
-    if s.llama_pro_expand:  # the blocks the adapter was trained on (deterministic from the base)
-        llama_pro.expand(base, s.llama_pro_expand)
-    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
-    merged.save_pretrained(staging, safe_serialization=True)
-    _save_tokenizer(s.base_model, Path(staging), s.trust_remote_code)
-    if (Path(adapter_dir) / VALUE_HEAD_FILE).is_file():
-        shutil.copy2(Path(adapter_dir) / VALUE_HEAD_FILE, Path(staging) / VALUE_HEAD_FILE)
+def _in_child(module: str, function: str, *args):
+    """``module.function(*args)``, imported in the child process that runs it."""
+    return getattr(importlib.import_module(module), function)(*args)
 
 
 def export_model_folder(model_dir: Path, base_model: str, out: Path) -> list[str]:
@@ -115,20 +94,6 @@ def export_model_folder(model_dir: Path, base_model: str, out: Path) -> list[str
                     shutil.copy2(Path(base_model) / name, staging / name)
 
     return _publish(out, write)
-
-
-def _save_tokenizer(base_model: str, staging: Path, trust_remote_code: bool) -> None:
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        logger.warning(
-            "base model %s has no loadable tokenizer (%s); exported without", base_model, exc
-        )
-        return
-    # The chat template stays in tokenizer_config.json, where every loader looks (as tiny.model).
-    tokenizer.save_pretrained(staging, save_jinja_files=False)
 
 
 def _copy_tree(src: Path, dst: Path) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 from llamafleet.training.v1 import training_pb2 as tpb
 
 from services.training.jobs.allocator import allocator_env
+from services.training.spec import devices
 
 __all__ = ["RUNNER_MODULE", "free_port", "runner_command"]
 
@@ -40,15 +41,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _has_gpu() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:  # pragma: no cover - the training service always has torch
-        return False
 
 
 def runner_command(
@@ -69,7 +61,7 @@ def runner_command(
         return [sys.executable, "-m", RUNNER_MODULE, *runner_args], env
     port = str(free_port())
     if spec.distributed.backend == tpb.DISTRIBUTED_BACKEND_DEEPSPEED:
-        if not _has_gpu():
+        if not devices.probe().cuda:
             env["DS_ACCELERATOR"] = "cpu"
         argv = [
             sys.executable,
@@ -97,6 +89,6 @@ def runner_command(
         RUNNER_MODULE,
         *runner_args,
     ]
-    if not _has_gpu():
+    if not devices.probe().cuda:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // world))
     return argv, env

@@ -2,7 +2,7 @@
 
 A job lives in ``<jobs_dir>/<job_id>/`` (a symlink to ``spec.output_dir`` when the spec names
 one). The manager writes ``spec.binpb`` and the QUEUED event, launches the runner
-(``services.training.jobs.launch.runner_command`` unless a test injects another launcher) with
+(``launch.runner_command`` unless a test injects another launcher) with
 ``start_new_session`` and its output in ``runner.log``, records ``runner.pid``, and when the runner
 exits appends the final state from the runner's ``result.json``; no result means the runner died,
 and the job is FAILED with a message that says how and that ``resume`` continues from the last
@@ -35,7 +35,7 @@ from services.common.errors import (
     invalid,
 )
 from services.training.config import TrainingConfig
-from services.training.jobs import process as runner_process
+from services.training.jobs import process
 from services.training.jobs.events import EventLog
 from services.training.jobs.process import (
     LOG_FILE,
@@ -44,7 +44,6 @@ from services.training.jobs.process import (
     Launcher,
     RunnerProcess,
     attach,
-    core_validate,
     death_message,
     default_launcher,
 )
@@ -56,7 +55,9 @@ from services.training.jobs.store import (
     repair_event_log,
     write_spec,
 )
-from services.training.spec import normalize as job_specs
+from services.training.spec.normalize import normalize, same_spec
+from services.training.spec.normalize import validate as validate_request
+from services.training.spec.validation import validate
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class JobManager:
         self,
         config: TrainingConfig,
         launcher: Launcher = default_launcher,
-        validator: Callable[[pb.TrainingJobSpec], None] = core_validate,
+        validator: Callable[[pb.TrainingJobSpec], None] = validate,
     ) -> None:
         self.config = config
         self.root = Path(config.jobs_dir).resolve()
@@ -178,9 +179,9 @@ class JobManager:
     # --- commands --------------------------------------------------------------------------
 
     def create(self, spec: pb.TrainingJobSpec) -> pb.TrainingJob:
-        spec = job_specs.normalize(spec)
-        job_specs.validate(spec)
-        self._validator(spec)
+        spec = normalize(spec)
+        validate_request(spec)  # what the service sees on its own
+        self._validator(spec)  # the whole spec, recipe by recipe
         if spec.stage == pb.STAGE_PPO and not self.config.redis_url:
             raise FailedPrecondition(
                 "STAGE_PPO reaches the rollout and reward workers through Redis, and this training "
@@ -236,7 +237,7 @@ class JobManager:
 
     def _create_existing(self, view: JobView, spec: pb.TrainingJobSpec) -> pb.TrainingJob:
         view.refresh()
-        same = job_specs.same_spec(view.spec, spec)
+        same = same_spec(view.spec, spec)
         if same and not (
             spec.resume and view.state in (pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED)
         ):
@@ -274,7 +275,7 @@ class JobManager:
         if view.spec.stage == pb.STAGE_PPO:  # the trainer talks to the fleets through Redis
             env = {**env, PPO_REDIS_URL_ENV: self.config.redis_url}
         try:
-            self._runs[view.id] = runner_process.spawn(view.dir, argv, env)
+            self._runs[view.id] = process.spawn(view.dir, argv, env)
         except OSError as exc:
             logger.warning("job %s: could not start %s: %s", view.id, argv[:1], exc)
             self._append_state(view, pb.JOB_STATE_FAILED, f"could not start the runner: {exc}")

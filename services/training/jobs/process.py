@@ -3,8 +3,8 @@
 The runner runs in its own session (its pid is its process group id), so a cancel reaches every
 process it started (torchrun / deepspeed workers). ``runner.pid`` records the pid with the
 process's start time, so a service that restarts re-attaches only to the very same process, never
-to an unrelated one that reused the pid. The launcher (``launch``) and the spec check
-(``spec.validation``) are plain imports; tests inject others.
+to an unrelated one that reused the pid. ``default_launcher`` is ``launch.runner_command`` once a
+data service is configured; tests inject others.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from llamafleet.training.v1 import training_pb2 as pb
 
 from services.common.errors import FailedPrecondition
 from services.training.jobs import launch
-from services.training.spec.validation import validate
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +43,6 @@ def default_launcher(spec, job_dir, data_address, token):
             reason="NO_DATA_SERVICE",
         )
     return launch.runner_command(spec, job_dir, data_address, token)
-
-
-def core_validate(spec: pb.TrainingJobSpec) -> None:
-    """The whole-spec check (``spec.validation.validate``) the service runs before a launch."""
-    validate(spec)
 
 
 def proc_start(pid: int) -> str | None:

@@ -2,10 +2,10 @@
 
 ``normalize`` gives the spec a job id, absolute paths and the defaults the contract documents
 (the stored spec is what ``TrainingJob.spec`` shows and what "identical spec" compares).
-``validate`` rejects what can be seen without loading a model: missing required fields, values out
-of range, a base model folder that is not there or whose only weights are a pickle. Deeper,
-recipe-specific checks belong to the training core (``services.training.jobs.launch.validate``), which
-is called too when it exists. This module knows nothing about processes or files other than the base model folder.
+``validate`` rejects what the service sees in a request on its own: missing required fields, values
+out of range, a base model folder that is not there or whose only weights are a pickle. The whole
+spec, recipe by recipe, is ``validation.validate``'s, which the job manager runs after it. This
+module knows nothing about processes or files other than the base model folder.
 """
 
 from __future__ import annotations

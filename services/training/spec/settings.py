@@ -11,6 +11,8 @@ from pathlib import Path
 
 from llamafleet.training.v1 import training_pb2 as tpb
 
+from services.training.spec import devices
+
 SCHEDULERS = {
     tpb.LR_SCHEDULER_TYPE_UNSPECIFIED: "linear",
     tpb.LR_SCHEDULER_TYPE_LINEAR: "linear",
@@ -186,14 +188,6 @@ def base_model_dtype(base_model: str) -> str | None:
     return str(dtype) if dtype else None
 
 
-def _cuda() -> tuple[bool, bool, int]:
-    import torch
-
-    if not torch.cuda.is_available():
-        return False, False, 0
-    return True, torch.cuda.is_bf16_supported(), torch.cuda.device_count()
-
-
 def settings(spec: tpb.TrainingJobSpec, device: str = "cpu") -> Settings:
     """Resolve the defaults of a (valid) spec for ``device`` ("cpu" or "cuda")."""
     hp, ft, dist = spec.hyperparameters, spec.finetuning, spec.distributed
@@ -216,7 +210,7 @@ def settings(spec: tpb.TrainingJobSpec, device: str = "cpu") -> Settings:
     )
     which = hp.WhichOneof("batch_size")
     if spec.compute_dtype == tpb.COMPUTE_DTYPE_UNSPECIFIED:
-        dtype = "bfloat16" if device == "cuda" and _cuda()[1] else "float32"
+        dtype = "bfloat16" if device == "cuda" and devices.probe().bf16 else "float32"
     else:
         dtype = DTYPES[spec.compute_dtype]
     if spec.attention_implementation == tpb.ATTENTION_IMPLEMENTATION_UNSPECIFIED:

@@ -14,13 +14,13 @@ from pathlib import Path
 from llamafleet.training.v1 import training_pb2 as tpb
 
 from services.common.errors import FieldViolation, InvalidArgument, Unimplemented
+from services.training.spec import devices
 from services.training.spec.normalize import pickle_only
 from services.training.spec.settings import (
     PREFERENCE_LOSSES,
     QUANTIZATION_TYPES,
     REFERENCED,
     ROPE_SCALING,
-    _cuda,
     base_model_dtype,
 )
 
@@ -157,7 +157,8 @@ def validate(spec: tpb.TrainingJobSpec) -> None:
         "must be >= 1 (resume needs a checkpoint)",
     )
 
-    has_cuda, has_bf16, gpus = _cuda()
+    found = devices.probe()  # torch's view of this machine, never loaded into the service
+    has_cuda, has_bf16, gpus = found.cuda, found.bf16, found.gpus
     base_dtype = base_model_dtype(spec.base_model) if base is not None else None
     if spec.compute_dtype == tpb.COMPUTE_DTYPE_FLOAT16 and base_dtype == "bfloat16":
         bad.append(
