@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import yaml
@@ -23,26 +22,21 @@ from google.protobuf import json_format
 from rich.console import Console
 from rich.table import Table
 
+from llamafleet import cluster
 from llamafleet.client import Client
+from llamafleet.cluster import DEFAULT_RUN_DIR
 from llamafleet.commands import UserError
 from llamafleet.common.v1 import common_pb2
 from llamafleet.lf_keys import ConfigFileError, _reward_functions
 from llamafleet.reward.v1 import reward_pb2
 from llamafleet.reward.v1 import reward_service_pb2 as pb
+from llamafleet.reward_functions import component, function_info
 
 console = Console()
 
-KIND_NAMES = {
-    pb.REWARD_FUNCTION_KIND_RULE: "rule",
-    pb.REWARD_FUNCTION_KIND_BUILTIN: "builtin",
-    pb.REWARD_FUNCTION_KIND_USER: "user",
-    pb.REWARD_FUNCTION_KIND_SANDBOX: "sandbox",
-    pb.REWARD_FUNCTION_KIND_REMOTE: "remote",
-}
-
 
 def _client(args: argparse.Namespace) -> Client:
-    client = Client.from_run_dir(args.run_dir, timeout=args.timeout)
+    client = cluster.connect(args.run_dir, timeout=args.timeout)
     if not hasattr(client, "reward"):
         raise UserError(f"the cluster in {args.run_dir} runs no reward service")
     return client
@@ -58,25 +52,6 @@ def _text(flag: str, value: str | None) -> str:
         except (OSError, UnicodeDecodeError) as exc:
             raise UserError(f"{flag} {value}: cannot read {path}: {exc}") from None
     return value
-
-
-def function_info(info: pb.RewardFunctionInfo) -> dict:
-    return {
-        "name": info.name,
-        "kind": KIND_NAMES.get(info.kind, "?"),
-        "description": info.description,
-        "source": info.source,
-        "timeout_s": info.timeout.ToNanoseconds() / 1e9,
-        "available": info.available,
-        "unavailable_reason": info.unavailable_reason,
-    }
-
-
-def component(c: reward_pb2.RewardComponent) -> dict:
-    return {
-        "label": c.label, "name": c.name, "weight": c.weight, "score": c.score,
-        "sub_scores": dict(c.sub_scores), "detail": c.detail,
-    }  # fmt: skip
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -148,12 +123,13 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    run_dir = os.environ.get("LLAMAFLEET_RUN_DIR", ".llamafleet")
     reward = sub.add_parser("reward", help="list and preview the cluster's reward functions")
     commands = reward.add_subparsers(dest="reward_command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--run-dir", default=run_dir, help="the local cluster's run directory")
+        p.add_argument(
+            "--run-dir", default=DEFAULT_RUN_DIR, help="the local cluster's run directory"
+        )
         p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait")
         p.add_argument("--json", action="store_true", help="print JSON")
 

@@ -22,11 +22,11 @@ from google.protobuf import struct_pb2
 from llamafleet import cluster
 from llamafleet.chat import ChatBackend, UnknownModel
 from llamafleet.client import Client, RpcError
-from llamafleet.commands import reward as reward_commands
 from llamafleet.common.v1 import common_pb2
 from llamafleet.data.v1 import data_pb2, data_service_pb2
 from llamafleet.lf_keys import EXAMPLE_KINDS, STAGES
 from llamafleet.reward.v1 import reward_pb2, reward_service_pb2
+from llamafleet.reward_functions import component, function_info
 from llamafleet.rollout.v1 import rollout_pb2
 from llamafleet.training.v1 import training_pb2 as pb
 from llamafleet.training.v1 import training_service_pb2 as api
@@ -301,7 +301,7 @@ class WebApi:
         response = self.client.reward.ListRewardFunctions(
             reward_service_pb2.ListRewardFunctionsRequest()
         )
-        return [reward_commands.function_info(f) for f in response.functions]
+        return [function_info(f) for f in response.functions]
 
     def reward_test(self, body: dict[str, Any]) -> dict[str, Any]:
         """``{"function", "args"?, "prompt"?, "completion", "reference"?}`` -> score and parts."""
@@ -328,7 +328,7 @@ class WebApi:
         )
         return {
             "score": response.score,
-            "components": [reward_commands.component(c) for c in response.components],
+            "components": [component(c) for c in response.components],
         }
 
     def _chat(self) -> ChatBackend:
