@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything llamafleet needs on a fresh Debian/Ubuntu machine, idempotently:
-# redis-server (apt, when missing), a virtualenv in .venv, torch 2.13.0 (CPU wheel) first,
+# redis-server and redis-sentinel (apt, when missing), a virtualenv in .venv, torch 2.13.0 (CPU wheel) first,
 # then the project with its train and dev extras, pinned by requirements/constraints.txt.
 # Sourced by scripts/demo.sh and scripts/test.sh; safe to run on its own.
 set -euo pipefail
@@ -11,6 +11,8 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 apt_packages=()
 command -v redis-server >/dev/null 2>&1 || apt_packages+=(redis-server)
+# the Sentinel failover tests (tests/reliability/test_sentinel_failover.py)
+command -v redis-sentinel >/dev/null 2>&1 || apt_packages+=(redis-sentinel)
 # jemalloc for the training job runners (services/training/jobs/manager/allocator.py; lower peak RSS)
 /sbin/ldconfig -p 2>/dev/null | grep -q 'libjemalloc\.so\.2' || apt_packages+=(libjemalloc2)
 if [ ${#apt_packages[@]} -gt 0 ]; then

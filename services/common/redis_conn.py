@@ -13,10 +13,10 @@ Every message shows the URL with its password redacted.
 
 from __future__ import annotations
 
-import os
 import ssl
 
 import redis
+from llamafleet import redis_urls
 from llamafleet.credentials import redact_url
 from redis import exceptions as rexc
 from redis.backoff import NoBackoff
@@ -110,6 +110,10 @@ def describe_client(r: redis.Redis) -> str:
     """``redis[s]://[user:***@]host:port/db`` of a client, for errors (never the password; no
     TLS options either)."""
     kw = r.get_connection_kwargs()
+    if (sentinel := redis_urls.sentinel_of(r)) is not None:
+        service, addresses = sentinel
+        hosts = ",".join(f"{host}:{port}" for host, port in addresses)
+        return f"redis+sentinel://{hosts}/{service}/{kw.get('db', 0)}"
     user = kw.get("username") or ""
     auth = f"{user}:***@" if kw.get("password") else (f"{user}@" if user else "")
     if kw.get("path"):
@@ -159,6 +163,11 @@ def connect(
     callers here are written so that repeating it is safe. The zero-retry policy is passed
     explicitly: ``redis.Redis(...)`` defaults to 10 retries and only ``from_url`` happens not to.
 
+    Any URL :mod:`llamafleet.redis_urls` reads: one server, or a Sentinel-watched primary
+    (``redis+sentinel://host:port,host:port/SERVICE/DB``: each new connection goes to the
+    primary the sentinels name, so a worker that lost its connection in a failover reconnects
+    to the promoted replica).
+
     TLS: ``rediss://host:port/db?ssl_ca_certs=CA.pem&ssl_certfile=C.pem&ssl_keyfile=K.pem``
     (redis-py reads these, and ``ssl_cert_reqs``/``ssl_check_hostname``, from the query; the
     certificate is checked against the CA and the host name by default). What the URL alone gets
@@ -168,23 +177,14 @@ def connect(
     client certificate, a plaintext URL to a TLS port) surfaces at the first command as a
     ``ConnectionError``.
     """
-    options = redis.connection.parse_url(url)
-    tls_options = sorted(k for k in options if k.startswith("ssl_"))
-    if tls_options and not url.startswith("rediss://"):
+    try:
+        redis_urls.check(url)
+    except ValueError as exc:
         raise RedisUnusable(
-            f"cannot use Redis at {redact_url(url)} (setting redis_url): "
-            f"{', '.join(tls_options)} only apply to TLS; start the URL with rediss://",
+            f"cannot use Redis at {redact_url(url)} (setting redis_url): {exc}",
             reason="REDIS_UNUSABLE",
-        )
-    for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
-        path = options.get(key)
-        if path and not os.access(path, os.R_OK):
-            raise RedisUnusable(
-                f"cannot use Redis at {redact_url(url)} (setting redis_url): the TLS file "
-                f"{key}={path} does not exist or cannot be read",
-                reason="REDIS_UNUSABLE",
-            )
-    return redis.Redis.from_url(
+        ) from None
+    return redis_urls.client(
         url,
         protocol=2,
         decode_responses=False,

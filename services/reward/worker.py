@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import redis
 from google.protobuf.message import DecodeError
@@ -25,7 +25,7 @@ from llamafleet.rollout.v1 import rollout_pb2
 
 from services.common import queues
 from services.common.errors import InvalidArgument
-from services.common.queues import Delivery, Output, WorkQueue
+from services.common.queues import WorkQueue
 from services.reward.functions.messages import components_pb
 from services.reward.scorers import ScoreInput
 from services.reward.scoring import ScoringEngine, adapter_key
@@ -46,8 +46,11 @@ def rollout_item(rollout: rollout_pb2.Rollout) -> ScoreInput:
     )
 
 
-def score_rollout(engine: ScoringEngine, payload: bytes) -> tuple[str, str, bytes]:
-    """``(output stream, item id, ScoredRollout bytes)`` for one serialized Rollout."""
+def score_rollout(
+    engine: ScoringEngine, payload: bytes, worker: str = ""
+) -> tuple[str, str, bytes]:
+    """``(output stream, item id, ScoredRollout bytes)`` for one serialized Rollout, scored by
+    the consumer named ``worker``."""
     rollout = rollout_pb2.Rollout()
     try:
         rollout.ParseFromString(payload)
@@ -86,6 +89,7 @@ def score_rollout(engine: ScoringEngine, payload: bytes) -> tuple[str, str, byte
         normalized_score=scored.normalized[0],
         scorer=scored.scorer,
         components=components_pb(scored.components[0]) if scored.components else [],
+        worker=worker,
     )
     return queues.reward_results_stream(task.job_id), task.item_id, out.SerializeToString()
 
@@ -124,9 +128,6 @@ class RewardWorker:
         self._threads: list[threading.Thread] = []
         self.failure: Exception | None = None  # why the loops ended by themselves, if they did
 
-    def handle(self, delivery: Delivery) -> Sequence[Output]:
-        return [score_rollout(self.engine, delivery.payload)]
-
     def start(self) -> None:
         for q in self.queues:
             try:
@@ -152,7 +153,11 @@ class RewardWorker:
 
     def _run(self, queue: WorkQueue) -> None:
         try:
-            queue.run(self.handle, stop=self.stop_event, block_ms=self._block_ms)
+            queue.run(
+                lambda delivery: [score_rollout(self.engine, delivery.payload, queue.consumer)],
+                stop=self.stop_event,
+                block_ms=self._block_ms,
+            )
         except queues.RedisUnusable as exc:  # wrong password, ACL, not Redis: no retry helps
             self.failure = exc
             self.stop_event.set()  # the other threads share the client: they would fail alike

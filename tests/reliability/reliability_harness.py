@@ -393,7 +393,12 @@ def start_service(name: str, workdir: Path, *args: str) -> ServiceProc:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
+            env={
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join(
+                    [str(REPO), str(REPO / "clients" / "python"), os.environ.get("PYTHONPATH", "")]
+                ),
+            },
         )
     return ServiceProc(name, proc, address_file, log)
 

@@ -35,6 +35,7 @@ import grpc
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from llamafleet import redis_urls
 from llamafleet.client import Client, RpcError
 from llamafleet.credentials import (
     ENV_TLS_CA,
@@ -414,18 +415,12 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 def _redis_client(url: str, timeout: float) -> redis.Redis:
-    """A client for ``url``; a URL redis-py cannot use is a ClusterError, not a traceback (it
-    raises ValueError for a scheme, and a TypeError at the first command for ``ssl_*`` options
-    on a ``redis://`` URL)."""
+    """A client for ``url`` (one server or a Sentinel URL, :mod:`llamafleet.redis_urls`); a URL
+    that cannot work is a ClusterError, not a traceback."""
     try:
-        options = redis.connection.parse_url(url)
+        return redis_urls.client(url, socket_timeout=timeout, socket_connect_timeout=timeout)
     except ValueError as exc:
         raise ClusterError(f"Redis URL {redact_url(url)}: {exc}") from None
-    if any(k.startswith("ssl_") for k in options) and not url.startswith("rediss://"):
-        raise ClusterError(
-            f"Redis URL {redact_url(url)}: ssl_* options only apply to TLS; start it with rediss://"
-        )
-    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
 
 
 def _ping_redis(url: str) -> None:

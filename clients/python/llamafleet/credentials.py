@@ -102,17 +102,17 @@ def _read(path: str, setting: str) -> bytes:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password (and a TLS key's ``ssl_password``) shown as ``***``: Redis URLs
-    carry credentials, logs must not."""
+    """``url`` with its password (and ``ssl_password``, ``sentinel_password``) shown as ``***``:
+    Redis URLs carry credentials, logs must not."""
     parts = urllib.parse.urlsplit(url)
     userinfo, at, hostport = parts.netloc.rpartition("@")
-    if not at and "ssl_password=" not in parts.query:
+    if not at and "password=" not in parts.query:
         return url
     if at:
         user, colon, _secret = userinfo.partition(":")
         parts = parts._replace(netloc=f"{user}:***@{hostport}" if colon else f"***@{hostport}")
     query = "&".join(
-        "ssl_password=***" if item.startswith("ssl_password=") else item
+        f"{item.partition('=')[0]}=***" if item.partition("=")[0].endswith("password") else item
         for item in parts.query.split("&")
     )
     return urllib.parse.urlunsplit(parts._replace(query=query))

@@ -4,6 +4,8 @@ checkpoint.
 - **Out.** ``publish_tasks`` adds ``RolloutTask``s to ``llamafleet:rollout:tasks`` with the
   idempotent ``queues.publish``: task ids are deterministic (``job:version:step:prompt:sample``),
   so a resumed trainer that publishes a step again adds nothing.
+  Where Redis has a replica (Sentinel), a step's tasks count as published only once a replica
+  has them (``replication.wait_replicated``): a failover cannot lose them.
 - **In.** The job's ``llamafleet:reward:results:{job}`` stream is read in the ``training`` group by
   one consumer named after the job. A (re)started trainer first reads that consumer's own pending
   entries (delivered before a crash, never acked), then new ones. Entries are not acked when read:
@@ -35,7 +37,7 @@ from google.protobuf.message import DecodeError
 from llamafleet.reward.v1 import reward_pb2
 from llamafleet.rollout.v1 import rollout_pb2
 
-from services.common import queues
+from services.common import queues, replication
 from services.common.errors import Unavailable
 
 logger = logging.getLogger(__name__)
@@ -165,15 +167,28 @@ class RolloutExchange:
         self._call("create the consumer group", create)
 
     def publish_tasks(self, tasks: list[rollout_pb2.RolloutTask]) -> int:
-        """Publish ``tasks``; returns how many were new (0 when all were published before)."""
-        added = 0
-        for task in tasks:
-            payload = task.SerializeToString()
-            added += self._call(
-                "publish tasks",
-                lambda: queues.publish(self.r, queues.ROLLOUT_TASKS, task.item_id, payload),  # noqa: B023 - called at once
-            )
-        return added
+        """Publish ``tasks``; returns how many were new (0 when all were published before).
+
+        Where the primary has a replica, returns only once one has them (``WAIT``): a task lost
+        in a failover would never be scored, and nobody else would publish it again. Until a
+        replica confirms, the tasks are published again (idempotent) and waited for again."""
+        added = None
+        while True:
+            new = 0
+            for task in tasks:
+                payload = task.SerializeToString()
+                new += self._call(
+                    "publish tasks",
+                    lambda: queues.publish(self.r, queues.ROLLOUT_TASKS, task.item_id, payload),  # noqa: B023 - called at once
+                )
+            added = new if added is None else added
+            try:
+                replication.wait_replicated(self.r)
+            except redis.RedisError as exc:
+                time.sleep(self._outage("replicate tasks", exc))
+                continue
+            self._healed()
+            return added
 
     def leftovers(self) -> str:
         """What Redis still holds of an earlier job with this id ("" if nothing): a job created

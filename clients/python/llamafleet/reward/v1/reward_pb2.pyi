@@ -59,15 +59,17 @@ class RewardComponent(_message.Message):
     def __init__(self, label: _Optional[str] = ..., name: _Optional[str] = ..., weight: _Optional[float] = ..., score: _Optional[float] = ..., sub_scores: _Optional[_Mapping[str, float]] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class ScoredRollout(_message.Message):
-    __slots__ = ("rollout", "raw_score", "normalized_score", "scorer", "components")
+    __slots__ = ("rollout", "raw_score", "normalized_score", "scorer", "components", "worker")
     ROLLOUT_FIELD_NUMBER: _ClassVar[int]
     RAW_SCORE_FIELD_NUMBER: _ClassVar[int]
     NORMALIZED_SCORE_FIELD_NUMBER: _ClassVar[int]
     SCORER_FIELD_NUMBER: _ClassVar[int]
     COMPONENTS_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
     rollout: _rollout_pb2.Rollout
     raw_score: float
     normalized_score: float
     scorer: str
     components: _containers.RepeatedCompositeFieldContainer[RewardComponent]
-    def __init__(self, rollout: _Optional[_Union[_rollout_pb2.Rollout, _Mapping]] = ..., raw_score: _Optional[float] = ..., normalized_score: _Optional[float] = ..., scorer: _Optional[str] = ..., components: _Optional[_Iterable[_Union[RewardComponent, _Mapping]]] = ...) -> None: ...
+    worker: str
+    def __init__(self, rollout: _Optional[_Union[_rollout_pb2.Rollout, _Mapping]] = ..., raw_score: _Optional[float] = ..., normalized_score: _Optional[float] = ..., scorer: _Optional[str] = ..., components: _Optional[_Iterable[_Union[RewardComponent, _Mapping]]] = ..., worker: _Optional[str] = ...) -> None: ...
