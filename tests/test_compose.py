@@ -1,5 +1,6 @@
 """docker-compose files: valid against the Compose specification, and the same topology as
-`llamafleet up` (no Docker engine runs here, so the containers themselves are not started).
+`llamafleet up`. The containers themselves are started by scripts/compose_smoke.sh (a Docker
+daemon, the images, the demo's SFT and PPO jobs through them); these checks need no Docker.
 
 The schema is the Compose specification's JSON schema as shipped in the docker-compose 1.29.2
 wheel; scripts/setup.sh extracts it to .venv/share/compose-spec/compose_spec.json.
@@ -123,3 +124,49 @@ def test_dockerfile_has_a_target_per_service():
     for name in cluster.SERVICES:
         assert re.search(rf"^FROM base AS {name}$", text, re.M)
         assert f'"services.{name}"' in text
+
+
+def _dockerfile_targets() -> dict[str, str]:
+    """Target name -> its lines, from compose/Dockerfile."""
+    targets, name = {}, None
+    for line in (COMPOSE / "Dockerfile").read_text().splitlines():
+        if m := re.match(r"FROM \S+ AS (\w+)$", line):
+            name = m.group(1)
+            targets[name] = ""
+        elif name:
+            targets[name] += line + "\n"
+    return targets
+
+
+def test_the_public_images_stay_the_defaults():
+    text = (COMPOSE / "Dockerfile").read_text()
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim$", text, re.M)
+    assert re.search(r"^FROM \$\{BASE_IMAGE\} AS base$", text, re.M)
+    services = _load("docker-compose.yaml")["services"]
+    assert services["redis"]["image"] == "${LLAMAFLEET_REDIS_IMAGE:-redis:7}"
+    for name in cluster.SERVICES:
+        args = services[name]["build"]["args"]
+        assert args["BASE_IMAGE"] == "${LLAMAFLEET_BASE_IMAGE:-python:3.11-slim}"
+
+
+def test_state_lives_in_the_volumes_and_the_services_are_not_root():
+    """Each service's state folder is on its volume (data, training) or under the folder the
+    image gives its user (the workers' adapter caches); the image and the compose file name the
+    same folders, so `docker run` of an image keeps its state in the same place."""
+    services = _load("docker-compose.yaml")["services"]
+    targets = _dockerfile_targets()
+    state = {"data": "datasets_dir", "training": "jobs_dir", "rollout": "adapter_cache_dir",
+             "reward": "adapter_cache_dir"}  # fmt: skip
+    base = targets["base"]
+    assert "useradd --create-home --uid 10001 llamafleet" in base
+    assert re.search(r"chown llamafleet:llamafleet /var/lib/llamafleet /models", base)
+    for name, key in state.items():
+        env_key = f"LLAMAFLEET_{name.upper()}_{key.upper()}"
+        folder = services[name]["environment"][env_key]
+        assert folder.startswith("/var/lib/llamafleet/"), (name, folder)
+        assert f"ENV {env_key}={folder}" in targets[name]  # the image says the same
+        volumes = {v.split(":")[1]: v.split(":")[0] for v in services[name].get("volumes", [])}
+        if name in ("data", "training"):  # state that must outlive the container
+            assert volumes.get("/var/lib/llamafleet") in ("datasets", "jobs"), name
+        users = re.findall(r"^USER (\S+)$", base + targets[name], re.M)
+        assert users[-1] == "llamafleet", name

@@ -150,7 +150,10 @@ def test_killed_consumer_item_is_redelivered_and_committed_once(r, redis_url):
             marker,
         ],
         cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "clients/python")]),
+        },
     )
     try:
         assert wait_for(lambda: r.get(marker), 15, "the worker to take the item") == b"job:0:1:0:0"
