@@ -283,7 +283,7 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--training", required=True)
     parser.add_argument("--redis-url", required=True)
-    parser.add_argument("--ppo-steps", type=int, default=8)
+    parser.add_argument("--ppo-steps", type=int, default=6)
     args = parser.parse_args()
     addresses = {"data": args.data, "training": args.training}
     with Client(addresses, token=os.environ["LLAMAFLEET_TOKEN"], timeout=120) as client:

@@ -21,7 +21,7 @@
 #                                 the registry answers, else one built here from Debian's
 #                                 repository with debootstrap (plus redis-server for the redis
 #                                 service, in place of redis:7)
-#   LLAMAFLEET_SMOKE_PPO_STEPS=N  PPO steps (default 8)
+#   LLAMAFLEET_SMOKE_PPO_STEPS=N  PPO steps (default 6)
 # Exit status 0: every check passed; 1: a check failed (the message says which); 3: no Docker
 # engine can run here (not root and no daemon), with the reason.
 set -euo pipefail
@@ -29,9 +29,20 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 START=$(date +%s)
 stamp() { echo "== [$(($(date +%s) - START))s] $*"; }
+# Long steps run in the background and are waited for: bash runs a trap only between commands,
+# so a TERM (CI's timeout) during a foreground `docker-compose build` would wait for the build.
+CHILD=""
+run() { "$@" & CHILD=$!; wait "$CHILD"; local rc=$?; CHILD=""; return "$rc"; }
+TIMINGS=()
+timed() {  # timed NAME COMMAND...: run it, record its seconds
+  local name=$1 t0=$(date +%s); shift
+  run "$@" || return $?
+  TIMINGS+=("$name=$(($(date +%s) - t0))s")
+}
 die() { echo "compose_smoke: $*" >&2; exit 1; }
 
-bash scripts/setup.sh
+# the driver needs the client (grpc, redis-py, the stubs): set up once; CI's test.sh did already
+[ -x .venv/bin/python ] || bash scripts/setup.sh
 VPY=$ROOT/.venv/bin/python
 
 SCRATCH=$(mktemp -d /var/tmp/llamafleet-smoke.XXXXXX)
@@ -66,6 +77,7 @@ restore_firewall() {
 cleanup() {
   local rc=$?
   set +e
+  [ -n "$CHILD" ] && kill "$CHILD" 2>/dev/null && wait "$CHILD" 2>/dev/null
   if [ ${#COMPOSE[@]} -gt 0 ] && docker info >/dev/null 2>&1; then
     stamp "cleanup: compose down -v"
     "${COMPOSE[@]}" down -v --remove-orphans -t 5 >/dev/null 2>&1
@@ -175,7 +187,7 @@ if [ -z "${LLAMAFLEET_BASE_IMAGE:-}" ]; then
     stamp "registry reachable: python:3.11-slim and redis:7"
     export LLAMAFLEET_BASE_IMAGE=python:3.11-slim LLAMAFLEET_REDIS_IMAGE=redis:7
   else
-    build_local_base
+    timed base_images build_local_base
     build_local_redis
     export LLAMAFLEET_BASE_IMAGE=$LOCAL_BASE LLAMAFLEET_REDIS_IMAGE=$LOCAL_REDIS
   fi
@@ -202,7 +214,8 @@ export LLAMAFLEET_TOKEN=${LLAMAFLEET_TOKEN:-$(head -c 16 /dev/urandom | od -An -
 export LLAMAFLEET_DATA_HOST_PORT=$(free_port) LLAMAFLEET_TRAINING_HOST_PORT=$(free_port)
 SMOKE_REDIS_PORT=$(free_port)
 # the smoke run's additions: Redis published on loopback (the driver counts from it), short
-# leases so that a killed worker's items are re-claimed within seconds
+# leases so that a killed worker's items are re-claimed within seconds, one torch thread per
+# worker (four workers and a training job share this machine's cores; as `llamafleet up` does)
 cat >"$SCRATCH/smoke.yaml" <<EOF
 services:
   redis:
@@ -210,24 +223,28 @@ services:
   rollout:
     environment:
       LLAMAFLEET_ROLLOUT_WORKER_LEASE_MS: "3000"
+      OMP_NUM_THREADS: "1"
   reward:
     environment:
       LLAMAFLEET_REWARD_LEASE_MS: "3000"
       LLAMAFLEET_REWARD_WORKER_THREADS: "2"
+      OMP_NUM_THREADS: "1"
 EOF
 COMPOSE=("${COMPOSE_CMD[@]}" -p "$PROJECT" -f compose/docker-compose.yaml -f "$SCRATCH/smoke.yaml")
 export LLAMAFLEET_BASE_MODEL=/models/tiny
 
+"${COMPOSE[@]}" down -v --remove-orphans -t 5 >/dev/null 2>&1 || true  # a run cut short before
 stamp "building the images (base $LLAMAFLEET_BASE_IMAGE)"
 build_start=$(date +%s)
-"${COMPOSE[@]}" build >"$SCRATCH/build.log" 2>&1 || { tail -40 "$SCRATCH/build.log" >&2; die "build failed"; }
+run "${COMPOSE[@]}" build >"$SCRATCH/build.log" 2>&1 || { tail -40 "$SCRATCH/build.log" >&2; die "build failed"; }
 # compose names them <project>_<service> (v1) or <project>-<service> (v2)
 mapfile -t BUILT_IMAGES < <(docker images --format '{{.Repository}}:{{.Tag}}' | grep -E "^$PROJECT[-_]")
 BUILD_S=$(($(date +%s) - build_start))
+TIMINGS+=("build=${BUILD_S}s")
 stamp "images built in ${BUILD_S}s"
 
 stamp "tiny model into the models volume"
-"${COMPOSE[@]}" run --rm --no-deps -T training llamafleet tiny-model /models/tiny --size tiny --force
+timed tiny_model "${COMPOSE[@]}" run --rm --no-deps -T training llamafleet tiny-model /models/tiny --size tiny --force
 
 wait_healthy() {  # every container of the project healthy (redis included), or fail
   local deadline=$(($(date +%s) + ${1:-300})) ids states
@@ -249,32 +266,37 @@ wait_healthy() {  # every container of the project healthy (redis included), or 
 
 stamp "up --scale rollout=2 --scale reward=2 (base /models/tiny)"
 up_start=$(date +%s)
-"${COMPOSE[@]}" up -d --scale rollout=2 --scale reward=2
-wait_healthy 300
+run "${COMPOSE[@]}" up -d --scale rollout=2 --scale reward=2
+run wait_healthy 300
 UP_S=$(($(date +%s) - up_start))
+TIMINGS+=("up=${UP_S}s")
 stamp "all 7 containers healthy in ${UP_S}s"
 
 "${COMPOSE[@]}" ps
 export SMOKE_REDIS_URL="redis://127.0.0.1:$SMOKE_REDIS_PORT/0"
 export SMOKE_COMPOSE="${COMPOSE[*]}"
-driver() {
-  "$VPY" scripts/compose_smoke.py "$1" --data "127.0.0.1:$LLAMAFLEET_DATA_HOST_PORT" \
+driver() {  # this checkout's client code, whatever the virtualenv was installed from
+  PYTHONPATH="$ROOT:$ROOT/clients/python${PYTHONPATH:+:$PYTHONPATH}" \
+    "$VPY" scripts/compose_smoke.py "$1" --data "127.0.0.1:$LLAMAFLEET_DATA_HOST_PORT" \
     --training "127.0.0.1:$LLAMAFLEET_TRAINING_HOST_PORT" --redis-url "$SMOKE_REDIS_URL" \
-    --ppo-steps "${LLAMAFLEET_SMOKE_PPO_STEPS:-8}"
+    --ppo-steps "${LLAMAFLEET_SMOKE_PPO_STEPS:-6}"
 }
 
 stamp "SFT job through the containers"
-driver sft
+timed sft driver sft
 
 stamp "restart the workers with the SFT model as their base"
 export LLAMAFLEET_BASE_MODEL=/models/smoke-sft
-"${COMPOSE[@]}" up -d --scale rollout=2 --scale reward=2
-wait_healthy 300
+restart_start=$(date +%s)
+run "${COMPOSE[@]}" up -d --scale rollout=2 --scale reward=2
+run wait_healthy 300
+TIMINGS+=("restart=$(($(date +%s) - restart_start))s")
 
 stamp "container users and state volumes"
-driver inspect
+run driver inspect
 
 stamp "PPO job: rollouts and scores from the scaled containers, one rollout container killed"
-driver ppo
+timed ppo driver ppo
 
-stamp "PASSED: build ${BUILD_S}s, up ${UP_S}s, total $(($(date +%s) - START))s"
+TIMINGS+=("total=$(($(date +%s) - START))s")
+stamp "PASSED; TIMINGS ${TIMINGS[*]}; load average $(cut -d' ' -f1-3 /proc/loadavg)"

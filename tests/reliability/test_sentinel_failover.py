@@ -23,6 +23,7 @@ import time
 
 import pytest
 import redis
+from llamafleet import cluster
 from llamafleet.reward.v1 import reward_pb2
 from llamafleet.rollout.v1 import rollout_pb2
 from reliability_harness import (
@@ -268,3 +269,5 @@ def test_the_reward_service_scores_through_a_failover(sentinels, tmp_path, procs
     assert all(s.raw_score == (1.0 if s.rollout.completion_text == "yes" else 0.0) for s in results)
     assert all(s.worker.startswith(socket.gethostname() + ":") for s in results)
     assert svc.proc.poll() is None, svc.tail()
+    # the CLI's side (`llamafleet status`, `deadletters --redis-url`) reads the same URL
+    assert cluster.redis_for(tmp_path, sentinels.url).xlen(reward_results_stream(JOB)) == 80
