@@ -200,7 +200,14 @@ for d in $("$VPY" -m pip config get global.find-links 2>/dev/null) ${LLAMAFLEET_
   compgen -G "$d/torch-2.13.0*.whl" >/dev/null && WHEELS=$d
 done
 if [ -n "$WHEELS" ]; then
-  GATEWAY=$(docker network inspect bridge -f '{{(index .IPAM.Config 0).Gateway}}')
+  # the host's address on the default bridge (a new daemon's network inspect may leave the
+  # gateway out: then the bridge interface's own address)
+  GATEWAY=$(docker network inspect bridge -f '{{range .IPAM.Config}}{{.Gateway}}{{end}}' 2>/dev/null || true)
+  if [ -z "$GATEWAY" ]; then
+    bridge=$(docker network inspect bridge -f '{{index .Options "com.docker.network.bridge.name"}}')
+    GATEWAY=$(ip -4 -o addr show "${bridge:-docker0}" | awk '{print $4}' | cut -d/ -f1 | head -1)
+  fi
+  [ -n "$GATEWAY" ] || die "cannot tell the Docker bridge's address (to lend the torch wheel)"
   PORT=$("$VPY" -c 'from llamafleet.redis_local import free_port; print(free_port())')
   python3 -m http.server --bind "$GATEWAY" --directory "$WHEELS" "$PORT" >"$SCRATCH/http.log" 2>&1 &
   HTTP_PID=$!

@@ -62,6 +62,8 @@ VARIANTS = {
                                       "--set", "rollout.autoscaling.enabled=false",
                                       "--set", "reward.autoscaling.enabled=false",
                                       "--set", "auth.existingSecret=my-token"],
+    "redis-url-in-a-secret": ["--set", "redis.urlSecret.name=redis-url",
+                              "--set", "redis.address=redis.example:6379"],
 }  # fmt: skip
 
 
@@ -172,9 +174,25 @@ def test_the_schema_checks_catch_mistakes(rendered):
         validate(deployment)
 
 
-def test_a_token_is_required():
+def test_what_the_values_lack_is_said():
     with pytest.raises(RuntimeError, match="auth.token"):
         render(token=False)
+    with pytest.raises(RuntimeError, match="redis.address .* is required"):
+        render("--set", "redis.urlSecret.name=redis-url")
+    with pytest.raises(RuntimeError, match="tls.secretName is required"):
+        render("--set", "tls.enabled=true")
+
+
+def test_a_redis_url_from_a_secret_reaches_the_services_and_keda(rendered):
+    objs = rendered["redis-url-in-a-secret"]
+    for name in cluster.USES_REDIS:
+        env = {e["name"]: e for e in container(objs, name)["env"]}
+        ref = env[f"LLAMAFLEET_{name.upper()}_REDIS_URL"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "redis-url", "key": "url"}
+    for scaled in by_kind(objs, "ScaledObject").values():
+        assert {t["metadata"]["address"] for t in scaled["spec"]["triggers"]} == {
+            "redis.example:6379"}  # fmt: skip
+    assert "redis" not in by_kind(objs, "StatefulSet")
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -194,7 +212,7 @@ def test_same_services_ports_and_settings_as_compose(rendered, variant):
         # the keys compose sets, Kubernetes sets too (Redis, peers, state folders)
         compose_keys = {k for k in COMPOSE[name]["environment"] if k.startswith(prefix)}
         assert compose_keys <= {k for k in env if k.startswith(prefix)}, name
-        if name in cluster.USES_REDIS:
+        if name in cluster.USES_REDIS and config.redis_url != "tok":  # "tok": from a Secret
             redis_urls.check(config.redis_url)
     train = load_config(TrainingConfig, "training", [], settings_env(container(objs, "training")))
     assert train.data_address == f"lf-data:{services['data']['spec']['ports'][0]['port']}"
