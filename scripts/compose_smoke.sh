@@ -208,7 +208,16 @@ if [ -n "$WHEELS" ]; then
     GATEWAY=$(ip -4 -o addr show "${bridge:-docker0}" | awk '{print $4}' | cut -d/ -f1 | head -1)
   fi
   [ -n "$GATEWAY" ] || die "cannot tell the Docker bridge's address (to lend the torch wheel)"
-  PORT=$("$VPY" -c 'from llamafleet.redis_local import free_port; print(free_port())')
+  # a fixed port when free: the URL is a build argument, part of the layer cache's key, so a
+  # new port each run would rebuild torch and everything after it
+  PORT=$("$VPY" -c "
+import socket
+from llamafleet.redis_local import free_port
+with socket.socket() as s:
+    try:
+        s.bind(('$GATEWAY', 38117)); print(38117)
+    except OSError:
+        print(free_port())")
   python3 -m http.server --bind "$GATEWAY" --directory "$WHEELS" "$PORT" >"$SCRATCH/http.log" 2>&1 &
   HTTP_PID=$!
   export LLAMAFLEET_TORCH_FIND_LINKS="http://$GATEWAY:$PORT/"
