@@ -83,6 +83,8 @@ cleanup() {
     "${COMPOSE[@]}" down -v --remove-orphans -t 5 >/dev/null 2>&1
     if [ -z "${LLAMAFLEET_DOCKER_CACHE:-}" ] && [ ${#BUILT_IMAGES[@]} -gt 0 ]; then
       docker image rm -f "${BUILT_IMAGES[@]}" >/dev/null 2>&1
+    elif [ -n "${LLAMAFLEET_DOCKER_CACHE:-}" ]; then
+      docker image prune -f >/dev/null 2>&1  # earlier builds' layers: the cache does not grow
     fi
   fi
   [ -n "$HTTP_PID" ] && kill "$HTTP_PID" 2>/dev/null && wait "$HTTP_PID" 2>/dev/null
