@@ -41,6 +41,10 @@ timed() {  # timed NAME COMMAND...: run it, record its seconds
 }
 die() { echo "compose_smoke: $*" >&2; exit 1; }
 
+if ! docker info >/dev/null 2>&1 && [ "$(id -u)" != 0 ]; then
+  echo "compose_smoke: SKIP: no Docker daemon answers and starting one needs root" >&2
+  exit 3
+fi
 # the driver needs the client (grpc, redis-py, the stubs): set up once; CI's test.sh did already
 [ -x .venv/bin/python ] || bash scripts/setup.sh
 VPY=$ROOT/.venv/bin/python
