@@ -47,12 +47,20 @@ class ServerConfig:
     grace_s: float = 10.0  # in-flight calls get this long to finish on stop
     log_level: str = "INFO"
     log_file: str = ""
+    # -- request bounds (services/common/limits.py), checked before any work
+    max_id_chars: int = 128  # job, dataset and adapter ids
+    max_name_chars: int = 256  # scorer, template and module names
+    max_path_chars: int = 1024  # file and folder paths in requests
+    max_list_items: int = 256  # items of a repeated field (paths, modules, job states)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port: {self.port} is not a TCP port (0-65535)")
         if self.max_concurrent_rpcs < 1:
             raise ConfigError("max_concurrent_rpcs: must be at least 1")
+        for key in ("max_id_chars", "max_name_chars", "max_path_chars", "max_list_items"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must be at least 1")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("tls_cert and tls_key: set both or neither")
         if self.tls_client_ca and not self.tls_cert:

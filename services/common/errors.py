@@ -66,6 +66,13 @@ class ResourceExhausted(LlamafleetError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class PermissionDenied(LlamafleetError):
+    """The caller named something outside what the service's owner allowed (a path outside the
+    configured roots, a device file); the message names the field and the allowed roots."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class Unauthenticated(LlamafleetError):
     code = grpc.StatusCode.UNAUTHENTICATED
 
@@ -87,30 +94,67 @@ def invalid(field_path: str, description: str, reason: str = "INVALID_ARGUMENT")
     )
 
 
+def shorten(value: object, limit: int = 48) -> str:
+    """``repr`` of at most ``limit`` characters of ``value``, saying how long it really was: an
+    error message quotes a short prefix of a bad value, never the value (a 4 KB id must not make
+    kilobytes of trailers)."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+# What one error may put in the trailers. gRPC refuses trailers past its metadata limit (8 KiB
+# by default on the receiving side) and the client then sees RESOURCE_EXHAUSTED instead of the
+# real code; the message is sent twice (grpc-message and inside grpc-status-details-bin, base64).
+MAX_MESSAGE_CHARS = 1024
+MAX_DETAIL_BYTES = 2048
+MAX_FIELD_CHARS = 200
+MAX_DESCRIPTION_CHARS = 300
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 30] + f"... ({len(text)} characters)"
+
+
 def to_rpc_status(error: LlamafleetError) -> status_pb2.Status:
-    """The ``google.rpc.Status`` for ``error``, with ErrorInfo and (if any) BadRequest details."""
+    """The ``google.rpc.Status`` for ``error``, with ErrorInfo and (if any) BadRequest details.
+
+    Sizes are capped here, whatever the raising code put in: the message to ``MAX_MESSAGE_CHARS``,
+    each violation's strings and the ErrorInfo metadata values, and the violations to as many as
+    fit in ``MAX_DETAIL_BYTES`` (the count of the ones left out is added).
+    """
     details = []
     info = error_details_pb2.ErrorInfo(
-        reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
+        reason=_clip(error.reason, MAX_FIELD_CHARS),
+        domain=ERROR_DOMAIN,
+        metadata={
+            _clip(k, MAX_FIELD_CHARS): _clip(v, MAX_DESCRIPTION_CHARS)
+            for k, v in list(error.metadata.items())[:8]
+        },
     )
     details.append(info)
     if error.violations:
-        details.append(
-            error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(
-                        field=v.field, description=v.description
-                    )
-                    for v in error.violations
-                ]
+        bad = error_details_pb2.BadRequest()
+        for i, v in enumerate(error.violations):
+            item = error_details_pb2.BadRequest.FieldViolation(
+                field=_clip(v.field, MAX_FIELD_CHARS),
+                description=_clip(v.description, MAX_DESCRIPTION_CHARS),
             )
-        )
+            if bad.ByteSize() + item.ByteSize() > MAX_DETAIL_BYTES - 80:
+                bad.field_violations.add(
+                    field="...", description=f"{len(error.violations) - i} more not shown"
+                )
+                break
+            bad.field_violations.append(item)
+        details.append(bad)
     packed = []
     for detail in details:
         any_msg = any_pb2.Any()
         any_msg.Pack(detail)
         packed.append(any_msg)
-    return status_pb2.Status(code=error.code.value[0], message=str(error), details=packed)
+    message = _clip(str(error), MAX_MESSAGE_CHARS)
+    return status_pb2.Status(code=error.code.value[0], message=message, details=packed)
 
 
 def internal_status(request_id: str) -> status_pb2.Status:

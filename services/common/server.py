@@ -2,11 +2,13 @@
 
 ``ServiceHost`` wires what each service would otherwise repeat:
 - health (``grpc.health.v1``; every registered service SERVING, all NOT_SERVING for
-  ``shutdown_delay_s`` before a graceful stop so load balancers drain first) and reflection;
+  ``shutdown_delay_s`` before a graceful stop so load balancers drain first) and reflection
+  (``grpc.reflection.v1`` and ``v1alpha``, ``reflection.py``);
 - ``grpc.so_reuseport=0`` (another process must not silently share the port), explicit message
   size limits, and ``maximum_concurrent_rpcs`` (RESOURCE_EXHAUSTED past it, from grpc itself);
 - one interceptor (``_Guard``) that, per call: tags logs with a request id, checks the bearer
-  token (UNAUTHENTICATED), turns an undecodable request body into INVALID_ARGUMENT, maps the
+  token (UNAUTHENTICATED; the scheme case-insensitively, RFC 6750), turns an undecodable request
+  body into INVALID_ARGUMENT (with an ``ErrorInfo``), maps the
   project's exceptions (``errors.py``) to status codes with ``google.rpc`` details, and turns
   anything unexpected into INTERNAL with the traceback logged, never sent;
 - optional TLS and mutual TLS.
@@ -32,11 +34,16 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
+from services.common import reflection
 from services.common.config import ServerConfig
-from services.common.errors import LlamafleetError, internal_status, to_rpc_status
+from services.common.errors import (
+    InvalidArgument,
+    LlamafleetError,
+    internal_status,
+    to_rpc_status,
+)
 from services.common.logs import request_id_var
 
 logger = logging.getLogger(__name__)
@@ -77,7 +84,11 @@ class _Guard(grpc.aio.ServerInterceptor):
         for key, value in details.invocation_metadata or ():
             if key == "authorization":
                 given = value.encode() if isinstance(value, str) else value
-                return hmac.compare_digest(given, b"Bearer " + self._token)
+                # RFC 6750 (via RFC 7235): the auth scheme is case-insensitive.
+                scheme, _, credential = given.strip().partition(b" ")
+                if scheme.lower() != b"bearer":
+                    return False
+                return hmac.compare_digest(credential.strip(), self._token)
         return False
 
     async def intercept_service(self, continuation, details):
@@ -158,10 +169,13 @@ async def _precheck(request, context, method: str, authorized: bool) -> None:
         )
     if isinstance(request, _Undecodable):
         logger.info("undecodable request to %s (%s)", method, request.error)
-        await context.abort(
-            grpc.StatusCode.INVALID_ARGUMENT,
+        error = InvalidArgument(
             f"request body for {method} is not a valid {request.type_name} message",
+            reason="UNDECODABLE_REQUEST",
+            metadata={"type": request.type_name, "error": request.error},
         )
+        status = rpc_status.to_status(to_rpc_status(error))
+        await context.abort(status.code, status.details, status.trailing_metadata)
 
 
 async def _abort_for(exc: Exception, context, method: str, request_id: str) -> None:
@@ -210,8 +224,7 @@ class ServiceHost:
         )
         names = list(self._register(server))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        names_for_reflection = [*names, health.SERVICE_NAME, reflection.SERVICE_NAME]
-        reflection.enable_server_reflection(names_for_reflection, server)
+        reflection.enable([*names, health.SERVICE_NAME], server)
         bind = f"{_bracket(cfg.host)}:{cfg.port}"
         if cfg.tls_cert:
             credentials = grpc.ssl_server_credentials(

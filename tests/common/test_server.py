@@ -108,6 +108,9 @@ def test_malformed_body_is_invalid_argument_and_service_keeps_serving():
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "not a valid" in err.value.details()
             assert "DecodeError" not in err.value.details()
+            info = error_details_pb2.ErrorInfo()
+            assert rpc_status.from_call(err.value).details[0].Unpack(info)
+            assert info.reason == "UNDECODABLE_REQUEST" and info.domain == "llamafleet.dev"
             stub = pb_grpc.DataServiceStub(channel)
             await stub.GetDataset(pb.GetDatasetRequest(), timeout=5)
         await host.stop(grace=0)
@@ -205,9 +208,19 @@ def test_bearer_token_required_except_for_health():
                 async for _ in stub.StreamBatches(pb.StreamBatchesRequest(), timeout=5):
                     pass
             codes["stream"] = err.value.code()
-            await stub.GetDataset(
-                pb.GetDatasetRequest(), timeout=5, metadata=[("authorization", "Bearer s3cret")]
-            )
+            # RFC 6750: the scheme is case-insensitive
+            for scheme in ("Bearer", "bearer", "BEARER"):
+                await stub.GetDataset(
+                    pb.GetDatasetRequest(),
+                    timeout=5,
+                    metadata=[("authorization", f"{scheme} s3cret")],
+                )
+            for label, value in [("other scheme", "Basic s3cret"), ("prefix", "Bearer s3cre")]:
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await stub.GetDataset(
+                        pb.GetDatasetRequest(), timeout=5, metadata=[("authorization", value)]
+                    )
+                codes[label] = err.value.code()
             health = health_pb2_grpc.HealthStub(channel)
             reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
@@ -250,6 +263,65 @@ def test_reflection_lists_the_services():
 
     names = _run(scenario())
     assert {SERVICE, "grpc.health.v1.Health"} <= names
+
+
+def test_reflection_v1_beside_v1alpha():
+    """grpc.reflection.v1 (what grpcurl and newer clients ask first) answers like v1alpha, and
+    describes itself. The v1 messages are v1alpha's under another package: same bytes."""
+    from google.protobuf import descriptor_pb2
+
+    async def scenario():
+        host = await _start(ProbeServicer())
+        replies = {}
+        async with grpc.aio.insecure_channel(host.address) as channel:
+            call = channel.stream_stream(
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+            )
+            requests = [
+                reflection_pb2.ServerReflectionRequest(list_services=""),
+                reflection_pb2.ServerReflectionRequest(
+                    file_containing_symbol="grpc.reflection.v1.ServerReflection"
+                ),
+                reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE),
+            ]
+            async for reply in call(iter(requests), timeout=5):
+                replies[
+                    reply.original_request.WhichOneof("message_request") + str(len(replies))
+                ] = reply
+        await host.stop(grace=0)
+        return list(replies.values())
+
+    listed, v1_file, service_file = _run(scenario())
+    names = {s.name for s in listed.list_services_response.service}
+    assert {SERVICE, "grpc.reflection.v1.ServerReflection"} <= names
+    assert "grpc.reflection.v1alpha.ServerReflection" in names
+    proto = descriptor_pb2.FileDescriptorProto.FromString(
+        v1_file.file_descriptor_response.file_descriptor_proto[0]
+    )
+    assert proto.package == "grpc.reflection.v1"
+    assert proto.service[0].method[0].input_type == ".grpc.reflection.v1.ServerReflectionRequest"
+    assert service_file.file_descriptor_response.file_descriptor_proto
+
+
+def test_oversized_error_details_are_capped_so_the_real_code_arrives():
+    """A 4 KB bad value quoted in a message and in many violations would make trailers past
+    gRPC's 8 KiB metadata limit (the client then sees RESOURCE_EXHAUSTED): capped at the source."""
+    huge = "x" * 4096
+    error = errors.InvalidArgument(
+        f"bad id {huge}",
+        reason="BAD",
+        violations=[errors.FieldViolation(f"f{i}.{huge}", huge) for i in range(50)],
+        metadata={"value": huge},
+    )
+    status = errors.to_rpc_status(error)
+    assert len(status.SerializeToString()) < 4096
+    assert status.message.startswith("bad id xxx") and "characters)" in status.message
+    bad = error_details_pb2.BadRequest()
+    assert status.details[1].Unpack(bad)
+    assert "more not shown" in bad.field_violations[-1].description
+    assert errors.shorten(huge) == repr("x" * 48) + "... (4096 characters)"
 
 
 def test_port_cannot_be_shared_with_another_server():
