@@ -36,6 +36,7 @@ class SourceSpec:
     format: FormatSpec
     file_type: str = ""
     max_samples: int | None = None
+    read_limits: src.ReadLimits = src.DEFAULT_READ_LIMITS
 
 
 @dataclass(frozen=True)
@@ -113,8 +114,14 @@ def load_tokenizer(path: str) -> Any:
         raise invalid("tokenization.tokenizer_path", f"{path!r} is not a local model folder")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    except (OSError, ValueError) as exc:
-        raise invalid("tokenization.tokenizer_path", f"cannot load a tokenizer: {exc}") from None
+    except Exception as exc:  # a user's folder: broken JSON, wrong types, ...
+        # transformers and tokenizers raise whatever their parsers raise for a broken
+        # tokenizer.json or a tokenizer_config.json with odd values (TypeError, AttributeError,
+        # the Rust side's plain Exception): all of them mean "this folder is not a tokenizer".
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        raise invalid(
+            "tokenization.tokenizer_path", f"cannot load a tokenizer from {path}: {detail}"
+        ) from None
     if not getattr(tokenizer, "is_fast", False):
         raise FailedPrecondition(f"{path}: a fast tokenizer (tokenizer.json) is needed")
     return tokenizer
@@ -171,7 +178,7 @@ def iter_records(source: SourceSpec, seed: int, lazy: bool) -> Iterator[src.Reco
     """Records of one source; ``max_samples`` after a seeded shuffle (seed != 0, not lazy)."""
     files = src.expand(list(source.paths))
     text_col = source.format.column("prompt") if source.format.format == "text" else "text"
-    records = src.iter_records(files, source.file_type, text_col)
+    records = src.iter_records(files, source.file_type, text_col, source.read_limits)
     limit = source.max_samples
     if limit is None:
         yield from records

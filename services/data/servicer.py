@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 
 from google.protobuf import json_format
 from llamafleet.common.v1 import common_pb2
@@ -18,14 +19,15 @@ from llamafleet.data.v1 import data_service_pb2 as pb
 from llamafleet.data.v1 import data_service_pb2_grpc
 
 from services.common.errors import FieldViolation, InvalidArgument, invalid
+from services.data import access, registry
 from services.data import batches as bt
-from services.data import registry
 from services.data.config import DataConfig
 from services.data.datasets import Datasets, make_encoder
 from services.data.encode import EncodeOptions, trained_spans
 from services.data.formats import FormatSpec, RowError, to_example
 from services.data.pipeline import DataSpec, SourceSpec, format_for_kind, resolve_kind
 from services.data.prepare import check_spec
+from services.data.sources import ReadLimits
 from services.data.store import DatasetMeta, check_id
 
 logger = logging.getLogger(__name__)
@@ -74,6 +76,7 @@ _COLUMN_KEYS = (
     "audios",
 )
 _TAG_KEYS = tuple(f.name for f in d.RoleTags.DESCRIPTOR.fields)
+_PAGE_BYTES = 2 << 20  # a ListDatasets page stops growing past this (the limit is 4 MiB)
 
 
 def _known(table: dict, value: int, field_path: str, enum) -> None:
@@ -117,7 +120,9 @@ def _encode_options(tok: d.TokenizationOptions, config: DataConfig) -> EncodeOpt
 
 
 def to_domain(spec: d.DatasetSpec, config: DataConfig) -> tuple[DataSpec, d.DatasetSpec]:
-    """The domain spec and the proto spec with defaults filled in."""
+    """The domain spec and the proto spec with defaults filled in; every path it names resolved
+    under the service's roots (``access.py``)."""
+    access.check_spec_sizes(spec, config)
     if spec.tokenization.cutoff_len < 0:
         raise invalid("spec.tokenization.cutoff_len", "must not be negative")
     if spec.kind:
@@ -127,20 +132,26 @@ def to_domain(spec: d.DatasetSpec, config: DataConfig) -> tuple[DataSpec, d.Data
     for i, s in enumerate(spec.sources):
         field = f"spec.sources[{i}]"
         if s.HasField("registry"):
-            entry = registry.resolve(s.registry.dataset_dir or config.registry_dir, s.registry.name)
+            folder = config.registry_dir
+            if s.registry.dataset_dir:
+                where = f"{field}.registry.dataset_dir"
+                folder = access.registry_dir(s.registry.dataset_dir, where, config)
+            entry = registry.resolve(folder, s.registry.name)
             fmt = _format(s.format, f"{field}.format", entry.format)
-            paths, file_type, limit = tuple(entry.paths), "", entry.num_samples
+            paths = access.source_files(entry.paths, f"{field}.registry.file_name", config)
+            file_type, limit = "", entry.num_samples
         elif s.HasField("files"):
             if not s.files.paths:
                 raise invalid(f"{field}.files.paths", "name at least one file or folder")
             fmt = _format(s.format, f"{field}.format")
             _known(FILE_TYPES, s.files.file_type, f"{field}.files.file_type", d.FileType)
-            paths, file_type, limit = tuple(s.files.paths), FILE_TYPES[s.files.file_type], None
+            paths = access.source_files(list(s.files.paths), f"{field}.files.paths", config)
+            file_type, limit = FILE_TYPES[s.files.file_type], None
         else:
             raise invalid(field, "set files or registry")
         if s.HasField("max_samples"):
             limit = s.max_samples
-        sources.append(SourceSpec(paths, fmt, file_type, limit))
+        sources.append(SourceSpec(paths, fmt, file_type, limit, _read_limits(config)))
     kind = resolve_kind([s.format for s in sources], KINDS.get(spec.kind, ""))
     sources = [
         SourceSpec(
@@ -148,6 +159,7 @@ def to_domain(spec: d.DatasetSpec, config: DataConfig) -> tuple[DataSpec, d.Data
             format_for_kind(s.format, kind, f"spec.sources[{i}].format"),
             s.file_type,
             s.max_samples,
+            s.read_limits,
         )
         for i, s in enumerate(sources)
     ]
@@ -160,7 +172,9 @@ def to_domain(spec: d.DatasetSpec, config: DataConfig) -> tuple[DataSpec, d.Data
     domain = DataSpec(
         sources=tuple(sources),
         kind=kind,
-        tokenizer_path=spec.tokenization.tokenizer_path,
+        tokenizer_path=access.tokenizer_dir(
+            spec.tokenization.tokenizer_path, "spec.tokenization.tokenizer_path", config
+        ),
         encode=_encode_options(spec.tokenization, config),
         packing=spec.packing,
         streaming=spec.streaming,
@@ -170,6 +184,35 @@ def to_domain(spec: d.DatasetSpec, config: DataConfig) -> tuple[DataSpec, d.Data
     )
     check_spec(domain)
     return domain, filled
+
+
+def _bad_record_value(record, exc: ValueError) -> InvalidArgument:
+    """The field of ``record`` (a Struct) holding a number JSON cannot carry."""
+
+    def find(value, path: str) -> str:
+        kind = value.WhichOneof("kind")
+        if kind == "number_value" and not math.isfinite(value.number_value):
+            return path
+        children = ()
+        if kind == "struct_value":
+            children = ((f"{path}.{k}", v) for k, v in value.struct_value.fields.items())
+        elif kind == "list_value":
+            children = ((f"{path}[{i}]", v) for i, v in enumerate(value.list_value.values))
+        for child_path, child in children:
+            if found := find(child, child_path):
+                return found
+        return ""
+
+    where = next((f for k, v in record.fields.items() if (f := find(v, f"record.{k}"))), "record")
+    return InvalidArgument(
+        f"bad record: {where}: not a JSON value (NaN or infinity)",
+        reason="BAD_ROW",
+        violations=[FieldViolation(where, f"not a JSON value: {exc}"[:200])],
+    )
+
+
+def _read_limits(config: DataConfig) -> ReadLimits:
+    return ReadLimits(config.max_record_bytes, config.max_json_file_mb << 20)
 
 
 def _stats_proto(stats: dict) -> d.DatasetStats:
@@ -269,9 +312,22 @@ class DataServicer(data_service_pb2_grpc.DataServiceServicer):
             _known(KINDS, request.kind, "kind", d.ExampleKind)
         kind = resolve_kind([fmt], KINDS.get(request.kind, ""), "kind")
         fmt = format_for_kind(fmt, kind, "format")
+        access.check_tokenization_sizes(request.tokenization, "tokenization", self.config)
         options = _encode_options(request.tokenization, self.config)
-        encoder = make_encoder(request.tokenization.tokenizer_path, options)
-        record = json_format.MessageToDict(request.record)
+        path = request.tokenization.tokenizer_path
+        path = access.tokenizer_dir(path, "tokenization.tokenizer_path", self.config)
+        encoder = make_encoder(path, options)
+        if request.record.ByteSize() > self.config.max_record_bytes:
+            raise invalid(
+                "record",
+                f"{request.record.ByteSize()} bytes; at most {self.config.max_record_bytes} "
+                "(the data service's max_record_bytes)",
+                "TOO_LONG",
+            )
+        try:
+            record = json_format.MessageToDict(request.record)
+        except ValueError as exc:  # NaN / infinity: no JSON value (json_format refuses them)
+            raise _bad_record_value(request.record, exc) from None
         try:
             example = to_example(record, fmt, kind)
             (result,) = encoder.encode([example])
@@ -332,10 +388,16 @@ class DataServicer(data_service_pb2_grpc.DataServiceServicer):
         if start < 0:
             raise invalid("page_token", "not a token from ListDatasets")
         page, more = await asyncio.to_thread(self.datasets.page, start, size)
-        return pb.ListDatasetsResponse(
-            datasets=[dataset_proto(m) for m in page],
-            next_page_token=str(start + size) if more else "",
-        )
+        response = pb.ListDatasetsResponse()
+        for i, meta in enumerate(page):
+            item = dataset_proto(meta)
+            # a page stays well under the message limit, however large the datasets' specs
+            if i and response.ByteSize() + item.ByteSize() > _PAGE_BYTES:
+                response.next_page_token = str(start + i)
+                return response
+            response.datasets.append(item)
+        response.next_page_token = str(start + size) if more else ""
+        return response
 
     async def StreamBatches(self, request: pb.StreamBatchesRequest, context):
         meta = await asyncio.to_thread(self.datasets.get, request.dataset_id)
@@ -362,7 +424,8 @@ class DataServicer(data_service_pb2_grpc.DataServiceServicer):
             raise invalid("split", f"dataset {meta.id!r} has no {split} split")
         spec = None
         if meta.streaming:  # the stored spec, read again (its sources are read as it streams)
-            spec, _ = to_domain(d.DatasetSpec.FromString(meta.spec), self.config)
+            stored = d.DatasetSpec.FromString(meta.spec)  # paths resolved again, off the loop
+            spec, _ = await asyncio.to_thread(to_domain, stored, self.config)
         if request.count_only:
             count = await asyncio.to_thread(self.datasets.count, meta, spec, plan, epoch)
             yield pb.StreamBatchesResponse(num_batches=count)

@@ -6,6 +6,12 @@ Rows are numbered from 1 in each file. A row that cannot be decoded (bad JSON, n
 comes out as a ``Record`` carrying a ``RowError`` instead of being skipped here: the caller's
 bad-row policy decides.
 
+Sizes are bounded while reading (``ReadLimits``): a line longer than ``record_bytes`` is read in
+bounded chunks up to its end and comes out as a ``too_long`` bad row, never held whole; a ``.json``
+file (one document, parsed whole) larger than ``json_bytes`` is one ``too_long`` bad row, never
+read. Nothing here checks where a path points: the service resolves request paths under its
+roots (``access.py``) before they reach this module.
+
 It knows nothing about record formats beyond "a record is a dict".
 """
 
@@ -33,7 +39,20 @@ _EXTENSIONS = {
     ".arrow": "arrow",
     ".txt": "text",
 }
+DATA_SUFFIXES = tuple(_EXTENSIONS)
 _ARROW_BATCH = 1024
+_SKIP_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """How large one record may be (the data service's ``max_record_bytes``/``max_json_file_mb``)."""
+
+    record_bytes: int = 16 << 20  # a line (jsonl, csv, text)
+    json_bytes: int = 256 << 20  # a whole .json file
+
+
+DEFAULT_READ_LIMITS = ReadLimits()
 
 
 @dataclass
@@ -74,21 +93,56 @@ def file_type_of(path: Path, given: str = "") -> str:
     return kind
 
 
-def iter_records(files: list[Path], file_type: str = "", text_column: str = "text"):
+def iter_records(
+    files: list[Path],
+    file_type: str = "",
+    text_column: str = "text",
+    limits: ReadLimits = DEFAULT_READ_LIMITS,
+):
     """All records of ``files`` in order, lazily."""
     for path in files:
         kind = file_type_of(path, file_type)
         reader = _READERS[kind]
         if kind == "text":
-            yield from _text(path, text_column)
+            yield from _text(path, text_column, limits)
         else:
-            yield from reader(path)
+            yield from reader(path, limits)
 
 
-def _jsonl(path: Path) -> Iterator[Record]:
+def bounded_lines(f, limit: int) -> Iterator[bytes | None]:
+    """The lines of binary file ``f`` (newline kept), each at most ``limit`` bytes before its
+    newline; a longer line is skipped in ``_SKIP_CHUNK`` pieces to its end and comes out as
+    None, so it is never held in memory whole."""
+    while True:
+        line = f.readline(limit + 1)
+        if not line:
+            return
+        if len(line) <= limit or line.endswith(b"\n"):
+            yield line
+            continue
+        del line
+        while True:
+            chunk = f.readline(_SKIP_CHUNK)
+            if not chunk or chunk.endswith(b"\n"):
+                break
+        yield None
+
+
+def _too_long(limits: ReadLimits) -> RowError:
+    return RowError(
+        "too_long",
+        "",
+        f"line longer than {limits.record_bytes} bytes (the data service's max_record_bytes)",
+    )
+
+
+def _jsonl(path: Path, limits: ReadLimits) -> Iterator[Record]:
     name = path.name
     with open(path, "rb") as f:
-        for row, line in enumerate(f, start=1):
+        for row, line in enumerate(bounded_lines(f, limits.record_bytes), start=1):
+            if line is None:
+                yield Record(name, row, error=_too_long(limits))
+                continue
             if not line.strip():
                 continue
             try:
@@ -102,18 +156,25 @@ def _jsonl(path: Path) -> Iterator[Record]:
                 yield Record(name, row, error=RowError("invalid_json", "", f"not JSON: {exc.msg}"))
 
 
-def _json(path: Path) -> Iterator[Record]:
+def _json(path: Path, limits: ReadLimits) -> Iterator[Record]:
     name = path.name
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        yield Record(name, 1, error=_utf8_error(exc))
+    size = path.stat().st_size
+    if size > limits.json_bytes:
+        mib = limits.json_bytes >> 20
+        yield Record(
+            name,
+            1,
+            error=RowError(
+                "too_long",
+                "",
+                f"a .json file is parsed whole and this one has {size} bytes, more than "
+                f"{mib} MiB (the data service's max_json_file_mb); write it as .jsonl",
+            ),
+        )
         return
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        yield Record(name, 1, error=RowError("invalid_json", "", f"not JSON: {exc.msg}"))
+    value, error = _parse_json_file(path)
+    if error is not None:
+        yield Record(name, 1, error=error)
         return
     if isinstance(value, dict):
         value = [value]
@@ -124,23 +185,76 @@ def _json(path: Path) -> Iterator[Record]:
         yield Record(name, row, item)
 
 
-def _csv(path: Path) -> Iterator[Record]:
+def _parse_json_file(path: Path) -> tuple[object, RowError | None]:
+    """The parsed document, or the reason it is not one. The bytes and the text are dropped
+    before returning (a failed file must not stay referenced from a suspended generator)."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, _utf8_error(exc)
+    del data
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as exc:
+        return None, RowError("invalid_json", "", f"not JSON: {exc.msg}")  # exc.doc is the text
+    except RecursionError:
+        return None, RowError("invalid_json", "", "not JSON: nested too deeply")
+
+
+class _CsvLines:
+    """Decoded lines for ``csv.reader``, each bounded like ``bounded_lines``; a too-long line is
+    replaced by an empty one (which the reader skips) and counted in ``too_long``."""
+
+    def __init__(self, f, limit: int) -> None:
+        self._lines = bounded_lines(f, limit)
+        self.too_long = 0
+
+    def __iter__(self) -> Iterator[str]:
+        for line in self._lines:
+            if line is None:
+                self.too_long += 1
+                yield "\n"
+            else:
+                yield line.decode("utf-8", errors="surrogateescape")
+
+
+def _csv(path: Path, limits: ReadLimits) -> Iterator[Record]:
     name = path.name
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
-        for row, item in enumerate(csv.DictReader(f), start=1):
-            bad = next(
-                (k for k, v in item.items() if isinstance(v, str) and _has_surrogate(v)), None
-            )
-            if bad is not None:
-                yield Record(name, row, error=RowError("invalid_utf8", bad, "not valid UTF-8"))
-                continue
-            yield Record(name, row, dict(item))
+    csv.field_size_limit(max(limits.record_bytes, 131072))
+    with open(path, "rb") as f:
+        lines = _CsvLines(f, limits.record_bytes)
+        reported = 0
+        row = 0
+        try:
+            for item in csv.DictReader(lines):
+                while reported < lines.too_long:
+                    reported += 1
+                    row += 1
+                    yield Record(name, row, error=_too_long(limits))
+                row += 1
+                bad = next(
+                    (k for k, v in item.items() if isinstance(v, str) and _has_surrogate(v)), None
+                )
+                if bad is not None:
+                    yield Record(name, row, error=RowError("invalid_utf8", bad, "not valid UTF-8"))
+                    continue
+                yield Record(name, row, dict(item))
+        except csv.Error as exc:
+            raise _unreadable(path, "CSV", exc) from None
+        while reported < lines.too_long:
+            reported += 1
+            row += 1
+            yield Record(name, row, error=_too_long(limits))
 
 
-def _text(path: Path, column: str) -> Iterator[Record]:
+def _text(path: Path, column: str, limits: ReadLimits) -> Iterator[Record]:
     name = path.name
     with open(path, "rb") as f:
-        for row, line in enumerate(f, start=1):
+        for row, line in enumerate(bounded_lines(f, limits.record_bytes), start=1):
+            if line is None:
+                yield Record(name, row, error=_too_long(limits))
+                continue
             try:
                 text = line.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as exc:
@@ -160,7 +274,7 @@ def _unreadable(path: Path, what: str, exc: Exception) -> InvalidArgument:
     )
 
 
-def _parquet(path: Path) -> Iterator[Record]:
+def _parquet(path: Path, limits: ReadLimits) -> Iterator[Record]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -175,7 +289,7 @@ def _parquet(path: Path) -> Iterator[Record]:
         raise _unreadable(path, "Parquet", exc) from None
 
 
-def _arrow(path: Path) -> Iterator[Record]:
+def _arrow(path: Path, limits: ReadLimits) -> Iterator[Record]:
     import pyarrow as pa
 
     row = 0

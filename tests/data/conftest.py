@@ -67,10 +67,12 @@ class Server:
 
 
 @pytest.fixture
-def server(tmp_path):
+def server(tmp_path, model_dir):
     config = DataConfig(
         datasets_dir=str(tmp_path / "datasets"),
         registry_dir=str(tmp_path),
+        dataset_roots=str(tmp_path),  # the test's files; nothing else may be read
+        model_roots=str(Path(model_dir).parent),
         shutdown_delay_s=0.0,
         shard_rows=7,  # several shards even for small test sets
         shuffle_buffer=16,

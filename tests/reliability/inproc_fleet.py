@@ -71,8 +71,14 @@ class InProcFleet:
     async def _start(self) -> None:
         w = self.workdir
         self.hosts: list[ServiceHost] = []
+        # the test module's folder (its data files, the tiny model) is what requests may read
+        roots = str(w.parent)
         self.data_config = DataConfig(
-            datasets_dir=str(w / "datasets"), registry_dir=str(w / "registry"), **COMMON
+            datasets_dir=str(w / "datasets"),
+            registry_dir=str(w / "registry"),
+            dataset_roots=roots,
+            model_roots=roots,
+            **COMMON,
         )
         await self._host("data", self.data_config, data_register(self.data_config))
         # training reads job batches from the data service (it refuses jobs without one)

@@ -370,7 +370,12 @@ class ServiceProc:
 def service_args(name: str, workdir: Path) -> list[str]:
     """Keys that keep a service's files inside ``workdir`` (each service has its own)."""
     return {
-        "data": [f"datasets_dir={workdir / 'datasets'}", f"registry_dir={workdir / 'registry'}"],
+        "data": [
+            f"datasets_dir={workdir / 'datasets'}",
+            f"registry_dir={workdir / 'registry'}",
+            f"dataset_roots={workdir.parent}",
+            f"model_roots={workdir.parent}",
+        ],
         "training": [f"jobs_dir={workdir / 'jobs'}"],
         "rollout": [f"adapter_cache_dir={workdir / 'adapters'}"],
         "reward": ["rule_threads=1"],

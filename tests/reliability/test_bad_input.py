@@ -87,14 +87,27 @@ def ctx(tmp_path_factory) -> Ctx:
         "csv_non_utf8": ("bad.csv", b"instruction,output\n\xff\xfe,x\n"),
         "not_array": ("scalar.json", b"42"),
         "not_object": ("strings.jsonl", b'"just a string"\n'),
+        "nan": ("nan.jsonl", b'{"instruction": NaN, "output": "x"}\n'),
     }
     paths = {}
     for key, (name, data) in files.items():
         paths[key] = root / name
         paths[key].write_bytes(data)
+    paths["link"] = root / "link.jsonl"
+    paths["link"].symlink_to("/etc/passwd")
+    paths["fifo"] = root / "fifo.jsonl"
+    os.mkfifo(paths["fifo"])
+    for key, files in {
+        "broken_tokenizer": {"tokenizer.json": "{not json", "tokenizer_config.json": "{}"},
+        "odd_tokenizer": {"tokenizer_config.json": '{"tokenizer_class": 5}'},
+    }.items():
+        paths[key] = root / key
+        paths[key].mkdir()
+        for name, text in files.items():
+            (paths[key] / name).write_text(text)
     for folder, text in (
         ("registry", '{"good": {"file_name": "../good.jsonl"}, "scalar": 5, '
-         '"hub": {"hf_hub_url": "org/data"}}'),
+         '"hub": {"hf_hub_url": "org/data"}, "escape": {"file_name": "../../../../etc/passwd"}}'),
         ("broken-registry", '{"good": {"file_name": '),
     ):  # fmt: skip
         (root / folder).mkdir()
@@ -217,7 +230,31 @@ RPC_CASES = [
     ("rpc", "file path with traversal", DATA, "PrepareDataset",
      lambda ctx: dpb.PrepareDatasetRequest(
          spec=_spec(TRAVERSAL, ctx.model)).SerializeToString(),
-     S.INVALID_ARGUMENT, "sources.files.paths"),
+     S.PERMISSION_DENIED, "spec.sources[0].files.paths[0]"),
+    ("rpc", "absolute file path outside the roots (/etc/passwd)", DATA, "PrepareDataset",
+     lambda ctx: dpb.PrepareDatasetRequest(
+         spec=_spec("/etc/passwd", ctx.model)).SerializeToString(),
+     S.PERMISSION_DENIED, "dataset_roots"),
+    ("rpc", "/proc/self/environ", DATA, "PrepareDataset",
+     lambda ctx: dpb.PrepareDatasetRequest(
+         spec=_spec("/proc/self/environ", ctx.model)).SerializeToString(),
+     S.PERMISSION_DENIED, "never opened"),
+    ("rpc", "symlink inside a root pointing at /etc/passwd", DATA, "PrepareDataset",
+     lambda ctx: dpb.PrepareDatasetRequest(
+         spec=_spec(ctx.files["link"], ctx.model)).SerializeToString(),
+     S.PERMISSION_DENIED, "dataset_roots"),
+    ("rpc", "a FIFO inside a root", DATA, "PrepareDataset",
+     lambda ctx: dpb.PrepareDatasetRequest(
+         spec=_spec(ctx.files["fifo"], ctx.model)).SerializeToString(),
+     S.PERMISSION_DENIED, "a FIFO"),
+    ("rpc", "path of 5000 characters", DATA, "PrepareDataset",
+     lambda ctx: dpb.PrepareDatasetRequest(
+         spec=_spec("a/" * 2500, ctx.model)).SerializeToString(),
+     S.INVALID_ARGUMENT, "max_path_chars"),
+    ("rpc", "NUL byte in a path", DATA, "PrepareDataset",
+     lambda ctx: dpb.PrepareDatasetRequest(
+         spec=_spec("good\x00.jsonl", ctx.model)).SerializeToString(),
+     S.INVALID_ARGUMENT, "NUL byte"),
     ("rpc", "file that does not exist", DATA, "PrepareDataset",
      lambda ctx: dpb.PrepareDatasetRequest(
          spec=_spec(ctx.root / "missing.jsonl", ctx.model)).SerializeToString(),
@@ -235,15 +272,27 @@ RPC_CASES = [
          tokenizer_path=str(ctx.model), cutoff_len=-1)), S.INVALID_ARGUMENT, "cutoff_len"),
     ("rpc", "tokenizer path with traversal", DATA, "PrepareDataset",
      _prepare_spec(tok=lambda ctx: d.TokenizationOptions(tokenizer_path=TRAVERSAL)),
-     S.INVALID_ARGUMENT, "tokenizer_path"),
+     S.PERMISSION_DENIED, "tokenizer_path"),
+    ("rpc", "tokenizer folder with a broken tokenizer.json", DATA, "PrepareDataset",
+     _prepare_spec(tok=lambda ctx: d.TokenizationOptions(
+         tokenizer_path=str(ctx.files["broken_tokenizer"]))),
+     S.INVALID_ARGUMENT, "cannot load a tokenizer"),
+    ("rpc", "tokenizer_config.json with tokenizer_class 5", DATA, "PreviewExample",
+     _preview(tok=lambda ctx: d.TokenizationOptions(
+         tokenizer_path=str(ctx.files["odd_tokenizer"]))),
+     S.INVALID_ARGUMENT, "cannot load a tokenizer"),
     ("rpc", "eval_fraction 1.5", DATA, "PrepareDataset",
      _prepare_spec(eval_fraction=1.5), S.INVALID_ARGUMENT, "eval_fraction"),
     ("rpc", "eval_fraction NaN", DATA, "PrepareDataset",
      _prepare_spec(eval_fraction=float("nan")), S.INVALID_ARGUMENT, "eval_fraction"),
     ("rpc", "registry entry name with traversal", DATA, "PrepareDataset",
      _registry(TRAVERSAL), S.INVALID_ARGUMENT, "no dataset '../../etc/passwd'"),
-    ("rpc", "registry folder without dataset_info.json (/etc)", DATA, "PrepareDataset",
-     _registry("good", "/etc"), S.NOT_FOUND, "dataset_info.json"),
+    ("rpc", "registry folder outside the roots (/etc)", DATA, "PrepareDataset",
+     _registry("good", "/etc"), S.PERMISSION_DENIED, "registry.dataset_dir"),
+    ("rpc", "registry folder without dataset_info.json", DATA, "PrepareDataset",
+     _registry("good", "tiny"), S.NOT_FOUND, "dataset_info.json"),
+    ("dataset", "registry entry naming a file outside the roots", DATA, "PrepareDataset",
+     _registry("escape"), S.PERMISSION_DENIED, "registry.file_name"),
     ("dataset", "registry entry that is not an object", DATA, "PrepareDataset",
      _registry("scalar"), S.INVALID_ARGUMENT, "an entry must be an object"),
     ("dataset", "registry entry pointing at the hub", DATA, "PrepareDataset",
@@ -256,9 +305,15 @@ RPC_CASES = [
      S.INVALID_ARGUMENT, "unknown template"),
     ("rpc", "preview without a format", DATA, "PreviewExample",
      _msg(dpb.PreviewExampleRequest()), S.INVALID_ARGUMENT, "format.format"),
-    ("rpc", "preview with tokenizer that is not a folder", DATA, "PreviewExample",
+    ("rpc", "preview with tokenizer outside the roots", DATA, "PreviewExample",
      _preview(tok=lambda ctx: d.TokenizationOptions(tokenizer_path="/nonexistent")),
-     S.INVALID_ARGUMENT, "tokenizer_path"),
+     S.PERMISSION_DENIED, "tokenizer_path"),
+    ("rpc", "preview with tokenizer that is not a folder", DATA, "PreviewExample",
+     _preview(tok=lambda ctx: d.TokenizationOptions(tokenizer_path=str(ctx.files["good"]))),
+     S.INVALID_ARGUMENT, "not a folder"),
+    ("rpc", "preview record with NaN", DATA, "PreviewExample",
+     _preview(record={"instruction": float("nan"), "output": "x"}),
+     S.INVALID_ARGUMENT, "instruction"),
     ("rpc", "preview record with a number where text goes", DATA, "PreviewExample",
      _preview(record={"instruction": 5, "output": "x"}), S.INVALID_ARGUMENT, "instruction"),
     ("rpc", "stream: dataset id with traversal", DATA, "StreamBatches",
@@ -295,6 +350,8 @@ RPC_CASES = [
      S.INVALID_ARGUMENT, "world_size"),
     ("dataset", "jsonl line that is not an object", DATA, "PrepareDataset",
      lambda ctx: _prepare(ctx, "not_object"), S.INVALID_ARGUMENT, "strings.jsonl:1"),
+    ("dataset", "jsonl record with NaN", DATA, "PrepareDataset",
+     lambda ctx: _prepare(ctx, "nan"), S.INVALID_ARGUMENT, "nan.jsonl:1"),
     # training service
     ("rpc", "job id with traversal", TRAINING, "GetTrainingJob",
      _msg(tpb.GetTrainingJobRequest(job_id=TRAVERSAL)), S.NOT_FOUND, "no training job"),

@@ -72,7 +72,10 @@ class Fleet:
 
     async def _start(self) -> None:
         w = self.work
-        data = DataConfig(datasets_dir=str(w / "datasets"), registry_dir=str(w), **COMMON)
+        data = DataConfig(
+            datasets_dir=str(w / "datasets"), registry_dir=str(w), **COMMON,
+            dataset_roots=str(w), model_roots=str(self.base.parent),
+        )  # fmt: skip
         self.addresses = {"data": await self._host("data", data, data_register(data))}
         training = TrainingConfig(
             jobs_dir=str(w / "jobs"), data_address=self.addresses["data"], poll_interval_s=0.1,
