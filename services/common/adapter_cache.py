@@ -1,10 +1,16 @@
 """A content-addressed local cache of adapter versions fetched from the training service.
 
-``AdapterCache.ensure(ref)`` returns a local PEFT adapter folder for ``id@version``:
-- if this cache already resolved that version, the folder ``<cache_dir>/<sha256>/`` is returned;
-  the first time in a process, after asking training for that version's sha256 (one chunk, no
-  data), since a job deleted and re-created under the same id publishes other weights under the
-  same versions (training unreachable: the cached copy is used, with a warning);
+``AdapterCache.ensure(ref)`` returns a local PEFT adapter folder for ``id@version``, always from
+the one training service the cache was configured with (``training_address``): a caller names an
+adapter, never where to fetch it from, so no caller can make the service dial an address of its
+choosing (and hand that address the service's token) or plant weights under a name.
+- if this cache already resolved that version from the configured training service, the folder
+  ``<cache_dir>/<sha256>/`` is returned; the first time in a process, after asking training for
+  that version's sha256 (one chunk, no data), since a job deleted and re-created under the same id
+  publishes other weights under the same versions (training unreachable: the cached copy is used,
+  with a warning). The index entry records the training address it came from: an entry written
+  for another address (or by an older version that did not record one) is not trusted and the
+  version is fetched again;
 - otherwise the archive is streamed from ``TrainingService.FetchAdapter`` (~1 MiB chunks; the first
   chunk carries ``AdapterBlobInfo`` with the size and sha256), written to a temp file under
   ``<cache_dir>/.tmp/``, resumed from the byte offset reached when the stream breaks, verified
@@ -51,7 +57,9 @@ from services.common.errors import (
     NotFound,
     Unavailable,
     invalid,
+    shorten,
 )
+from services.common.limits import check_id
 
 logger = logging.getLogger(__name__)
 
@@ -67,15 +75,19 @@ def ref_str(ref: common_pb2.AdapterRef) -> str:
 
 
 def check_ref(ref: common_pb2.AdapterRef, field_path: str = "adapter") -> None:
-    """A non-empty adapter id needs an explicit version >= 1 (common.proto, AdapterRef)."""
+    """A non-empty adapter id needs an explicit version >= 1 (common.proto, AdapterRef); the id
+    is bounded (``limits.check_id``) and names no path."""
     if not ref.id:
         if ref.version:
             raise invalid(f"{field_path}.version", "set without an id; leave both empty for base")
         return
+    check_id(ref.id, f"{field_path}.id")
     if ref.version < 1:
-        raise invalid(f"{field_path}.version", f"must be >= 1 for adapter {ref.id!r}")
+        raise invalid(f"{field_path}.version", f"must be >= 1 for adapter {shorten(ref.id)}")
     if "/" in ref.id or "\\" in ref.id or ref.id.startswith("."):
-        raise invalid(f"{field_path}.id", f"{ref.id!r} must not contain '/' or start with '.'")
+        raise invalid(
+            f"{field_path}.id", f"{shorten(ref.id)} must not contain '/' or start with '.'"
+        )
 
 
 @dataclass(frozen=True)
@@ -123,17 +135,17 @@ class AdapterCache:
         (self.cache_dir / _REFS).mkdir(parents=True, exist_ok=True)
         self._remove_stale_tmp()
 
-    def ensure(self, ref: common_pb2.AdapterRef, source_address: str = "") -> Path:
+    def ensure(self, ref: common_pb2.AdapterRef) -> Path:
         """The local folder of ``ref`` (fetched first when missing)."""
-        return self.fetch(ref, source_address).path
+        return self.fetch(ref).path
 
-    def fetch(self, ref: common_pb2.AdapterRef, source_address: str = "") -> CachedAdapter:
+    def fetch(self, ref: common_pb2.AdapterRef) -> CachedAdapter:
         """Like :meth:`ensure`, with the sha256 and archive size."""
         check_ref(ref)
         if not ref.id:
             raise invalid("adapter.id", "the base model has no adapter to fetch")
         key = ref_str(ref)
-        address = source_address or self.training_address
+        address = self.training_address
         with self._lock_for(key):
             cached = self.lookup(ref)
             if cached is not None and (key in self._verified or not address):
@@ -178,11 +190,14 @@ class AdapterCache:
         return None
 
     def lookup(self, ref: common_pb2.AdapterRef) -> CachedAdapter | None:
-        """The cached version, or None; never touches the network."""
+        """The cached version fetched from the configured training service, or None; never
+        touches the network."""
         index = self.cache_dir / _REFS / ref_str(ref)
         try:
-            sha256, size = index.read_text().split()
+            sha256, size, source = index.read_text().split()
         except (OSError, ValueError):
+            return None  # missing, or written without its source (not trusted)
+        if source != _source_tag(self.training_address):
             return None
         folder = self.cache_dir / sha256
         if not folder.is_dir():
@@ -228,7 +243,10 @@ class AdapterCache:
             folder = self._install(tmp, info.sha256)
         finally:
             tmp.unlink(missing_ok=True)
-        _write_atomically(self.cache_dir / _REFS / key, f"{info.sha256} {info.total_size}\n")
+        source = _source_tag(address)
+        _write_atomically(
+            self.cache_dir / _REFS / key, f"{info.sha256} {info.total_size} {source}\n"
+        )
         logger.info(
             "fetched adapter %s (%d bytes, sha256 %s) from %s in %.2fs",
             key,
@@ -384,6 +402,11 @@ def _translate(exc: grpc.RpcError, key: str, address: str) -> LlamafleetError:
         f"fetching adapter {key} from training at {address} failed: {code.name}: {detail}{hint}",
         reason="ADAPTER_FETCH_FAILED",
     )
+
+
+def _source_tag(address: str) -> str:
+    """The training address as one index word ("-" for none: entries then never match)."""
+    return address.strip().replace(" ", "") or "-"
 
 
 def _copy_ref(ref: common_pb2.AdapterRef) -> common_pb2.AdapterRef:

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 class AdapterSource(Protocol):
     """Where adapter folders come from (``services.common.adapter_cache.AdapterCache``)."""
 
-    def fetch(self, ref: common_pb2.AdapterRef, source_address: str = "") -> CachedAdapter: ...
+    def fetch(self, ref: common_pb2.AdapterRef) -> CachedAdapter: ...
 
 
 @dataclass
@@ -70,7 +70,7 @@ class ResidentAdapters:
         self._loading: dict[str, threading.Lock] = {}
         self._names = itertools.count(1)
 
-    def acquire(self, ref: common_pb2.AdapterRef, source_address: str = "") -> str | None:
+    def acquire(self, ref: common_pb2.AdapterRef) -> str | None:
         """Pin ``ref`` (loading it if needed) and return its engine name; None = base model."""
         check_ref(ref)
         if not ref.id:
@@ -84,7 +84,7 @@ class ResidentAdapters:
             with self._lock:
                 if (entry := self._pin(key)) is not None:
                     return entry.name
-            entry = self._load(ref, key, source_address)
+            entry = self._load(ref, key)
             with self._lock:
                 self._loading.pop(key, None)
                 self._resident[key] = entry
@@ -103,9 +103,9 @@ class ResidentAdapters:
             evicted = self._pick_evictions()
         self._unload(evicted)
 
-    def load(self, ref: common_pb2.AdapterRef, source_address: str = "") -> Resident:
+    def load(self, ref: common_pb2.AdapterRef) -> Resident:
         """Make ``ref`` resident without keeping it pinned (LoadAdapter)."""
-        self.acquire(ref, source_address)
+        self.acquire(ref)
         try:
             with self._lock:
                 return _copy(self._resident[ref_str(ref)])
@@ -125,11 +125,11 @@ class ResidentAdapters:
             self._resident.move_to_end(key)
         return entry
 
-    def _load(self, ref: common_pb2.AdapterRef, key: str, source_address: str) -> Resident:
+    def _load(self, ref: common_pb2.AdapterRef, key: str) -> Resident:
         if self.source is None:
             raise RuntimeError("no adapter source configured")  # pragma: no cover
         started = time.perf_counter()
-        cached = self.source.fetch(ref, source_address)
+        cached = self.source.fetch(ref)
         require_safetensors_adapter(cached.path, f"adapter {key}")
         require_adapter_base(cached.path, self.base_model, f"adapter {key}")
         name = f"adapter{next(self._names)}"

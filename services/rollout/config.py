@@ -24,7 +24,7 @@ class RolloutConfig(ServerConfig):
     engine: str = "hf"  # hf | vllm
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
-    training_address: str = ""  # host:port of the training service (FetchAdapter)
+    training_address: str = ""  # host:port of the training service: the only adapter source
     training_token: str = ""  # bearer token for the training service, if it wants one
     adapter_cache_dir: str = ".llamafleet/adapters"  # fetched adapters, by sha256
     max_resident_adapters: int = 4  # adapter versions loaded at once (LRU beyond)
@@ -33,6 +33,7 @@ class RolloutConfig(ServerConfig):
     default_max_tokens: int = 256  # when a request leaves sampling.max_tokens unset
     max_tokens_limit: int = 4096  # larger sampling.max_tokens is INVALID_ARGUMENT
     max_n: int = 16  # larger sampling.n is INVALID_ARGUMENT
+    max_prompt_chars: int = 262_144  # longer prompt_text is INVALID_ARGUMENT, never tokenized
     worker: bool = True  # run the queue worker thread when redis_url is set
     worker_lease_ms: int = 30_000  # renewed every third of it while a task generates
     worker_max_deliveries: int = 3  # then the task goes to the dead-letter stream
@@ -53,5 +54,7 @@ class RolloutConfig(ServerConfig):
             raise ConfigError("default_max_tokens: must be between 1 and max_tokens_limit")
         if self.max_n < 1:
             raise ConfigError("max_n: must be at least 1")
+        if self.max_prompt_chars < 1:
+            raise ConfigError("max_prompt_chars: must be at least 1")
         if self.worker_lease_ms < 100 or self.worker_max_deliveries < 1:
             raise ConfigError("worker_lease_ms must be >= 100 and worker_max_deliveries >= 1")

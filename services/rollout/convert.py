@@ -35,6 +35,8 @@ def loaded_adapter(entry: Resident) -> rollout_pb2.LoadedAdapter:
 
 
 _MAX_STOP_STRINGS = 16
+_MAX_STOP_CHARS = 1024
+_MAX_STOP_TOKEN_IDS = 1024
 
 
 def sampling_from_proto(
@@ -71,6 +73,16 @@ def sampling_from_proto(
     check(math.isfinite(penalty) and penalty > 0, "repetition_penalty", "must be > 0")
     check(len(p.stop) <= _MAX_STOP_STRINGS, "stop", f"at most {_MAX_STOP_STRINGS} strings")
     check(all(p.stop), "stop", "stop strings must not be empty")
+    check(
+        all(len(x) <= _MAX_STOP_CHARS for x in p.stop),
+        "stop",
+        f"a stop string has at most {_MAX_STOP_CHARS} characters",
+    )
+    check(
+        len(p.stop_token_ids) <= _MAX_STOP_TOKEN_IDS,
+        "stop_token_ids",
+        f"at most {_MAX_STOP_TOKEN_IDS} ids",
+    )
     check(all(t >= 0 for t in p.stop_token_ids), "stop_token_ids", "token ids are >= 0")
     if bad:
         raise InvalidArgument("invalid sampling parameters", reason="BAD_SAMPLING", violations=bad)

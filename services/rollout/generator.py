@@ -21,6 +21,7 @@ from llamafleet.rollout.v1 import rollout_pb2
 
 from services.common.adapter_cache import AdapterCache, check_ref
 from services.common.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from services.common.limits import check_length
 from services.common.weight_files import require_safetensors_model
 from services.rollout.adapters import ResidentAdapters
 from services.rollout.config import RolloutConfig
@@ -100,6 +101,16 @@ class Generator:
             max_n=self.config.max_n if allow_n else 1,
         )
 
+    def prompt_of(self, prompt_ids, prompt_text: str) -> tuple[int, ...]:
+        """The checked prompt ids of a request: ``prompt_text`` (at most ``max_prompt_chars``
+        characters, tokenized as is) or ``prompt_ids``. CPU-bound: call it off the event loop."""
+        if prompt_text:
+            check_length(
+                prompt_text, "prompt_text", self.config.max_prompt_chars, "max_prompt_chars"
+            )
+            return self.check_prompt(self.require_engine().tokenize(prompt_text), "prompt_text")
+        return self.check_prompt(prompt_ids)
+
     def check_prompt(self, prompt_ids, field_path: str = "prompt_ids") -> tuple[int, ...]:
         engine = self.require_engine()
         vocab = getattr(getattr(engine, "tokenizer", None), "__len__", None)
@@ -128,15 +139,13 @@ class Generator:
         return tuple(int(t) for t in prompt_ids)
 
     @contextlib.contextmanager
-    def pinned(
-        self, ref: common_pb2.AdapterRef, source_address: str = "", field_path: str = "adapter"
-    ) -> Iterator[Pinned]:
+    def pinned(self, ref: common_pb2.AdapterRef, field_path: str = "adapter") -> Iterator[Pinned]:
         """Hold ``ref`` resident (fetching and loading it first when needed) for the body."""
         self.require_engine()
         check_ref(ref, field_path)
         assert self.adapters is not None
         started = time.perf_counter()
-        name = self.adapters.acquire(ref, source_address)
+        name = self.adapters.acquire(ref)
         try:
             yield Pinned(name, time.perf_counter() - started)
         finally:

@@ -13,7 +13,8 @@ import threading
 
 from llamafleet.rollout.v1 import rollout_pb2, rollout_service_pb2, rollout_service_pb2_grpc
 
-from services.common.errors import FieldViolation, InvalidArgument
+from services.common.adapter_cache import check_ref
+from services.common.errors import FieldViolation, InvalidArgument, PermissionDenied
 from services.rollout.config import RolloutConfig
 from services.rollout.convert import FINISH_REASONS, loaded_adapter
 from services.rollout.engines import Finished, GenerationRequest, TokenDelta
@@ -36,11 +37,11 @@ class RolloutServicer(rollout_service_pb2_grpc.RolloutServiceServicer):
                 reason="BAD_PROMPT",
                 violations=[FieldViolation("prompt_ids", "exactly one of prompt_ids/prompt_text")],
             )
+        check_ref(request.adapter)
         sampling = gen.sampling(request.sampling, allow_n=True)
-        if request.prompt_text:
-            prompt = gen.check_prompt(engine.tokenize(request.prompt_text), "prompt_text")
-        else:
-            prompt = gen.check_prompt(request.prompt_ids)
+        # bounded before any work; tokenizing and checking ids run off the event loop (a long
+        # prompt takes seconds of CPU, and health must keep answering meanwhile)
+        prompt = await asyncio.to_thread(gen.prompt_of, request.prompt_ids, request.prompt_text)
 
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
@@ -90,6 +91,13 @@ class RolloutServicer(rollout_service_pb2_grpc.RolloutServiceServicer):
             cancel.set()  # the caller went away early: stop generating for it
 
     async def LoadAdapter(self, request: rollout_service_pb2.LoadAdapterRequest, context):
+        if request.source_address:
+            raise PermissionDenied(
+                "source_address is not accepted: adapters come only from the training service "
+                "this worker's owner configured (training_address); name the adapter alone",
+                reason="SOURCE_ADDRESS_REFUSED",
+                violations=[FieldViolation("source_address", "must be empty (deprecated)")],
+            )
         gen = self.generator
         gen.require_engine()
         if not request.adapter.id:
@@ -99,7 +107,7 @@ class RolloutServicer(rollout_service_pb2_grpc.RolloutServiceServicer):
                 violations=[FieldViolation("adapter.id", "must name an adapter")],
             )
         assert gen.adapters is not None
-        entry = await asyncio.to_thread(gen.adapters.load, request.adapter, request.source_address)
+        entry = await asyncio.to_thread(gen.adapters.load, request.adapter)
         return rollout_service_pb2.LoadAdapterResponse(adapter=loaded_adapter(entry))
 
     async def ListAdapters(self, request: rollout_service_pb2.ListAdaptersRequest, context):

@@ -109,10 +109,13 @@ def test_fetch_verifies_extracts_and_caches_by_sha256(training, tmp_path):
     assert got.path == tmp_path / "cache" / got.sha256
     assert {p.name: p.read_bytes() for p in got.path.iterdir()} == FILES
     assert len(training.requests) == 1
-    # cached: no second request, from this object or a new one over the same folder
+    # cached: no second request, from this object
     assert cache.ensure(ref()) == got.path
-    assert AdapterCache(tmp_path / "cache", "").ensure(ref()) == got.path
     assert len(training.requests) == 1
+    # the entry is bound to the training service it came from: a cache configured with another
+    # one (or none) over the same folder does not trust it
+    with pytest.raises(errors.FailedPrecondition, match="no training address"):
+        AdapterCache(tmp_path / "cache", "").ensure(ref())
     # another version with equal bytes shares the folder
     training.blobs[("policy", 2)] = blob
     assert cache.ensure(ref(version=2)) == got.path

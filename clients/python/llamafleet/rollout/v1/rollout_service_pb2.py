@@ -26,7 +26,7 @@ from llamafleet.common.v1 import common_pb2 as llamafleet_dot_common_dot_v1_dot_
 from llamafleet.rollout.v1 import rollout_pb2 as llamafleet_dot_rollout_dot_v1_dot_rollout__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+llamafleet/rollout/v1/rollout_service.proto\x12\x15llamafleet.rollout.v1\x1a!llamafleet/common/v1/common.proto\x1a#llamafleet/rollout/v1/rollout.proto\"\xa6\x01\n\x0fGenerateRequest\x12\x12\n\nprompt_ids\x18\x01 \x03(\x05\x12\x13\n\x0bprompt_text\x18\x02 \x01(\t\x12\x31\n\x07\x61\x64\x61pter\x18\x03 \x01(\x0b\x32 .llamafleet.common.v1.AdapterRef\x12\x37\n\x08sampling\x18\x04 \x01(\x0b\x32%.llamafleet.rollout.v1.SamplingParams\"\xa7\x01\n\x10GenerateResponse\x12\x16\n\x0esequence_index\x18\x01 \x01(\x05\x12\x33\n\x06tokens\x18\x02 \x01(\x0b\x32!.llamafleet.rollout.v1.TokenDeltaH\x00\x12=\n\x08\x66inished\x18\x03 \x01(\x0b\x32).llamafleet.rollout.v1.GenerationFinishedH\x00\x42\x07\n\x05\x65vent\"_\n\x12LoadAdapterRequest\x12\x31\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32 .llamafleet.common.v1.AdapterRef\x12\x16\n\x0esource_address\x18\x02 \x01(\t\"L\n\x13LoadAdapterResponse\x12\x35\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32$.llamafleet.rollout.v1.LoadedAdapter\"\x15\n\x13ListAdaptersRequest\"N\n\x14ListAdaptersResponse\x12\x36\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32$.llamafleet.rollout.v1.LoadedAdapter2\xbe\x02\n\x0eRolloutService\x12]\n\x08Generate\x12&.llamafleet.rollout.v1.GenerateRequest\x1a\'.llamafleet.rollout.v1.GenerateResponse0\x01\x12\x64\n\x0bLoadAdapter\x12).llamafleet.rollout.v1.LoadAdapterRequest\x1a*.llamafleet.rollout.v1.LoadAdapterResponse\x12g\n\x0cListAdapters\x12*.llamafleet.rollout.v1.ListAdaptersRequest\x1a+.llamafleet.rollout.v1.ListAdaptersResponseBQZOgithub.com/llamafleet/llamafleet/clients/go/gen/llamafleet/rollout/v1;rolloutv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+llamafleet/rollout/v1/rollout_service.proto\x12\x15llamafleet.rollout.v1\x1a!llamafleet/common/v1/common.proto\x1a#llamafleet/rollout/v1/rollout.proto\"\xa6\x01\n\x0fGenerateRequest\x12\x12\n\nprompt_ids\x18\x01 \x03(\x05\x12\x13\n\x0bprompt_text\x18\x02 \x01(\t\x12\x31\n\x07\x61\x64\x61pter\x18\x03 \x01(\x0b\x32 .llamafleet.common.v1.AdapterRef\x12\x37\n\x08sampling\x18\x04 \x01(\x0b\x32%.llamafleet.rollout.v1.SamplingParams\"\xa7\x01\n\x10GenerateResponse\x12\x16\n\x0esequence_index\x18\x01 \x01(\x05\x12\x33\n\x06tokens\x18\x02 \x01(\x0b\x32!.llamafleet.rollout.v1.TokenDeltaH\x00\x12=\n\x08\x66inished\x18\x03 \x01(\x0b\x32).llamafleet.rollout.v1.GenerationFinishedH\x00\x42\x07\n\x05\x65vent\"c\n\x12LoadAdapterRequest\x12\x31\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32 .llamafleet.common.v1.AdapterRef\x12\x1a\n\x0esource_address\x18\x02 \x01(\tB\x02\x18\x01\"L\n\x13LoadAdapterResponse\x12\x35\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32$.llamafleet.rollout.v1.LoadedAdapter\"\x15\n\x13ListAdaptersRequest\"N\n\x14ListAdaptersResponse\x12\x36\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32$.llamafleet.rollout.v1.LoadedAdapter2\xbe\x02\n\x0eRolloutService\x12]\n\x08Generate\x12&.llamafleet.rollout.v1.GenerateRequest\x1a\'.llamafleet.rollout.v1.GenerateResponse0\x01\x12\x64\n\x0bLoadAdapter\x12).llamafleet.rollout.v1.LoadAdapterRequest\x1a*.llamafleet.rollout.v1.LoadAdapterResponse\x12g\n\x0cListAdapters\x12*.llamafleet.rollout.v1.ListAdaptersRequest\x1a+.llamafleet.rollout.v1.ListAdaptersResponseBQZOgithub.com/llamafleet/llamafleet/clients/go/gen/llamafleet/rollout/v1;rolloutv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,18 +34,20 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llamafleet.rollout.v1.rollo
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZOgithub.com/llamafleet/llamafleet/clients/go/gen/llamafleet/rollout/v1;rolloutv1'
+  _globals['_LOADADAPTERREQUEST'].fields_by_name['source_address']._loaded_options = None
+  _globals['_LOADADAPTERREQUEST'].fields_by_name['source_address']._serialized_options = b'\030\001'
   _globals['_GENERATEREQUEST']._serialized_start=143
   _globals['_GENERATEREQUEST']._serialized_end=309
   _globals['_GENERATERESPONSE']._serialized_start=312
   _globals['_GENERATERESPONSE']._serialized_end=479
   _globals['_LOADADAPTERREQUEST']._serialized_start=481
-  _globals['_LOADADAPTERREQUEST']._serialized_end=576
-  _globals['_LOADADAPTERRESPONSE']._serialized_start=578
-  _globals['_LOADADAPTERRESPONSE']._serialized_end=654
-  _globals['_LISTADAPTERSREQUEST']._serialized_start=656
-  _globals['_LISTADAPTERSREQUEST']._serialized_end=677
-  _globals['_LISTADAPTERSRESPONSE']._serialized_start=679
-  _globals['_LISTADAPTERSRESPONSE']._serialized_end=757
-  _globals['_ROLLOUTSERVICE']._serialized_start=760
-  _globals['_ROLLOUTSERVICE']._serialized_end=1078
+  _globals['_LOADADAPTERREQUEST']._serialized_end=580
+  _globals['_LOADADAPTERRESPONSE']._serialized_start=582
+  _globals['_LOADADAPTERRESPONSE']._serialized_end=658
+  _globals['_LISTADAPTERSREQUEST']._serialized_start=660
+  _globals['_LISTADAPTERSREQUEST']._serialized_end=681
+  _globals['_LISTADAPTERSRESPONSE']._serialized_start=683
+  _globals['_LISTADAPTERSRESPONSE']._serialized_end=761
+  _globals['_ROLLOUTSERVICE']._serialized_start=764
+  _globals['_ROLLOUTSERVICE']._serialized_end=1082
 # @@protoc_insertion_point(module_scope)

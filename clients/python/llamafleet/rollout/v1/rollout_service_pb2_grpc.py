@@ -66,7 +66,8 @@ class RolloutServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def LoadAdapter(self, request, context):
-        """Makes an adapter version resident, fetching it from training when missing. Idempotent.
+        """Makes an adapter version resident, fetching it from the training service this worker was
+        configured with when missing. Idempotent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

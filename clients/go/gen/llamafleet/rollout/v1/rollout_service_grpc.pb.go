@@ -19,7 +19,8 @@ const _ = grpc.SupportPackageIsVersion7
 type RolloutServiceClient interface {
 	// Streams tokens as they are generated, then one GenerationFinished per sequence.
 	Generate(ctx context.Context, in *GenerateRequest, opts ...grpc.CallOption) (RolloutService_GenerateClient, error)
-	// Makes an adapter version resident, fetching it from training when missing. Idempotent.
+	// Makes an adapter version resident, fetching it from the training service this worker was
+	// configured with when missing. Idempotent.
 	LoadAdapter(ctx context.Context, in *LoadAdapterRequest, opts ...grpc.CallOption) (*LoadAdapterResponse, error)
 	// Lists the adapter versions resident in this worker.
 	ListAdapters(ctx context.Context, in *ListAdaptersRequest, opts ...grpc.CallOption) (*ListAdaptersResponse, error)
@@ -89,7 +90,8 @@ func (c *rolloutServiceClient) ListAdapters(ctx context.Context, in *ListAdapter
 type RolloutServiceServer interface {
 	// Streams tokens as they are generated, then one GenerationFinished per sequence.
 	Generate(*GenerateRequest, RolloutService_GenerateServer) error
-	// Makes an adapter version resident, fetching it from training when missing. Idempotent.
+	// Makes an adapter version resident, fetching it from the training service this worker was
+	// configured with when missing. Idempotent.
 	LoadAdapter(context.Context, *LoadAdapterRequest) (*LoadAdapterResponse, error)
 	// Lists the adapter versions resident in this worker.
 	ListAdapters(context.Context, *ListAdaptersRequest) (*ListAdaptersResponse, error)
