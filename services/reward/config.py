@@ -39,6 +39,7 @@ class RewardConfig(ServerConfig):
     tokenizer: str = ""  # tokenizer folder; default: base_model, else reward_model
     max_resident_adapters: int = 4  # RM adapters kept loaded over the base (LRU)
     max_seq_len: int = 4096  # prompt + completion tokens; longer items are INVALID_ARGUMENT
+    max_item_chars: int = 262_144  # each text of an item; longer is INVALID_ARGUMENT, untokenized
     device: str = "cpu"  # "cpu", "cuda", "cuda:1"
     # -- batching of model forwards across callers
     max_batch_size: int = 16
@@ -66,6 +67,7 @@ class RewardConfig(ServerConfig):
         positive = {
             "max_resident_adapters": self.max_resident_adapters,
             "max_seq_len": self.max_seq_len,
+            "max_item_chars": self.max_item_chars,
             "max_batch_size": self.max_batch_size,
             "rule_threads": self.rule_threads,
             "lease_ms": self.lease_ms,

@@ -355,9 +355,14 @@ class ScoringEngine:
         override: JobSettings | None = None,
         calls: tuple[FunctionCall, ...] | None = None,
     ) -> Scored:
-        """For the event loop: waits on the batch without holding a thread."""
-        scorer = self.resolve(name, job_id, adapter, override=override, calls=calls)
-        prepared = self.prepare(scorer, items)
+        """For the event loop: resolving (which may fetch and load a reward adapter) and preparing
+        (tokenizing) run in a worker thread; the batch is awaited without holding one."""
+
+        def resolve_and_prepare() -> tuple[Scorer, list[ScoreInput]]:
+            scorer = self.resolve(name, job_id, adapter, override=override, calls=calls)
+            return scorer, self.prepare(scorer, items)
+
+        scorer, prepared = await asyncio.to_thread(resolve_and_prepare)
         raws = await asyncio.wrap_future(self.submit(scorer, prepared))
         return self.finish(scorer, job_id, raws, "items", override)
 

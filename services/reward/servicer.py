@@ -10,6 +10,8 @@ import asyncio
 from llamafleet.reward.v1 import reward_pb2, reward_service_pb2, reward_service_pb2_grpc
 
 from services.common.errors import invalid
+from services.common.limits import Limits, check_id, check_length, check_name
+from services.reward.config import RewardConfig
 from services.reward.functions.messages import components_pb, info_pb
 from services.reward.scorers import ScoreInput
 from services.reward.scoring import ScoringEngine, adapter_key
@@ -28,6 +30,30 @@ def item_from_proto(item: reward_pb2.ScoreItem) -> ScoreInput:
     )
 
 
+def check_sizes(request: reward_service_pb2.ScoreRolloutsRequest, config: RewardConfig) -> None:
+    """The request's strings within the service's bounds (``limits.py``), before any work."""
+    limits = Limits.of(config)
+    check_name(request.scorer, "scorer", limits)
+    check_id(request.job_id, "job_id", limits)
+    for i, item in enumerate(request.items):
+        check_item(item, f"items[{i}]", config)
+
+
+def check_item(item: reward_pb2.ScoreItem, field: str, config: RewardConfig) -> None:
+    """One item's id, texts (``max_item_chars``) and token lists (``max_seq_len``)."""
+    check_id(item.item_id, f"{field}.item_id", Limits.of(config))
+    for name in ("prompt_text", "completion_text", "reference_answer"):
+        check_length(
+            getattr(item, name), f"{field}.{name}", config.max_item_chars, "max_item_chars"
+        )
+    for name in ("prompt_ids", "completion_ids"):
+        if len(getattr(item, name)) > config.max_seq_len:
+            raise invalid(
+                f"{field}.{name}",
+                f"{len(getattr(item, name))} tokens, more than max_seq_len={config.max_seq_len}",
+            )
+
+
 class RewardServicer(reward_service_pb2_grpc.RewardServiceServicer):
     def __init__(self, engine: ScoringEngine) -> None:
         self.engine = engine
@@ -37,6 +63,7 @@ class RewardServicer(reward_service_pb2_grpc.RewardServiceServicer):
             raise invalid(
                 "items", f"{len(request.items)} items in one request; send at most {MAX_ITEMS}"
             )
+        check_sizes(request, self.engine.config)
         adapter = adapter_key(
             request.reward_adapter.id, request.reward_adapter.version, "reward_adapter"
         )
@@ -75,6 +102,7 @@ class RewardServicer(reward_service_pb2_grpc.RewardServiceServicer):
     async def TestRewardFunction(self, request, context):
         if not request.HasField("item"):
             raise invalid("item", "required: the prompt and completion to score")
+        check_item(request.item, "item", self.engine.config)
         score, parts = await self.engine.test_functions(
             request.functions, item_from_proto(request.item)
         )

@@ -460,6 +460,12 @@ RPC_CASES = [
     ("rpc", "missing reference answer", REWARD, "ScoreRollouts",
      _score(scorer="exact_match", items=[wp.ScoreItem(item_id="a")]),
      S.INVALID_ARGUMENT, "reference_answer"),
+    ("rpc", "job id of 4 KB", REWARD, "ScoreRollouts",
+     _score(scorer="exact_match", job_id="j" * 4096), S.INVALID_ARGUMENT, "max_id_chars"),
+    ("rpc", "completion text of 300k characters", REWARD, "ScoreRollouts",
+     _score(scorer="exact_match", items=[wp.ScoreItem(
+         item_id="a", completion_text="x" * 300_000, reference_answer="x")]),
+     S.INVALID_ARGUMENT, "max_item_chars"),
     ("rpc", "non-UTF-8 scorer name", REWARD, "ScoreRollouts",
      lambda ctx: raw_string(2, b"\xff"), S.INVALID_ARGUMENT, "not a valid ScoreRolloutsRequest"),
 ]  # fmt: skip
