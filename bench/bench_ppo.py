@@ -423,7 +423,7 @@ def bench_fleet(args, work: Path) -> dict:
     )
     started = time.perf_counter()
     state = cluster.up(
-        run, base_model=model, rollout_workers=1, reward_workers=1,
+        run, base_model=model, roots=[str(work)], rollout_workers=1, reward_workers=1,
         settings={"reward": {"worker_threads": "1"}}, timeout=300,
     )  # fmt: skip
     print(f"  cluster up in {time.perf_counter() - started:.0f}s ({run})")

@@ -1,4 +1,9 @@
-"""Assembles the data service on the shared ``ServiceHost``."""
+"""Assembles the data service on the shared ``ServiceHost``.
+
+The tokenizer library (transformers, which imports torch) is imported here, before the server
+serves: importing it loads shared libraries for seconds while holding the GIL, which would stall
+health checks if the first request that needs a tokenizer did it.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ SERVICE_NAME = data_service_pb2.DESCRIPTOR.services_by_name["DataService"].full_
 
 
 def make_register(config: DataConfig) -> Register:
+    import transformers  # noqa: F401 - see the module docstring
+
     return register_servicer(
         data_service_pb2_grpc.add_DataServiceServicer_to_server, DataServicer(config), SERVICE_NAME
     )

@@ -69,7 +69,7 @@ def api(tmp_path_factory):
     base = build_tiny_model(root / "tiny", size="tiny", seed=0)
     run_dir = root / "run"
     _finished_lora_job(run_dir / "jobs", base)
-    state = cluster.up(run_dir, base_model=str(base), timeout=120)
+    state = cluster.up(run_dir, base_model=str(base), roots=[str(root)], timeout=120)
     port = cluster.free_port()
     client = Client({n: s.address for n, s in state.services.items()}, timeout=60)
     server = uvicorn.Server(

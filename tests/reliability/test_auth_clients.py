@@ -54,6 +54,7 @@ def secured(tmp_path_factory):
             mp.delenv(var, raising=False)
         mp.setenv("LLAMAFLEET_TOKEN", TOKEN)  # `up` takes the token only from the environment
         argv = ["up", "--run-dir", str(run), "--base-model", str(model), "--timeout", "120"]
+        argv += ["--root", str(work)]
         argv += ["--tls-ca", str(certs["ca.pem"]), "--tls-cert", str(certs["server.pem"])]
         argv += ["--tls-key", str(certs["server.key"])]
         code = cli.main(argv)

@@ -108,6 +108,7 @@ def test_ppo_across_the_fleets_survives_kills_scales_out_and_learns(sft_model, t
     state = cluster.up(
         run,
         base_model=sft_model,
+        roots=[str(tmp_path)],  # the prompts file
         rollout_workers=1,
         reward_workers=2,
         settings={

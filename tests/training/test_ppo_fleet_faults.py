@@ -82,6 +82,7 @@ def test_ppo_survives_a_worker_stopped_past_its_lease_and_a_redis_crash(tiny_ran
     state = cluster.up(
         run,
         base_model=tiny_random,
+        roots=[str(tmp_path)],  # the prompts file
         rollout_workers=2,
         reward_workers=1,
         settings={

@@ -51,7 +51,7 @@ def web_cluster(tmp_path_factory):
     base = build_tiny_model(root / "tiny", size="tiny", seed=0)
     write_registry(root / "data")
     run_dir = root / "run"
-    state = cluster.up(run_dir, base_model=str(base), timeout=120)
+    state = cluster.up(run_dir, base_model=str(base), roots=[str(root)], timeout=120)
     client = Client({n: s.address for n, s in state.services.items()}, timeout=60)
     server = None
     thread = None

@@ -15,6 +15,12 @@ token is never written to disk (later commands read ``LLAMAFLEET_TOKEN``); the T
 are recorded, and ``cluster.json``, which may hold the Redis password, is readable by its owner
 only.
 
+What requests may touch (DESIGN.md section 6, trust model): the services read request paths
+only under their roots, which ``up`` sets to the working directory, the run directory and any
+``roots`` given (``--root DIR``), plus the base model's folder for models; the run directory's
+own secrets (``cluster.json`` with the Redis password, Redis' files, the logs) and the TLS key
+are denied paths that no request may read even though they lie under a root.
+
 This module starts services as processes and talks to them over gRPC and Redis; it never imports
 a service (the clients/services boundary is checked by import-linter).
 """
@@ -80,6 +86,7 @@ class ClusterState:
     tls_ca: str = ""  # mutual TLS: the CA, and the certificate every service serves and
     tls_cert: str = ""  # presents to the others (absolute paths)
     tls_key: str = ""
+    roots: list[str] = field(default_factory=list)  # request paths: under these only (absolute)
 
     def save(self) -> None:
         path = Path(self.run_dir) / STATE_FILE
@@ -168,6 +175,7 @@ def up(
     tls_ca: str = "",
     tls_cert: str = "",
     tls_key: str = "",
+    roots: list[str] | None = None,
 ) -> ClusterState:
     """Start Redis (if needed) and the four services; return once all are SERVING.
 
@@ -181,6 +189,9 @@ def up(
     ``token`` (the services' ``auth_token``) and ``tls_ca``/``tls_cert``/``tls_key`` (mutual TLS:
     all three; the certificate must be valid for 127.0.0.1, and for clients too if it names key
     usages) secure every service and every call between them, and the private Redis.
+
+    ``roots``: folders, beyond the working directory and ``run_dir``, that requests may name
+    paths in (datasets, tokenizers, models, exports).
     """
     if rollout_workers < 1 or reward_workers < 1:
         raise ClusterError("rollout_workers and reward_workers must be at least 1")
@@ -198,6 +209,7 @@ def up(
         base_model=str(Path(base_model).resolve()) if base_model else "",
         settings={k: dict(v) for k, v in (settings or {}).items()},
         token_required=bool(token),
+        roots=_roots(run, roots or []),
         **tls,
     )
     if not redis_url:
@@ -234,6 +246,28 @@ def up(
         down(run)
         raise
     return state
+
+
+def _roots(run: Path, extra: list[str]) -> list[str]:
+    """The working directory, the run directory and ``extra`` (each must be a folder)."""
+    found = []
+    for raw in [os.getcwd(), str(run), *extra]:
+        path = Path(raw).expanduser().resolve()
+        if not path.is_dir():
+            raise ClusterError(f"--root {raw}: not a folder")
+        if str(path) not in found:
+            found.append(str(path))
+    return found
+
+
+def denied_paths(state: ClusterState) -> list[str]:
+    """Paths under the roots that no request may read: the run directory's secrets (the state
+    file with the Redis password, Redis' own files, the service logs) and the TLS key."""
+    run = Path(state.run_dir)
+    denied = [run / STATE_FILE, run / "redis", run / "logs"]
+    if state.tls_key:
+        denied.append(Path(state.tls_key))
+    return [str(p) for p in denied]
 
 
 def _check_tls_files(ca: str, cert: str, key: str) -> dict[str, str]:
@@ -332,8 +366,13 @@ def _service_env(state: ClusterState, name: str, token: str = "") -> dict[str, s
     settings: dict[str, str] = {}
     if name in USES_REDIS:
         settings["redis_url"] = state.redis_url
+    roots = os.pathsep.join(state.roots)
+    models = os.pathsep.join([*state.roots, state.base_model] if state.base_model else state.roots)
+    denied = os.pathsep.join(denied_paths(state))
     if name == "data":
         settings["datasets_dir"] = str(run / "datasets")
+        settings["dataset_roots"], settings["model_roots"] = roots, models
+        settings["denied_paths"] = denied
     if name == "training":
         settings["data_address"] = state.services["data"].address
         settings["jobs_dir"] = str(run / "jobs")

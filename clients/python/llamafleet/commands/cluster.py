@@ -35,6 +35,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             tls_ca=args.tls_ca,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
+            roots=args.root,
         )
     console.print(
         f"[green]cluster up[/green] in {state.run_dir} (redis {cluster.redact_url(state.redis_url)})"
@@ -181,6 +182,14 @@ def register(sub) -> None:
     with_tls(p, "every service serves and presents to the others (valid for 127.0.0.1)")
     p.add_argument("--redis-url", help="use this Redis instead of starting one")
     p.add_argument("--base-model", help="model folder the rollout and reward services serve")
+    p.add_argument(
+        "--root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="one more folder the services may read datasets and models from (and training "
+        "write exports to); by default the working directory and the run directory (repeat it)",
+    )
     p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for health")
     p.add_argument("--json", action="store_true", help="print the status as JSON")
     for kind in ("rollout", "reward"):
