@@ -6,7 +6,8 @@ The strategy knows nothing about any RPC: it walks the request message's DESCRIP
 type, enums including numbers the enum does not define, repeated fields bounded, nested messages
 to a bounded depth, one member of each oneof, ``google.protobuf.Struct`` as a small JSON object).
 Strings mix random text with values that reach deeper into the services (the tiny model's folder,
-the prepared dataset's id, scorer names, path traversals). Streams are read for a few messages
+the prepared dataset's id, scorer names, path traversals, paths outside the roots, /proc and /dev,
+over-long ids and paths, NUL bytes, an address). Streams are read for a few messages
 and then cancelled. Training jobs that a random spec manages to create are cancelled afterwards,
 and the test checks that none is left running.
 """
@@ -239,8 +240,15 @@ def world(tmp_path_factory):
         "alpaca",
         "chatml",
         "\x00",
+        "good\x00.jsonl",
         "é" * 40,
         "a" * 300,
+        "a" * 4096,  # an id or name far past max_id_chars / max_name_chars
+        "a/" * 2600,  # a path past max_path_chars
+        "/proc/self/environ",
+        "/dev/zero",
+        str(root / "fleet" / "jobs"),
+        "127.0.0.1:1",  # an address to dial, where a field could take one
     ]
     try:
         yield fleet, _strings(interesting), valid_bases(model, data)
