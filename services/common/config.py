@@ -38,6 +38,7 @@ class ServerConfig:
     port: int = 0  # 0 picks a free port; the bound address goes to ``address_file``
     address_file: str = ""  # written once serving, as "host:port" (read by `llamafleet up`)
     auth_token: str = ""  # bearer token; required when binding a non-loopback address
+    read_token: str = ""  # a second token that may call only read-only RPCs (server.py)
     tls_cert: str = ""  # PEM server certificate; with tls_key turns TLS on
     tls_key: str = ""
     tls_client_ca: str = ""  # PEM CA; when set, clients must present a certificate (mTLS)
@@ -61,6 +62,10 @@ class ServerConfig:
         for key in ("max_id_chars", "max_name_chars", "max_path_chars", "max_list_items"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be at least 1")
+        if self.read_token and not self.auth_token:
+            raise ConfigError("read_token: set auth_token too (without it every call is allowed)")
+        if self.read_token and self.read_token == self.auth_token:
+            raise ConfigError("read_token: must differ from auth_token")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("tls_cert and tls_key: set both or neither")
         if self.tls_client_ca and not self.tls_cert:

@@ -7,7 +7,8 @@
 - ``grpc.so_reuseport=0`` (another process must not silently share the port), explicit message
   size limits, and ``maximum_concurrent_rpcs`` (RESOURCE_EXHAUSTED past it, from grpc itself);
 - one interceptor (``_Guard``) that, per call: tags logs with a request id, checks the bearer
-  token (UNAUTHENTICATED; the scheme case-insensitively, RFC 6750), turns an undecodable request
+  token (UNAUTHENTICATED; the scheme case-insensitively, RFC 6750; a ``read_token`` reaches only
+  the RPCs whose names say they read, PERMISSION_DENIED otherwise), turns an undecodable request
   body into INVALID_ARGUMENT (with an ``ErrorInfo``), maps the
   project's exceptions (``errors.py``) to status codes with ``google.rpc`` details, and turns
   anything unexpected into INTERNAL with the traceback logged, never sent;
@@ -74,29 +75,52 @@ def _safe_deserializer(deserialize: Callable[[bytes], Any] | None) -> Callable[[
     return parse
 
 
-class _Guard(grpc.aio.ServerInterceptor):
-    def __init__(self, auth_token: str) -> None:
-        self._token = auth_token.encode()
+# RPCs a read-only token may call, by the verb that starts their name (the contract's methods
+# follow the standard-method naming: Get/List/Watch read; Create/Cancel/Export/Load/Prepare
+# change something). A method with any other verb needs the admin token: a new RPC is
+# admin-only until its name says it reads.
+READ_ONLY_VERBS = ("Get", "List", "Watch", "Preview", "Stream", "Generate", "Score", "Fetch")
+REFLECTION_PREFIX = "/grpc.reflection."
 
-    def _authorized(self, details: grpc.HandlerCallDetails) -> bool:
+
+def is_read_only(method: str) -> bool:
+    """Whether ``method`` (``/package.Service/Method``) only reads (see READ_ONLY_VERBS)."""
+    if method.startswith(REFLECTION_PREFIX):
+        return True
+    return method.rsplit("/", 1)[-1].startswith(READ_ONLY_VERBS)
+
+
+class _Guard(grpc.aio.ServerInterceptor):
+    def __init__(self, auth_token: str, read_token: str = "") -> None:
+        self._token = auth_token.encode()
+        self._read_token = read_token.encode()
+
+    def _access(self, details: grpc.HandlerCallDetails) -> str:
+        """ "ok", "unauthenticated", or "read-only" (a read token on a method that changes
+        something)."""
         if not self._token or details.method.startswith(HEALTH_PREFIX):
-            return True
+            return "ok"
         for key, value in details.invocation_metadata or ():
             if key == "authorization":
                 given = value.encode() if isinstance(value, str) else value
                 # RFC 6750 (via RFC 7235): the auth scheme is case-insensitive.
                 scheme, _, credential = given.strip().partition(b" ")
                 if scheme.lower() != b"bearer":
-                    return False
-                return hmac.compare_digest(credential.strip(), self._token)
-        return False
+                    return "unauthenticated"
+                credential = credential.strip()
+                if hmac.compare_digest(credential, self._token):
+                    return "ok"
+                if self._read_token and hmac.compare_digest(credential, self._read_token):
+                    return "ok" if is_read_only(details.method) else "read-only"
+                return "unauthenticated"
+        return "unauthenticated"
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
         if handler is None:
             return None
         method = details.method
-        authorized = self._authorized(details)
+        authorized = self._access(details)
         request_id = _request_id(details)
         deserializer = handler.request_deserializer
         if not (handler.request_streaming or handler.response_streaming):
@@ -119,7 +143,7 @@ class _Guard(grpc.aio.ServerInterceptor):
             response_serializer=handler.response_serializer,
         )
 
-    def _unary(self, behavior, method: str, authorized: bool, request_id: str):
+    def _unary(self, behavior, method: str, authorized: str, request_id: str):
         async def guarded(request, context):
             request_id_var.set(request_id)
             await _precheck(request, context, method, authorized)
@@ -133,7 +157,7 @@ class _Guard(grpc.aio.ServerInterceptor):
 
         return guarded
 
-    def _streaming(self, behavior, method: str, authorized: bool, request_id: str):
+    def _streaming(self, behavior, method: str, authorized: str, request_id: str):
         async def guarded(request, context) -> AsyncIterator[Any]:
             request_id_var.set(request_id)
             await _precheck(request, context, method, authorized)
@@ -161,11 +185,17 @@ def _request_id(details: grpc.HandlerCallDetails) -> str:
     return uuid.uuid4().hex[:16]
 
 
-async def _precheck(request, context, method: str, authorized: bool) -> None:
-    if not authorized:
+async def _precheck(request, context, method: str, authorized: str) -> None:
+    if authorized == "unauthenticated":
         await context.abort(
             grpc.StatusCode.UNAUTHENTICATED,
             "missing or wrong bearer token: send metadata 'authorization: Bearer <token>'",
+        )
+    if authorized == "read-only":
+        await context.abort(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"{method} changes something and this token may only read (list, get, watch, "
+            "preview, stream, generate, score, fetch); call it with the admin token",
         )
     if isinstance(request, _Undecodable):
         logger.info("undecodable request to %s (%s)", method, request.error)
@@ -214,7 +244,7 @@ class ServiceHost:
         cfg = self.config
         max_bytes = cfg.max_message_mb * 1024 * 1024
         server = grpc.aio.server(
-            interceptors=[_Guard(cfg.auth_token)],
+            interceptors=[_Guard(cfg.auth_token, cfg.read_token)],
             maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
             options=[
                 ("grpc.so_reuseport", 0),

@@ -231,6 +231,41 @@ def test_bearer_token_required_except_for_health():
     assert set(codes.values()) == {grpc.StatusCode.UNAUTHENTICATED}
 
 
+def test_read_token_reaches_only_the_rpcs_that_read():
+    """A second, read-only token: Get/List/Stream pass, Prepare (which writes) is
+    PERMISSION_DENIED; the admin token still reaches everything."""
+
+    async def scenario():
+        host = await _start(ProbeServicer(), auth_token="admin-1", read_token="reader-2")
+        codes = {}
+        async with grpc.aio.insecure_channel(host.address) as channel:
+            stub = pb_grpc.DataServiceStub(channel)
+            reader = [("authorization", "Bearer reader-2")]
+            admin = [("authorization", "bearer admin-1")]
+            await stub.GetDataset(pb.GetDatasetRequest(), timeout=5, metadata=reader)
+            await stub.ListDatasets(pb.ListDatasetsRequest(), timeout=5, metadata=reader)
+            for label, metadata in (("reader", reader), ("admin", admin)):
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await stub.PrepareDataset(
+                        pb.PrepareDatasetRequest(), timeout=5, metadata=metadata
+                    )
+                codes[label] = err.value
+        await host.stop(grace=0)
+        return codes
+
+    codes = _run(scenario())
+    assert codes["reader"].code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "admin token" in codes["reader"].details()
+    # the admin token gets through the guard (the probe does not implement PrepareDataset)
+    assert codes["admin"].code() == grpc.StatusCode.UNIMPLEMENTED
+    from services.common.server import is_read_only
+
+    writes = {"CreateTrainingJob", "CancelTrainingJob", "ExportModel", "LoadAdapter"}
+    assert not any(is_read_only(f"/x.Svc/{m}") for m in writes | {"PrepareDataset"})
+    reads = {"GetTrainingJob", "ListTrainingJobs", "WatchTrainingJob", "Generate", "ScoreRollouts"}
+    assert all(is_read_only(f"/x.Svc/{m}") for m in reads)
+
+
 def test_concurrency_limit_answers_resource_exhausted():
     async def scenario():
         servicer = ProbeServicer()

@@ -49,6 +49,7 @@ from reliability_harness import report
 S = grpc.StatusCode
 TOKEN = "sec-token-5d1f0c"
 AUTH = [("authorization", f"Bearer {TOKEN}")]
+READ_TOKEN = "sec-read-only-77ab"  # the cluster's second token: it may only read
 ENV = ("LLAMAFLEET_TOKEN", "LLAMAFLEET_TLS_CA", "LLAMAFLEET_TLS_CERT", "LLAMAFLEET_TLS_KEY")
 PASSWD_LINE = "root:x:0:0"
 TALLY: dict[str, int] = {}  # status code name -> calls
@@ -156,6 +157,7 @@ def attack(tmp_path_factory):
             base_model=str(model),
             roots=[str(data)],
             token=TOKEN,
+            read_token=READ_TOKEN,
             settings={"data": {"max_record_bytes": str(1 << 20), "max_json_file_mb": "1"}},
             timeout=120,
         )
@@ -370,6 +372,24 @@ def test_refused_oversize_files_leave_the_data_service_memory_as_it_was(attack):
     report("security-rss", before_mb=before >> 20, after_mb=after >> 20, files=len(files) - 1)
     assert after - before < 100 << 20, (before, after)
     attack.watch.assert_fine()
+
+
+def test_a_read_only_token_reads_and_changes_nothing(attack):
+    reader = [("authorization", f"Bearer {READ_TOKEN}")]
+    attack.data.ListDatasets(dpb.ListDatasetsRequest(), timeout=30, metadata=reader)
+    attack.rollout.ListAdapters(rpb.ListAdaptersRequest(), timeout=30, metadata=reader)
+    writes = [
+        (attack.data.PrepareDataset, dpb.PrepareDatasetRequest()),
+        (
+            attack.rollout.LoadAdapter,
+            rpb.LoadAdapterRequest(adapter=c.AdapterRef(id="x", version=1)),
+        ),
+    ]
+    for rpc, request in writes:
+        with pytest.raises(grpc.RpcError) as err:
+            rpc(request, timeout=30, metadata=reader)
+        assert err.value.code() == S.PERMISSION_DENIED, err.value
+        TALLY["PERMISSION_DENIED"] = TALLY.get("PERMISSION_DENIED", 0) + 1
 
 
 def test_health_answered_within_a_second_throughout(attack):

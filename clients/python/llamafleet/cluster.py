@@ -87,14 +87,17 @@ class ClusterState:
     tls_cert: str = ""  # presents to the others (absolute paths)
     tls_key: str = ""
     roots: list[str] = field(default_factory=list)  # request paths: under these only (absolute)
+    read_token: str = field(default="", repr=False)  # in memory while starting; never saved
 
     def save(self) -> None:
         path = Path(self.run_dir) / STATE_FILE
         tmp = path.with_suffix(".tmp")
         tmp.unlink(missing_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # may hold a password
+        saved = asdict(self)
+        del saved["read_token"]  # tokens are never written to disk
         with os.fdopen(fd, "w") as out:
-            out.write(json.dumps(asdict(self), indent=2))
+            out.write(json.dumps(saved, indent=2))
         tmp.replace(path)
 
     @classmethod
@@ -176,6 +179,7 @@ def up(
     tls_cert: str = "",
     tls_key: str = "",
     roots: list[str] | None = None,
+    read_token: str = "",
 ) -> ClusterState:
     """Start Redis (if needed) and the four services; return once all are SERVING.
 
@@ -191,8 +195,11 @@ def up(
     usages) secure every service and every call between them, and the private Redis.
 
     ``roots``: folders, beyond the working directory and ``run_dir``, that requests may name
-    paths in (datasets, tokenizers, models, exports).
+    paths in (datasets, tokenizers, models, exports). ``read_token`` (with ``token``): a second
+    token that may call only the RPCs that read (list, get, watch, preview, generate, ...).
     """
+    if read_token and not token:
+        raise ClusterError("a read-only token needs the admin token too (LLAMAFLEET_TOKEN)")
     if rollout_workers < 1 or reward_workers < 1:
         raise ClusterError("rollout_workers and reward_workers must be at least 1")
     tls = _check_tls_files(tls_ca, tls_cert, tls_key)
@@ -230,6 +237,7 @@ def up(
         _ping_redis(redis_url)
     state.save()
 
+    state.read_token = read_token  # for _service_env only: never saved (see ClusterState)
     try:
         deadline = time.monotonic() + timeout
         # data, then training (it needs data's address), then the workers (they need training's).
@@ -305,16 +313,19 @@ def add_worker(
     timeout: float = 60.0,
     python: str = sys.executable,
     token: str = "",
+    read_token: str = "",
 ) -> ServiceProcess:
     """Start one more ``rollout`` or ``reward`` process in a running cluster; it joins the work
     queue's consumer group and takes work without anything being restarted. A cluster started
-    with a token needs it again (``token``): it is checked against training first."""
+    with a token needs it again (``token``): it is checked against training first; a read-only
+    token, if the cluster has one, is passed again as ``read_token`` (it is never stored)."""
     if kind not in ("rollout", "reward"):
         raise ClusterError(f"only rollout and reward workers scale out, not {kind!r}")
     run = Path(run_dir).resolve()
     state = ClusterState.load(run)
     if state.token_required:
         _check_token(state, token)
+        state.read_token = read_token
     else:
         token = ""  # like its siblings: no auth_token
     index = 1
@@ -383,6 +394,8 @@ def _service_env(state: ClusterState, name: str, token: str = "") -> dict[str, s
             settings["base_model"] = state.base_model
     if token:
         settings["auth_token"] = token
+        if state.read_token:
+            settings["read_token"] = state.read_token
         if name in ("rollout", "reward"):
             settings["training_token"] = token  # FetchAdapter
     if state.tls_cert:

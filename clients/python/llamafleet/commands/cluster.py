@@ -36,6 +36,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             roots=args.root,
+            read_token=os.environ.get("LLAMAFLEET_READ_TOKEN", ""),
         )
     console.print(
         f"[green]cluster up[/green] in {state.run_dir} (redis {cluster.redact_url(state.redis_url)})"
@@ -46,7 +47,11 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_add_worker(args: argparse.Namespace) -> int:
     with console.status(f"starting one more {args.kind} worker..."):
         svc = cluster.add_worker(
-            args.run_dir, args.kind, timeout=args.timeout, token=os.environ.get(ENV_TOKEN, "")
+            args.run_dir,
+            args.kind,
+            timeout=args.timeout,
+            token=os.environ.get(ENV_TOKEN, ""),
+            read_token=os.environ.get("LLAMAFLEET_READ_TOKEN", ""),
         )
     console.print(f"[green]{svc.name}[/green] serving at {svc.address} (pid {svc.pid})")
     return 0
@@ -175,7 +180,8 @@ def register(sub) -> None:
             "up",
             help="start Redis and the four services locally",
             description="Start Redis and the four services locally. With LLAMAFLEET_TOKEN set "
-            "every service requires that bearer token; with --tls-ca/--tls-cert/--tls-key every "
+            "every service requires that bearer token (and LLAMAFLEET_READ_TOKEN, if set, is a "
+            "second token that may only read); with --tls-ca/--tls-cert/--tls-key every "
             "service serves mutual TLS and the services call each other with them.",
         )
     )
