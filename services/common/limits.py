@@ -8,7 +8,9 @@ over-long string, a control character in an id, a list with too many items, a nu
 not finite or out of its range. Each refusal is INVALID_ARGUMENT naming the field, and quotes at
 most a short prefix of the bad value (``errors.shorten``).
 
-It knows no RPC and no field of any message: callers pass the value and its field path.
+It knows no RPC and no field of any message: callers pass the value and its field path, or a
+whole message for ``message_violations`` (a walk over its descriptor: unknown enum numbers,
+non-finite floats, over-long strings, over-long lists, anywhere in it).
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from collections.abc import Sized
 from dataclasses import dataclass
 from typing import Any
 
-from services.common.errors import InvalidArgument, invalid, shorten
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from services.common.errors import FieldViolation, InvalidArgument, invalid, shorten
 
 _CONTROL = {*range(0x00, 0x20), 0x7F}
 
@@ -129,4 +134,73 @@ def violations_of(*checks) -> list:
             check()
         except InvalidArgument as err:
             found.extend(err.violations)
+    return found
+
+
+def message_violations(
+    message: Message,
+    prefix: str,
+    limits: Limits = DEFAULT_LIMITS,
+    string_chars: dict[str, int] | None = None,
+    max_violations: int = 20,
+) -> list[FieldViolation]:
+    """Every field of ``message`` (walked through its descriptor, nested messages included) that
+    no service may accept, whatever the field means: an enum number the enum does not define
+    (proto3 keeps them), a float that is NaN or infinite, a string longer than its bound or
+    holding a NUL byte, a repeated field with more than ``limits.list_items`` items.
+
+    Strings are bounded by ``string_chars[name]`` when the field's name is there (``job_id`` ->
+    ``limits.id_chars``, for instance), else by ``limits.path_chars``. Field paths start with
+    ``prefix`` (``spec.hyperparameters.learning_rate``). Range checks that depend on a field's
+    meaning (positive, at most the configured maximum) are the caller's.
+    """
+    found: list[FieldViolation] = []
+    bounds = string_chars or {}
+
+    def add(path: str, why: str) -> None:
+        if len(found) < max_violations:
+            found.append(FieldViolation(path, why))
+
+    def scalar(field: FieldDescriptor, value: Any, path: str) -> None:
+        if field.type == FieldDescriptor.TYPE_ENUM:
+            if field.enum_type.values_by_number.get(value) is None:
+                names = ", ".join(v.name for v in field.enum_type.values if v.number)[:200]
+                add(path, f"unknown value {value}; use one of {names}")
+        elif field.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+            if not math.isfinite(value):
+                add(path, f"must be a finite number, got {value}")
+        elif field.type == FieldDescriptor.TYPE_STRING:
+            most = bounds.get(field.name, limits.path_chars)
+            if len(value) > most:
+                add(path, f"{shorten(value)} is longer than {most} characters")
+            elif "\x00" in value:
+                add(path, f"{shorten(value)} contains a NUL byte")
+
+    def walk(msg: Message, path: str, depth: int) -> None:
+        if depth > 32:  # protobuf parses at most 100 levels; ours have under 10
+            return
+        for field, value in msg.ListFields():
+            where = f"{path}.{field.name}" if path else field.name
+            if (
+                field.type == FieldDescriptor.TYPE_MESSAGE
+                and field.message_type.GetOptions().map_entry
+            ):
+                if len(value) > limits.list_items:
+                    add(where, f"{len(value)} entries; at most {limits.list_items}")
+                continue
+            if field.is_repeated:
+                if len(value) > limits.list_items:
+                    add(where, f"{len(value)} items; at most {limits.list_items}")
+                    continue
+                for i, item in enumerate(value):
+                    if field.type == FieldDescriptor.TYPE_MESSAGE:
+                        walk(item, f"{where}[{i}]", depth + 1)
+                    else:
+                        scalar(field, item, f"{where}[{i}]")
+            elif field.type == FieldDescriptor.TYPE_MESSAGE:
+                walk(value, where, depth + 1)
+            else:
+                scalar(field, value, where)
+
+    walk(message, prefix, 0)
     return found
