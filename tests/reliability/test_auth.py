@@ -155,9 +155,23 @@ def test_the_descriptors_cover_everything_the_services_serve(fleet):
         extra = (
             served
             - expected
-            - {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+            - {
+                "grpc.health.v1.Health",
+                "grpc.reflection.v1alpha.ServerReflection",
+                "grpc.reflection.v1.ServerReflection",
+            }
         )
         assert extra == set() and served & expected, (name, served)
+        # the v1 reflection service (same messages, another package) is behind the token too
+        v1 = channel.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        with pytest.raises(grpc.RpcError) as err:
+            for _ in v1(iter([request]), timeout=10):
+                pass
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 # -- a Hypothesis search for a way past the guard --------------------------------------------
