@@ -233,7 +233,7 @@ def test_calls_between_services_carry_the_token_and_certificate(secured, env, tm
     (FetchAdapter) over mutual TLS with the token; without them training refuses the fetch."""
     state, certs, model = secured
     env(token=TOKEN)
-    data_file = tmp_path / "train.jsonl"
+    data_file = model.parent / "train.jsonl"  # under the cluster's --root
     rows = [{"instruction": f"Repeat: w{i:02d}", "output": f"w{i:02d}"} for i in range(16)]
     data_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with cluster.connect(state.run_dir, timeout=60) as client:
