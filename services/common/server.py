@@ -79,7 +79,9 @@ def _safe_deserializer(deserialize: Callable[[bytes], Any] | None) -> Callable[[
 # follow the standard-method naming: Get/List/Watch read; Create/Cancel/Export/Load/Prepare
 # change something). A method with any other verb needs the admin token: a new RPC is
 # admin-only until its name says it reads.
-READ_ONLY_VERBS = ("Get", "List", "Watch", "Preview", "Stream", "Generate", "Score", "Fetch")
+READ_ONLY_VERBS = (
+    "Get", "List", "Watch", "Preview", "Stream", "Generate", "Score", "Test", "Fetch",
+)  # fmt: skip
 REFLECTION_PREFIX = "/grpc.reflection."
 
 
