@@ -18,6 +18,7 @@ from services.common.errors import invalid
 from services.training.adapters import export
 from services.training.adapters import store as adapter_store
 from services.training.config import TrainingConfig
+from services.training.jobs import access
 from services.training.jobs.manager import JobManager
 from services.training.jobs.store import EventTail
 from services.training.spec.normalize import TERMINAL_STATES
@@ -59,7 +60,7 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
         tail = EventTail(view.dir, request.after_sequence)
         pending: list[pb.TrainingEvent] = []
         while True:
-            pending = pending or tail.poll()
+            pending = pending or await asyncio.to_thread(tail.poll)  # reads the event log
             if not pending:
                 state, last_sequence = await asyncio.to_thread(self.manager.progress, view.id)
                 if state in TERMINAL_STATES and tail.sequence >= last_sequence:
@@ -69,7 +70,7 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
             event = pending.pop(0)
             yield api.WatchTrainingJobResponse(event=event)
             if _is_terminal(event) and not pending:
-                pending = tail.poll()
+                pending = await asyncio.to_thread(tail.poll)
                 if not pending:
                     return  # ends after the event that made the job terminal
 
@@ -77,7 +78,9 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
         if request.offset < 0:
             raise invalid("offset", "must be >= 0")
         view = self.manager.view(request.adapter.id)
-        version, folder, entry = view.resolve_adapter(request.adapter.version)
+        version, folder, entry = await asyncio.to_thread(
+            view.resolve_adapter, request.adapter.version
+        )
         archive, info = await asyncio.to_thread(adapter_store.archive_info, folder)
         if request.offset > info.total_size:
             raise invalid("offset", f"past the end of the archive ({info.total_size} bytes)")
@@ -106,9 +109,17 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
                 return
 
     async def ExportModel(self, request, context):
+        # where it may write is checked before anything else (export_roots, never the jobs dir)
+        target = ""
+        if request.output_dir:
+            target = str(
+                await asyncio.to_thread(access.export_dir, request.output_dir, self.config)
+            )
+        if request.mode not in pb.ExportMode.values():
+            raise invalid("mode", f"unknown ExportMode {request.mode}")
         view = self.manager.view(request.job_id)
         out, version, files = await asyncio.to_thread(
-            export.export_job, view, request.version, request.mode, request.output_dir
+            export.export_job, view, request.version, request.mode, target
         )
         return api.ExportModelResponse(
             output_dir=str(out), version=version, mode=request.mode, files=files

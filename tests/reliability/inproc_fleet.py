@@ -83,7 +83,11 @@ class InProcFleet:
         await self._host("data", self.data_config, data_register(self.data_config))
         # training reads job batches from the data service (it refuses jobs without one)
         self.training_config = TrainingConfig(
-            jobs_dir=str(w / "jobs"), data_address=self.addresses["data"], **COMMON
+            jobs_dir=str(w / "jobs"),
+            data_address=self.addresses["data"],
+            model_roots=roots,
+            export_roots=str(w.parent.parent),  # the pytest session's folder (CLI tests' too)
+            **COMMON,
         )
         self.reward = reward_app(RewardConfig(worker_threads=0, rule_threads=1, **COMMON))
         for name, config, register in (

@@ -370,7 +370,46 @@ RPC_CASES = [
     ("rpc", "job id traversal, unknown Stage 99, base model /etc", TRAINING, "CreateTrainingJob",
      _msg(tpb.CreateTrainingJobRequest(spec=t.TrainingJobSpec(
          job_id="../../x", stage=99, base_model="/etc", output_dir=TRAVERSAL))),
+     S.INVALID_ARGUMENT, "spec.stage: unknown value 99"),
+    ("rpc", "job id traversal", TRAINING, "CreateTrainingJob",
+     lambda ctx: tpb.CreateTrainingJobRequest(spec=t.TrainingJobSpec(
+         job_id="../../x", stage=t.STAGE_SFT, base_model=str(ctx.model))).SerializeToString(),
      S.INVALID_ARGUMENT, "spec.job_id"),
+    ("rpc", "base model outside the roots (/etc)", TRAINING, "CreateTrainingJob",
+     _msg(tpb.CreateTrainingJobRequest(spec=t.TrainingJobSpec(
+         job_id="x", stage=t.STAGE_SFT, base_model="/etc"))),
+     S.PERMISSION_DENIED, "model_roots"),
+    ("rpc", "output_dir with traversal", TRAINING, "CreateTrainingJob",
+     lambda ctx: tpb.CreateTrainingJobRequest(spec=t.TrainingJobSpec(
+         job_id="x", stage=t.STAGE_SFT, base_model=str(ctx.model), output_dir=TRAVERSAL)
+     ).SerializeToString(), S.PERMISSION_DENIED, "spec.output_dir"),
+    ("rpc", "output_dir inside the jobs folder", TRAINING, "CreateTrainingJob",
+     lambda ctx: tpb.CreateTrainingJobRequest(spec=t.TrainingJobSpec(
+         job_id="x", stage=t.STAGE_SFT, base_model=str(ctx.model),
+         output_dir=str(ctx.root / "fleet" / "jobs" / "other"))).SerializeToString(),
+     S.PERMISSION_DENIED, "spec.output_dir"),
+    ("rpc", "infinite learning rate, NaN beta, unknown dtype, world size 2^31-1", TRAINING,
+     "CreateTrainingJob", lambda ctx: tpb.CreateTrainingJobRequest(spec=t.TrainingJobSpec(
+         job_id="x", stage=t.STAGE_SFT, base_model=str(ctx.model), compute_dtype=99,
+         hyperparameters=t.Hyperparameters(learning_rate=float("inf")),
+         preference=t.PreferenceConfig(beta=float("nan")),
+         distributed=t.DistributedConfig(world_size=2**31 - 1))).SerializeToString(),
+     S.INVALID_ARGUMENT, "max_world_size"),
+    ("rpc", "rollout_batch_size -1 on an SFT job", TRAINING, "CreateTrainingJob",
+     lambda ctx: tpb.CreateTrainingJobRequest(spec=t.TrainingJobSpec(
+         job_id="x", stage=t.STAGE_SFT, base_model=str(ctx.model),
+         ppo=t.PpoConfig(rollout_batch_size=-1))).SerializeToString(),
+     S.INVALID_ARGUMENT, "spec.ppo.rollout_batch_size"),
+    ("rpc", "a 512 KB string in the spec (the fleet caps messages at 1 MiB)", TRAINING,
+     "CreateTrainingJob",
+     lambda ctx: tpb.CreateTrainingJobRequest(spec=t.TrainingJobSpec(
+         job_id="x", stage=t.STAGE_PPO, base_model=str(ctx.model),
+         ppo=t.PpoConfig(reward_scorer="s" * (1 << 19)))).SerializeToString(),
+     S.INVALID_ARGUMENT, "spec.ppo.reward_scorer"),
+    ("rpc", "trust_remote_code without the owner's allow_remote_code", TRAINING,
+     "CreateTrainingJob", lambda ctx: tpb.CreateTrainingJobRequest(spec=t.TrainingJobSpec(
+         job_id="x", stage=t.STAGE_SFT, base_model=str(ctx.model), trust_remote_code=True)
+     ).SerializeToString(), S.PERMISSION_DENIED, "allow_remote_code"),
     ("rpc", "negative learning rate, dataset id traversal", TRAINING, "CreateTrainingJob",
      lambda ctx: tpb.CreateTrainingJobRequest(spec=t.TrainingJobSpec(
          job_id="ok", stage=t.STAGE_SFT, base_model=str(ctx.model),
@@ -387,6 +426,14 @@ RPC_CASES = [
      _msg(tpb.FetchAdapterRequest(offset=-1)), S.INVALID_ARGUMENT, "offset"),
     ("rpc", "export: output_dir traversal, unknown mode", TRAINING, "ExportModel",
      _msg(tpb.ExportModelRequest(job_id="x", output_dir="../../etc", mode=99)),
+     S.PERMISSION_DENIED, "export_roots"),
+    ("rpc", "export: unknown job, unknown mode", TRAINING, "ExportModel",
+     lambda ctx: tpb.ExportModelRequest(
+         job_id="x", output_dir=str(ctx.root / "out"), mode=99).SerializeToString(),
+     S.INVALID_ARGUMENT, "mode"),
+    ("rpc", "export: unknown job", TRAINING, "ExportModel",
+     lambda ctx: tpb.ExportModelRequest(
+         job_id="x", output_dir=str(ctx.root / "out")).SerializeToString(),
      S.NOT_FOUND, "no training job"),
     # rollout service
     ("rpc", "neither prompt_ids nor prompt_text", ROLLOUT, "Generate",

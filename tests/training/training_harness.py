@@ -36,9 +36,13 @@ def fake_launcher(spec, job_dir, data_address, token):
 
 
 def config(jobs_dir: Path, **kw) -> TrainingConfig:
+    """A test service: base models may come from the pytest session's temporary folder (where
+    the tiny models are built), outputs and exports go under the test's own folder."""
+    jobs_dir = Path(jobs_dir)
     base = TrainingConfig(
         jobs_dir=str(jobs_dir), cancel_grace_s=1.5, poll_interval_s=0.05,
         shutdown_delay_s=0.0, grace_s=0.5,
+        model_roots=str(jobs_dir.parent.parent), export_roots=str(jobs_dir.parent),
     )  # fmt: skip
     return replace(base, **kw)
 

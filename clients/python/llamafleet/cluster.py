@@ -387,6 +387,8 @@ def _service_env(state: ClusterState, name: str, token: str = "") -> dict[str, s
     if name == "training":
         settings["data_address"] = state.services["data"].address
         settings["jobs_dir"] = str(run / "jobs")
+        settings["model_roots"], settings["export_roots"] = models, roots
+        settings["denied_paths"] = denied
     if name in ("rollout", "reward"):
         settings["training_address"] = state.services["training"].address
         settings["adapter_cache_dir"] = str(run / f"{process}-adapters")

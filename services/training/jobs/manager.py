@@ -35,7 +35,7 @@ from services.common.errors import (
     invalid,
 )
 from services.training.config import TrainingConfig
-from services.training.jobs import process
+from services.training.jobs import access, process
 from services.training.jobs.events import EventLog
 from services.training.jobs.process import (
     LOG_FILE,
@@ -63,6 +63,8 @@ logger = logging.getLogger(__name__)
 
 CANCEL_FILE = "cancel_requested"
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 1000
+MAX_PAGE_BYTES = 2 << 20  # a ListTrainingJobs page stops growing past this (the limit is 4 MiB)
+MAX_LISTED_JOB_BYTES = 256 << 10  # a larger job is listed with its spec trimmed
 
 
 class JobManager:
@@ -172,16 +174,41 @@ class JobManager:
         for _, view in page:
             view.hash_adapters()
         with self._lock:
-            jobs = [view.describe() for _, view in page]
-        token = _encode_token(page[-1][0]) if len(keyed) > size else ""
+            described = [view.describe() for _, view in page]
+        # A page stays well under the message limit, however large the jobs are (specs are
+        # bounded now; jobs written before that are listed with a trimmed spec).
+        jobs: list[pb.TrainingJob] = []
+        total = 0
+        for job in described:
+            if job.ByteSize() > MAX_LISTED_JOB_BYTES:
+                job = _trimmed(job)
+            if jobs and total + job.ByteSize() > MAX_PAGE_BYTES:
+                break
+            jobs.append(job)
+            total += job.ByteSize()
+        more = len(jobs) < len(described) or len(keyed) > size
+        token = _encode_token(page[len(jobs) - 1][0]) if more and jobs else ""
         return jobs, token
 
     # --- commands --------------------------------------------------------------------------
 
     def create(self, spec: pb.TrainingJobSpec) -> pb.TrainingJob:
-        spec = normalize(spec)
-        validate_request(spec)  # what the service sees on its own
-        self._validator(spec)  # the whole spec, recipe by recipe
+        # Everything is checked before anything is created, written or launched: the bounds of
+        # the whole spec (unknown enum values, NaN, sizes), its paths under the roots, what the
+        # service sees on its own, then the whole spec recipe by recipe.
+        access.check_bounds(spec, self.config)
+        resolved, unresolved = access.resolve_paths(spec, self.config)
+        spec = normalize(resolved)
+        try:
+            validate_request(spec)
+        except InvalidArgument as err:
+            err.violations = _merged(unresolved, err.violations)
+            raise
+        if unresolved:
+            raise InvalidArgument(
+                "the training job spec is invalid", reason="INVALID_JOB_SPEC", violations=unresolved
+            )
+        self._validator(spec)
         if spec.stage == pb.STAGE_PPO and not self.config.redis_url:
             raise FailedPrecondition(
                 "STAGE_PPO reaches the rollout and reward workers through Redis, and this training "
@@ -394,3 +421,23 @@ def _decode_token(token: str) -> tuple[int, str]:
                 FieldViolation("page_token", "not a next_page_token from ListTrainingJobs")
             ],
         ) from None
+
+
+def _trimmed(job: pb.TrainingJob) -> pb.TrainingJob:
+    """``job`` with its spec cut to what a listing shows (id, stage, base model): for jobs
+    created before specs were bounded, which must not make a page too large to send."""
+    out = pb.TrainingJob()
+    out.CopyFrom(job)
+    out.spec.Clear()
+    out.spec.job_id = job.spec.job_id[:128]
+    out.spec.stage = job.spec.stage
+    out.spec.base_model = job.spec.base_model[:1024]
+    out.failure_message = job.failure_message[:1024]
+    logger.warning("job %s is listed with a trimmed spec (%d bytes)", job.id[:64], job.ByteSize())
+    return out
+
+
+def _merged(first: list[FieldViolation], then: list[FieldViolation]) -> list[FieldViolation]:
+    """``first`` and the violations of ``then`` about other fields (one message per field)."""
+    fields = {v.field for v in first}
+    return [*first, *(v for v in then if v.field not in fields)]
