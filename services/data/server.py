@@ -17,7 +17,9 @@ SERVICE_NAME = data_service_pb2.DESCRIPTOR.services_by_name["DataService"].full_
 
 
 def make_register(config: DataConfig) -> Register:
-    import transformers  # noqa: F401 - see the module docstring
+    # see the module docstring; transformers imports lazily, so name what loading one needs
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast  # noqa: F401
+    from transformers.models.auto import tokenization_auto  # noqa: F401
 
     return register_servicer(
         data_service_pb2_grpc.add_DataServiceServicer_to_server, DataServicer(config), SERVICE_NAME

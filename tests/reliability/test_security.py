@@ -44,6 +44,9 @@ from llamafleet.reward.v1 import reward_service_pb2_grpc as wgrpc
 from llamafleet.rollout.v1 import rollout_pb2 as r
 from llamafleet.rollout.v1 import rollout_service_pb2 as rpb
 from llamafleet.rollout.v1 import rollout_service_pb2_grpc as rgrpc
+from llamafleet.training.v1 import training_pb2 as t
+from llamafleet.training.v1 import training_service_pb2 as tpb
+from llamafleet.training.v1 import training_service_pb2_grpc as tgrpc
 from reliability_harness import report
 
 S = grpc.StatusCode
@@ -110,6 +113,7 @@ class Attack:
         self.data = dgrpc.DataServiceStub(self.channels["data"])
         self.rollout = rgrpc.RolloutServiceStub(self.channels["rollout"])
         self.reward = wgrpc.RewardServiceStub(self.channels["reward"])
+        self.training = tgrpc.TrainingServiceStub(self.channels["training"])
         self.watch = HealthWatch(self.addresses)
 
     def refused(
@@ -136,7 +140,7 @@ class Attack:
 
 @pytest.fixture(scope="module")
 def attack(tmp_path_factory):
-    from services.training.tiny_model import build_tiny_model
+    from services.training.tiny.model import build_tiny_model
 
     work = tmp_path_factory.mktemp("security")
     model = build_tiny_model(work / "tiny", size="tiny", seed=0)
@@ -390,6 +394,104 @@ def test_a_read_only_token_reads_and_changes_nothing(attack):
             rpc(request, timeout=30, metadata=reader)
         assert err.value.code() == S.PERMISSION_DENIED, err.value
         TALLY["PERMISSION_DENIED"] = TALLY.get("PERMISSION_DENIED", 0) + 1
+
+
+# -- 3, 6, 7. training: nothing written outside the roots, nothing absurd started -----------------
+
+
+def _spec(attack: Attack, **fields) -> t.TrainingJobSpec:
+    spec = t.TrainingJobSpec(job_id="attack", stage=t.STAGE_SFT, base_model=str(attack.model))
+    spec.dataset.dataset_id = "good"
+    for path, value in fields.items():
+        target, *rest = path.split("__")
+        holder = spec
+        for name in [target, *rest][:-1]:
+            holder = getattr(holder, name)
+        setattr(holder, [target, *rest][-1], value)
+    return spec
+
+
+def _nothing_started(attack: Attack) -> None:
+    listed = attack.training.ListTrainingJobs(
+        tpb.ListTrainingJobsRequest(), timeout=30, metadata=AUTH
+    )
+    assert [j.id for j in listed.jobs] == []
+    jobs = attack.run / "jobs"
+    assert not jobs.exists() or list(jobs.iterdir()) == []
+
+
+def test_no_job_writes_outside_the_roots_and_no_export_does(attack):
+    outside = attack.work.parent / f"{attack.work.name}-outside"
+    for target in (str(outside), "../../../../x", str(attack.run / "jobs" / "other")):
+        err = attack.refused(
+            attack.training.CreateTrainingJob,
+            tpb.CreateTrainingJobRequest(spec=_spec(attack, output_dir=target)),
+        )
+        assert err.code() == S.PERMISSION_DENIED and "spec.output_dir" in err.details(), err
+    for target in (str(outside), "../../../../x", "/etc/cron.d/x"):
+        err = attack.refused(
+            attack.training.ExportModel,
+            tpb.ExportModelRequest(job_id="any", output_dir=target),
+        )
+        assert err.code() == S.PERMISSION_DENIED and "export_roots" in err.details(), err
+    for base in ("/etc", "/proc/self", str(attack.run / "redis")):
+        err = attack.refused(
+            attack.training.CreateTrainingJob,
+            tpb.CreateTrainingJobRequest(spec=_spec(attack, base_model=base)),
+        )
+        assert err.code() == S.PERMISSION_DENIED and "spec.base_model" in err.details(), err
+    assert not outside.exists()
+    _nothing_started(attack)
+
+
+def test_absurd_specs_are_refused_before_anything_starts(attack):
+    cases = {
+        "stage 99": _spec(attack, stage=99),
+        "learning_rate inf": _spec(attack, hyperparameters__learning_rate=float("inf")),
+        "compute_dtype 99": _spec(attack, compute_dtype=99),
+        "rollout_batch_size -1": _spec(attack, ppo__rollout_batch_size=-1),
+        "world_size 2^31-1": _spec(attack, distributed__world_size=2**31 - 1),
+        "NaN beta": _spec(attack, preference__beta=float("nan")),
+        "remote code": _spec(attack, trust_remote_code=True),
+    }
+    fields = {
+        "stage 99": "spec.stage",
+        "learning_rate inf": "spec.hyperparameters.learning_rate",
+        "compute_dtype 99": "spec.compute_dtype",
+        "rollout_batch_size -1": "spec.ppo.rollout_batch_size",
+        "world_size 2^31-1": "spec.distributed.world_size",
+        "NaN beta": "spec.preference.beta",
+        "remote code": "spec.trust_remote_code",
+    }
+    for label, spec in cases.items():
+        err = attack.refused(
+            attack.training.CreateTrainingJob, tpb.CreateTrainingJobRequest(spec=spec)
+        )
+        code = S.PERMISSION_DENIED if label == "remote code" else S.INVALID_ARGUMENT
+        assert err.code() == code and fields[label] in err.details(), (label, err)
+    _nothing_started(attack)
+
+
+def test_huge_strings_in_job_specs_are_refused_and_listing_keeps_working(attack, capsys):
+    from llamafleet import cli
+    from llamafleet.openai_api import Gateway
+
+    for i in range(10):
+        spec = _spec(attack, ppo__reward_scorer="s" * (1 << 20))
+        spec.job_id = f"big-{i}"
+        err = attack.refused(
+            attack.training.CreateTrainingJob, tpb.CreateTrainingJobRequest(spec=spec)
+        )
+        assert err.code() == S.INVALID_ARGUMENT and "spec.ppo.reward_scorer" in err.details()
+        assert len(err.details()) < 1100  # a short prefix of the value, not the value
+    _nothing_started(attack)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LLAMAFLEET_TOKEN", TOKEN)
+        assert cli.main(["jobs", "ls", "--run-dir", str(attack.run)]) == 0
+        with cluster.connect(attack.run, timeout=30) as client:
+            names = [m["id"] for m in Gateway(client, str(attack.model)).models()]
+    assert names == ["base"]
+    capsys.readouterr()
 
 
 def test_health_answered_within_a_second_throughout(attack):

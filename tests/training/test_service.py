@@ -208,3 +208,45 @@ def test_unknown_job_is_not_found(env):
     with pytest.raises(RpcError) as err:
         watch(service, "nope")
     assert err.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_jobs_written_before_specs_were_bounded_never_break_listing(tmp_path):
+    """Ten finished jobs whose stored specs carry 1 MB strings (written before the bounds, and
+    re-read from disk on every start) made a ListTrainingJobs page of 10 MB, past the client's
+    4 MiB limit: `llamafleet jobs ls` and /v1/models failed for good. Pages are bounded in
+    bytes and such a job is listed with its spec trimmed; GetTrainingJob still shows it all."""
+    from services.training.jobs.store import read_spec, write_spec
+
+    base = fake_base_model(tmp_path / "base")
+    service = TrainingService(config(tmp_path / "jobs"))
+    try:
+        for i in range(10):
+            create(service, make_spec(base, f"big-{i}", steps=1, save_steps=1))
+        for i in range(10):
+            wait_for(lambda i=i: get(service, f"big-{i}").state == pb.JOB_STATE_SUCCEEDED)
+    finally:
+        service.stop()
+    for i in range(10):  # what an older version accepted: a 1 MB string in each spec
+        folder = tmp_path / "jobs" / f"big-{i}"
+        spec = read_spec(folder)
+        spec.ppo.reward_scorer = "s" * (1 << 20)
+        write_spec(folder, spec)
+    service = TrainingService(config(tmp_path / "jobs"))
+    try:
+        seen, token, pages = [], "", 0
+        while True:
+            reply = service.training.ListTrainingJobs(
+                api.ListTrainingJobsRequest(page_size=100, page_token=token)
+            )
+            assert reply.ByteSize() < 4 << 20
+            seen += [j.id for j in reply.jobs]
+            pages += 1
+            token = reply.next_page_token
+            if not token:
+                break
+        assert sorted(seen) == sorted(f"big-{i}" for i in range(10)) and pages == 1
+        assert all(not j.spec.ppo.reward_scorer for j in reply.jobs)  # trimmed in the list
+        assert len(get(service, "big-0").spec.ppo.reward_scorer) == 1 << 20
+    finally:
+        service.stop()
+        kill_runners(tmp_path / "jobs")
