@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/protobuf/types/known/structpb"
 
 	commonv1 "github.com/llamafleet/llamafleet/clients/go/gen/llamafleet/common/v1"
 	datav1 "github.com/llamafleet/llamafleet/clients/go/gen/llamafleet/data/v1"
@@ -76,9 +75,10 @@ func TestInteropWithThePythonServices(t *testing.T) {
 	defer c.Close()
 
 	// 1. Preview one alpaca record: the response tokens are trained, the prompt is masked.
-	record, _ := structpb.NewStruct(map[string]interface{}{"instruction": "Reverse: abc", "output": "cba"})
+	// record_json, not the Struct record: the service reads the record as a dataset line (key
+	// order and integers kept).
 	preview, err := c.PreviewExample(ctx, &datav1.PreviewExampleRequest{
-		Record:       record,
+		RecordJson:   `{"instruction": "Reverse: abc", "output": "cba"}`,
 		Format:       &datav1.FormatOptions{Format: datav1.DatasetFormat_DATASET_FORMAT_ALPACA},
 		Tokenization: &datav1.TokenizationOptions{TokenizerPath: model},
 	})

@@ -88,6 +88,9 @@ class Datasets:
                         reason="DATASET_EXISTS",
                     )
                 if meta.fingerprint == fp:
+                    if meta.end_token_ids is None:  # prepared before they were recorded
+                        ends = make_encoder(spec.tokenizer_path, spec.encode).end_token_ids()
+                        meta = self.store.write_meta_only(replace(meta, end_token_ids=ends))
                     return meta
                 logger.info(
                     "dataset %s: sources changed since preparation; preparing again", dataset_id
@@ -115,6 +118,7 @@ class Datasets:
             layout=LAYOUT_OF_KIND[spec.kind],
             stats=stats_dict(result.stats),
             splits=splits,
+            end_token_ids=encoder.end_token_ids(),
         )
         if spec.streaming:
             return self.store.write_meta_only(meta)

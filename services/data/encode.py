@@ -183,6 +183,16 @@ class Encoder:
                     reason="TEMPLATE_TOKEN_MISSING",
                 )
 
+    def end_token_ids(self) -> tuple[int, ...]:
+        """The ids that end a response under this template and tokenizer (where a reward model
+        reads a sequence: ``services.common.scored_position``): the template's end-of-turn token
+        (its first stop word when it replaces the eos), its stop words that are one token each,
+        and the tokenizer's eos. The tokenizer's Jinja template names none of its own: the eos."""
+        ids = {self._eos_id, self.tokenizer.eos_token_id}
+        if self.template is not None:
+            ids |= {self._token_id(word) for word in self.template.stop_words}
+        return tuple(sorted(i for i in ids if i is not None))
+
     def check_jinja(self) -> None:
         if self.template is None and not getattr(self.tokenizer, "chat_template", None):
             raise FailedPrecondition(

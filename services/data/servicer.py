@@ -9,6 +9,7 @@ server keeps answering health checks while a dataset is prepared or streamed.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 
@@ -226,6 +227,7 @@ def dataset_proto(meta: DatasetMeta) -> d.Dataset:
         fingerprint=meta.fingerprint,
         kind=KIND_ENUM[meta.kind],
         stats=_stats_proto(meta.stats),
+        end_token_ids=meta.end_token_ids or (),
     )
     ds.create_time.FromNanoseconds(int(meta.create_time * 1e9))
     for split in meta.splits:
@@ -298,6 +300,38 @@ def batch_proto(layout: str, epoch: int, index: int, rows: list[dict]) -> d.Batc
     return batch
 
 
+def _preview_record(request: pb.PreviewExampleRequest, max_bytes: int) -> dict:
+    """The record of a preview: ``record_json`` parsed as a dataset file's line is (key order and
+    integers kept), else the ``record`` Struct (which keeps neither); either at most
+    ``max_bytes`` (the data service's ``max_record_bytes``)."""
+    if request.record_json:
+        size = len(request.record_json.encode("utf-8"))
+        if size > max_bytes:
+            raise invalid(
+                "record_json",
+                f"{size} bytes; at most {max_bytes} (the data service's max_record_bytes)",
+                "TOO_LONG",
+            )
+        try:
+            record = json.loads(request.record_json)
+        except json.JSONDecodeError as exc:
+            raise invalid("record_json", f"not JSON: {exc}", "BAD_ROW") from None
+        if not isinstance(record, dict):
+            raise invalid("record_json", "must be one JSON object", "BAD_ROW")
+        return record
+    if request.record.ByteSize() > max_bytes:
+        raise invalid(
+            "record",
+            f"{request.record.ByteSize()} bytes; at most {max_bytes} "
+            "(the data service's max_record_bytes)",
+            "TOO_LONG",
+        )
+    try:
+        return json_format.MessageToDict(request.record)
+    except ValueError as exc:  # NaN / infinity: no JSON value (json_format refuses them)
+        raise _bad_record_value(request.record, exc) from None
+
+
 class DataServicer(data_service_pb2_grpc.DataServiceServicer):
     def __init__(self, config: DataConfig) -> None:
         self.config = config
@@ -317,17 +351,7 @@ class DataServicer(data_service_pb2_grpc.DataServiceServicer):
         path = request.tokenization.tokenizer_path
         path = access.tokenizer_dir(path, "tokenization.tokenizer_path", self.config)
         encoder = make_encoder(path, options)
-        if request.record.ByteSize() > self.config.max_record_bytes:
-            raise invalid(
-                "record",
-                f"{request.record.ByteSize()} bytes; at most {self.config.max_record_bytes} "
-                "(the data service's max_record_bytes)",
-                "TOO_LONG",
-            )
-        try:
-            record = json_format.MessageToDict(request.record)
-        except ValueError as exc:  # NaN / infinity: no JSON value (json_format refuses them)
-            raise _bad_record_value(request.record, exc) from None
+        record = _preview_record(request, self.config.max_record_bytes)
         try:
             example = to_example(record, fmt, kind)
             (result,) = encoder.encode([example])

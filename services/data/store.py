@@ -112,6 +112,8 @@ class DatasetMeta:
     layout: str  # "rows" | "pairs" | "prompts"
     stats: dict[str, Any]  # ``DatasetStats`` fields of the whole dataset
     splits: tuple[SplitMeta, ...]
+    # ids that end a response under the dataset's template (None: prepared before they were kept)
+    end_token_ids: tuple[int, ...] | None = None
 
     def split(self, name: str) -> SplitMeta | None:
         return next((s for s in self.splits if s.split == name), None)
@@ -130,6 +132,7 @@ class DatasetMeta:
             "layout": self.layout,
             "stats": self.stats,
             "splits": [s.to_json() for s in self.splits],
+            **({} if self.end_token_ids is None else {"end_token_ids": list(self.end_token_ids)}),
         }
 
     @classmethod
@@ -144,6 +147,9 @@ class DatasetMeta:
             layout=data["layout"],
             stats=data["stats"],
             splits=tuple(SplitMeta.from_json(s) for s in data["splits"]),
+            end_token_ids=(
+                tuple(int(i) for i in data["end_token_ids"]) if "end_token_ids" in data else None
+            ),
         )
 
 
@@ -214,7 +220,7 @@ class DatasetStore:
         return meta
 
     def write_meta_only(self, meta: DatasetMeta) -> DatasetMeta:
-        """A streaming dataset: metadata and no shards."""
+        """Only ``meta.json``: a streaming dataset (no shards), or metadata updated in place."""
         final = self._dir(meta.id)
         final.mkdir(parents=True, exist_ok=True)
         tmp = final / "meta.json.tmp"

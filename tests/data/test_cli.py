@@ -53,3 +53,56 @@ def test_prepare_json_stats_and_user_errors(run_dir, model_dir, tmp_path, capsys
     assert "did you mean 'qwen'" in capsys.readouterr().err
     assert cli.main([*argv, "--bad-rows", "fail"]) == 2
     assert "d.jsonl:11" in capsys.readouterr().err
+
+
+# A tool whose schema keys are not in alphabetical order ("name", "description", "parameters";
+# "type", "properties", "required") and hold an integer: a protobuf Struct would hand the service
+# "description", "name", "parameters" and 7.0.
+TOOL_RECORD = {
+    "messages": [
+        {"role": "user", "content": "weather in Oslo for 3 days?"},
+        {"role": "assistant", "content": "Calling the tool."},
+    ],
+    "tools": [
+        {
+            "name": "get_weather",
+            "description": "The forecast for a city.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string"},
+                    "days": {"type": "integer", "maximum": 7},
+                },
+                "required": ["city"],
+            },
+        }
+    ],
+}
+
+
+@pytest.mark.parametrize("template", ["qwen", ""])  # a named template, the tokenizer's Jinja
+def test_preview_renders_the_ids_prepare_trains_on_for_a_record_with_tools(
+    run_dir, server, model_dir, tmp_path, capsys, template
+):
+    """``data preview`` and ``data prepare`` on the same record give identical ids (key order and
+    integers of the tools' schemas kept), and the text shows the user's key order."""
+    from llamafleet.client import Client
+    from llamafleet.data.v1 import data_service_pb2
+
+    common = ["--run-dir", run_dir, "--format", "openai", "--tokenizer", model_dir]
+    common += ["--template", template] if template else []
+    path = write_jsonl(tmp_path / "tools.jsonl", [TOOL_RECORD])
+    argv = ["data", "preview", *common, "--record", f"@{path}", "--json"]
+    assert cli.main(argv) == 0
+    (seq,) = json.loads(capsys.readouterr().out)["sequences"]
+    assert seq["text"].index('"name"') < seq["text"].index('"description"')
+    assert '"maximum": 7' in seq["text"] or '"maximum":7' in seq["text"]
+
+    argv = ["data", "prepare", *common, "--file", str(path), "--dataset-id", "tools", "--json"]
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+    with Client({"data": server.address}, timeout=30) as client:
+        request = data_service_pb2.StreamBatchesRequest(dataset_id="tools", batch_rows=1)
+        (row,) = [r for resp in client.data.StreamBatches(request) for r in resp.batch.rows]
+    assert list(row.input_ids) == seq["input_ids"]
+    assert list(row.labels) == seq["labels"]

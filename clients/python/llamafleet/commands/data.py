@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import json_format
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -68,7 +68,9 @@ def _format(args: argparse.Namespace) -> d.FormatOptions:
     return d.FormatOptions(format=FORMATS[args.format]) if args.format else d.FormatOptions()
 
 
-def _record(args: argparse.Namespace) -> struct_pb2.Struct:
+def _record(args: argparse.Namespace) -> str:
+    """The record as the JSON text the user wrote (checked to be one object): sent as
+    ``record_json``, so the preview keeps its key order and integers as a dataset file does."""
     raw = args.record
     if raw.startswith("@"):
         path = Path(raw[1:])
@@ -86,14 +88,12 @@ def _record(args: argparse.Namespace) -> struct_pb2.Struct:
         raise UserError(f"--record is not JSON: {exc}") from None
     if not isinstance(value, dict):
         raise UserError("--record must be one JSON object")
-    record = struct_pb2.Struct()
-    record.update(value)
-    return record
+    return raw
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
     request = pb.PreviewExampleRequest(
-        record=_record(args),
+        record_json=_record(args),
         format=_format(args),
         kind=KINDS.get(args.kind, d.EXAMPLE_KIND_UNSPECIFIED),
         tokenization=_tokenization(args),

@@ -9,6 +9,7 @@ services come back as JSON ``{"error": message}`` with an HTTP status from the g
 from __future__ import annotations
 
 import hmac
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,7 +18,6 @@ import grpc
 from fastapi import Body, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from google.protobuf import struct_pb2
 
 from llamafleet import cluster
 from llamafleet.chat import ChatBackend, UnknownModel
@@ -172,8 +172,6 @@ class WebApi:
             fmt = registry.format_options(dataset_dir, name)
         except (registry.RegistryError, ValueError) as exc:
             raise WebError(400, str(exc)) from None
-        record = struct_pb2.Struct()
-        record.update(raw)
         tok = data_pb2.TokenizationOptions(
             tokenizer_path=str(Path(model).expanduser().absolute()),
             template=data_pb2.TemplateOptions(name=str(form.get("template") or "")),
@@ -183,7 +181,10 @@ class WebApi:
         )
         reply = self.client.data.PreviewExample(
             data_service_pb2.PreviewExampleRequest(
-                record=record, format=fmt, kind=EXAMPLE_KINDS[stage], tokenization=tok
+                record_json=json.dumps(raw),  # key order and integers as in the file
+                format=fmt,
+                kind=EXAMPLE_KINDS[stage],
+                tokenization=tok,
             )
         )
         return {

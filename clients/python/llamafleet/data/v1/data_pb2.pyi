@@ -252,7 +252,7 @@ class DatasetSplit(_message.Message):
     def __init__(self, split: _Optional[_Union[Split, str]] = ..., stats: _Optional[_Union[DatasetStats, _Mapping]] = ..., shard_paths: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Dataset(_message.Message):
-    __slots__ = ("id", "spec", "fingerprint", "create_time", "kind", "stats", "splits")
+    __slots__ = ("id", "spec", "fingerprint", "create_time", "kind", "stats", "splits", "end_token_ids")
     ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
@@ -260,6 +260,7 @@ class Dataset(_message.Message):
     KIND_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
     SPLITS_FIELD_NUMBER: _ClassVar[int]
+    END_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     id: str
     spec: DatasetSpec
     fingerprint: str
@@ -267,7 +268,8 @@ class Dataset(_message.Message):
     kind: ExampleKind
     stats: DatasetStats
     splits: _containers.RepeatedCompositeFieldContainer[DatasetSplit]
-    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[DatasetSpec, _Mapping]] = ..., fingerprint: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[_Union[ExampleKind, str]] = ..., stats: _Optional[_Union[DatasetStats, _Mapping]] = ..., splits: _Optional[_Iterable[_Union[DatasetSplit, _Mapping]]] = ...) -> None: ...
+    end_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[DatasetSpec, _Mapping]] = ..., fingerprint: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[_Union[ExampleKind, str]] = ..., stats: _Optional[_Union[DatasetStats, _Mapping]] = ..., splits: _Optional[_Iterable[_Union[DatasetSplit, _Mapping]]] = ..., end_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TokenRow(_message.Message):
     __slots__ = ("input_ids", "labels", "position_ids", "cu_seqlens", "example_ids")

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from llamafleet.data.v1 import data_pb2 as llamafleet_dot_data_dot_v1_dot_data__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%llamafleet/data/v1/data_service.proto\x12\x12llamafleet.data.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1dllamafleet/data/v1/data.proto\"\xe1\x01\n\x15PreviewExampleRequest\x12\'\n\x06record\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x31\n\x06\x66ormat\x18\x02 \x01(\x0b\x32!.llamafleet.data.v1.FormatOptions\x12-\n\x04kind\x18\x03 \x01(\x0e\x32\x1f.llamafleet.data.v1.ExampleKind\x12=\n\x0ctokenization\x18\x04 \x01(\x0b\x32\'.llamafleet.data.v1.TokenizationOptions\"\x9a\x01\n\x16PreviewExampleResponse\x12-\n\x04kind\x18\x01 \x01(\x0e\x32\x1f.llamafleet.data.v1.ExampleKind\x12\x37\n\tsequences\x18\x02 \x03(\x0b\x32$.llamafleet.data.v1.RenderedSequence\x12\x18\n\x10reference_answer\x18\x03 \x01(\t\"Z\n\x15PrepareDatasetRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12-\n\x04spec\x18\x02 \x01(\x0b\x32\x1f.llamafleet.data.v1.DatasetSpec\"F\n\x16PrepareDatasetResponse\x12,\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x1b.llamafleet.data.v1.Dataset\"\'\n\x11GetDatasetRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\"B\n\x12GetDatasetResponse\x12,\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x1b.llamafleet.data.v1.Dataset\"<\n\x13ListDatasetsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"^\n\x14ListDatasetsResponse\x12-\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x1b.llamafleet.data.v1.Dataset\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x95\x02\n\x14StreamBatchesRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12(\n\x05split\x18\x02 \x01(\x0e\x32\x19.llamafleet.data.v1.Split\x12\x0c\n\x04rank\x18\x03 \x01(\x05\x12\x12\n\nworld_size\x18\x04 \x01(\x05\x12\r\n\x05\x65poch\x18\x05 \x01(\x05\x12\x0c\n\x04seed\x18\x06 \x01(\x03\x12\x14\n\x07shuffle\x18\x07 \x01(\x08H\x01\x88\x01\x01\x12\x14\n\nbatch_rows\x18\x08 \x01(\x05H\x00\x12\x16\n\x0c\x62\x61tch_tokens\x18\t \x01(\x03H\x00\x12\x0e\n\x06\x63ursor\x18\n \x01(\t\x12\x12\n\ncount_only\x18\x0b \x01(\x08\x42\x0c\n\nbatch_sizeB\n\n\x08_shuffle\"f\n\x15StreamBatchesResponse\x12(\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x19.llamafleet.data.v1.Batch\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\x12\x13\n\x0bnum_batches\x18\x03 \x01(\x03\x32\x87\x04\n\x0b\x44\x61taService\x12g\n\x0ePreviewExample\x12).llamafleet.data.v1.PreviewExampleRequest\x1a*.llamafleet.data.v1.PreviewExampleResponse\x12g\n\x0ePrepareDataset\x12).llamafleet.data.v1.PrepareDatasetRequest\x1a*.llamafleet.data.v1.PrepareDatasetResponse\x12[\n\nGetDataset\x12%.llamafleet.data.v1.GetDatasetRequest\x1a&.llamafleet.data.v1.GetDatasetResponse\x12\x61\n\x0cListDatasets\x12\'.llamafleet.data.v1.ListDatasetsRequest\x1a(.llamafleet.data.v1.ListDatasetsResponse\x12\x66\n\rStreamBatches\x12(.llamafleet.data.v1.StreamBatchesRequest\x1a).llamafleet.data.v1.StreamBatchesResponse0\x01\x42KZIgithub.com/llamafleet/llamafleet/clients/go/gen/llamafleet/data/v1;datav1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%llamafleet/data/v1/data_service.proto\x12\x12llamafleet.data.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1dllamafleet/data/v1/data.proto\"\xf6\x01\n\x15PreviewExampleRequest\x12\'\n\x06record\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x31\n\x06\x66ormat\x18\x02 \x01(\x0b\x32!.llamafleet.data.v1.FormatOptions\x12-\n\x04kind\x18\x03 \x01(\x0e\x32\x1f.llamafleet.data.v1.ExampleKind\x12=\n\x0ctokenization\x18\x04 \x01(\x0b\x32\'.llamafleet.data.v1.TokenizationOptions\x12\x13\n\x0brecord_json\x18\x05 \x01(\t\"\x9a\x01\n\x16PreviewExampleResponse\x12-\n\x04kind\x18\x01 \x01(\x0e\x32\x1f.llamafleet.data.v1.ExampleKind\x12\x37\n\tsequences\x18\x02 \x03(\x0b\x32$.llamafleet.data.v1.RenderedSequence\x12\x18\n\x10reference_answer\x18\x03 \x01(\t\"Z\n\x15PrepareDatasetRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12-\n\x04spec\x18\x02 \x01(\x0b\x32\x1f.llamafleet.data.v1.DatasetSpec\"F\n\x16PrepareDatasetResponse\x12,\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x1b.llamafleet.data.v1.Dataset\"\'\n\x11GetDatasetRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\"B\n\x12GetDatasetResponse\x12,\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x1b.llamafleet.data.v1.Dataset\"<\n\x13ListDatasetsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"^\n\x14ListDatasetsResponse\x12-\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x1b.llamafleet.data.v1.Dataset\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x95\x02\n\x14StreamBatchesRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12(\n\x05split\x18\x02 \x01(\x0e\x32\x19.llamafleet.data.v1.Split\x12\x0c\n\x04rank\x18\x03 \x01(\x05\x12\x12\n\nworld_size\x18\x04 \x01(\x05\x12\r\n\x05\x65poch\x18\x05 \x01(\x05\x12\x0c\n\x04seed\x18\x06 \x01(\x03\x12\x14\n\x07shuffle\x18\x07 \x01(\x08H\x01\x88\x01\x01\x12\x14\n\nbatch_rows\x18\x08 \x01(\x05H\x00\x12\x16\n\x0c\x62\x61tch_tokens\x18\t \x01(\x03H\x00\x12\x0e\n\x06\x63ursor\x18\n \x01(\t\x12\x12\n\ncount_only\x18\x0b \x01(\x08\x42\x0c\n\nbatch_sizeB\n\n\x08_shuffle\"f\n\x15StreamBatchesResponse\x12(\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x19.llamafleet.data.v1.Batch\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\x12\x13\n\x0bnum_batches\x18\x03 \x01(\x03\x32\x87\x04\n\x0b\x44\x61taService\x12g\n\x0ePreviewExample\x12).llamafleet.data.v1.PreviewExampleRequest\x1a*.llamafleet.data.v1.PreviewExampleResponse\x12g\n\x0ePrepareDataset\x12).llamafleet.data.v1.PrepareDatasetRequest\x1a*.llamafleet.data.v1.PrepareDatasetResponse\x12[\n\nGetDataset\x12%.llamafleet.data.v1.GetDatasetRequest\x1a&.llamafleet.data.v1.GetDatasetResponse\x12\x61\n\x0cListDatasets\x12\'.llamafleet.data.v1.ListDatasetsRequest\x1a(.llamafleet.data.v1.ListDatasetsResponse\x12\x66\n\rStreamBatches\x12(.llamafleet.data.v1.StreamBatchesRequest\x1a).llamafleet.data.v1.StreamBatchesResponse0\x01\x42KZIgithub.com/llamafleet/llamafleet/clients/go/gen/llamafleet/data/v1;datav1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,25 +35,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZIgithub.com/llamafleet/llamafleet/clients/go/gen/llamafleet/data/v1;datav1'
   _globals['_PREVIEWEXAMPLEREQUEST']._serialized_start=123
-  _globals['_PREVIEWEXAMPLEREQUEST']._serialized_end=348
-  _globals['_PREVIEWEXAMPLERESPONSE']._serialized_start=351
-  _globals['_PREVIEWEXAMPLERESPONSE']._serialized_end=505
-  _globals['_PREPAREDATASETREQUEST']._serialized_start=507
-  _globals['_PREPAREDATASETREQUEST']._serialized_end=597
-  _globals['_PREPAREDATASETRESPONSE']._serialized_start=599
-  _globals['_PREPAREDATASETRESPONSE']._serialized_end=669
-  _globals['_GETDATASETREQUEST']._serialized_start=671
-  _globals['_GETDATASETREQUEST']._serialized_end=710
-  _globals['_GETDATASETRESPONSE']._serialized_start=712
-  _globals['_GETDATASETRESPONSE']._serialized_end=778
-  _globals['_LISTDATASETSREQUEST']._serialized_start=780
-  _globals['_LISTDATASETSREQUEST']._serialized_end=840
-  _globals['_LISTDATASETSRESPONSE']._serialized_start=842
-  _globals['_LISTDATASETSRESPONSE']._serialized_end=936
-  _globals['_STREAMBATCHESREQUEST']._serialized_start=939
-  _globals['_STREAMBATCHESREQUEST']._serialized_end=1216
-  _globals['_STREAMBATCHESRESPONSE']._serialized_start=1218
-  _globals['_STREAMBATCHESRESPONSE']._serialized_end=1320
-  _globals['_DATASERVICE']._serialized_start=1323
-  _globals['_DATASERVICE']._serialized_end=1842
+  _globals['_PREVIEWEXAMPLEREQUEST']._serialized_end=369
+  _globals['_PREVIEWEXAMPLERESPONSE']._serialized_start=372
+  _globals['_PREVIEWEXAMPLERESPONSE']._serialized_end=526
+  _globals['_PREPAREDATASETREQUEST']._serialized_start=528
+  _globals['_PREPAREDATASETREQUEST']._serialized_end=618
+  _globals['_PREPAREDATASETRESPONSE']._serialized_start=620
+  _globals['_PREPAREDATASETRESPONSE']._serialized_end=690
+  _globals['_GETDATASETREQUEST']._serialized_start=692
+  _globals['_GETDATASETREQUEST']._serialized_end=731
+  _globals['_GETDATASETRESPONSE']._serialized_start=733
+  _globals['_GETDATASETRESPONSE']._serialized_end=799
+  _globals['_LISTDATASETSREQUEST']._serialized_start=801
+  _globals['_LISTDATASETSREQUEST']._serialized_end=861
+  _globals['_LISTDATASETSRESPONSE']._serialized_start=863
+  _globals['_LISTDATASETSRESPONSE']._serialized_end=957
+  _globals['_STREAMBATCHESREQUEST']._serialized_start=960
+  _globals['_STREAMBATCHESREQUEST']._serialized_end=1237
+  _globals['_STREAMBATCHESRESPONSE']._serialized_start=1239
+  _globals['_STREAMBATCHESRESPONSE']._serialized_end=1341
+  _globals['_DATASERVICE']._serialized_start=1344
+  _globals['_DATASERVICE']._serialized_end=1863
 # @@protoc_insertion_point(module_scope)

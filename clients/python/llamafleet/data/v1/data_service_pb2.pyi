@@ -9,16 +9,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PreviewExampleRequest(_message.Message):
-    __slots__ = ("record", "format", "kind", "tokenization")
+    __slots__ = ("record", "format", "kind", "tokenization", "record_json")
     RECORD_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     TOKENIZATION_FIELD_NUMBER: _ClassVar[int]
+    RECORD_JSON_FIELD_NUMBER: _ClassVar[int]
     record: _struct_pb2.Struct
     format: _data_pb2.FormatOptions
     kind: _data_pb2.ExampleKind
     tokenization: _data_pb2.TokenizationOptions
-    def __init__(self, record: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., format: _Optional[_Union[_data_pb2.FormatOptions, _Mapping]] = ..., kind: _Optional[_Union[_data_pb2.ExampleKind, str]] = ..., tokenization: _Optional[_Union[_data_pb2.TokenizationOptions, _Mapping]] = ...) -> None: ...
+    record_json: str
+    def __init__(self, record: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., format: _Optional[_Union[_data_pb2.FormatOptions, _Mapping]] = ..., kind: _Optional[_Union[_data_pb2.ExampleKind, str]] = ..., tokenization: _Optional[_Union[_data_pb2.TokenizationOptions, _Mapping]] = ..., record_json: _Optional[str] = ...) -> None: ...
 
 class PreviewExampleResponse(_message.Message):
     __slots__ = ("kind", "sequences", "reference_answer")
