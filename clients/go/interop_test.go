@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-
 	commonv1 "github.com/llamafleet/llamafleet/clients/go/gen/llamafleet/common/v1"
 	datav1 "github.com/llamafleet/llamafleet/clients/go/gen/llamafleet/data/v1"
 	rolloutv1 "github.com/llamafleet/llamafleet/clients/go/gen/llamafleet/rollout/v1"
