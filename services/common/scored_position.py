@@ -86,10 +86,11 @@ def folder_eos_ids(folder: str | Path) -> frozenset[int]:
     return frozenset(found)
 
 
-def write_end_ids(folder: str | Path, end_ids: Iterable[int]) -> None:
-    """Record beside a reward model the end tokens it was trained to be read at."""
+def end_ids_file(end_ids: Iterable[int]) -> dict[str, str]:
+    """``{file name: text}`` recording, beside a reward model, the end tokens it was trained to be
+    read at (what ``read_end_ids`` reads back)."""
     body = {"end_token_ids": sorted({int(i) for i in end_ids}), "rule": RULE}
-    (Path(folder) / SCORED_POSITION_FILE).write_text(json.dumps(body, indent=1) + "\n")
+    return {SCORED_POSITION_FILE: json.dumps(body, indent=1) + "\n"}
 
 
 def read_end_ids(folder: str | Path) -> frozenset[int] | None:

@@ -73,7 +73,7 @@ def test_adapter_score_is_the_hidden_state_at_eos_times_the_score_weight(models,
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_padding_and_batch_mates_do_not_change_a_score(models, side):
     alone = [models.score([seq], None)[0] for seq in SEQUENCES]
-    model = models._model_for(None)
+    model, _ = models._model_for(None)
     ids, mask = pad_batch(SEQUENCES, PAD, side)
     if side == "left":
         assert ids[1, 0] == PAD and ids[1, -1] == EOS
@@ -140,3 +140,59 @@ def test_missing_and_wrong_adapters_are_refused(models, rm_folders):
         RewardModels.scorer_for(only_full, ("rm-a", 1))
     with pytest.raises(FailedPrecondition, match="configure the reward service with reward_model"):
         RewardModels.scorer_for(None, None)
+
+
+# --- where an item is read: services.common.scored_position ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def end_tokens(rm_folders) -> tuple[int, int]:
+    """(<|im_end|>, "\\n") of the tiny tokenizer: ChatML's end of turn and the text after it."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(rm_folders.base))
+    (newline,) = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    return tokenizer.convert_tokens_to_ids("<|im_end|>"), newline
+
+
+def test_an_item_is_read_at_the_last_end_token_of_its_completion(models, end_tokens):
+    """A data row's completion ``... <|im_end|> \\n`` and the rollout ``... <|im_end|>`` (the
+    engine stops at and keeps its end token) score the same; a completion that ended by length
+    (no end token) is read at its last token; an end token in the prompt does not count."""
+    im_end, newline = end_tokens
+    assert models.end_token_ids(None) >= {im_end, EOS}  # the base folder's generation config
+    prompt = [0, 5, 6]
+    row, rollout = [7, 8, im_end, newline], [7, 8, im_end]
+    by_length, end_in_prompt = [7, 8, 9], ([0, im_end, 6], [7, 8])
+    scores = models.score_responses([(prompt, row), (prompt, rollout), (prompt, by_length),
+                                     end_in_prompt], None)  # fmt: skip
+    read = models.score([prompt + rollout, prompt + by_length, [0, im_end, 6, 7, 8]], None)
+    assert scores[0] == pytest.approx(scores[1], abs=TOL)
+    assert scores[1:] == pytest.approx(read, abs=TOL)
+    text_after = models.score([prompt + row], None)[0]  # where the old rule read it
+    assert abs(text_after - scores[0]) > 1e-3  # the "\n" would have decided the score
+
+
+def test_a_reward_model_is_read_at_the_end_tokens_it_records(rm_folders, tmp_path, end_tokens):
+    import shutil
+
+    from services.common.scored_position import SCORED_POSITION_FILE, end_ids_file
+
+    im_end, newline = end_tokens
+    recorded = tmp_path / "adapters" / "rm-b" / "1"
+    shutil.copytree(rm_folders.rm_b, recorded)
+    ((name, text),) = end_ids_file([newline]).items()  # a model trained to be read at "\n"
+    (recorded / name).write_text(text)
+    models = RewardModels(
+        base_model=str(rm_folders.base), adapters=LocalAdapterDir(tmp_path / "adapters")
+    )
+    assert models.end_token_ids(("rm-b", 1)) == {newline}
+    prompt, completion = [0, 5], [7, im_end, newline, 9]
+    (score,) = models.score_responses([(prompt, completion)], ("rm-b", 1))
+    assert score == pytest.approx(models.score([[0, 5, 7, im_end, newline]], ("rm-b", 1))[0])
+
+    broken = tmp_path / "adapters" / "rm-a" / "1"
+    shutil.copytree(rm_folders.rm_a, broken)
+    (broken / SCORED_POSITION_FILE).write_text('{"end_token_ids": ["x"]}')
+    with pytest.raises(FailedPrecondition, match="end_token_ids must be a list of token ids"):
+        models.score_responses([(prompt, completion)], ("rm-a", 1))

@@ -225,12 +225,24 @@ def test_orpo_and_simpo_match_a_hand_derivation(tiny_random, fixed_pairs, tmp_pa
     assert abs(float(simpo) - float(simpo_expected)) < 1e-5
 
 
-def test_collate_pairs_reads_the_last_real_token(tokenizer, fixed_pairs):
+def test_collate_pairs_reads_the_last_end_token_never_padding(tokenizer, fixed_pairs):
+    """Rows end ``<|im_end|> \n`` (the tiny chat template): with the end tokens given, each is
+    read at its ``<|im_end|>``; with none, at its last token. Never at padding."""
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    rows = [p.chosen for p in fixed_pairs] + [p.rejected for p in fixed_pairs]
+    assert {tokenizer.decode(r.input_ids[-2:]) for r in rows} == {"<|im_end|>\n"}
     for attention in ("sdpa", "eager"):
         x = collate_pairs(fixed_pairs, pad_id=tokenizer.pad_token_id, attention=attention)
-        rows = [p.chosen for p in fixed_pairs] + [p.rejected for p in fixed_pairs]
         flat = x.inputs.input_ids.flatten()
-        assert flat[x.last_index].tolist() == [r.input_ids[-1] for r in rows]
+        assert flat[x.scored_index].tolist() == [r.input_ids[-1] for r in rows]
+        ends = {im_end, tokenizer.eos_token_id}
+        x = collate_pairs(fixed_pairs, pad_id=tokenizer.pad_token_id, attention=attention,
+                          end_ids=ends)  # fmt: skip
+        flat = x.inputs.input_ids.flatten()
+        assert flat[x.scored_index].tolist() == [im_end] * len(rows)
+        lengths = torch.tensor([len(r.input_ids) for r in rows])
+        if attention == "sdpa":  # back to back: each is read at its own second-to-last position
+            assert x.scored_index.tolist() == (lengths.cumsum(0) - 2).tolist()
         counts = x.sequence_sums((x.inputs.shift_labels != -100).long())
         assert counts.tolist() == [sum(1 for y in r.labels[1:] if y != -100) for r in rows]
 

@@ -32,9 +32,21 @@ def task(tokenizer):
     return preference_pairs(tokenizer, train), preference_pairs(tokenizer, held_out)
 
 
+def response(row: data_pb2.TokenRow) -> tuple[list[int], list[int]]:
+    """(prompt ids, completion ids) of a row: the completion starts at the first trained label."""
+    start = next(i for i, y in enumerate(row.labels) if y != -100)
+    return list(row.input_ids[:start]), list(row.input_ids[start:])
+
+
+def served_scores(models: RewardModels, pairs, adapter=None) -> list[float]:
+    """The reward service's scores of the chosen rows, then of the rejected rows."""
+    rows = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    return models.score_responses([response(r) for r in rows], adapter)
+
+
 def accuracy(models: RewardModels, pairs, adapter=None) -> float:
-    chosen = models.score([list(p.chosen.input_ids) for p in pairs], adapter)
-    rejected = models.score([list(p.rejected.input_ids) for p in pairs], adapter)
+    scores = served_scores(models, pairs, adapter)
+    chosen, rejected = scores[: len(pairs)], scores[len(pairs) :]
     return sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(pairs)
 
 
@@ -88,11 +100,9 @@ def test_lora_reward_model_learns_and_the_reward_service_serves_it(pretrained_ba
     assert (tmp_path / "adapters" / "v1" / "adapter_config.json").is_file()  # published
 
     served = RewardModels(reward_model=str(adapter), base_model=str(pretrained_base))
-    sequences = [list(p.chosen.input_ids) for p in held_out[:6]]
-    sequences += [list(p.rejected.input_ids) for p in held_out[:6]]
     expected = trainer_scores(trainer, held_out[:6])
     torch.testing.assert_close(
-        torch.tensor(served.score(sequences, None)), torch.tensor(expected), rtol=0, atol=1e-4
+        torch.tensor(served_scores(served, held_out[:6])), torch.tensor(expected), rtol=0, atol=1e-4
     )
     assert accuracy(served, held_out) >= 0.95
 
@@ -116,11 +126,10 @@ def test_full_reward_model_is_saved_as_a_sequence_classifier(tiny_random, tokeni
     assert config["architectures"] == ["LlamaForSequenceClassification"]
     assert config["pad_token_id"] == tokenizer.pad_token_id
     served = RewardModels(reward_model=str(folder))
+    assert served.end_token_ids(None) == trainer.loss.end_ids  # recorded beside the model
     expected = trainer_scores(trainer, pairs[:3])
-    sequences = [list(p.chosen.input_ids) for p in pairs[:3]]
-    sequences += [list(p.rejected.input_ids) for p in pairs[:3]]
     torch.testing.assert_close(
-        torch.tensor(served.score(sequences, None)), torch.tensor(expected), rtol=0, atol=1e-4
+        torch.tensor(served_scores(served, pairs[:3])), torch.tensor(expected), rtol=0, atol=1e-4
     )
 
 
@@ -134,3 +143,49 @@ def test_score_is_read_at_the_last_real_token_not_padding(tiny_random, tokenizer
     b = len(pairs)
     for i, (c, r) in enumerate(alone):
         assert abs(padded[i] - c) < 1e-4 and abs(padded[b + i] - r) < 1e-4
+
+
+def test_a_row_is_scored_at_its_end_token_not_the_template_text_after_it(
+    tiny_random, tokenizer, tmp_path
+):
+    """The tiny chat template ends a turn ``<|im_end|> \\n``: the recipe reads each row at its
+    ``<|im_end|>`` (the end tokens of the base folder and its tokenizer, or the data's), exactly
+    the score of the row cut after it, and saves that end-token set beside the model."""
+    from services.common.scored_position import SCORED_POSITION_FILE, read_end_ids
+
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    (newline,) = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    pairs = preference_pairs(tokenizer, digit_task(15, 3))
+    settings = make_settings(tiny_random, recipe="rm", max_steps=1)
+    trainer = rm.build_trainer(settings, InMemoryPairSource(pairs), tmp_path / "a")
+    trainer.setup()
+    assert {im_end, tokenizer.eos_token_id} <= trainer.loss.end_ids
+    assert newline not in trainer.loss.end_ids
+    scores = trainer_scores(trainer, pairs)
+    rows = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    assert all(list(r.input_ids[-2:]) == [im_end, newline] for r in rows)
+    cut = [data_pb2.PreferencePair(chosen=_cut(p.chosen), rejected=_cut(p.rejected)) for p in pairs]
+    trainer.loss.end_ids = frozenset()  # read at the last token: the cut rows end at <|im_end|>
+    assert scores == pytest.approx(trainer_scores(trainer, cut), abs=1e-5)
+    at_newline = trainer_scores(trainer, pairs)  # the old reading, at the "\n"
+    assert max(abs(a - b) for a, b in zip(scores, at_newline, strict=True)) > 1e-3
+
+    # the data's end tokens are used: a source whose template ended turns with "\n" reads there
+    source = InMemoryPairSource(pairs, end_token_ids=[newline])
+    other = rm.build_trainer(settings, source, tmp_path / "b")
+    assert newline in other.loss.end_ids
+    other.setup()
+    assert trainer_scores(other, pairs) == pytest.approx(at_newline, abs=1e-5)
+    assert other.train().state == "SUCCEEDED"
+    other.save_outputs()
+    assert read_end_ids(tmp_path / "b" / "model") == other.loss.end_ids
+    assert (tmp_path / "b" / "model" / SCORED_POSITION_FILE).is_file()
+
+
+def _cut(row: data_pb2.TokenRow) -> data_pb2.TokenRow:
+    """The row without its last token (the template's "\\n" after <|im_end|>)."""
+    n = len(row.input_ids) - 1
+    return data_pb2.TokenRow(
+        input_ids=row.input_ids[:n], labels=row.labels[:n], position_ids=range(n),
+        cu_seqlens=[0, n], example_ids=row.example_ids,
+    )  # fmt: skip

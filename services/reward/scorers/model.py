@@ -1,4 +1,4 @@
-"""The reward-model scorer: a sequence-classification model read at the last real token.
+"""The reward-model scorer: a sequence-classification model read at a response's end token.
 
 Reward model folders (the ``rm`` recipe saves exactly these):
 
@@ -13,12 +13,18 @@ Reward model folders (the ``rm`` recipe saves exactly these):
    adapters stay resident over one base (``load_adapter`` / ``set_adapter``; least recently used
    ones are deleted past ``max_resident_adapters``).
 
-The score of a sequence (prompt ids + completion ids) is ``score(h[t])`` where ``h`` is the
-backbone's last hidden state and ``t`` the last position whose attention mask is 1: the EOS a
-stopped completion ends with, never padding. Positions are counted over real tokens only, so
-left or right padding and the other sequences of a batch do not change a score. This module
-computes the index from the mask itself rather than from ``pad_token_id`` (which a real token
-may equal). It knows nothing about batching across callers or normalisation.
+The score of an item (prompt ids + completion ids) is ``score(h[t])`` where ``h`` is the
+backbone's last hidden state and ``t`` the item's scored token (``services.common.scored_position``):
+the last end token in the completion (the one a stopped rollout ends with; template text after it,
+as in a data row ``...<|im_end|>\n``, never decides a score), or the completion's last token when it
+has none (a rollout that ended by length). The end tokens are the ones the reward model was
+trained with, which the ``rm`` recipe saves beside it (``llamafleet_scored_position.json``); a
+model trained elsewhere is read at the eos ids its folder declares (for an adapter, its base's).
+The sequence is cut after ``t`` (causal attention: ``h[t]`` does not depend on later tokens) and
+read at its last real token, found from the attention mask rather than from ``pad_token_id``
+(which a real token may equal); positions are counted over real tokens only, so left or right
+padding and the other sequences of a batch do not change a score. It knows nothing about
+batching across callers or normalisation.
 """
 
 from __future__ import annotations
@@ -37,12 +43,14 @@ import torch
 from safetensors import safe_open
 
 from services.common.errors import FailedPrecondition, NotFound
+from services.common.scored_position import folder_eos_ids, read_end_ids, scored_index
 from services.common.weight_files import require_adapter_base, require_safetensors_model
 from services.reward.scorers import Reads, ScoreInput
 
 logger = logging.getLogger(__name__)
 
 AdapterKey = tuple[str, int]  # (adapter id, version)
+_FULL = "full"  # the configured full reward model's key among the read models
 
 _NO_MODEL = (
     "scorer 'reward_model' has no reward model: configure the reward service with reward_model "
@@ -137,6 +145,32 @@ def score_at_last_token(
     return model.score(hidden[rows, last]).squeeze(-1).float()  # (B,)
 
 
+def cut_at_scored_token(
+    prompt: Sequence[int], completion: Sequence[int], end_ids: frozenset[int]
+) -> list[int]:
+    """Prompt + completion up to and including the token the item is scored at."""
+    ids = [*prompt, *completion]
+    return ids[: scored_index(ids, len(prompt), end_ids) + 1]
+
+
+def scored_end_ids(folder: Path, fallback: frozenset[int], what: str) -> frozenset[int]:
+    """The end tokens a reward model at ``folder`` is read at: those it records (the ``rm``
+    recipe's), else ``fallback`` (the eos ids of its folder, or its base's)."""
+    try:
+        recorded = read_end_ids(folder)
+    except ValueError as exc:
+        raise FailedPrecondition(f"{what}: {exc}", reason="BAD_SCORED_POSITION") from None
+    if recorded is None:
+        logger.info(
+            "%s records no scored position (trained elsewhere): read at the last of the eos "
+            "ids %s in a completion",
+            what,
+            sorted(fallback),
+        )
+        return fallback
+    return recorded
+
+
 def _load_sequence_classifier(path: str | Path, device: str) -> torch.nn.Module:
     from transformers import AutoModelForSequenceClassification
 
@@ -176,6 +210,8 @@ class RewardModels:
         self._resident: OrderedDict[str, None] = OrderedDict()  # LRU of request-named adapters
         self._has_default_adapter = False
         self._base_path = Path(base_model) if base_model else None
+        self._ends: dict[str, frozenset[int]] = {}  # model name -> the end tokens it is read at
+        self._base_ends = folder_eos_ids(base_model) if base_model else frozenset()
         for key, value in (("base_model", base_model), ("reward_model", reward_model)):
             if value and not Path(value).is_dir():
                 raise FailedPrecondition(
@@ -200,6 +236,9 @@ class RewardModels:
                 self._has_default_adapter = True
             else:
                 self._full = _load_sequence_classifier(path, device)
+                self._ends[_FULL] = scored_end_ids(
+                    path, folder_eos_ids(path), f"reward model {path}"
+                )
         reference = self._full if self._full is not None else self._base
         if reference is None:
             raise ValueError("RewardModels needs reward_model or base_model")
@@ -235,6 +274,7 @@ class RewardModels:
 
         check_reward_adapter(path)
         require_adapter_base(path, self._base_path, f"reward adapter {path}")
+        self._ends[name] = scored_end_ids(path, self._base_ends, f"reward adapter {path}")
         if self._peft is None:
             self._peft = PeftModel.from_pretrained(self._base, str(path), adapter_name=name)
         else:
@@ -242,9 +282,10 @@ class RewardModels:
         self._peft.to(self._device).eval()
         logger.info("loaded reward adapter %s from %s", name, path)
 
-    def _model_for(self, adapter: AdapterKey | None) -> torch.nn.Module:
+    def _model_for(self, adapter: AdapterKey | None) -> tuple[torch.nn.Module, frozenset[int]]:
+        """The model to read (its adapter activated) and the end tokens it is read at."""
         if adapter is None and self._full is not None:
-            return self._full
+            return self._full, self._ends[_FULL]
         name = _adapter_name(adapter)
         if adapter is not None:
             if name not in self._resident:
@@ -254,23 +295,42 @@ class RewardModels:
                 while len(self._resident) >= self._max_resident:
                     evicted, _ = self._resident.popitem(last=False)
                     self._peft.delete_adapter(evicted)
+                    self._ends.pop(evicted, None)
                     logger.info("evicted reward adapter %s", evicted)
             self._resident[name] = None
             self._resident.move_to_end(name)
         self._peft.set_adapter(name)
-        return self._peft.get_base_model()
+        return self._peft.get_base_model(), self._ends[name]
 
     def resident_adapters(self) -> list[str]:
         with self._lock:
             return list(self._resident)
 
-    def score(self, sequences: Sequence[Sequence[int]], adapter: AdapterKey | None) -> list[float]:
-        """One forward over ``sequences`` (prompt + completion ids each) with ``adapter``."""
+    def end_token_ids(self, adapter: AdapterKey | None) -> frozenset[int]:
+        """The end tokens the model (``adapter``, or the configured one) is read at."""
         with self._lock:
-            model = self._model_for(adapter)
-            ids, mask = pad_batch(sequences, self.pad_id)
-            scores = score_at_last_token(model, ids.to(self._device), mask.to(self._device))
-            self.forwards += 1
+            return self._model_for(adapter)[1]
+
+    def score_responses(
+        self, items: Sequence[tuple[Sequence[int], Sequence[int]]], adapter: AdapterKey | None
+    ) -> list[float]:
+        """One forward over ``items`` ((prompt ids, completion ids) each) with ``adapter``, each
+        read at its scored token: what every scorer call uses."""
+        with self._lock:
+            model, ends = self._model_for(adapter)
+            return self._forward(model, [cut_at_scored_token(p, c, ends) for p, c in items])
+
+    def score(self, sequences: Sequence[Sequence[int]], adapter: AdapterKey | None) -> list[float]:
+        """One forward over ``sequences`` with ``adapter``, each read at its last token: for
+        sequences already cut at their scored token (``score_responses`` cuts them)."""
+        with self._lock:
+            return self._forward(self._model_for(adapter)[0], sequences)
+
+    def _forward(self, model: torch.nn.Module, sequences: Sequence[Sequence[int]]) -> list[float]:
+        """Under the lock: one batch through ``model``, read at each sequence's last token."""
+        ids, mask = pad_batch(sequences, self.pad_id)
+        scores = score_at_last_token(model, ids.to(self._device), mask.to(self._device))
+        self.forwards += 1
         return scores.cpu().tolist()
 
 
@@ -287,4 +347,5 @@ class RewardModelScorer:
         return (self.name, self.adapter)
 
     def score(self, items: Sequence[ScoreInput]) -> list[float]:
-        return self.models.score([it.prompt_ids + it.completion_ids for it in items], self.adapter)
+        pairs = [(it.prompt_ids, it.completion_ids) for it in items]
+        return self.models.score_responses(pairs, self.adapter)

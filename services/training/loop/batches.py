@@ -9,6 +9,10 @@
   ``--data-address file://DIR`` reads ``DIR/train.binpb`` (and ``DIR/eval.binpb`` when present),
   each a serialized ``data.v1.Batch`` holding all rows, or all preference pairs, of the split.
 
+A source also names the tokens that end a response in its data (``end_token_ids``: the data
+service's ``Dataset.end_token_ids`` for its template; an in-memory source those it was given),
+where the ``rm`` recipe reads its scores and PPO ends its episodes.
+
 Each streamed batch comes with a cursor; a checkpoint stores the cursor of the last batch it
 trained on, and resuming streams from just after it, so no example is trained twice or skipped.
 Rank ``r`` of ``w`` gets rows ``[r*b, (r+1)*b)`` of each global batch of ``w*b`` rows, so a world
@@ -58,16 +62,27 @@ class BatchSource(Protocol):
         """Batches one rank gets in one epoch."""
         ...
 
+    def end_token_ids(self) -> tuple[int, ...]:
+        """The ids that end a response in this data (its template's; may be empty)."""
+        ...
+
 
 class InMemorySource:
     """The StreamBatches contract over rows held in memory."""
+
+    end_ids: tuple[int, ...] = ()  # the ids that end a response in these rows, if known
 
     def __init__(
         self,
         train_rows: Sequence[data_pb2.TokenRow],
         eval_rows: Sequence[data_pb2.TokenRow] = (),
+        end_token_ids: Sequence[int] = (),
     ) -> None:
         self.rows = {data_pb2.SPLIT_TRAIN: list(train_rows), data_pb2.SPLIT_EVAL: list(eval_rows)}
+        self.end_ids = tuple(end_token_ids)
+
+    def end_token_ids(self) -> tuple[int, ...]:
+        return tuple(self.end_ids)
 
     @staticmethod
     def from_dir(folder: str | Path) -> InMemorySource:
@@ -145,8 +160,10 @@ class InMemoryPairSource(InMemorySource):
         self,
         train_pairs: Sequence[data_pb2.PreferencePair],
         eval_pairs: Sequence[data_pb2.PreferencePair] = (),
+        end_token_ids: Sequence[int] = (),
     ) -> None:
         self.rows = {data_pb2.SPLIT_TRAIN: list(train_pairs), data_pb2.SPLIT_EVAL: list(eval_pairs)}
+        self.end_ids = tuple(end_token_ids)
 
     def _batches(self, request: StreamRequest) -> list[list[data_pb2.PreferencePair]]:
         if not request.batch_rows:
@@ -195,6 +212,19 @@ class DataServiceSource:
 
     def has_eval(self) -> bool:
         return self._eval_target() is not None
+
+    def end_token_ids(self) -> tuple[int, ...]:
+        """The training dataset's ``end_token_ids`` (those of its template and tokenizer)."""
+        request = data_service_pb2.GetDatasetRequest(dataset_id=self.dataset_id)
+        ends = tuple(self.client.data.GetDataset(request).dataset.end_token_ids)
+        if not ends:
+            logger.warning(
+                "dataset %s names no end-of-turn tokens (prepared by an earlier data service, "
+                "or read through one): only the base model's eos ids end a response; "
+                "PrepareDataset it again to record its template's",
+                self.dataset_id,
+            )
+        return ends
 
     def count(self, request: StreamRequest) -> int:
         """Asked of the data service (``count_only``): no row crosses the wire."""

@@ -5,9 +5,10 @@ A ``data.v1.Batch`` of a preference dataset carries ``pairs``: each a chosen and
 puts the B chosen rows first and the B rejected rows after them and collates all 2B with
 ``collate.collate``, so chosen and rejected go through the model in one forward pass (for sdpa /
 flash-attn as one unpadded row with the 2B sequences as separate segments). It also records, for
-every position, which of the 2B sequences it belongs to (``segment``) and where each sequence's
-last real token is (``last_index``, flat), so per-sequence sums and last-token reads never touch
-padding.
+every position, which of the 2B sequences it belongs to (``segment``) and where each sequence is
+scored (``scored_index``, flat): ``services.common.scored_position``'s rule, the last end token
+(``end_ids``) of the response (the labelled part), else the last token, so template text after
+the end token (ChatML's ``"\n"``) never decides a score and no read touches padding.
 
 ``PairLoss`` is the ``StepLoss`` of the pair recipes: the loop averages a per-pair loss over the
 step's pairs (all micro-batches, all ranks), and an evaluation adds pairwise accuracy and the mean
@@ -18,13 +19,14 @@ needs a reference model, is the composed ``PairObjective``'s (``recipes.dpo.DpoP
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 from llamafleet.data.v1 import data_pb2
 
+from services.common.scored_position import scored_index
 from services.training.loop.collate import ModelInputs, collate
 from services.training.loop.step_loss import Layout, StepModels
 from services.training.losses.causal_lm import token_losses
@@ -36,7 +38,7 @@ class PairInputs:
 
     inputs: ModelInputs  # 2B sequences collated
     segment: torch.Tensor  # shape of input_ids: index of the sequence of each position
-    last_index: torch.Tensor  # (2B,) flat index (into input_ids.flatten()) of each last token
+    scored_index: torch.Tensor  # (2B,) flat index (into input_ids.flatten()) of each scored token
     num_pairs: int
 
     @property
@@ -51,7 +53,7 @@ class PairInputs:
         return PairInputs(
             self.inputs.to(device),
             self.segment.to(device),
-            self.last_index.to(device),
+            self.scored_index.to(device),
             self.num_pairs,
         )
 
@@ -74,29 +76,36 @@ def collate_pairs(
     pad_id: int,
     attention: str = "sdpa",
     mask_dtype: torch.dtype = torch.float32,
+    end_ids: Collection[int] = frozenset(),
 ) -> PairInputs:
-    """Collate B pairs into one forward of 2B sequences (chosen first)."""
+    """Collate B pairs into one forward of 2B sequences (chosen first); each is scored at the
+    last of ``end_ids`` in its response, else at its last token."""
     if not pairs:
         raise ValueError("an empty batch has no preference pairs")
     rows = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    ends = frozenset(end_ids)
+    scored = []  # index within each row
     for i, row in enumerate(rows):
         side, index = ("chosen", i) if i < len(pairs) else ("rejected", i - len(pairs))
         n = len(row.input_ids)
         if len(row.cu_seqlens) > 2 or (row.cu_seqlens and list(row.cu_seqlens) != [0, n]):
             raise ValueError(f"pair {index} {side}: preference rows must be unpacked (one example)")
-        if not any(x != -100 for x in row.labels):
+        start = next((t for t, x in enumerate(row.labels) if x != -100), None)
+        if start is None:
             raise ValueError(f"pair {index} {side}: no response tokens (every label is -100)")
+        scored.append(scored_index(row.input_ids, start, ends))
     inputs = collate(rows, pad_id=pad_id, attention=attention, mask_dtype=mask_dtype)
     lengths = torch.tensor([len(r.input_ids) for r in rows])  # (2B,)
+    within = torch.tensor(scored)  # (2B,)
     sequences = torch.arange(len(rows))
     if inputs.attention_mask is None:  # one unpadded row, sequences back to back
         segment = torch.repeat_interleave(sequences, lengths)[None]  # (1, N)
-        last_index = lengths.cumsum(0) - 1
+        flat = lengths.cumsum(0) - lengths + within
     else:  # 2B right-padded rows
         width = inputs.input_ids.shape[1]
         segment = sequences[:, None].expand(-1, width).contiguous()  # (2B, T)
-        last_index = sequences * width + lengths - 1
-    return PairInputs(inputs, segment, last_index, len(pairs))
+        flat = sequences * width + within
+    return PairInputs(inputs, segment, flat, len(pairs))
 
 
 class PairObjective(Protocol):
@@ -116,8 +125,11 @@ class PairLoss:
 
     metrics = ("rewards/accuracy", "rewards/margin")  # sums: correct pairs, margins
 
-    def __init__(self, objective: PairObjective, recipe: str) -> None:
+    def __init__(
+        self, objective: PairObjective, recipe: str, end_ids: Collection[int] = frozenset()
+    ) -> None:
         self.objective, self.recipe = objective, recipe
+        self.end_ids = frozenset(end_ids)  # where a sequence is scored (``collate_pairs``)
         self.needs_reference = objective.needs_reference
 
     def collate(self, batch: data_pb2.Batch, layout: Layout) -> PairInputs:
@@ -132,6 +144,7 @@ class PairLoss:
             pad_id=layout.pad_id,
             attention=layout.attention,
             mask_dtype=layout.mask_dtype,
+            end_ids=self.end_ids,
         )
 
     def loss(self, models: StepModels, x: PairInputs) -> tuple[torch.Tensor, float, dict]:

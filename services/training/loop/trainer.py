@@ -11,7 +11,8 @@ order.
 What varies between recipes is composed, never subclassed: the ``StepLoss`` (what a batch costs,
 and whether it needs a reference model, which the loop then builds: ``model.reference``) and
 ``build_model`` (``model.load.load_trained`` by default; the reward model's sequence classifier
-for ``rm``). The loop knows nothing about processes, signals or the event log: it reports through
+for ``rm``), and ``model_files``, small text files saved with every adapter version and final
+model (the ``rm`` recipe's scored position, read back by the reward service). The loop knows nothing about processes, signals or the event log: it reports through
 a ``Reporter`` and polls ``should_stop`` (the runner's SIGTERM flag) after each optimizer step.
 """
 
@@ -21,7 +22,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -79,6 +80,7 @@ class Trainer:
         *,
         loss: StepLoss,
         build_model: Callable[[Settings, torch.device], torch.nn.Module] = models.load_trained,
+        model_files: Mapping[str, str] | None = None,
         output_dir: str | Path | None = None,
         world: World | None = None,
         reporter: Reporter | None = None,
@@ -91,6 +93,7 @@ class Trainer:
         self.report = reporter or NullReporter()
         self.should_stop = should_stop
         self.loss, self.build_model = loss, build_model
+        self.model_files = dict(model_files or {})  # name -> text, saved beside the weights
         self.step = 0
         self.adapter_version = 0
         self.cursor, self.epoch = "", 0
@@ -312,7 +315,7 @@ class Trainer:
                 self.adapter_version += 1
                 dest = self.job_dir / "adapters" / f"v{self.adapter_version}"
                 full = weights if self.settings.zero_stage == 3 else None
-                size = lora.save_adapter(self.model, dest, state_dict=full)
+                size = lora.save_adapter(self.model, dest, state_dict=full, files=self.model_files)
                 self.report.adapter(self.adapter_version, self.step, dest, size)
             state = {
                 "step": self.step,
@@ -338,7 +341,9 @@ class Trainer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if self.settings.method == "lora":
             full = weights if self.settings.zero_stage == 3 else None
-            lora.save_adapter(self.model, self.output_dir / "adapter", state_dict=full)
+            lora.save_adapter(
+                self.model, self.output_dir / "adapter", state_dict=full, files=self.model_files
+            )
         else:
             dest = self.job_dir / "model"
             tmp = self.job_dir / f".model.tmp-{self.world.rank}"
@@ -348,6 +353,8 @@ class Trainer:
             self.model.save_pretrained(tmp, state_dict=full or None)
             # the chat template stays in tokenizer_config.json, where vLLM and older readers look
             models.load_tokenizer(self.settings).save_pretrained(tmp, save_jinja_files=False)
+            for name, text in self.model_files.items():
+                (tmp / name).write_text(text)
             shutil.rmtree(dest, ignore_errors=True)
             tmp.rename(dest)
             link = self.output_dir / "model"

@@ -27,6 +27,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from transformers import (
     PreTrainedModel,
 )
 
+from services.common.scored_position import folder_eos_ids
 from services.common.weight_files import require_safetensors_model
 from services.training.losses import causal_lm as losses
 from services.training.model import lean_layers, lora
@@ -195,6 +197,17 @@ def load_tokenizer(settings: Settings):
     return AutoTokenizer.from_pretrained(
         settings.base_model, trust_remote_code=settings.trust_remote_code
     )
+
+
+def end_token_ids(settings: Settings, data_ids: Iterable[int] = ()) -> frozenset[int]:
+    """The ids a response ends with (``services.common.scored_position``): those the data names
+    for its template (``Dataset.end_token_ids``), the eos ids the base folder declares (its
+    config and generation config: what the rollout engines stop at) and its tokenizer's eos."""
+    ids = set(data_ids) | folder_eos_ids(settings.base_model)
+    eos = load_tokenizer(settings).eos_token_id
+    if eos is not None:
+        ids.add(int(eos))
+    return frozenset(ids)
 
 
 def autocast(settings: Settings, device: torch.device) -> AbstractContextManager:

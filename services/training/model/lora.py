@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -101,10 +102,17 @@ def folder_size(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
-def save_adapter(model: PeftModel, dest: Path, state_dict: dict | None = None) -> int:
+def save_adapter(
+    model: PeftModel,
+    dest: Path,
+    state_dict: dict | None = None,
+    files: Mapping[str, str] | None = None,
+) -> int:
     """Write the adapter folder at ``dest`` atomically (tmp + rename); returns its size in bytes.
 
-    ``state_dict`` overrides the weights (e.g. gathered from ZeRO-3 shards)."""
+    ``state_dict`` overrides the weights (e.g. gathered from ZeRO-3 shards); ``files`` are more
+    text files (name -> content) that belong with the weights (a reward model's scored position).
+    """
     dest = Path(dest)
     tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -113,6 +121,8 @@ def save_adapter(model: PeftModel, dest: Path, state_dict: dict | None = None) -
     # the base it trained on (LLaMA-Pro blocks, RoPE scaling): loaders refuse another base
     shape = base_shape(model.get_base_model().config.to_dict())
     (tmp / ADAPTER_BASE_FILE).write_text(json.dumps(shape, indent=1) + "\n")
+    for name, text in (files or {}).items():
+        (tmp / name).write_text(text)
     if dest.exists():
         shutil.rmtree(dest)
     tmp.rename(dest)

@@ -6,7 +6,8 @@ training service itself never loads torch). The base is rebuilt as the job train
 adapter only reproduces the trained model over that base), the adapter applied with peft's
 ``PeftModel.from_pretrained`` and folded in with ``merge_and_unload``, and the result saved with
 ``save_pretrained`` (safetensors) beside the base model's tokenizer; a value head
-(``value_head.safetensors``, reward models and PPO) is copied along.
+(``value_head.safetensors``, reward models and PPO) and a reward model's scored position
+(``services.common.scored_position``) are copied along.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from llamafleet.training.v1 import training_pb2 as pb
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from services.common.scored_position import SCORED_POSITION_FILE
 from services.training.model.load import base_config
 from services.training.model.methods import llama_pro
 from services.training.spec.settings import settings as spec_settings
@@ -45,8 +47,9 @@ def merge_lora(spec_bytes: bytes, adapter_dir: str, staging: str) -> None:
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     merged.save_pretrained(staging, safe_serialization=True)
     _save_tokenizer(s.base_model, Path(staging), s.trust_remote_code)
-    if (Path(adapter_dir) / VALUE_HEAD_FILE).is_file():
-        shutil.copy2(Path(adapter_dir) / VALUE_HEAD_FILE, Path(staging) / VALUE_HEAD_FILE)
+    for name in (VALUE_HEAD_FILE, SCORED_POSITION_FILE):  # what the adapter's readers need
+        if (Path(adapter_dir) / name).is_file():
+            shutil.copy2(Path(adapter_dir) / name, Path(staging) / name)
 
 
 def _save_tokenizer(base_model: str, staging: Path, trust_remote_code: bool) -> None:

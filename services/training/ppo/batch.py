@@ -7,14 +7,23 @@ checkpoint cover both; the reference is the same policy with its adapter disable
 ``collate_rollouts`` turns ``ScoredRollout``s into right-padded ``(N, L)`` inputs and ``(N, T)``
 per-completion-token tensors; ``completion_gather`` reads per-position values at the positions
 that predict each completion token. Knows nothing of queues or the PPO loop.
+
+Each episode ends at the token its rollout is scored at (``services.common.scored_position``,
+the rule the reward model is trained and read by): the last end token of the completion, or its
+last token when it ended by length. The engines stop at and keep their end token, so that is
+normally the completion's last token; tokens after it (template text from an engine that did not
+stop there) are dropped, so the score (placed at the last masked token) and the last value read
+sit on the same token the reward model read.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
 
+from services.common.scored_position import scored_index
 from services.training.ppo.exchange import Received
 
 
@@ -44,7 +53,7 @@ class Rollouts:
     input_ids: torch.Tensor  # (N, L) prompt + completion, padded
     attention_mask: torch.Tensor  # (N, L)
     starts: torch.Tensor  # (N,) position of each completion's first token
-    mask: torch.Tensor  # (N, T) 1 on completion tokens
+    mask: torch.Tensor  # (N, T) 1 on completion tokens up to the scored one
     engine_logprobs: torch.Tensor  # (N, T)
     scores: torch.Tensor  # (N,) normalised scores (what PPO maximises)
     raw_scores: torch.Tensor  # (N,)
@@ -53,29 +62,41 @@ class Rollouts:
         return Rollouts(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
 
 
-def collate_rollouts(received: list[Received], pad_id: int) -> Rollouts:
-    """Tensors for PPO from scored rollouts, in the given order."""
+def episode_length(completion_ids, end_ids: Collection[int]) -> int:
+    """Completion tokens that are actions of the episode: up to and including the scored one."""
+    if not completion_ids:
+        return 0
+    return scored_index(completion_ids, 0, end_ids) + 1
+
+
+def collate_rollouts(
+    received: list[Received], pad_id: int, end_ids: Collection[int] = frozenset()
+) -> Rollouts:
+    """Tensors for PPO from scored rollouts, in the given order; each completion cut after the
+    token it is scored at (the last of ``end_ids`` in it, else its last token)."""
     n = len(received)
     rollouts = [r.scored.rollout for r in received]
-    lengths = [len(r.task.prompt_ids) + len(r.completion_ids) for r in rollouts]
-    width, steps = max(lengths), max(max(len(r.completion_ids) for r in rollouts), 1)
+    ends = frozenset(end_ids)
+    kept = [episode_length(list(r.completion_ids), ends) for r in rollouts]
+    lengths = [len(r.task.prompt_ids) + k for r, k in zip(rollouts, kept, strict=True)]
+    width, steps = max(lengths), max(max(kept), 1)
     input_ids = torch.full((n, width), pad_id, dtype=torch.long)
     attention = torch.zeros((n, width), dtype=torch.long)
     mask = torch.zeros((n, steps))
     engine = torch.zeros((n, steps))
     starts = torch.zeros(n, dtype=torch.long)
-    for i, r in enumerate(rollouts):
-        ids = list(r.task.prompt_ids) + list(r.completion_ids)
+    for i, (r, k) in enumerate(zip(rollouts, kept, strict=True)):
+        if len(r.logprobs) != len(r.completion_ids):
+            raise ValueError(
+                f"rollout {r.task.item_id}: {len(r.logprobs)} log-probs for "
+                f"{len(r.completion_ids)} completion tokens"
+            )
+        ids = list(r.task.prompt_ids) + list(r.completion_ids[:k])
         input_ids[i, : len(ids)] = torch.tensor(ids)
         attention[i, : len(ids)] = 1
         starts[i] = len(r.task.prompt_ids)
-        k = len(r.completion_ids)
         mask[i, :k] = 1
-        if len(r.logprobs) != k:
-            raise ValueError(
-                f"rollout {r.task.item_id}: {len(r.logprobs)} log-probs for {k} completion tokens"
-            )
-        engine[i, :k] = torch.tensor(list(r.logprobs))
+        engine[i, :k] = torch.tensor(list(r.logprobs[:k]))
     scores = torch.tensor([r.scored.normalized_score for r in received], dtype=torch.float32)
     raw = torch.tensor([r.scored.raw_score for r in received], dtype=torch.float32)
     return Rollouts(input_ids, attention, starts, mask, engine, scores, raw)

@@ -10,6 +10,8 @@ trainer hands it the step and the policy's adapter version as arguments:
   ``step .. step + max_staleness - 1``; a task names the adapter version the policy had when its
   step was admitted. A step that a crashed run had published (under a version saved after the
   checkpoint) is re-published under that version, so its tasks are de-duplicated, not doubled.
+  Every task asks the engines to stop at the trainer's end tokens (``stop_token_ids``: the
+  template's end of turn and the base model's eos), where its episode will end.
 - **Collecting.** ``collect(step)`` waits for one step's scored rollouts through
   ``RolloutExchange``, keeps later steps' for later, skips and acks what a checkpoint had already
   used, never acks early what this run used since its last checkpoint, drops (acks, counts, logs)
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 
 from llamafleet.common.v1 import common_pb2
@@ -91,8 +93,10 @@ class RolloutPlanner:
         batches_per_step: int,
         total_steps: int,
         should_stop: Callable[[], bool] = lambda: False,
+        stop_token_ids: Collection[int] = (),
     ) -> None:
         self.settings, self.source, self.exchange = settings, source, exchange
+        self.stop_token_ids = sorted(set(stop_token_ids))  # added to every task's sampling
         self.job_id = job_id
         self.batches_per_step, self.total_steps = batches_per_step, total_steps
         self.should_stop = should_stop
@@ -187,6 +191,8 @@ class RolloutPlanner:
     def _tasks(self, step: int, plan: StepPlan) -> list[rollout_pb2.RolloutTask]:
         p = self.settings.ppo
         sampling = rollout_pb2.SamplingParams.FromString(p.sampling)
+        extra = [t for t in self.stop_token_ids if t not in sampling.stop_token_ids]
+        sampling.stop_token_ids.extend(extra)  # the template's end of turn: where episodes end
         settings = (
             common_pb2.RewardSettings.FromString(p.reward_settings) if p.reward_settings else None
         )

@@ -15,7 +15,11 @@ One PPO step ``s``:
    dead-lettered upstream fails the job with its reason rather than hanging it);
 3. without gradients: the policy's log-probs of the sampled tokens ("old"), the reference's, the
    values; then the composed advantage estimator (``ppo.advantages.Gae``: the per-token KL
-   penalty, the score at the last token, GAE, whitened advantages);
+   penalty, the score at the last token of the episode, GAE, whitened advantages). An episode
+   ends at the token the rollout is scored at (``services.common.scored_position``: the last end
+   token of the completion, else its last token when it ended by length), the token the reward
+   model read; the end tokens are the prompt data's (its template's) and the base model's, and
+   the tasks ask the engines to stop at them;
 4. ``ppo_epochs`` passes over the step's sequences in shuffled micro-batches of
    ``per_device_batch_size``, one optimizer step per ``gradient_accumulation_steps`` of them:
    clipped policy loss + ``value_loss_coef`` x clipped value loss;
@@ -119,6 +123,7 @@ class PpoTrainer:
         self.device = models.pick_device(self.world.local_rank)
         base = models.load_base(s, self.device)
         self.pad_id = base.config.pad_token_id if base.config.pad_token_id is not None else 0
+        self.end_ids = models.end_token_ids(s, self.source.end_token_ids())
         policy = lora.apply_lora(base, s.lora, s.seed)
         self.model = PolicyWithValue(policy, base.config.hidden_size).to(self.device)
         self.policy = policy
@@ -147,6 +152,7 @@ class PpoTrainer:
         self.rollouts = RolloutPlanner(
             s, self.source, self.exchange, job_id=self.job_id, batches_per_step=batches_per_step,
             total_steps=self.total_steps, should_stop=self.should_stop,
+            stop_token_ids=self.end_ids,
         )  # fmt: skip
         latest = checkpoints.latest_checkpoint(self.job_dir) if s.resume else None
         if latest is not None:
@@ -298,7 +304,7 @@ class PpoTrainer:
             if received is None:
                 return self._stopped(last_saved)
             waited = time.perf_counter() - started
-            x = collate_rollouts(received, self.pad_id).to(self.device)
+            x = collate_rollouts(received, self.pad_id, self.end_ids).to(self.device)
             t = self._score(x)
             stats = self._update(x, t)
             trained = time.perf_counter() - started - waited

@@ -2,9 +2,13 @@
 
 The model is the base as ``AutoModelForSequenceClassification`` with ``num_labels=1`` (for Llama
 the backbone under ``model`` and a bias-free ``score`` Linear(hidden, 1), freshly initialised).
-The score of a sequence is ``score(h[t])`` at its last real token ``t`` (the end of the rendered
-response, never padding), exactly what the reward service's scorer reads; chosen and rejected go
-through the backbone in one concatenated forward pass. The loss of a pair is
+The score of a sequence is ``score(h[t])`` at its scored token ``t``
+(``services.common.scored_position``): the last end-of-turn / eos token of the response, never the
+template text after it (ChatML's ``"\n"`` after ``<|im_end|>``) nor padding; the end tokens are the
+data's (``Dataset.end_token_ids``: the template's) and the base model's eos ids. That set is saved
+beside the model (``llamafleet_scored_position.json``) and the reward service reads every sequence
+with it, so rollouts, which stop at and keep the end token, are read where training read the
+data's rows. Chosen and rejected go through the backbone in one concatenated forward pass. The loss of a pair is
 ``-log sigmoid(s_c - s_r)``, averaged over the pairs of a step: the shared loop
 (``loop.trainer``) with a ``PairLoss`` over ``RewardPairs`` and ``load_reward_model`` as its model.
 
@@ -26,6 +30,7 @@ import torch
 from peft import get_peft_model
 from transformers import AutoModelForSequenceClassification
 
+from services.common.scored_position import end_ids_file
 from services.training.loop.batches import BatchSource
 from services.training.loop.distributed import World
 from services.training.loop.pairs import PairInputs, PairLoss
@@ -95,7 +100,7 @@ class RewardPairs:
     needs_reference = False
 
     def scores(self, models: StepModels, x: PairInputs) -> torch.Tensor:
-        """Scores (2B,) at each sequence's last real token.
+        """Scores (2B,) at each sequence's scored token (``x.scored_index``).
 
         The forward is the engine's (under DDP the wrapper's own, so gradients are reduced over
         ranks); the per-position scores are taken from the ``score`` head's output, before the
@@ -108,7 +113,7 @@ class RewardPairs:
         finally:
             handle.remove()
         per_position = captured[0]  # (N, T, 1)
-        return per_position.flatten(0, 1)[x.last_index].squeeze(-1).float()  # (2B,)
+        return per_position.flatten(0, 1)[x.scored_index].squeeze(-1).float()  # (2B,)
 
     def pair_losses(
         self, models: StepModels, x: PairInputs
@@ -121,9 +126,15 @@ class RewardPairs:
 def build_trainer(
     settings: Settings, source: BatchSource, job_dir: str | Path, **kwargs
 ) -> Trainer:
-    """The shared loop over ``RewardPairs``, training ``load_reward_model``'s classifier."""
-    loss = PairLoss(RewardPairs(), settings.recipe)
-    return Trainer(settings, source, job_dir, loss=loss, build_model=load_reward_model, **kwargs)
+    """The shared loop over ``RewardPairs``, training ``load_reward_model``'s classifier, scoring
+    each sequence at its last end token (the data's and the base model's end tokens)."""
+    ends = models.end_token_ids(settings, source.end_token_ids())
+    logger.info("reward model: a sequence is scored at the last of token ids %s", sorted(ends))
+    loss = PairLoss(RewardPairs(), settings.recipe, end_ids=ends)
+    return Trainer(
+        settings, source, job_dir, loss=loss, build_model=load_reward_model,
+        model_files=end_ids_file(ends), **kwargs,
+    )  # fmt: skip
 
 
 def run(
