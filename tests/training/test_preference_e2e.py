@@ -51,8 +51,9 @@ COMMON = {"shutdown_delay_s": 0.0, "grace_s": 0.5}
 class Fleet:
     """Data, training (real runners) and reward services on one asyncio loop thread."""
 
-    def __init__(self, work, base) -> None:
+    def __init__(self, work, base, **reward_options) -> None:
         self.work, self.base = work, base
+        self.reward_options = {"worker_threads": 0, **reward_options}
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -86,7 +87,7 @@ class Fleet:
         )
         reward = RewardConfig(
             base_model=str(self.base), training_address=self.addresses["training"],
-            adapter_cache_dir=str(w / "reward-cache"), worker_threads=0, **COMMON,
+            adapter_cache_dir=str(w / "reward-cache"), **self.reward_options, **COMMON,
         )  # fmt: skip
         self.reward = reward_app(reward)
         self.addresses["reward"] = await self._host("reward", reward, self.reward.register)
@@ -110,22 +111,24 @@ def write_pairs(path, pairs) -> str:
     return str(path)
 
 
-def dataset(path: str) -> pb.DatasetRef:
+def dataset(path: str, template: str = "") -> pb.DatasetRef:
+    """A preference_alpaca file; ``template`` names the chat template ("": the tokenizer's)."""
     source = data_pb2.DatasetSource(
         files=data_pb2.FileSource(paths=[path]),
         format=data_pb2.FormatOptions(format=data_pb2.DATASET_FORMAT_PREFERENCE_ALPACA),
     )
     tokenization = data_pb2.TokenizationOptions(cutoff_len=128)
+    tokenization.template.name = template
     return pb.DatasetRef(spec=data_pb2.DatasetSpec(sources=[source], tokenization=tokenization))
 
 
-def job_spec(job_id, base, stage, train, held_out, steps) -> pb.TrainingJobSpec:
+def job_spec(job_id, base, stage, train, held_out, steps, template="") -> pb.TrainingJobSpec:
     return pb.TrainingJobSpec(
         job_id=job_id,
         base_model=str(base),
         stage=stage,
-        dataset=dataset(train),
-        eval_dataset=dataset(held_out),
+        dataset=dataset(train, template),
+        eval_dataset=dataset(held_out, template),
         compute_dtype=pb.COMPUTE_DTYPE_FLOAT32,
         finetuning=pb.FinetuningConfig(
             type=pb.FINETUNING_TYPE_LORA, lora=pb.LoraConfig(rank=16, alpha=32.0)
@@ -158,9 +161,11 @@ def eval_metrics(events) -> list[tuple[int, float, float]]:
     ]  # fmt: skip
 
 
-def held_out_pairs(client: Client, held_out: str, base) -> list[data_pb2.PreferencePair]:
+def held_out_pairs(
+    client: Client, held_out: str, base, template: str = ""
+) -> list[data_pb2.PreferencePair]:
     """The held-out pairs exactly as the data service tokenized them."""
-    spec = dataset(held_out).spec
+    spec = dataset(held_out, template).spec
     spec.tokenization.tokenizer_path = str(base)
     request = data_service_pb2.PrepareDatasetRequest(dataset_id="held-out", spec=spec)
     client.data.PrepareDataset(request, timeout=120)
