@@ -253,6 +253,13 @@ def split(row: data_pb2.TokenRow) -> tuple[list[int], list[int]]:
     return list(row.input_ids[:start]), list(row.input_ids[start:])
 
 
+def as_rollout(completion: list[int], ends: set[int]) -> list[int]:
+    """The completion a rollout engine produces for this response: up to and including its last
+    end-of-turn token (the engine stops there), without the template text after it."""
+    last = max((i for i, t in enumerate(completion) if t in ends), default=len(completion) - 1)
+    return completion[: last + 1]
+
+
 def rm(run_dir: Path, client: Client, base: str) -> None:
     files = preference_files(run_dir)
     spec = preference_spec("demo-rm", base, pb.STAGE_RM, RM_STEPS, 1e-3, files)
@@ -263,24 +270,33 @@ def rm(run_dir: Path, client: Client, base: str) -> None:
     print(f"reward model (LoRA + score head) in {time.perf_counter() - started:.0f}s")
     print(f"held-out pairwise accuracy of the job: {before:.0%} (fresh head) -> {after:.0%}")
     pairs = held_out_pairs(client, files[1], base)
-    request = reward_service_pb2.ScoreRolloutsRequest(
-        scorer="reward_model", reward_adapter=common_pb2.AdapterRef(id=job.id, version=version)
-    )
-    for i, pair in enumerate(pairs):
-        for side, row in (("chosen", pair.chosen), ("rejected", pair.rejected)):
-            prompt, completion = split(row)
-            request.items.append(
-                reward_pb2.ScoreItem(
-                    item_id=f"{i}:{side}", prompt_ids=prompt, completion_ids=completion
+    held = data_service_pb2.GetDatasetRequest(dataset_id="demo-pref-held")
+    ends = set(client.data.GetDataset(held).dataset.end_token_ids)  # the template's end of turn
+    wins = {}
+    # as the data service's rows end (template text after the end of turn included), and as
+    # rollouts arrive (generation stops at the end-of-turn token and keeps it)
+    for form in ("rows", "rollouts"):
+        request = reward_service_pb2.ScoreRolloutsRequest(
+            scorer="reward_model", reward_adapter=common_pb2.AdapterRef(id=job.id, version=version)
+        )
+        for i, pair in enumerate(pairs):
+            for side, row in (("chosen", pair.chosen), ("rejected", pair.rejected)):
+                prompt, completion = split(row)
+                if form == "rollouts":
+                    completion = as_rollout(completion, ends)
+                request.items.append(
+                    reward_pb2.ScoreItem(
+                        item_id=f"{i}:{side}", prompt_ids=prompt, completion_ids=completion
+                    )
                 )
-            )
-    scores = {s.item_id: s.raw_score for s in client.reward.ScoreRollouts(request).scores}
-    wins = sum(scores[f"{i}:chosen"] > scores[f"{i}:rejected"] for i in range(len(pairs)))
-    print(
-        f"reward service ({job.id}@{version}): chosen scored above rejected on "
-        f"{wins}/{len(pairs)} held-out pairs ({wins / len(pairs):.0%}), mean margin {margin:.2f}"
-    )
-    print(f"demo result (rm): {before:.0%} -> {wins / len(pairs):.0%}")
+        scores = {s.item_id: s.raw_score for s in client.reward.ScoreRollouts(request).scores}
+        wins[form] = sum(scores[f"{i}:chosen"] > scores[f"{i}:rejected"] for i in range(len(pairs)))
+        print(
+            f"reward service ({job.id}@{version}), held-out pairs scored as {form}: chosen above "
+            f"rejected on {wins[form]}/{len(pairs)} ({wins[form] / len(pairs):.0%})"
+        )
+    print(f"mean margin of the job's evaluation: {margin:.2f}")
+    print(f"demo result (rm): {before:.0%} -> {wins['rollouts'] / len(pairs):.0%}")
 
 
 def policy_preference(model, pairs) -> float:

@@ -111,3 +111,24 @@ def test_a_retried_call_keeps_the_callers_metadata(server, monkeypatch):
         client.data.GetDataset(request, metadata=[("x-request-id", "r-1")])
     assert [m.get("x-request-id") for m in probe.metadata] == ["r-1", "r-1"]  # retried once
     assert all(m.get("authorization") == "Bearer tok" for m in probe.metadata)
+
+
+def test_import_llamafleet_gives_the_client_as_the_readme_says():
+    """``import llamafleet; llamafleet.Client(...)`` works; the stubs alone do not load it."""
+    import subprocess
+    import sys
+
+    import llamafleet
+    from llamafleet.credentials import Credentials
+
+    assert llamafleet.Client is Client and llamafleet.RpcError is RpcError
+    assert llamafleet.Credentials is Credentials
+    with pytest.raises(AttributeError, match="no attribute 'Cleint'"):
+        llamafleet.Cleint  # noqa: B018
+    with llamafleet.Client({"data": "127.0.0.1:1"}, timeout=1) as client:
+        assert client.data is not None
+    check = (
+        "import sys, llamafleet.data.v1.data_pb2; assert 'llamafleet.client' not in sys.modules; "
+        "from llamafleet import Client; assert 'llamafleet.client' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", check], check=True)

@@ -529,7 +529,9 @@ class QueueStatus:
 
 def status(run_dir: str | os.PathLike, dead_letter_limit: int = 10) -> dict:
     """Health of each service, Redis reachability, every llamafleet stream's groups, and the
-    dead-letter count with the latest ``dead_letter_limit`` entries (newest first)."""
+    dead-letter count with the latest ``dead_letter_limit`` entries (newest first); ``healthy``
+    says whether every service process is alive and SERVING and Redis answers, and ``problems``
+    lists what is not (one line each). ``ClusterError`` when no cluster was started there."""
     state = ClusterState.load(run_dir)
     creds = Credentials(tls_ca=state.tls_ca, tls_cert=state.tls_cert, tls_key=state.tls_key)
     services = {
@@ -557,7 +559,22 @@ def status(run_dir: str | os.PathLike, dead_letter_limit: int = 10) -> dict:
         result["dead_letter_entries"] = [asdict(d) for d in dead_letters(r, dead_letter_limit)]
     except (redis.RedisError, ClusterError) as exc:
         result["redis"] = f"unreachable: {exc}"
-    return result
+    problems = health_problems(result)
+    return {"healthy": not problems, "problems": problems, **result}
+
+
+def health_problems(report: dict) -> list[str]:
+    """What is unhealthy in a ``status`` report: dead service processes, services not SERVING,
+    an unreachable Redis."""
+    problems = []
+    for name, svc in report["services"].items():
+        if not svc["alive"]:
+            problems.append(f"{name}: process {svc['pid']} is not running")
+        if svc["health"] != "SERVING":
+            problems.append(f"{name}: health {svc['health']}")
+    if report["redis"] != "up":
+        problems.append(f"redis: {report['redis']}")
+    return problems
 
 
 def queue_status(r: redis.Redis) -> list[QueueStatus]:
