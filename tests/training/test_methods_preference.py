@@ -83,8 +83,11 @@ def test_lora_variants(tiny_random, pairs, tmp_path, recipe, variant):
     lora = LoraSettings(rank=8, alpha=16, **LORA_VARIANTS[variant])
     # PiSSA in dpo: a reference-free loss (the adapter-disabled model is not the base, see below)
     loss = "orpo" if variant == "pissa" else "sigmoid"
+    # LoRA+ trains lora_B 16x faster: at 5e-3 (8e-2 on B) six steps overshoot (the rm loss at the
+    # end-of-turn token: 0.68 -> 0.34 -> 1.87); 3e-3 falls in both recipes
+    lr = 3e-3 if variant == "loraplus" else 5e-3
     settings = method_settings(
-        tiny_random, recipe, method="lora", lora=lora,
+        tiny_random, recipe, method="lora", lora=lora, learning_rate=lr,
         preference=PreferenceSettings(beta=0.5, loss_type=loss),
     )  # fmt: skip
     trainer, losses, before = train(recipe, settings, pairs, tmp_path)
@@ -106,9 +109,9 @@ def test_lora_variants(tiny_random, pairs, tmp_path, recipe, variant):
             group_names = [by_id[id(p)] for p in group["params"]]
             if any("lora_B" in n for n in group_names):
                 assert all("lora_B" in n for n in group_names)
-                assert group["initial_lr"] == pytest.approx(16 * 5e-3)
+                assert group["initial_lr"] == pytest.approx(16 * lr)
             else:
-                assert group["initial_lr"] == pytest.approx(5e-3)
+                assert group["initial_lr"] == pytest.approx(lr)
     if recipe == "dpo":  # the adapter was saved and published as a version
         assert (tmp_path / "adapters" / "v1" / "adapter_model.safetensors").is_file()
 
