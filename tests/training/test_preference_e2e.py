@@ -80,7 +80,7 @@ class Fleet:
         self.addresses = {"data": await self._host("data", data, data_register(data))}
         training = TrainingConfig(
             jobs_dir=str(w / "jobs"), data_address=self.addresses["data"], poll_interval_s=0.1,
-            cancel_grace_s=5.0, **COMMON,
+            cancel_grace_s=5.0, model_roots=str(self.base.parent), **COMMON,
         )  # fmt: skip
         self.addresses["training"] = await self._host(
             "training", training, training_register(training)
