@@ -34,6 +34,16 @@ def tiny_random(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def family_models(tmp_path_factory) -> dict[str, Path]:
+    """One random-initialised tiny model per family (``tiny.families``), built once: arch ->
+    folder. The families share one trained text vocabulary, so this costs one tokenizer training."""
+    from services.training.tiny.families import FAMILIES
+
+    root = tmp_path_factory.mktemp("families")
+    return {arch: build_tiny_model(root / arch, "tiny", seed=0, arch=arch) for arch in FAMILIES}
+
+
+@pytest.fixture(scope="session")
 def tokenizer(tiny_random):
     return AutoTokenizer.from_pretrained(tiny_random)
 

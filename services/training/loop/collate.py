@@ -8,6 +8,9 @@ taken. This module turns a list of rows into tensors for one attention implement
   4-D block-diagonal causal mask built from the segments: a token sees earlier tokens of its own
   example only. ``sdpa_mask`` takes it as booleans (True = attend), ``eager`` as an additive float
   mask. Padding tokens form segments of their own, so no query row is fully masked (no NaN).
+  Where the model's layers slide (``model.attention.mask_plan``), a key is also hidden from a
+  query ``window`` or more tokens after it: one windowed mask when every layer slides, or one
+  mask per layer type (``{"full_attention": ..., "sliding_attention": ...}``).
 - ``sdpa`` and ``flash_attention_2``: no padding at all: every row is concatenated into one row
   and the segment boundaries go to the attention kernel as ``cu_seq_lens_q/k`` and
   ``max_length_q/k`` (flash-attn's varlen kernel, or ``models.varlen_sdpa_attention``).
@@ -25,6 +28,8 @@ from dataclasses import dataclass, field
 import torch
 from llamafleet.data.v1 import data_pb2
 
+from services.training.model.attention import FULL, SLIDING, MaskPlan
+
 IGNORE_INDEX = -100
 
 
@@ -35,13 +40,16 @@ class ModelInputs:
     input_ids: torch.Tensor  # (B, T)
     position_ids: torch.Tensor  # (B, T)
     shift_labels: torch.Tensor  # (B, T): label of the next token, -100 where none
-    attention_mask: torch.Tensor | None  # (B, 1, T, T) for eager/sdpa; None for flash varlen
+    # (B, 1, T, T) for eager/sdpa_mask, or one per layer type; None for the varlen kernels
+    attention_mask: torch.Tensor | dict[str, torch.Tensor] | None
     flash_kwargs: dict = field(default_factory=dict)  # cu_seq_lens_q/k, max_length_q/k
     num_tokens: int = 0  # tokens, padding excluded
     num_trained: int = 0  # positions with a shift label
 
     def to(self, device: torch.device | str) -> ModelInputs:
         def move(t):
+            if isinstance(t, dict):
+                return {k: move(v) for k, v in t.items()}
             return t.to(device, non_blocking=True) if isinstance(t, torch.Tensor) else t
 
         return ModelInputs(
@@ -104,6 +112,14 @@ def block_causal_mask(segments: torch.Tensor) -> torch.Tensor:
     return (same & causal)[:, None]
 
 
+def windowed(allowed: torch.Tensor, window: int) -> torch.Tensor:
+    """``allowed`` (B, 1, T, T) with keys ``window`` or more positions before the query hidden."""
+    length = allowed.shape[-1]
+    q = torch.arange(length)[:, None]
+    k = torch.arange(length)[None, :]
+    return allowed & (q - k < window)
+
+
 def collate(
     rows: Sequence[data_pb2.TokenRow],
     *,
@@ -111,9 +127,11 @@ def collate(
     attention: str = "sdpa",
     train_all_tokens: bool = False,
     mask_dtype: torch.dtype = torch.float32,
+    masks: MaskPlan = MaskPlan(),  # noqa: B008 (frozen)
 ) -> ModelInputs:
     """Model inputs for ``rows``. ``train_all_tokens`` ignores the rows' labels and trains every
-    token (pre-training); ``mask_dtype`` is the dtype of eager's additive mask."""
+    token (pre-training); ``mask_dtype`` is the dtype of eager's additive mask; ``masks`` says
+    which masks the model's layers need (sliding windows)."""
     if not rows:
         raise ValueError("an empty batch has no rows")
     for i, row in enumerate(rows):
@@ -155,9 +173,17 @@ def collate(
         shift[i, :n] = torch.tensor(s)
         segments[i] = torch.tensor(segment_ids(cu, length))
     allowed = block_causal_mask(segments)
-    if attention == "eager":
-        mask = torch.zeros(allowed.shape, dtype=mask_dtype)
-        mask.masked_fill_(~allowed, torch.finfo(mask_dtype).min)
+
+    def as_mask(bools: torch.Tensor) -> torch.Tensor:
+        if attention != "eager":
+            return bools
+        additive = torch.zeros(bools.shape, dtype=mask_dtype)
+        return additive.masked_fill_(~bools, torch.finfo(mask_dtype).min)
+
+    if masks.window is None:
+        mask = as_mask(allowed)
+    elif masks.by_layer_type:
+        mask = {FULL: as_mask(allowed), SLIDING: as_mask(windowed(allowed, masks.window))}
     else:
-        mask = allowed
+        mask = as_mask(windowed(allowed, masks.window))
     return ModelInputs(input_ids, position_ids, shift, mask, {}, num_tokens, num_trained)

@@ -30,6 +30,7 @@ from services.common.scored_position import scored_index
 from services.training.loop.collate import ModelInputs, collate
 from services.training.loop.step_loss import Layout, StepModels
 from services.training.losses.causal_lm import token_losses
+from services.training.model.attention import MaskPlan
 
 
 @dataclass
@@ -77,6 +78,7 @@ def collate_pairs(
     attention: str = "sdpa",
     mask_dtype: torch.dtype = torch.float32,
     end_ids: Collection[int] = frozenset(),
+    masks: MaskPlan = MaskPlan(),  # noqa: B008 (frozen)
 ) -> PairInputs:
     """Collate B pairs into one forward of 2B sequences (chosen first); each is scored at the
     last of ``end_ids`` in its response, else at its last token."""
@@ -94,7 +96,7 @@ def collate_pairs(
         if start is None:
             raise ValueError(f"pair {index} {side}: no response tokens (every label is -100)")
         scored.append(scored_index(row.input_ids, start, ends))
-    inputs = collate(rows, pad_id=pad_id, attention=attention, mask_dtype=mask_dtype)
+    inputs = collate(rows, pad_id=pad_id, attention=attention, mask_dtype=mask_dtype, masks=masks)
     lengths = torch.tensor([len(r.input_ids) for r in rows])  # (2B,)
     within = torch.tensor(scored)  # (2B,)
     sequences = torch.arange(len(rows))
@@ -145,6 +147,7 @@ class PairLoss:
             attention=layout.attention,
             mask_dtype=layout.mask_dtype,
             end_ids=self.end_ids,
+            masks=layout.masks,
         )
 
     def loss(self, models: StepModels, x: PairInputs) -> tuple[torch.Tensor, float, dict]:

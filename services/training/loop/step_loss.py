@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 from llamafleet.data.v1 import data_pb2
 
+from services.training.model.attention import MaskPlan
+
 if TYPE_CHECKING:
     from services.training.model.reference import Reference
 
@@ -41,6 +43,7 @@ class Layout:
     pad_id: int
     attention: str  # "eager" | "sdpa" | "flash_attention_2"
     mask_dtype: torch.dtype
+    masks: MaskPlan = MaskPlan()  # sliding windows of the model's layers (eager masks)
 
 
 class StepInputs(Protocol):

@@ -40,6 +40,7 @@ class TokenLoss:
             attention=layout.attention,
             train_all_tokens=self.train_all_tokens,
             mask_dtype=layout.mask_dtype,
+            masks=layout.masks,
         )
 
     def loss(self, models: StepModels, x: ModelInputs) -> tuple[torch.Tensor, float, dict]:

@@ -39,6 +39,7 @@ from services.training.loop.metrics import MetricsWriter, plot_loss_curve
 from services.training.loop.step_loss import Layout, StepInputs, StepLoss, StepModels
 from services.training.model import load as models
 from services.training.model import lora, optim
+from services.training.model.attention import MaskPlan, mask_plan
 from services.training.model.reference import build_reference
 from services.training.spec.settings import Settings
 
@@ -113,7 +114,9 @@ class Trainer:
         model = self.build_model(s, self.device)
         pad = getattr(getattr(model, "config", None), "pad_token_id", None)
         self.pad_id = pad if pad is not None else 0
-        self.layout = Layout(self.pad_id, s.attention, models.mask_dtype(s))
+        config = getattr(model, "config", None)
+        plan = mask_plan(config) if config is not None else MaskPlan()
+        self.layout = Layout(self.pad_id, s.attention, models.mask_dtype(s), plan)
         self.model = model
         trainable, total = models.trainable_parameters(model)
         logger.info("trainable parameters: %d of %d", trainable, total)

@@ -11,12 +11,14 @@ Precision policy (mixed precision, the way Transformers' Trainer does it):
   ``softmax(..., dtype=float32)``, and the SDPA / flash-attn kernels accumulate the softmax in
   float32. Nothing here lowers that.
 
-Attention: ``sdpa`` on packed rows runs as "varlen SDPA": all rows of a micro-batch are
-concatenated into one (no padding) and ``torch.nn.functional.scaled_dot_product_attention`` runs
-causally on each example separately (``cu_seq_lens_q`` from ``collate``). That is exactly the
-block-diagonal causal attention the contract asks for, without materialising a T x T mask, so
-PyTorch's fused kernels apply. ``eager`` keeps the explicit 4-D block-diagonal mask;
-``flash_attention_2`` uses flash-attn's own varlen kernel.
+Attention: ``sdpa`` on packed rows runs as "varlen SDPA" (``model.attention``): all rows of a
+micro-batch are concatenated into one (no padding) and
+``torch.nn.functional.scaled_dot_product_attention`` runs causally on each example separately
+(``cu_seq_lens_q`` from ``collate``), sliding windows and soft-capping as the family computes
+them. That is exactly the block-diagonal causal attention the contract asks for, without
+materialising a T x T mask, so PyTorch's fused kernels apply. ``eager`` keeps the explicit 4-D
+block-diagonal mask (one per layer type where layers slide); ``flash_attention_2`` uses
+flash-attn's own varlen kernel.
 
 ``load_trained`` is the model the shared loop trains by default: the base, lean layers, and LoRA
 (fused) when asked. This module does not know about recipes or data.
@@ -32,9 +34,7 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from transformers import (
-    AttentionInterface,
     AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -45,61 +45,17 @@ from services.common.scored_position import folder_eos_ids
 from services.common.weight_files import require_safetensors_model
 from services.training.losses import causal_lm as losses
 from services.training.model import lean_layers, lora
+from services.training.model.attention import (  # noqa: F401 (re-exported)
+    VARLEN_SDPA,
+    model_attention,
+    varlen_sdpa_attention,
+)
 from services.training.model.methods import freeze, llama_pro, lora_fused, quantize, rope
 from services.training.spec.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-VARLEN_SDPA = "llamafleet_varlen_sdpa"
-
-
-def varlen_sdpa_attention(
-    module: torch.nn.Module,
-    query: torch.Tensor,  # (1, H, N, D): every example of the micro-batch, concatenated
-    key: torch.Tensor,  # (1, Hkv, N, D)
-    value: torch.Tensor,  # (1, Hkv, N, D)
-    attention_mask: torch.Tensor | None,
-    dropout: float = 0.0,
-    scaling: float | None = None,
-    cu_seq_lens_q: torch.Tensor | None = None,
-    **kwargs,
-) -> tuple[torch.Tensor, None]:
-    """Causal SDPA inside each ``[cu[i], cu[i+1])`` segment; returns (1, N, H, D) contiguous.
-
-    On the CPU grouped-query attention goes to the kernel as it is (``enable_gqa``): keys and
-    values are not repeated per query head, so neither the copies nor the backward's sum over them
-    exist, and autograd keeps the (Hkv)-head tensors. (On CUDA they are still repeated: there the
-    memory-efficient kernel, the one float32 gets, has no GQA and SDPA would fall back to the
-    math kernel's T x T scores.) The kernels write each segment's output in its query's
-    memory layout, which in the model is (1, n, H, D) (a transposed projection), so concatenating
-    the transposed outputs is the one copy into the (1, N, H, D) the output projection reads."""
-    if cu_seq_lens_q is None:  # not packed (generation, plain calls): ordinary causal attention
-        bounds = [0, query.shape[2]]
-    else:
-        bounds = cu_seq_lens_q.tolist()
-    groups = query.shape[1] // key.shape[1]
-    gqa = groups > 1 and query.device.type == "cpu"
-    if groups > 1 and not gqa:
-        key = key.repeat_interleave(groups, dim=1)
-        value = value.repeat_interleave(groups, dim=1)
-    p = dropout if module.training else 0.0
-    outputs = [
-        F.scaled_dot_product_attention(
-            query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True, scale=scaling,
-            dropout_p=p, enable_gqa=gqa,
-        ).transpose(1, 2)  # (1, n, H, D)
-        for s, e in zip(bounds, bounds[1:], strict=False)
-    ]  # fmt: skip
-    return torch.cat(outputs, dim=1).contiguous(), None  # (1, N, H, D)
-
-
-AttentionInterface.register(VARLEN_SDPA, varlen_sdpa_attention)
-
-
-def model_attention(attention: str) -> str:
-    """The ``attn_implementation`` a setting loads with (sdpa -> varlen SDPA on packed rows)."""
-    return VARLEN_SDPA if attention == "sdpa" else attention
 
 
 def pick_device(local_rank: int = 0) -> torch.device:

@@ -1,8 +1,10 @@
-"""Small Llama-architecture models built locally, for tests, demos and benchmarks.
+"""Small models built locally, for tests, demos and benchmarks: Llama, and the families users bring.
 
 No machine here reaches a model hub, so the project makes its own models: a random-initialised
-``LlamaForCausalLM`` plus a byte-level BPE tokenizer trained on a synthetic corpus generated in
-code, saved as an ordinary Hugging Face model folder (``config.json``, ``model.safetensors``,
+``LlamaForCausalLM`` (or, with ``arch``, a model of one of ``families.FAMILIES``: Llama 3, Qwen2,
+Qwen3, Qwen3-MoE, Gemma 3, Mistral, Phi-3, built from transformers' config classes with the
+family's control tokens and chat template) plus a byte-level BPE tokenizer trained on a synthetic
+corpus generated in code, saved as an ordinary Hugging Face model folder (``config.json``, ``model.safetensors``,
 ``generation_config.json``, ``tokenizer.json``, ``tokenizer_config.json`` with a ChatML
 ``chat_template``, ``special_tokens_map.json``). The rest of the project loads it through the same
 ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained`` path a downloaded
@@ -13,8 +15,8 @@ of every size built with the default vocabulary share one tokenizer (a tiny rewa
 a small policy's tokens). The seed only decides the weights: the same seed gives bit-identical
 weights.
 
-Run as ``python -m services.training.tiny.model OUT_DIR --size tiny|small|medium [--seed N]
-[--vocab-size N] [--force]``; the ``llamafleet tiny-model`` command calls exactly that. This
+Run as ``python -m services.training.tiny.model OUT_DIR --size tiny|small|medium [--arch A]
+[--seed N] [--vocab-size N] [--force]``; the ``llamafleet tiny-model`` command calls exactly that. This
 module knows nothing about training: the weights are random and the model says nothing useful
 until a recipe trains it.
 """
@@ -22,6 +24,7 @@ until a recipe trains it.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -35,9 +38,20 @@ from pathlib import Path
 import torch
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from tokenizers.trainers import BpeTrainer
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PretrainedConfig,
+    PreTrainedTokenizerFast,
+)
 
 from services.training.tiny.corpus import synthetic_corpus
+from services.training.tiny.families import FAMILIES, Family
+
+DEFAULT_ARCH = "llama"  # llamafleet's own Llama with the ChatML template (the demos' model)
+ARCHS = (DEFAULT_ARCH, *FAMILIES)
 
 logger = logging.getLogger(__name__)
 
@@ -221,6 +235,62 @@ def build_tokenizer(vocab_size: int = DEFAULT_VOCAB_SIZE) -> PreTrainedTokenizer
     )
 
 
+@functools.lru_cache(maxsize=2)
+def _plain_bpe(vocab_size: int) -> str:
+    """A byte-level BPE of exactly ``vocab_size`` tokens with no added token (its JSON), trained
+    once per process: the text vocabulary every family's tokenizer shares."""
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel()
+    trainer = BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    num_texts = max(20_000, 12 * vocab_size)
+    backend.train_from_iterator(synthetic_corpus(num_texts), trainer=trainer, length=num_texts)
+    if backend.get_vocab_size() != vocab_size:
+        raise ValueError(
+            f"the built-in corpus filled only {backend.get_vocab_size()} of {vocab_size} tokens; "
+            f"use a --vocab-size up to {MAX_VOCAB_SIZE}"
+        )
+    return backend.to_str()
+
+
+def build_family_tokenizer(family: Family, vocab_size: int = DEFAULT_VOCAB_SIZE):
+    """The shared BPE text vocabulary plus ``family``'s control tokens (ids after the text
+    vocabulary, as real tokenizers place them), its bos / eos / pad and its chat template."""
+    _check_vocab_size(vocab_size)
+    t = family.tokens
+    backend = Tokenizer.from_str(_plain_bpe(vocab_size))
+    backend.add_special_tokens([AddedToken(x, special=True, normalized=False) for x in t.special])
+    backend.add_tokens([AddedToken(x, special=False, normalized=False) for x in t.plain])
+    if t.add_bos:
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{t.bos} $A",
+            pair=f"{t.bos} $A {t.bos} $B",
+            special_tokens=[(t.bos, backend.token_to_id(t.bos))],
+        )
+    named = {t.bos, t.eos, t.pad, "<unk>"}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=t.bos,
+        eos_token=t.eos,
+        pad_token=t.pad,
+        unk_token="<unk>" if "<unk>" in t.special else None,
+        extra_special_tokens=[x for x in t.special if x not in named],
+        chat_template=family.jinja,
+        clean_up_tokenization_spaces=False,
+        model_max_length=2048,
+    )
+
+
 def _check_vocab_size(vocab_size: int) -> None:
     if not MIN_VOCAB_SIZE <= vocab_size <= MAX_VOCAB_SIZE:
         raise ValueError(
@@ -259,22 +329,46 @@ def model_config(
     )
 
 
-def count_parameters(config: LlamaConfig) -> int:
+def family_config(arch: str, size: str, tokenizer) -> PretrainedConfig:
+    """The config of ``arch`` (a ``families.FAMILIES`` name) at a named size, with the token ids
+    of ``tokenizer`` (its vocabulary size included)."""
+    family = _family(arch)
+    ids = {
+        "bos": tokenizer.bos_token_id,
+        "eos": tokenizer.eos_token_id,
+        "pad": tokenizer.pad_token_id,
+    }
+    return family.config(_size(size), len(tokenizer), ids)
+
+
+def _model_class(config: PretrainedConfig):
+    return LlamaForCausalLM if type(config) is LlamaConfig else None
+
+
+def count_parameters(config: PretrainedConfig) -> int:
     """Parameters of a model with ``config``, counted on the meta device (allocates nothing)."""
     with torch.device("meta"):
-        model = LlamaForCausalLM(config)
+        cls = _model_class(config)
+        model = cls(config) if cls else AutoModelForCausalLM.from_config(config)
     return sum(p.numel() for p in model.parameters())
 
 
-def init_model(config: LlamaConfig, seed: int) -> LlamaForCausalLM:
+def init_model(config: PretrainedConfig, seed: int):
     """A random-initialised model; the same seed gives bit-identical weights.
 
     The global RNG is forked, so building a model does not disturb the caller's random state.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
+        cls = _model_class(config)
+        model = cls(config) if cls else AutoModelForCausalLM.from_config(config)
     return model.eval()
+
+
+def _family(arch: str) -> Family:
+    if arch not in FAMILIES:
+        raise ValueError(f"unknown arch {arch!r}; valid archs: {', '.join(ARCHS)}")
+    return FAMILIES[arch]
 
 
 def _size(size: str) -> ModelSize:
@@ -293,14 +387,17 @@ def build_tiny_model(
     vocab_size: int | None = None,
     *,
     force: bool = False,
+    arch: str = DEFAULT_ARCH,
 ) -> Path:
-    """Build a model folder at ``out_dir`` and return its path.
+    """Build a model folder at ``out_dir`` and return its path (``arch``: ``ARCHS``).
 
     The folder appears complete or not at all (it is written beside ``out_dir`` and renamed).
     An existing non-empty ``out_dir`` is an error unless ``force``, which replaces it.
     """
     out = Path(out_dir)
-    _size(size)  # fail on a bad size before any work
+    _size(size)  # fail on a bad size or arch before any work
+    if arch != DEFAULT_ARCH:
+        _family(arch)
     vocab_size = DEFAULT_VOCAB_SIZE if vocab_size is None else vocab_size
     _check_vocab_size(vocab_size)
     if seed < 0:
@@ -311,18 +408,24 @@ def build_tiny_model(
         raise FileExistsError(f"{out} exists and is not empty; --force (force=True) replaces it")
 
     started = time.perf_counter()
-    tokenizer = build_tokenizer(vocab_size)
-    config = model_config(
-        size,
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    if arch == DEFAULT_ARCH:
+        tokenizer = build_tokenizer(vocab_size)
+        config = model_config(
+            size,
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        end_of_turn = [tokenizer.convert_tokens_to_ids(IM_END), tokenizer.eos_token_id]
+    else:
+        tokenizer = build_family_tokenizer(FAMILIES[arch], vocab_size)
+        config = family_config(arch, size, tokenizer)
+        end_of_turn = tokenizer.convert_tokens_to_ids(list(FAMILIES[arch].tokens.end_of_turn))
     model = init_model(config, seed)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=[tokenizer.convert_tokens_to_ids(IM_END), tokenizer.eos_token_id],
+        eos_token_id=end_of_turn,
         pad_token_id=tokenizer.pad_token_id,
     )
 
@@ -335,7 +438,8 @@ def build_tiny_model(
         # save_jinja_files=False keeps the template in tokenizer_config.json, where every
         # loader (older transformers, vLLM) looks for it.
         tokenizer.save_pretrained(staging, save_jinja_files=False)
-        _write_special_tokens_map(staging, tokenizer)
+        if arch == DEFAULT_ARCH:
+            _write_special_tokens_map(staging, tokenizer)
         _make_readable(staging)
         if out.exists():
             shutil.rmtree(out)
@@ -346,8 +450,9 @@ def build_tiny_model(
 
     params = sum(p.numel() for p in model.parameters())
     logger.info(
-        "built %s model (%.2fM parameters, vocab %d, seed %d) at %s in %.1fs",
+        "built %s %s model (%.2fM parameters, vocab %d, seed %d) at %s in %.1fs",
         size,
+        arch,
         params / 1e6,
         len(tokenizer),
         seed,
@@ -393,10 +498,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line: build a model folder, print its path; 2 and a one-line message on bad input."""
     parser = _Parser(
         prog="python -m services.training.tiny.model",
-        description="Build a random-initialised Llama model and a locally trained tokenizer.",
+        description="Build a random-initialised model and a locally trained tokenizer.",
     )
     parser.add_argument("out_dir", type=Path, help="folder to create")
     parser.add_argument("--size", default="tiny", help=f"one of: {', '.join(SIZES)}")
+    parser.add_argument("--arch", default=DEFAULT_ARCH, help=f"one of: {', '.join(ARCHS)}")
     parser.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
     parser.add_argument(
         "--vocab-size", type=int, default=None, help=f"default {DEFAULT_VOCAB_SIZE}"
@@ -413,7 +519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         path = build_tiny_model(
-            args.out_dir, args.size, args.seed, args.vocab_size, force=args.force
+            args.out_dir, args.size, args.seed, args.vocab_size, force=args.force, arch=args.arch
         )
     except (ValueError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -157,7 +157,7 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
             "tiny-model needs the training extra: pip install -e '.[train]' (and torch==2.13.0)"
         )
     cmd = [sys.executable, "-m", "services.training.tiny.model", args.out_dir, "--size", args.size]
-    cmd += ["--seed", str(args.seed)]
+    cmd += ["--seed", str(args.seed), "--arch", args.arch]
     if args.force:
         cmd.append("--force")
     return subprocess.call(cmd)
@@ -244,9 +244,15 @@ def register(sub) -> None:
     p.add_argument("--timeout", type=float, default=3.0)
     p.set_defaults(func=cmd_health)
 
-    p = sub.add_parser("tiny-model", help="build a random-initialised Llama + tokenizer")
+    p = sub.add_parser("tiny-model", help="build a random-initialised model + tokenizer")
     p.add_argument("out_dir")
     p.add_argument("--size", default="tiny", help="tiny | small | medium")
+    p.add_argument(
+        "--arch",
+        default="llama",
+        help="llama (ChatML, the default) | llama3 | qwen2 | qwen3 | qwen3_moe | gemma3 | "
+        "mistral | phi3",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="overwrite a non-empty OUT_DIR")
     p.set_defaults(func=cmd_tiny_model)
