@@ -155,7 +155,7 @@ GALORE_KEYS = {
 QLORA_ROPE_KEYS = {
     "model_name_or_path": "/m", "dataset": "d", "finetuning_type": "lora", "quantization_bit": 4,
     "quantization_type": "fp4", "double_quantization": False, "rope_scaling": "yarn",
-    "cutoff_len": 8192,
+    "cutoff_len": 8192, "moe_aux_loss_coef": 0.001,
 }  # fmt: skip
 
 
@@ -203,6 +203,7 @@ def test_method_and_stage_keys():
     ft = qlora.finetuning
     assert (ft.quantization_bits, ft.quantization_type) == (4, pb.QUANTIZATION_TYPE_FP4)
     assert ft.HasField("double_quantization") and not ft.double_quantization
+    assert ft.HasField("moe_aux_loss_coef") and ft.moe_aux_loss_coef == pytest.approx(0.001)
     # RoPE scaled for cutoff_len tokens: LLaMA-Factory's model_max_length
     assert (qlora.rope_scaling, qlora.max_context_length) == (pb.ROPE_SCALING_TYPE_YARN, 8192)
 

@@ -273,6 +273,7 @@ def _flat_keys() -> dict[str, Any]:
         "quantization_bit": put(ft, "quantization_bits", _int),
         "quantization_type": put(ft, "quantization_type", choice(QUANTIZATION_TYPES)),
         "double_quantization": put(ft, "double_quantization", _bool),
+        "moe_aux_loss_coef": put(ft, "moe_aux_loss_coef", _float),
         # the context length comes from cutoff_len, as in LLaMA-Factory (lf_config.from_flat)
         "rope_scaling": put(top, "rope_scaling", choice(ROPE_SCALING)),
         "adapter_name_or_path": lambda s, c, k, v: s.init_adapter.CopyFrom(_adapter(k, v)),

@@ -45,6 +45,7 @@ class ModelInputs:
     flash_kwargs: dict = field(default_factory=dict)  # cu_seq_lens_q/k, max_length_q/k
     num_tokens: int = 0  # tokens, padding excluded
     num_trained: int = 0  # positions with a shift label
+    token_mask: torch.Tensor | None = None  # (B, T) True on real tokens; None: no padding
 
     def to(self, device: torch.device | str) -> ModelInputs:
         def move(t):
@@ -60,6 +61,7 @@ class ModelInputs:
             {k: move(v) for k, v in self.flash_kwargs.items()},
             self.num_tokens,
             self.num_trained,
+            move(self.token_mask),
         )
 
     def model_kwargs(self) -> dict:
@@ -166,8 +168,10 @@ def collate(
     position_ids = torch.zeros((batch, length), dtype=torch.long)
     shift = torch.full((batch, length), IGNORE_INDEX, dtype=torch.long)
     segments = torch.empty((batch, length), dtype=torch.long)
+    real = torch.zeros((batch, length), dtype=torch.bool)
     for i, (row, cu, s) in enumerate(zip(rows, cus, shifted, strict=True)):
         n = len(row.input_ids)
+        real[i, :n] = True
         input_ids[i, :n] = torch.tensor(row.input_ids)
         position_ids[i, :n] = torch.tensor(row.position_ids)
         shift[i, :n] = torch.tensor(s)
@@ -186,4 +190,4 @@ def collate(
         mask = {FULL: as_mask(allowed), SLIDING: as_mask(windowed(allowed, masks.window))}
     else:
         mask = as_mask(windowed(allowed, masks.window))
-    return ModelInputs(input_ids, position_ids, shift, mask, {}, num_tokens, num_trained)
+    return ModelInputs(input_ids, position_ids, shift, mask, {}, num_tokens, num_trained, real)

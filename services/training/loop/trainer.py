@@ -38,7 +38,7 @@ from services.training.loop.distributed import World, all_reduce_sum, barrier, b
 from services.training.loop.metrics import MetricsWriter, plot_loss_curve
 from services.training.loop.step_loss import Layout, StepInputs, StepLoss, StepModels
 from services.training.model import load as models
-from services.training.model import lora, optim
+from services.training.model import lora, moe, optim
 from services.training.model.attention import MaskPlan, mask_plan
 from services.training.model.reference import build_reference
 from services.training.spec.settings import Settings
@@ -104,6 +104,7 @@ class Trainer:
         self.evaluated_step: int | None = None  # the step of the last evaluation
         self._metric_sums = dict.fromkeys(loss.metrics, 0.0)
         self.history: list[tuple[int, float]] = []
+        self._aux_sum = 0.0  # router loss times units since the last log (MoE)
 
     # --- setup --------------------------------------------------------------------------------
 
@@ -142,6 +143,9 @@ class Trainer:
         if self.loss.needs_reference:  # after resume: a frozen copy is never trained
             reference = build_reference(s, self.model, self.device)
         self.models = StepModels(self.engine.module, self.model, reference, self._autocast)
+        self.router = None  # the MoE router loss, when the job asks for it
+        if s.moe_aux_loss_coef:
+            self.router = moe.RouterLoss(self.model, s.moe_aux_loss_coef)
 
     def _request(self, epoch: int, cursor: str = "", split=data_pb2.SPLIT_TRAIN) -> StreamRequest:
         s = self.settings
@@ -192,7 +196,15 @@ class Trainer:
     def _forward_loss(self, inputs: StepInputs) -> tuple[torch.Tensor, float]:
         """The loss of one micro-batch summed over its units, and their count (the loss's
         metric sums are added to those of the current evaluation)."""
-        loss_sum, count, metrics = self.loss.loss(self.models, inputs)
+        if self.router is None:
+            loss_sum, count, metrics = self.loss.loss(self.models, inputs)
+        else:  # + coef * aux per unit: the step's mean loss gains coef * aux, as in transformers
+            with self.router.record():
+                loss_sum, count, metrics = self.loss.loss(self.models, inputs)
+            aux = self.router.aux_loss(moe.token_mask(inputs))
+            if aux is not None:
+                loss_sum = loss_sum + self.router.coef * aux.to(loss_sum.dtype) * count
+                self._aux_sum += float(aux.detach()) * count
         for name, value in metrics.items():
             self._metric_sums[name] += value
         return loss_sum, count
@@ -258,6 +270,11 @@ class Trainer:
             "tokens_per_second": window["tokens"] / elapsed,
             "eta_seconds": (self.total_steps - self.step) * sum(recent) / len(recent),
         }
+        if self.router is not None:  # the router loss (unscaled), per unit, in the loss above
+            record["moe/aux_loss"] = all_reduce_sum([self._aux_sum], self.world)[0] / max(
+                window["count"], 1.0
+            )
+            self._aux_sum = 0.0
         if self.last_eval_loss is not None:
             record["eval_loss"] = self.last_eval_loss
         self.history.append((self.step, record["loss"]))

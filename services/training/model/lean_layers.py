@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import types
+from collections import Counter
 
 import torch
 import torch.nn.functional as F
@@ -123,6 +124,7 @@ def use_lean_layers(model: torch.nn.Module) -> tuple[int, int]:
     """Route eligible RMSNorm and SwiGLU MLP modules through the lean functions (idempotent);
     returns how many of each."""
     norms = mlps = 0
+    left: Counter[str] = Counter()  # norms and MLPs run as transformers runs them
     for module in model.modules():
         if hasattr(module, "_plain_forward"):
             continue
@@ -134,5 +136,13 @@ def use_lean_layers(model: torch.nn.Module) -> tuple[int, int]:
             module._plain_forward = module.forward
             module.forward = types.MethodType(_mlp_forward, module)
             mlps += 1
+        elif type(module).__name__.endswith(("RMSNorm", "MLP", "Experts", "MoeBlock")):
+            left[type(module).__name__] += 1
     logger.info("lean backward on %d RMSNorm and %d SwiGLU modules", norms, mlps)
+    if left:
+        logger.info(
+            "lean backward off for %s: not transformers' Llama RMSNorm / SiLU-MLP code, run as "
+            "transformers runs them",
+            ", ".join(f"{n} x{c}" for n, c in sorted(left.items())),
+        )
     return norms, mlps

@@ -44,7 +44,7 @@ from transformers import (
 from services.common.scored_position import folder_eos_ids
 from services.common.weight_files import require_safetensors_model
 from services.training.losses import causal_lm as losses
-from services.training.model import lean_layers, lora
+from services.training.model import lean_layers, lora, moe
 from services.training.model.attention import (  # noqa: F401 (re-exported)
     VARLEN_SDPA,
     model_attention,
@@ -106,6 +106,7 @@ def load_base(settings: Settings, device: torch.device) -> PreTrainedModel:
         **quantized,
     )
     model.config.use_cache = False
+    moe.switch_off_own_router_loss(model)
     if quantized:  # norms and embeddings to float32, inputs requiring grad for checkpointing
         from peft import prepare_model_for_kbit_training
 

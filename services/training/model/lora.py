@@ -4,6 +4,9 @@
 (and ``additional_target_modules``, trained in full and saved with the adapter). ``"all"`` (or an
 empty list) expands to every ``nn.Linear`` of the model except the output head, by module name
 suffix (``q_proj``, ``k_proj``, ..., ``down_proj``), which is also what vLLM's LoRA loader expects.
+On a mixture of experts ``"all"`` leaves the routed experts alone (transformers 5 keeps them as
+fused 3-D weights, not ``nn.Linear``s); naming ``experts`` among the targets adapts them through
+peft's ``target_parameters`` (one low-rank update per fused weight, ``model.moe``).
 Scaling is ``alpha / rank``, or ``alpha / sqrt(rank)`` with rsLoRA. On a model expanded with
 LLaMA-Pro blocks, adapters go on the new blocks only (peft's ``layers_to_transform``); the
 original blocks stay bit-identical.
@@ -26,6 +29,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from services.common.weight_files import ADAPTER_BASE_FILE, base_shape
+from services.training.model import moe
 from services.training.model.methods import llama_pro
 from services.training.spec.settings import LoraSettings
 
@@ -49,7 +53,13 @@ def linear_module_names(model: torch.nn.Module) -> list[str]:
 def expand_target_modules(model: torch.nn.Module, requested: tuple[str, ...]) -> list[str]:
     """Resolve the requested target modules; ``()`` or ``("all",)`` = every linear but the head."""
     if not requested or "all" in requested:
-        return linear_module_names(model)
+        names = linear_module_names(model)
+        if moe.expert_parameters(model):
+            logger.info(
+                "LoRA 'all' adapts %s; the routed experts are left alone (add '%s' to the "
+                "targets to adapt them)", ",".join(names), moe.EXPERTS,
+            )  # fmt: skip
+        return names + [moe.EXPERTS] * (moe.EXPERTS in requested)
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = [m for m in requested if m not in present]
     if missing:
@@ -66,12 +76,19 @@ def lora_config(model: torch.nn.Module, cfg: LoraSettings) -> LoraConfig:
     if cfg.pissa_init:
         init = "pissa" if cfg.pissa_iters < 0 else f"pissa_niter_{cfg.pissa_iters}"
     blocks = llama_pro.new_blocks(model)
+    targets = expand_target_modules(model, cfg.target_modules)
+    experts = moe.expert_parameters(model) if moe.EXPERTS in targets else []
+    if moe.EXPERTS in targets and not experts:
+        raise ValueError(
+            f"LoRA target '{moe.EXPERTS}': the model has no fused expert weights to adapt"
+        )
     return LoraConfig(
         task_type="CAUSAL_LM",
         r=cfg.rank,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
-        target_modules=expand_target_modules(model, cfg.target_modules),
+        target_modules=[t for t in targets if t != moe.EXPERTS],
+        target_parameters=experts or None,
         modules_to_save=list(cfg.additional_target_modules) or None,
         use_rslora=cfg.use_rslora,
         use_dora=cfg.use_dora,

@@ -38,7 +38,7 @@ from services.training.loop.step_loss import StepModels
 from services.training.loop.trainer import Reporter, Trainer, TrainResult
 from services.training.losses.preference import pairwise_reward_loss
 from services.training.model import load as models
-from services.training.model import lora
+from services.training.model import lora, moe
 from services.training.spec.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ def load_reward_model(settings: Settings, device: torch.device) -> torch.nn.Modu
     if model.config.pad_token_id is None:  # the scorer and transformers' pooling need one
         model.config.pad_token_id = model.config.eos_token_id
     model.config.use_cache = False
+    moe.switch_off_own_router_loss(model)
     head = getattr(model, SCORE_HEAD, None)
     if not isinstance(head, torch.nn.Linear):
         raise ValueError(

@@ -175,6 +175,7 @@ class Settings:
     rope_scaling: str | None = None  # "linear" | "dynamic" | "yarn" | "llama3"
     max_context_length: int | None = None  # the context RoPE scaling is for
     galore: GaloreSettings | None = None  # GaLore optimizer (full fine-tuning)
+    moe_aux_loss_coef: float = 0.0  # router load-balancing loss weight (MoE base models)
     extra: dict = field(default_factory=dict)
 
 
@@ -275,6 +276,7 @@ def settings(spec: tpb.TrainingJobSpec, device: str = "cpu") -> Settings:
             else None
         ),
         galore=_galore_settings(ft.galore) if ft.HasField("galore") else None,
+        moe_aux_loss_coef=ft.moe_aux_loss_coef if ft.HasField("moe_aux_loss_coef") else 0.0,
     )
 
 

@@ -15,6 +15,7 @@ from llamafleet.training.v1 import training_pb2 as tpb
 
 from services.common.errors import FieldViolation, InvalidArgument, Unimplemented
 from services.training.spec import devices
+from services.training.spec.architecture import check_architecture
 from services.training.spec.normalize import pickle_only
 from services.training.spec.settings import (
     PREFERENCE_LOSSES,
@@ -111,6 +112,7 @@ def validate(spec: tpb.TrainingJobSpec) -> None:
     _check_quantization(spec, check)
     _check_ppo(spec, check)
     _check_rope(spec, check)
+    check_architecture(spec, base, check)
     if spec.finetuning.HasField("galore"):
         _check_galore(spec, check)
     pref, path = spec.preference, "spec.preference."

@@ -11,7 +11,11 @@ LLaMA-Factory's ``find_expanded_modules`` does.
 
 The expanded model is an ordinary model with ``num_hidden_layers = L + n``; ``save_pretrained``
 writes a normal Hugging Face folder. Supports decoders laid out as ``model.layers[i]`` with
-``self_attn.o_proj`` and ``mlp.down_proj`` (Llama, Qwen2, Mistral, ...).
+``self_attn.o_proj`` and ``mlp.down_proj`` (Llama, Qwen2/3, Mistral, Phi-3, Gemma 3: Gemma's
+post-attention and post-MLP norms of a zero vector are zero) or, for a mixture of experts, an
+``mlp.experts`` module whose ``down_proj`` holds every expert's output projection (Qwen3-MoE,
+Mixtral in transformers 5) plus, where present, a shared expert's ``down_proj``: zero experts
+give a zero MLP output whatever the router picks. Any other layout is refused by name.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-ZEROED = ("self_attn.o_proj", "mlp.down_proj")
+ATTENTION_OUT = "self_attn.o_proj"
+MLP_OUT = ("mlp.down_proj", "mlp.experts.down_proj", "mlp.shared_expert.down_proj")
 NEW_BLOCKS_ATTR = "llama_pro_new_blocks"  # set on an expanded model (not saved in its config)
 
 
@@ -42,9 +47,38 @@ def check(num_layers: int, num_expand: int) -> None:
         )
 
 
+def output_projections(block: torch.nn.Module) -> list[torch.Tensor]:
+    """The weights (and biases) whose zeroing makes ``block`` the identity; raises ``ValueError``
+    for a block laid out otherwise."""
+    found = []
+    for path in (ATTENTION_OUT, *MLP_OUT):
+        parent, _, name = path.rpartition(".")
+        try:
+            owner = block.get_submodule(parent)
+        except AttributeError:
+            continue
+        target = getattr(owner, name, None)
+        if isinstance(target, torch.nn.Parameter):  # fused experts: (E, hidden, inner)
+            found.append(target)
+        elif target is not None and hasattr(target, "weight"):
+            found.append(target.weight)
+            if getattr(target, "bias", None) is not None:
+                found.append(target.bias)
+    names = {n for n, _ in block.named_modules()} | {n for n, _ in block.named_parameters()}
+    has_attention = any(n == ATTENTION_OUT or n.startswith(ATTENTION_OUT + ".") for n in names)
+    has_mlp = any(n.startswith(MLP_OUT[:2]) for n in names)
+    if not (has_attention and has_mlp):
+        raise ValueError(
+            f"LLaMA-Pro needs decoder blocks with {ATTENTION_OUT} and mlp.down_proj (or MoE "
+            f"experts' down_proj); {type(block).__name__} has neither layout"
+        )
+    return found
+
+
 def expand(model: torch.nn.Module, num_expand: int) -> list[int]:
     """Insert ``num_expand`` identity blocks into ``model`` in place; returns their indices."""
     layers = model.model.layers
+    output_projections(layers[0])  # refuse an unknown layout before copying anything
     total = len(layers)
     new_ids = new_block_indices(total, num_expand)
     group = total // num_expand
@@ -53,12 +87,9 @@ def expand(model: torch.nn.Module, num_expand: int) -> list[int]:
         expanded.append(layer)
         if (i + 1) % group == 0:
             block = copy.deepcopy(layer)
-            for path in ZEROED:
-                module = block.get_submodule(path)
-                with torch.no_grad():
-                    module.weight.zero_()
-                    if getattr(module, "bias", None) is not None:
-                        module.bias.zero_()
+            with torch.no_grad():
+                for tensor in output_projections(block):
+                    tensor.zero_()
             expanded.append(block)
     for index, layer in enumerate(expanded):
         if hasattr(layer, "self_attn") and hasattr(layer.self_attn, "layer_idx"):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import types
+from collections import Counter
 
 import torch
 import torch.nn.functional as F
@@ -102,12 +103,24 @@ def eligible(layer) -> bool:
 
 
 def fuse_lora_layers(model: torch.nn.Module) -> int:
-    """Route the eligible LoRA layers of ``model`` through the fused function; returns how many."""
+    """Route the eligible LoRA layers of ``model`` through the fused function; returns how many.
+    The others (peft's parameter wrappers on MoE experts, DoRA, dropout, half weights, ...) run
+    as peft runs them, logged by type."""
+    from peft.tuners.lora import LoraLayer
+
     count = 0
+    left: Counter[str] = Counter()
     for module in model.modules():
         if eligible(module) and not hasattr(module, "_unfused_forward"):
             module._unfused_forward = module.forward
             module.forward = types.MethodType(_fused_forward, module)
             count += 1
+        elif isinstance(module, LoraLayer) and not hasattr(module, "_unfused_forward"):
+            left[type(module).__name__] += 1
     logger.info("fused LoRA backward on %d layers", count)
+    if left:
+        logger.info(
+            "fused LoRA off for %s: run as peft runs them",
+            ", ".join(f"{n} x{c}" for n, c in sorted(left.items())),
+        )
     return count

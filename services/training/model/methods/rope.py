@@ -12,6 +12,11 @@ home of what older configs called ``rope_scaling``) for the requested context le
 
 ``factor = ceil(max_length / original)`` (as LLaMA-Factory does), at least 1. Asking for a length
 the model already covers leaves the config untouched. The config's own ``rope_theta`` is kept.
+
+A model with RoPE parameters per layer type (Gemma 3: ``{"full_attention": ...,
+"sliding_attention": ...}``) has its global layers' RoPE scaled and its sliding-window layers'
+left as they are, as Google's long-context Gemma 3 configs do: a local layer never sees a key
+further than its window, so its positions need no stretching.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import math
 logger = logging.getLogger(__name__)
 
 ROPE_TYPES = ("linear", "dynamic", "yarn", "llama3")
+GLOBAL = "full_attention"  # the layer type scaled when RoPE parameters are per layer type
 
 
 def scaling_factor(original: int, max_length: int) -> float:
@@ -32,7 +38,14 @@ def rope_scaling(config, rope_type: str, max_length: int) -> bool:
     """Scale ``config`` (in place) for ``max_length`` tokens; False when no scaling is needed."""
     if rope_type not in ROPE_TYPES:
         raise ValueError(f"unknown RoPE scaling type {rope_type!r}; one of {', '.join(ROPE_TYPES)}")
-    params = dict(getattr(config, "rope_parameters", None) or {})
+    stored = dict(getattr(config, "rope_parameters", None) or {})
+    per_type = bool(stored) and all(isinstance(v, dict) for v in stored.values())
+    if per_type and GLOBAL not in stored:
+        raise ValueError(
+            f"RoPE parameters per layer type without {GLOBAL!r} ({sorted(stored)}): which layers "
+            "to scale is unknown"
+        )
+    params = dict(stored[GLOBAL]) if per_type else stored
     if params.get("rope_type", "default") != "default":
         raise ValueError(
             f"the model already uses {params['rope_type']!r} RoPE scaling; it is not stacked"
@@ -48,7 +61,7 @@ def rope_scaling(config, rope_type: str, max_length: int) -> bool:
         params["original_max_position_embeddings"] = original
     if rope_type == "llama3":  # Meta's Llama 3.1 band limits
         params.update(low_freq_factor=1.0, high_freq_factor=4.0)
-    config.rope_parameters = params
+    config.rope_parameters = {**stored, GLOBAL: params} if per_type else params
     if rope_type != "dynamic":
         config.max_position_embeddings = original * int(factor)
     logger.info("RoPE scaling: %s, factor %g, %d -> %d tokens", rope_type, factor, original,

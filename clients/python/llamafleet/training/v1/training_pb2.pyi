@@ -253,7 +253,7 @@ class GaloreConfig(_message.Message):
     def __init__(self, target_modules: _Optional[_Iterable[str]] = ..., rank: _Optional[int] = ..., update_interval: _Optional[int] = ..., scale: _Optional[float] = ..., projection_type: _Optional[_Union[GaloreProjectionType, str]] = ..., layerwise: _Optional[bool] = ...) -> None: ...
 
 class FinetuningConfig(_message.Message):
-    __slots__ = ("type", "lora", "freeze", "llama_pro", "quantization_bits", "galore", "quantization_type", "double_quantization")
+    __slots__ = ("type", "lora", "freeze", "llama_pro", "quantization_bits", "galore", "quantization_type", "double_quantization", "moe_aux_loss_coef")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     LORA_FIELD_NUMBER: _ClassVar[int]
     FREEZE_FIELD_NUMBER: _ClassVar[int]
@@ -262,6 +262,7 @@ class FinetuningConfig(_message.Message):
     GALORE_FIELD_NUMBER: _ClassVar[int]
     QUANTIZATION_TYPE_FIELD_NUMBER: _ClassVar[int]
     DOUBLE_QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
+    MOE_AUX_LOSS_COEF_FIELD_NUMBER: _ClassVar[int]
     type: FinetuningType
     lora: LoraConfig
     freeze: FreezeConfig
@@ -270,7 +271,8 @@ class FinetuningConfig(_message.Message):
     galore: GaloreConfig
     quantization_type: QuantizationType
     double_quantization: bool
-    def __init__(self, type: _Optional[_Union[FinetuningType, str]] = ..., lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., freeze: _Optional[_Union[FreezeConfig, _Mapping]] = ..., llama_pro: _Optional[_Union[LlamaProConfig, _Mapping]] = ..., quantization_bits: _Optional[int] = ..., galore: _Optional[_Union[GaloreConfig, _Mapping]] = ..., quantization_type: _Optional[_Union[QuantizationType, str]] = ..., double_quantization: _Optional[bool] = ...) -> None: ...
+    moe_aux_loss_coef: float
+    def __init__(self, type: _Optional[_Union[FinetuningType, str]] = ..., lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., freeze: _Optional[_Union[FreezeConfig, _Mapping]] = ..., llama_pro: _Optional[_Union[LlamaProConfig, _Mapping]] = ..., quantization_bits: _Optional[int] = ..., galore: _Optional[_Union[GaloreConfig, _Mapping]] = ..., quantization_type: _Optional[_Union[QuantizationType, str]] = ..., double_quantization: _Optional[bool] = ..., moe_aux_loss_coef: _Optional[float] = ...) -> None: ...
 
 class Hyperparameters(_message.Message):
     __slots__ = ("learning_rate", "lr_scheduler", "warmup_ratio", "warmup_steps", "num_epochs", "max_steps", "per_device_batch_size", "per_device_batch_tokens", "gradient_accumulation_steps", "max_grad_norm", "seed", "weight_decay", "eval_steps", "logging_steps", "save_steps", "save_total_limit", "gradient_checkpointing")
