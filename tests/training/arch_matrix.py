@@ -16,8 +16,9 @@ its reference; ``ppo``: the recipe with the rollout service's HF engine in proce
   ``ExportModel`` MERGED runs) gives the logits (scores for ``rm``) of the base + adapter in
   peft; a full model's folder gives the trained model's; tolerance 1e-4 (float32, a merged
   weight is summed in another order);
-- ``rm``: the reward service's scorer (``RewardModels``) scores with the trained model, full
-  folder or adapter over the base, as the trainer does (1e-4);
+- ``rm``: the reward service's scorer (``RewardModels.score_responses``, each item read at its
+  scored token) scores with the trained model, full folder or adapter over the base, as the
+  trainer does (1e-4);
 - ``sft`` LoRA: the rollout service's HF engine serves the adapter and reports log-probs equal
   to a teacher-forced peft forward (1e-4).
 """
@@ -236,6 +237,12 @@ def check_export(cell: Cell, out: Path) -> None:
     torch.testing.assert_close(outputs(reloaded), expected, rtol=0, atol=TOL)
 
 
+def response(row: data_pb2.TokenRow) -> tuple[list[int], list[int]]:
+    """(prompt ids, completion ids) of a row: the completion starts at the first trained label."""
+    start = next(i for i, y in enumerate(row.labels) if y != -100)
+    return list(row.input_ids[:start]), list(row.input_ids[start:])
+
+
 def check_reward_service(cell: Cell) -> None:
     """The reward service's scorer serves the trained reward model as the trainer scores."""
     trainer = cell.trainer
@@ -252,10 +259,8 @@ def check_reward_service(cell: Cell) -> None:
         adapter = ("rm", 1)
     else:
         served, adapter = RewardModels(reward_model=str(cell.job / "model")), None
-    sequences = [list(p.chosen.input_ids) for p in some] + [
-        list(p.rejected.input_ids) for p in some
-    ]
-    got = torch.tensor(served.score(sequences, adapter))
+    rows = [p.chosen for p in some] + [p.rejected for p in some]
+    got = torch.tensor(served.score_responses([response(r) for r in rows], adapter))
     torch.testing.assert_close(got, expected.float().cpu(), rtol=0, atol=TOL)
 
 

@@ -18,6 +18,7 @@ change the logits, checked, so the test can fail).
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -172,3 +173,24 @@ def test_attention_that_is_not_causal_per_example_is_refused():
     config = Gemma3TextConfig(use_bidirectional_attention=True)
     with pytest.raises(PackingUnsupported, match="bidirectional"):
         mask_plan(config)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [("use_bidirectional_attention", True, "bidirectional"),
+     ("attention_chunk_size", 8192, "chunked attention")],
+)  # fmt: skip
+def test_a_job_on_such_a_model_is_refused_before_launch(tmp_path, key, value, message):
+    from llamafleet.training.v1 import training_pb2 as tpb
+
+    from services.common.errors import InvalidArgument
+    from services.training.spec.validation import validate
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gemma3_text", key: value}))
+    spec = tpb.TrainingJobSpec(base_model=str(tmp_path), stage=tpb.STAGE_SFT)
+    spec.dataset.dataset_id = "rows"
+    with pytest.raises(InvalidArgument, match=message):
+        validate(spec)
+    spec.stage = tpb.STAGE_PPO  # PPO's padded rollouts use the model's own masks
+    spec.ppo.reward_scorer = "exact_match"
+    validate(spec)

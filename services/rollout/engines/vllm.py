@@ -262,11 +262,12 @@ class VLLMEngine:
 
 
 def _triton_usable() -> bool:
+    """vLLM's own verdict (a CPU build disables a Triton without its CPU backend)."""
     try:
-        import triton.language as tl
+        from vllm.triton_utils import HAS_TRITON
     except ImportError:
         return False
-    return hasattr(tl, "float32")
+    return bool(HAS_TRITON)
 
 
 def _check_servable(folder: Path) -> None:
