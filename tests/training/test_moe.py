@@ -153,3 +153,20 @@ def test_validation(family_models):
         validate(_spec(family_models["qwen3_moe"], coef=-1.0))
     with pytest.raises(Unimplemented, match="STAGE_PPO"):
         validate(_spec(family_models["qwen3_moe"], stage=tpb.STAGE_PPO))
+
+
+def test_lora_target_all_with_experts_from_a_spec_keeps_both(family_models):
+    """``lora_target: all,experts`` in a job: every linear layer and the experts."""
+    from services.training.model.lora import lora_config
+    from services.training.spec.settings import settings
+
+    spec = _spec(family_models["qwen3_moe"], coef=0.0)
+    spec.finetuning.lora.target_modules.extend(["all", "experts"])
+    s = settings(spec)
+    model = AutoModelForCausalLM.from_pretrained(family_models["qwen3_moe"])
+    config = lora_config(model, s.lora)
+    assert set(config.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    assert set(config.target_parameters) == {"experts.gate_up_proj", "experts.down_proj"}
+    spec.finetuning.lora.ClearField("target_modules")
+    spec.finetuning.lora.target_modules.append("all")
+    assert settings(spec).lora.target_modules == ()

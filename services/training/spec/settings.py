@@ -198,7 +198,8 @@ def settings(spec: tpb.TrainingJobSpec, device: str = "cpu") -> Settings:
         rank=rank,
         alpha=lo.alpha if lo.HasField("alpha") else 2.0 * rank,
         dropout=lo.dropout,
-        target_modules=tuple(t for t in lo.target_modules if t != "all"),
+        # "all" alone = the default (empty); "all" beside names (all,experts) is kept
+        target_modules=() if set(lo.target_modules) <= {"all"} else tuple(lo.target_modules),
         additional_target_modules=tuple(lo.additional_target_modules),
         use_rslora=lo.use_rslora,
         use_dora=lo.use_dora,
