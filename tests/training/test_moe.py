@@ -146,7 +146,10 @@ def _spec(base, stage=tpb.STAGE_SFT, coef=0.01):
 
 
 def test_validation(family_models):
+    from services.training.spec.settings import settings
+
     validate(_spec(family_models["qwen3_moe"]))
+    assert settings(_spec(family_models["qwen3_moe"])).moe_aux_loss_coef == pytest.approx(0.01)
     with pytest.raises(InvalidArgument, match="not a mixture of experts"):
         validate(_spec(family_models["qwen3"]))
     with pytest.raises(InvalidArgument, match=">= 0"):
