@@ -20,4 +20,6 @@ lint-imports
 echo "== Go client (stubs up to date, gofmt, vet, test)"
 bash scripts/check_go.sh
 echo "== pytest"
-python -m pytest -q -p no:cacheprovider --durations=15 "$@"
+# Tests marked heavy (minutes each: every family x recipe x method cell, real vLLM per family, the
+# Sentinel failover drill) run by scripts/test_heavy.sh; pass -m "" to run everything here.
+python -m pytest -q -p no:cacheprovider --durations=25 -m "not heavy" "$@"

@@ -46,7 +46,7 @@ from services.common.queues import connect, describe_client, publish, reward_res
 from services.training.ppo.exchange import RolloutExchange, task_id
 
 JOB = "reljob"
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 
 @pytest.fixture

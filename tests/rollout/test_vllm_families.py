@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("VLLM_VENV", REPO / ".venv-vllm"))
 SERVED = [a for a in FAMILIES if a != "qwen3_moe"]
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 
 def _vllm_python() -> Path:

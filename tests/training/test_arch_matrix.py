@@ -4,7 +4,7 @@ one cell; see its docstring for what each cell proves).
 The default run holds a fast subset: per family, SFT with LoRA on packed rows (export merged
 and reloaded, the adapter served by the rollout service's HF engine), plus one more recipe and
 method rotating over the families, so every recipe and both methods run on some family in every
-run. ``-m slow`` (CI's slow step) runs every other cell. A refused cell (``arch_matrix.REFUSED``)
+run. The other cells are marked heavy: ``scripts/test_heavy.sh`` runs them (not CI's default run). A refused cell (``arch_matrix.REFUSED``)
 is a test that the job is refused with its reason. vLLM per family: ``tests/rollout/
 test_vllm_families.py``. The packed-vs-unpacked equality per family: ``test_arch_packing.py``.
 """
@@ -43,7 +43,7 @@ ALL = [(a, r, m) for a in FAMILIES for r in RECIPES for m in METHODS if (r, m) n
 
 
 def params(cells, slow: bool):
-    marks = [pytest.mark.slow] if slow else []
+    marks = [pytest.mark.slow, pytest.mark.heavy] if slow else []
     return [pytest.param(*c, id="-".join(c), marks=marks) for c in cells]
 
 
