@@ -14,7 +14,7 @@ from test_recipes import job_spec, result_of, start, write_rows
 
 from services.training.loop.metrics import read_metrics
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 STEPS = 6
 

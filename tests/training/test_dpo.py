@@ -297,6 +297,7 @@ def plain_dpo(pretrained_base, task, tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # its fixture trains for minutes on a loaded box
 def test_dpo_learns_the_preference_on_held_out_pairs(plain_dpo):
     trainer, before, after = plain_dpo
     print(

@@ -32,7 +32,7 @@ from services.common import queues
 from services.training.loop.batches import InMemorySource
 from services.training.recipes import sft
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(960)]  # its own deadline is 900 s
 
 JOB = "ppo-e2e"
 STEPS, PROMPTS, SAMPLES = 12, 8, 4

@@ -36,7 +36,7 @@ from test_ppo_fleet import metrics, ppo_spec, prompts_file
 from services.common import queues
 from services.rollout.worker import GROUP as ROLLOUT_GROUP
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 JOB = "ppo-e2e"  # ppo_spec's job id
 STEPS = 4  # x ppo_spec's 8 prompts x 4 samples
