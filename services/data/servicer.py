@@ -22,6 +22,7 @@ from llamafleet.data.v1 import data_service_pb2_grpc
 from services.common.errors import FieldViolation, InvalidArgument, invalid
 from services.data import access, registry
 from services.data import batches as bt
+from services.data import templates as tpl
 from services.data.config import DataConfig
 from services.data.datasets import Datasets, make_encoder
 from services.data.encode import EncodeOptions, trained_spans
@@ -332,6 +333,32 @@ def _preview_record(request: pb.PreviewExampleRequest, max_bytes: int) -> dict:
         raise _bad_record_value(request.record, exc) from None
 
 
+def parse_tool_calls(
+    request: pb.ParseToolCallsRequest, max_bytes: int
+) -> pb.ParseToolCallsResponse:
+    """The calls in a generated text, read by the same tool-format code that renders them."""
+    if len(request.text.encode()) > max_bytes:
+        raise invalid("text", f"at most {max_bytes} bytes (the service's max_record_bytes)")
+    fmt = request.tool_format
+    if fmt:
+        tpl.check_tool_format(fmt, "tool_format")
+    elif request.template:
+        template = tpl.get_template(request.template, "template")
+        if template is None:
+            raise invalid(
+                "template",
+                "the tokenizer's own chat template names no tool format; set tool_format",
+            )
+        fmt = template.tool_format
+    else:
+        raise invalid("tool_format", f"set tool_format ({', '.join(tpl.TOOL_FORMATS)}) or template")
+    calls = tpl.extract_tool_calls(fmt, request.text) or []
+    return pb.ParseToolCallsResponse(
+        calls=[pb.ParsedToolCall(name=c.name, arguments=c.arguments) for c in calls],
+        tool_format=fmt,
+    )
+
+
 class DataServicer(data_service_pb2_grpc.DataServiceServicer):
     def __init__(self, config: DataConfig) -> None:
         self.config = config
@@ -384,6 +411,9 @@ class DataServicer(data_service_pb2_grpc.DataServiceServicer):
                 )
             )
         return response
+
+    async def ParseToolCalls(self, request: pb.ParseToolCallsRequest, context):
+        return parse_tool_calls(request, self.config.max_record_bytes)
 
     async def PrepareDataset(self, request: pb.PrepareDatasetRequest, context):
         return await asyncio.to_thread(self._prepare, request)

@@ -5,14 +5,15 @@ field path), finish reasons, and a resident adapter as a ``LoadedAdapter``. No I
 
 from __future__ import annotations
 
+import json
 import math
 
 from google.protobuf import timestamp_pb2
 from llamafleet.rollout.v1 import rollout_pb2
 
-from services.common.errors import FieldViolation, InvalidArgument
+from services.common.errors import FieldViolation, InvalidArgument, shorten
 from services.rollout.adapters import Resident
-from services.rollout.engines import FinishReason, Sampling
+from services.rollout.engines import FinishReason, Sampling, TokenDelta
 
 FINISH_REASONS = {
     FinishReason.STOP: rollout_pb2.FINISH_REASON_STOP,
@@ -34,6 +35,7 @@ def loaded_adapter(entry: Resident) -> rollout_pb2.LoadedAdapter:
     )
 
 
+MAX_TOP_LOGPROBS = 20  # OpenAI's bound, and vLLM's default max_logprobs
 _MAX_STOP_STRINGS = 16
 _MAX_STOP_CHARS = 1024
 _MAX_STOP_TOKEN_IDS = 1024
@@ -84,6 +86,29 @@ def sampling_from_proto(
         f"at most {_MAX_STOP_TOKEN_IDS} ids",
     )
     check(all(t >= 0 for t in p.stop_token_ids), "stop_token_ids", "token ids are >= 0")
+    top_logprobs = p.top_logprobs if p.HasField("top_logprobs") else None
+    check(
+        top_logprobs is None or 0 <= top_logprobs <= MAX_TOP_LOGPROBS,
+        "top_logprobs",
+        f"must be in 0..{MAX_TOP_LOGPROBS}",
+    )
+    kind = p.structured_output.WhichOneof("kind") if p.HasField("structured_output") else None
+    json_schema = p.structured_output.json_schema if kind == "json_schema" else None
+    if json_schema is not None:
+        try:
+            schema = json.loads(json_schema)
+        except ValueError as exc:
+            schema = exc
+        check(
+            isinstance(schema, dict),
+            "structured_output.json_schema",
+            f"must be a JSON Schema object as JSON text ({shorten(schema)})",
+        )
+    check(
+        kind != "json_object" or p.structured_output.json_object,
+        "structured_output.json_object",
+        "must be true when set",
+    )
     if bad:
         raise InvalidArgument("invalid sampling parameters", reason="BAD_SAMPLING", violations=bad)
     return Sampling(
@@ -96,4 +121,28 @@ def sampling_from_proto(
         seed=int(p.seed) if p.HasField("seed") else None,
         n=int(n),
         repetition_penalty=float(penalty),
+        top_logprobs=None if top_logprobs is None else int(top_logprobs),
+        json_schema=json_schema,
+        json_object=kind == "json_object",
     )
+
+
+def token_details(engine, delta: TokenDelta) -> list[rollout_pb2.TokenDetail]:
+    """Each new token's text and its top alternatives (``Sampling.top_logprobs``) as protos."""
+    out = []
+    for k, token_id in enumerate(delta.token_ids):
+        text = _token_text(engine, token_id)
+        detail = rollout_pb2.TokenDetail(token=text, token_bytes=text.encode())
+        for alt_id, logprob in delta.top[k] if k < len(delta.top) else ():
+            alt = _token_text(engine, alt_id)
+            detail.top.append(
+                rollout_pb2.TopLogprob(
+                    token_id=alt_id, token=alt, token_bytes=alt.encode(), logprob=logprob
+                )
+            )
+        out.append(detail)
+    return out
+
+
+def _token_text(engine, token_id: int) -> str:
+    return engine.tokenizer.decode([token_id], skip_special_tokens=False)

@@ -20,7 +20,12 @@ from llamafleet.common.v1 import common_pb2
 from llamafleet.rollout.v1 import rollout_pb2
 
 from services.common.adapter_cache import AdapterCache, check_ref
-from services.common.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from services.common.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    Unimplemented,
+)
 from services.common.limits import check_length
 from services.common.weight_files import require_safetensors_model
 from services.rollout.adapters import ResidentAdapters
@@ -94,12 +99,23 @@ class Generator:
         return self.engine
 
     def sampling(self, params: rollout_pb2.SamplingParams, *, allow_n: bool) -> Sampling:
-        return sampling_from_proto(
+        sampling = sampling_from_proto(
             params,
             default_max_tokens=self.config.default_max_tokens,
             max_tokens_limit=self.config.max_tokens_limit,
             max_n=self.config.max_n if allow_n else 1,
         )
+        engine = self.engine
+        if sampling.structured and not getattr(engine, "structured_outputs", False):
+            name = getattr(engine, "name", "none")
+            raise Unimplemented(
+                f"the {name} engine has no constrained decoding, so it cannot enforce a JSON "
+                "output; serve with engine: vllm (vLLM structured outputs) for "
+                "sampling.structured_output",
+                reason="STRUCTURED_OUTPUT_UNSUPPORTED",
+                violations=[FieldViolation("sampling.structured_output", "needs engine vllm")],
+            )
+        return sampling
 
     def prompt_of(self, prompt_ids, prompt_text: str) -> tuple[int, ...]:
         """The checked prompt ids of a request: ``prompt_text`` (at most ``max_prompt_chars``

@@ -16,7 +16,7 @@ from llamafleet.rollout.v1 import rollout_pb2, rollout_service_pb2, rollout_serv
 from services.common.adapter_cache import check_ref
 from services.common.errors import FieldViolation, InvalidArgument, PermissionDenied
 from services.rollout.config import RolloutConfig
-from services.rollout.convert import FINISH_REASONS, loaded_adapter
+from services.rollout.convert import FINISH_REASONS, loaded_adapter, token_details
 from services.rollout.engines import Finished, GenerationRequest, TokenDelta
 from services.rollout.generator import Generator
 
@@ -71,11 +71,13 @@ class RolloutServicer(rollout_service_pb2_grpc.RolloutServiceServicer):
                 if isinstance(item, BaseException):
                     raise item
                 if isinstance(item, TokenDelta):
+                    delta = rollout_pb2.TokenDelta(
+                        token_ids=item.token_ids, logprobs=item.logprobs, text=item.text
+                    )
+                    if sampling.top_logprobs is not None:
+                        delta.details.extend(token_details(engine, item))
                     yield rollout_service_pb2.GenerateResponse(
-                        sequence_index=item.index,
-                        tokens=rollout_pb2.TokenDelta(
-                            token_ids=item.token_ids, logprobs=item.logprobs, text=item.text
-                        ),
+                        sequence_index=item.index, tokens=delta
                     )
                 elif isinstance(item, Finished):
                     yield rollout_service_pb2.GenerateResponse(

@@ -3,6 +3,14 @@
 The cluster serves a built tiny model; a finished training job with a LoRA adapter is laid out
 in the training service's jobs folder before start-up (the service re-reads job folders), so the
 adapter is reachable as a model name and fetched by the rollout service over FetchAdapter.
+
+Conformance, item by item: models (list, retrieve, 404 model_not_found), errors in OpenAI's shape
+with the right ``param`` (body validation as OpenAI bounds it, service-side violations, non-JSON
+bodies, unknown routes, wrong methods), ``stream_options.include_usage``, ``logprobs`` /
+``top_logprobs`` checked against a transformers forward, ``/v1/completions`` checked against
+transformers' greedy ``generate``, ``response_format`` refused on the hf engine (the vLLM side is
+tests/rollout/test_vllm_engine.py), and tool calls: the model's text is scripted there (a tiny
+model writes no calls), everything else (the data service's parser, the HTTP and the SDK) is real.
 """
 
 from __future__ import annotations
@@ -12,16 +20,19 @@ import json
 import threading
 import time
 
+import httpx
 import openai
 import pytest
 import torch
 import uvicorn
+from fastapi.testclient import TestClient
 from llamafleet import cli, cluster
 from llamafleet.client import Client
 from llamafleet.openai_api import create_app
+from llamafleet.rollout.v1 import rollout_pb2, rollout_service_pb2
 from llamafleet.training.v1 import training_pb2
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from services.training.jobs.events import EventLog
 from services.training.tiny.model import build_tiny_model
@@ -84,6 +95,8 @@ def api(tmp_path_factory):
         time.sleep(0.05)
     api = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
     api.run_dir = str(run_dir)  # for the CLI tests below
+    api.base_path, api.client = str(base), client
+    api.gateway = server.config.app.state.gateway
     yield api
     server.should_exit = True
     thread.join(10)
@@ -95,9 +108,7 @@ def _chat(api, model, **kw):
     return api.chat.completions.create(
         model=model,
         messages=[{"role": "user", "content": "Say something about Paris."}],
-        max_tokens=8,
-        temperature=0,
-        **kw,
+        **{"max_tokens": 8, "temperature": 0, **kw},
     )
 
 
@@ -157,3 +168,326 @@ def test_cli_plot_draws_the_job_losses(api, tmp_path, capsys):
     assert "3 train points, 1 eval points" in capsys.readouterr().out
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cli.main(["plot", "missing-job", "-o", str(out), "--run-dir", api.run_dir]) == 2
+
+
+# --- conformance: models, errors --------------------------------------------------------------
+
+
+def _raw(api, method, path, **kw) -> httpx.Response:
+    return httpx.request(method, str(api.base_url).rstrip("/") + path, timeout=60, **kw)
+
+
+def _error(response: httpx.Response) -> dict:
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"message", "type", "param", "code"}, body
+    return body["error"]
+
+
+def test_models_retrieve_answers_the_model_object_or_404(api):
+    for name in ("base", JOB, f"{JOB}@1"):
+        model = api.models.retrieve(name)
+        assert (model.id, model.object, model.owned_by) == (name, "model", "llamafleet")
+    with pytest.raises(openai.NotFoundError) as err:
+        api.models.retrieve(f"{JOB}@7")
+    assert err.value.body["code"] == "model_not_found" and err.value.body["param"] == "model"
+
+
+def test_unknown_routes_wrong_methods_and_non_json_bodies_use_the_error_shape(api):
+    response = _raw(api, "GET", "/nowhere")
+    assert response.status_code == 404
+    assert _error(response)["message"] == "Invalid URL (GET /v1/nowhere)"
+    response = _raw(api, "GET", "/chat/completions")
+    assert response.status_code == 405
+    assert _error(response)["type"] == "invalid_request_error"
+    response = _raw(
+        api, "POST", "/chat/completions", content=b'{"model": "base", "messages": [',
+        headers={"content-type": "application/json"},
+    )  # fmt: skip
+    assert response.status_code == 400
+    error = _error(response)
+    assert error["param"] is None and "JSON" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "param"),
+    [
+        ({"temperature": 3}, "temperature"),
+        ({"temperature": -0.5}, "temperature"),
+        ({"top_p": 2.0}, "top_p"),
+        ({"n": 0}, "n"),
+        ({"n": 129}, "n"),
+        ({"stop": [f"s{i}" for i in range(10)]}, "stop"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"top_logprobs": 3}, "top_logprobs"),  # without logprobs=True
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),  # without stream
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"logit_bias": {"5": 10}}, "logit_bias"),
+        ({"extra_body": {"frobnicate": 1}}, "frobnicate"),
+        ({"tool_choice": "auto"}, "tool_choice"),  # without tools
+        # these pass the body checks and are refused by the rollout service: param from its
+        # field violation (sampling.top_p, sampling.max_tokens)
+        ({"top_p": 0.0}, "top_p"),
+        ({"max_tokens": 10**6}, "max_tokens"),
+        ({"max_completion_tokens": 10**6}, "max_completion_tokens"),
+    ],
+)
+def test_bad_requests_are_400_naming_the_param(api, kwargs, param):
+    kwargs = {"max_tokens": 4, **kwargs}
+    if "max_completion_tokens" in kwargs:
+        del kwargs["max_tokens"]
+    with pytest.raises(openai.BadRequestError) as err:
+        api.chat.completions.create(
+            model="base", messages=[{"role": "user", "content": "hi"}], **kwargs
+        )
+    assert err.value.status_code == 400
+    assert err.value.body["param"] == param, err.value.body
+    assert err.value.body["type"] == "invalid_request_error"
+
+
+def test_a_bad_message_names_its_path(api):
+    with pytest.raises(openai.BadRequestError) as err:
+        api.chat.completions.create(model="base", messages=[{"content": "no role"}])
+    assert err.value.body["param"] == "messages[0].role"
+    with pytest.raises(openai.BadRequestError) as err:  # refused by the data service
+        api.chat.completions.create(
+            model="base", messages=[{"role": "wizard", "content": "hi"}], max_tokens=2
+        )
+    assert err.value.body["param"] == "messages", err.value.body
+
+
+# --- conformance: streaming usage, logprobs, completions, response_format ---------------------
+
+
+def test_stream_options_include_usage(api):
+    plain = _chat(api, "base", n=2, seed=1, temperature=0.8)
+    chunks = list(
+        _chat(api, "base", n=2, seed=1, temperature=0.8, stream=True,
+              stream_options={"include_usage": True})
+    )  # fmt: skip
+    assert all(c.usage is None for c in chunks[:-1])
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None
+    assert last.usage.model_dump() == {
+        **plain.usage.model_dump(exclude_none=True),
+        "completion_tokens_details": None,
+        "prompt_tokens_details": None,
+    }
+    without = list(_chat(api, "base", stream=True))
+    assert all(c.usage is None for c in without)
+
+
+def _greedy_reference(base_path, prompt_ids, new_tokens):
+    """transformers' greedy continuation of ``prompt_ids`` and the log-softmax at each step."""
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    ids = torch.tensor([list(prompt_ids)])
+    out = model.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False
+    )
+    completion = out[0, ids.shape[1] :].tolist()
+    with torch.inference_mode():
+        logits = model(input_ids=out).logits[0].float()
+    return completion, torch.log_softmax(logits[len(prompt_ids) - 1 : -1], dim=-1)
+
+
+def test_logprobs_and_top_logprobs_match_a_transformers_forward(api):
+    messages = [{"role": "user", "content": "Say something about Paris."}]
+    reply = _chat(api, "base", logprobs=True, top_logprobs=3)
+    content = reply.choices[0].logprobs.content
+    assert len(content) == reply.usage.completion_tokens
+    tokenizer = AutoTokenizer.from_pretrained(api.base_path)
+    prompt = api.gateway.backend.prompt_ids(messages)
+    completion, reference = _greedy_reference(api.base_path, prompt, len(content))
+    assert [c.token for c in content] == [tokenizer.decode([t]) for t in completion]
+    for k, entry in enumerate(content):
+        assert entry.logprob == pytest.approx(float(reference[k, completion[k]]), abs=1e-4)
+        assert bytes(entry.bytes) == entry.token.encode()
+        values, ids = reference[k].topk(3)
+        assert [t.token for t in entry.top_logprobs] == [tokenizer.decode([i]) for i in ids]
+        assert [t.logprob for t in entry.top_logprobs] == pytest.approx(values.tolist(), abs=1e-4)
+        assert entry.top_logprobs[0].logprob == pytest.approx(entry.logprob)  # greedy
+    streamed = [
+        e
+        for c in _chat(api, "base", logprobs=True, top_logprobs=3, stream=True)
+        if c.choices and c.choices[0].logprobs
+        for e in c.choices[0].logprobs.content
+    ]
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in content]
+    assert _chat(api, "base").choices[0].logprobs is None
+
+
+def test_completions_equal_transformers_greedy_generate(api):
+    prompt = "Once upon a time"
+    reply = api.completions.create(model="base", prompt=prompt, max_tokens=6, temperature=0)
+    assert reply.object == "text_completion" and len(reply.choices) == 1
+    tokenizer = AutoTokenizer.from_pretrained(api.base_path)
+    model = AutoModelForCausalLM.from_pretrained(api.base_path, dtype=torch.float32)
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    out = model.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False
+    )
+    expected = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    assert reply.choices[0].text == expected
+    assert reply.usage.prompt_tokens == ids.shape[1]
+
+    chunks = list(
+        api.completions.create(model="base", prompt=prompt, max_tokens=6, temperature=0,
+                               stream=True, stream_options={"include_usage": True})
+    )  # fmt: skip
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == expected
+    assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
+
+    many = api.completions.create(
+        model=JOB, prompt=[prompt, "The sea"], n=2, max_tokens=3, seed=0, echo=True
+    )
+    assert [c.index for c in many.choices] == [0, 1, 2, 3]
+    assert all(
+        c.text.startswith(p)
+        for c, p in zip(many.choices, [prompt] * 2 + ["The sea"] * 2, strict=True)
+    )
+
+    scored = api.completions.create(model="base", prompt=prompt, max_tokens=3, logprobs=2)
+    lp = scored.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 3
+    assert all(len(top) <= 2 for top in lp.top_logprobs)
+    with pytest.raises(openai.BadRequestError) as err:
+        api.completions.create(model="base", prompt=prompt, suffix="end")
+    assert err.value.body["param"] == "suffix"
+
+
+def test_response_format_is_refused_on_an_engine_without_constrained_decoding(api):
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    with pytest.raises(openai.BadRequestError) as err:
+        api.chat.completions.create(
+            model="base",
+            messages=[{"role": "user", "content": "Answer in JSON."}],
+            response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
+        )
+    assert err.value.body["param"] == "response_format"
+    assert "vllm" in err.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as err:  # OpenAI's own rule for JSON mode
+        api.chat.completions.create(
+            model="base",
+            messages=[{"role": "user", "content": "hi"}],
+            response_format={"type": "json_object"},
+        )
+    assert err.value.body["param"] == "messages"
+
+
+# --- conformance: tool calls ------------------------------------------------------------------
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+CALL_TEXT = (
+    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Lyon"}}\n</tool_call>'
+)
+
+
+class _ScriptedRollout:
+    """Answers Generate with a fixed text, in two token deltas (the model's side scripted)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def Generate(self, request, timeout=None):
+        half = len(self.text) // 2
+        for i in range(max(request.sampling.n, 1)):
+            for part in (self.text[:half], self.text[half:]):
+                yield rollout_service_pb2.GenerateResponse(
+                    sequence_index=i, tokens=rollout_pb2.TokenDelta(token_ids=[5], text=part)
+                )
+            yield rollout_service_pb2.GenerateResponse(
+                sequence_index=i,
+                finished=rollout_pb2.GenerationFinished(
+                    finish_reason=rollout_pb2.FINISH_REASON_STOP,
+                    prompt_tokens=7,
+                    completion_tokens=2,
+                ),
+            )
+
+
+class _Scripted:
+    def __init__(self, client, text):
+        self.data, self.training, self.rollout = (
+            client.data,
+            client.training,
+            _ScriptedRollout(text),
+        )
+
+
+def _scripted_api(api, text, tool_format="qwen"):
+    app = create_app(_Scripted(api.client, text), api.base_path, tool_format=tool_format)
+    return openai.OpenAI(
+        base_url="http://testserver/v1", api_key="x", http_client=TestClient(app), max_retries=0
+    )
+
+
+def _ask(client, **kw):
+    return client.chat.completions.create(
+        model="base", messages=[{"role": "user", "content": "Weather in Paris?"}], tools=TOOLS,
+        **kw,
+    )  # fmt: skip
+
+
+def test_tool_calls_are_parsed_with_the_template_tool_format(api):
+    client = _scripted_api(api, CALL_TEXT)
+    choice = _ask(client).choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    calls = choice.message.tool_calls
+    assert [(c.type, c.function.name) for c in calls] == [("function", "get_weather")] * 2
+    assert [json.loads(c.function.arguments) for c in calls] == [
+        {"city": "Paris"},
+        {"city": "Lyon"},
+    ]
+    assert len({c.id for c in calls}) == 2 and all(c.id.startswith("call_") for c in calls)
+
+    # streamed as OpenAI streams calls: deltas with index, id, name and arguments
+    chunks = list(_ask(client, stream=True))
+    deltas = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []]
+    assert [(d.index, d.function.name) for d in deltas] == [(0, "get_weather"), (1, "get_weather")]
+    assert json.loads(deltas[1].function.arguments) == {"city": "Lyon"}
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+    # tool_choice "none": the text stays text
+    none = _ask(client, tool_choice="none").choices[0]
+    assert none.message.content == CALL_TEXT and none.message.tool_calls is None
+
+    # an ordinary answer stays an answer, streamed or not
+    plain = _scripted_api(api, "It is sunny in Paris.")
+    assert _ask(plain).choices[0].message.content == "It is sunny in Paris."
+    streamed = list(_ask(plain, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == (
+        "It is sunny in Paris."
+    )
+    assert streamed[-1].choices[0].finish_reason == "stop"
+
+    # the llama3 format reads another text: the format really is the server's
+    llama3 = _scripted_api(api, '{"name": "get_weather", "parameters": {"city": "Nice"}}', "llama3")
+    (call,) = _ask(llama3).choices[0].message.tool_calls
+    assert json.loads(call.function.arguments) == {"city": "Nice"}
+
+
+def test_tool_choice_forcing_and_a_server_without_a_tool_format_are_refused(api):
+    client = _scripted_api(api, CALL_TEXT)
+    for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
+        with pytest.raises(openai.BadRequestError) as err:
+            _ask(client, tool_choice=choice)
+        assert err.value.body["param"] == "tool_choice"
+    with pytest.raises(openai.BadRequestError) as err:
+        _ask(api)  # the real server was started without --tool-format
+    assert err.value.body["param"] == "tools"
+    assert "--tool-format" in err.value.body["message"]

@@ -81,3 +81,43 @@ def test_malformed_json_is_no_call():
     )
     assert extract_tool_calls("default", "Action: f\nAction Input: {not json}") is None
     assert extract_tool_calls("llama3", '{"name": "f"}') is None  # no parameters
+
+
+@pytest.mark.parametrize("fmt", TOOL_FORMATS)
+def test_the_parse_tool_calls_rpc_reads_what_each_format_writes(fmt):
+    """``DataService.ParseToolCalls`` (what the OpenAI API asks): the writer's text back to calls,
+    by tool format or by a named template's tool format."""
+    from llamafleet.data.v1 import data_service_pb2 as pb
+
+    from services.data.servicer import parse_tool_calls
+
+    calls = TWO if fmt != "glm4" else ONE
+    request = pb.ParseToolCallsRequest(text=calls_text(fmt, calls), tool_format=fmt)
+    reply = parse_tool_calls(request, 1 << 20)
+    assert reply.tool_format == fmt
+    assert [(c.name, json.loads(c.arguments)) for c in reply.calls] == _parsed(calls)
+    plain = parse_tool_calls(pb.ParseToolCallsRequest(text="Just text.", tool_format=fmt), 1 << 20)
+    assert list(plain.calls) == []
+
+
+def test_the_parse_tool_calls_rpc_refuses_what_it_cannot_read():
+    from llamafleet.data.v1 import data_service_pb2 as pb
+
+    from services.common.errors import InvalidArgument
+    from services.data.servicer import parse_tool_calls
+    from services.data.templates import TEMPLATES
+
+    by_template = parse_tool_calls(
+        pb.ParseToolCallsRequest(text=calls_text("qwen", ONE), template="qwen"), 1 << 20
+    )
+    assert by_template.tool_format == TEMPLATES["qwen"].tool_format == "qwen"
+    cases = [
+        ({"tool_format": "qwen9"}, "tool_format"),
+        ({"template": "tokenizer"}, "template"),
+        ({}, "tool_format"),
+        ({"tool_format": "qwen", "text": "x" * 100}, "text"),
+    ]
+    for fields, where in cases:
+        with pytest.raises(InvalidArgument) as err:
+            parse_tool_calls(pb.ParseToolCallsRequest(**{"text": "x", **fields}), 50)
+        assert err.value.violations[0].field == where

@@ -95,9 +95,33 @@ class ChatBackend:
         tools: list | None = None,
         timeout: float = 600,
     ) -> Iterator[rollout_service_pb2.GenerateResponse]:
+        adapter = self.adapter(model)
         request = rollout_service_pb2.GenerateRequest(
-            prompt_ids=self.prompt_ids(messages, tools),
-            adapter=self.adapter(model),
-            sampling=sampling,
+            prompt_ids=self.prompt_ids(messages, tools), adapter=adapter, sampling=sampling
         )
         return self.client.rollout.Generate(request, timeout=timeout)
+
+    def complete(
+        self,
+        model: str,
+        prompt: str | list[int],
+        sampling: rollout_pb2.SamplingParams,
+        timeout: float = 600,
+    ) -> Iterator[rollout_service_pb2.GenerateResponse]:
+        """A raw prompt (no chat template): text tokenized as is, or token ids as given."""
+        request = rollout_service_pb2.GenerateRequest(
+            adapter=self.adapter(model), sampling=sampling
+        )
+        if isinstance(prompt, str):
+            request.prompt_text = prompt
+        else:
+            request.prompt_ids.extend(prompt)
+        return self.client.rollout.Generate(request, timeout=timeout)
+
+    def parse_tool_calls(self, text: str, tool_format: str) -> list[tuple[str, str]]:
+        """(name, arguments JSON) of each call ``text`` makes in ``tool_format``, read by the
+        data service with the code that renders tool calls for training."""
+        reply = self.client.data.ParseToolCalls(
+            data_service_pb2.ParseToolCallsRequest(text=text, tool_format=tool_format)
+        )
+        return [(c.name, c.arguments) for c in reply.calls]

@@ -42,7 +42,7 @@ STUBS = {
 
 # RPCs that may be repeated after UNAVAILABLE without changing the outcome.
 IDEMPOTENT = {
-    "PreviewExample", "GetDataset", "ListDatasets", "StreamBatches",
+    "PreviewExample", "ParseToolCalls", "GetDataset", "ListDatasets", "StreamBatches",
     "GetTrainingJob", "ListTrainingJobs", "WatchTrainingJob", "FetchAdapter",
     "CancelTrainingJob", "ListAdapters", "LoadAdapter", "ScoreRollouts", "ListRewardFunctions",
     "TestRewardFunction",

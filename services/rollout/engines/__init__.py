@@ -42,6 +42,13 @@ class Sampling:
     seed: int | None = None
     n: int = 1
     repetition_penalty: float = 1.0
+    top_logprobs: int | None = None  # None: no per-token alternatives; k: the k most likely
+    json_schema: str | None = None  # constrained decoding to this JSON Schema (JSON text)
+    json_object: bool = False  # constrained decoding to any JSON object
+
+    @property
+    def structured(self) -> bool:
+        return self.json_schema is not None or self.json_object
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,8 @@ class TokenDelta:
     token_ids: tuple[int, ...]
     logprobs: tuple[float, ...]
     text: str = ""
+    # with ``Sampling.top_logprobs``: per token, the (id, log-prob) most likely first
+    top: tuple[tuple[tuple[int, float], ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,7 @@ class Completion:
     logprobs: list[float] = field(default_factory=list)
     text: str = ""
     finish_reason: FinishReason | None = None
+    top: list[tuple[tuple[int, float], ...]] = field(default_factory=list)
 
 
 @runtime_checkable
@@ -87,6 +97,7 @@ class GenerationEngine(Protocol):
     """What the rollout service needs from an engine. Methods may be called from many threads."""
 
     name: str  # "hf" or "vllm" (Rollout.engine)
+    structured_outputs: bool  # whether it decodes under a JSON Schema (``Sampling.json_schema``)
 
     def generate(
         self, request: GenerationRequest, cancel: threading.Event | None = None
@@ -125,6 +136,7 @@ def collect(events: Iterable[Event], n: int) -> list[Completion]:
         if isinstance(event, TokenDelta):
             seq.token_ids.extend(event.token_ids)
             seq.logprobs.extend(event.logprobs)
+            seq.top.extend(event.top)
             seq.text += event.text
         else:
             seq.finish_reason = event.reason

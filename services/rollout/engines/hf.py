@@ -92,6 +92,7 @@ class HFEngine:
     """transformers + PEFT; one model, many LoRA adapters, requests interleaved per step."""
 
     name = "hf"
+    structured_outputs = False  # no constrained decoding here: JSON Schema output is vllm's
 
     def __init__(self, base_model: str | Path, *, device: str = "auto", dtype: str = "auto"):
         self.device = resolve_device(device)
@@ -204,6 +205,7 @@ class HFEngine:
             logprobs = torch.log_softmax(logits.float(), dim=-1)
             next_ids = sample_next(logits, ids, s, generator)  # (n,)
             chosen = logprobs.gather(1, next_ids[:, None]).squeeze(1)  # (n,)
+            top = _top(logprobs, s.top_logprobs)
             ids = torch.cat([ids, next_ids[:, None]], dim=1)
             step_input = next_ids[:, None]
             still = []
@@ -211,7 +213,7 @@ class HFEngine:
                 token, lp = int(next_ids[i]), float(chosen[i])
                 completions[i].append(token)
                 text, hit_stop = trackers[i].update(completions[i])
-                yield TokenDelta(i, (token,), (lp,), text)
+                yield TokenDelta(i, (token,), (lp,), text, tuple(top[i : i + 1]))
                 if hit_stop or token in stop_ids:
                     yield from self._flush(i, trackers[i], hit_stop)
                     yield Finished(i, FinishReason.STOP, len(prompt), len(completions[i]))
@@ -250,6 +252,19 @@ class HFEngine:
     def close(self) -> None:
         self._peft = None
         self._adapters.clear()
+
+
+def _top(logprobs: torch.Tensor, k: int | None) -> list[tuple[tuple[int, float], ...]]:
+    """Per row, the ``k`` most likely (id, log-prob), most likely first; [] when not asked."""
+    if k is None:
+        return []
+    if k == 0:
+        return [()] * logprobs.shape[0]
+    values, ids = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
+    return [
+        tuple(zip(row_ids, row_values, strict=True))
+        for row_ids, row_values in zip(ids.tolist(), values.tolist(), strict=True)
+    ]
 
 
 def _eos_ids(model, tokenizer) -> set[int]:

@@ -68,6 +68,7 @@ class VLLMEngine:
     """vLLM with LoRA enabled; ``max_loras`` adapters per batch, more cached on CPU."""
 
     name = "vllm"
+    structured_outputs = True  # vLLM's structured outputs (xgrammar / guidance backends)
 
     def __init__(
         self,
@@ -89,7 +90,9 @@ class VLLMEngine:
         self.eos_ids = _eos_ids(Path(base_model), self.tokenizer.eos_token_id)
         args = vllm.EngineArgs(
             model=str(base_model),
-            skip_tokenizer_init=True,
+            # the tokenizer is loaded (structured outputs compile grammars over the vocabulary);
+            # requests still go ids in, ids out (detokenize=False)
+            skip_tokenizer_init=False,
             dtype="auto" if dtype in ("", "auto") else dtype,
             enable_lora=True,
             max_loras=max_loras,
@@ -132,6 +135,14 @@ class VLLMEngine:
 
     def _params(self, request: GenerationRequest):
         s = request.sampling
+        structured = None
+        if s.structured:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            if s.json_schema is not None:
+                structured = StructuredOutputsParams(json=s.json_schema)
+            else:
+                structured = StructuredOutputsParams(json_object=True)
         return self._vllm.SamplingParams(
             n=s.n,
             temperature=s.temperature,
@@ -141,7 +152,8 @@ class VLLMEngine:
             seed=s.seed,
             repetition_penalty=s.repetition_penalty,
             stop_token_ids=sorted(self.eos_ids | set(s.stop_token_ids)),
-            logprobs=0,  # the sampled token's log-prob only
+            logprobs=s.top_logprobs or 0,  # the sampled token's, and the k most likely
+            structured_outputs=structured,
             detokenize=False,
             output_kind=self._kind.DELTA,
         )
@@ -223,13 +235,14 @@ class VLLMEngine:
             if state.done[i]:
                 continue
             new_ids = list(co.token_ids)
-            logprobs = [
-                float(d[t].logprob) for t, d in zip(new_ids, co.logprobs or [], strict=True)
-            ]
+            positions = list(zip(new_ids, co.logprobs or [], strict=True))
+            logprobs = [float(d[t].logprob) for t, d in positions]
+            k = state.request.sampling.top_logprobs
+            top = () if k is None else tuple(_ranked(d, k) for _t, d in positions)
             state.ids[i].extend(new_ids)
             text, hit = state.trackers[i].update(state.ids[i]) if new_ids else ("", False)
             if new_ids or text:
-                state.events.put(TokenDelta(i, tuple(new_ids), tuple(logprobs), text))
+                state.events.put(TokenDelta(i, tuple(new_ids), tuple(logprobs), text, top))
             reason = FinishReason.STOP if hit else _REASONS.get(co.finish_reason or "")
             if reason is not None:
                 if not hit and (rest := state.trackers[i].flush()):
@@ -259,6 +272,15 @@ class VLLMEngine:
         shutdown = getattr(getattr(self._engine, "engine_core", None), "shutdown", None)
         if shutdown is not None:
             shutdown()
+
+
+def _ranked(position: dict, k: int) -> tuple[tuple[int, float], ...]:
+    """vLLM's log-probs of one position (the chosen token plus the ``k`` ranked ones, each with
+    its rank) -> the ``k`` most likely (id, log-prob), most likely first."""
+    ranked = sorted(
+        (lp.rank, t, float(lp.logprob)) for t, lp in position.items() if lp.rank is not None
+    )
+    return tuple((t, v) for rank, t, v in ranked if rank <= k)[:k]
 
 
 def _triton_usable() -> bool:
@@ -341,7 +363,13 @@ def _main(argv: Sequence[str] | None = None) -> int:
         "batch_s": batch_s,
         "completions": [
             [
-                {"token_ids": c.token_ids, "logprobs": c.logprobs, "finish_reason": c.finish_reason}
+                {
+                    "token_ids": c.token_ids,
+                    "logprobs": c.logprobs,
+                    "finish_reason": c.finish_reason,
+                    "text": c.text,
+                    "top": c.top,
+                }
                 for c in seqs
             ]
             for seqs in results

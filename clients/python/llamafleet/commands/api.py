@@ -24,17 +24,25 @@ def cmd_api(args: argparse.Namespace) -> int:
         raise UserError(f"refusing to serve on {args.host} without --api-key")
     addresses = {name: svc.address for name, svc in state.services.items()}
     with Client(addresses, credentials=credentials_for(state), timeout=args.timeout) as client:
-        app = create_app(client, base_model, api_key=args.api_key)
+        app = create_app(client, base_model, api_key=args.api_key, tool_format=args.tool_format)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 
 def register(sub) -> None:
-    p = sub.add_parser("api", help="OpenAI-compatible HTTP API (/v1/chat/completions, /v1/models)")
+    p = sub.add_parser(
+        "api", help="OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models)"
+    )
     p.add_argument("--run-dir", default=DEFAULT_RUN_DIR)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default="", help="required as 'Authorization: Bearer <key>'")
     p.add_argument("--base-model", default="", help="default: the cluster's --base-model")
+    p.add_argument(
+        "--tool-format",
+        default="",
+        help="tool format the model writes calls in (qwen, llama3, default, ...): generated "
+        "text is parsed into tool_calls with it; empty = requests with tools are refused",
+    )
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per unary call")
     p.set_defaults(func=cmd_api)

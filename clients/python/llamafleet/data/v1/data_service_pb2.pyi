@@ -109,3 +109,29 @@ class StreamBatchesResponse(_message.Message):
     cursor: str
     num_batches: int
     def __init__(self, batch: _Optional[_Union[_data_pb2.Batch, _Mapping]] = ..., cursor: _Optional[str] = ..., num_batches: _Optional[int] = ...) -> None: ...
+
+class ParseToolCallsRequest(_message.Message):
+    __slots__ = ("text", "tool_format", "template")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TOOL_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    tool_format: str
+    template: str
+    def __init__(self, text: _Optional[str] = ..., tool_format: _Optional[str] = ..., template: _Optional[str] = ...) -> None: ...
+
+class ParseToolCallsResponse(_message.Message):
+    __slots__ = ("calls", "tool_format")
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    calls: _containers.RepeatedCompositeFieldContainer[ParsedToolCall]
+    tool_format: str
+    def __init__(self, calls: _Optional[_Iterable[_Union[ParsedToolCall, _Mapping]]] = ..., tool_format: _Optional[str] = ...) -> None: ...
+
+class ParsedToolCall(_message.Message):
+    __slots__ = ("name", "arguments")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ARGUMENTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    arguments: str
+    def __init__(self, name: _Optional[str] = ..., arguments: _Optional[str] = ...) -> None: ...

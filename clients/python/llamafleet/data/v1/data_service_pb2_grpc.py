@@ -60,6 +60,11 @@ class DataServiceStub:
                 request_serializer=llamafleet_dot_data_dot_v1_dot_data__service__pb2.StreamBatchesRequest.SerializeToString,
                 response_deserializer=llamafleet_dot_data_dot_v1_dot_data__service__pb2.StreamBatchesResponse.FromString,
                 _registered_method=True)
+        self.ParseToolCalls = channel.unary_unary(
+                '/llamafleet.data.v1.DataService/ParseToolCalls',
+                request_serializer=llamafleet_dot_data_dot_v1_dot_data__service__pb2.ParseToolCallsRequest.SerializeToString,
+                response_deserializer=llamafleet_dot_data_dot_v1_dot_data__service__pb2.ParseToolCallsResponse.FromString,
+                _registered_method=True)
 
 
 class DataServiceServicer:
@@ -105,6 +110,14 @@ class DataServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ParseToolCalls(self, request, context):
+        """Reads the tool calls out of a generated assistant text, in a tool format (the inverse of the
+        rendering PreviewExample and PrepareDataset do), for serving function calling.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DataServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -132,6 +145,11 @@ def add_DataServiceServicer_to_server(servicer, server):
                     servicer.StreamBatches,
                     request_deserializer=llamafleet_dot_data_dot_v1_dot_data__service__pb2.StreamBatchesRequest.FromString,
                     response_serializer=llamafleet_dot_data_dot_v1_dot_data__service__pb2.StreamBatchesResponse.SerializeToString,
+            ),
+            'ParseToolCalls': grpc.unary_unary_rpc_method_handler(
+                    servicer.ParseToolCalls,
+                    request_deserializer=llamafleet_dot_data_dot_v1_dot_data__service__pb2.ParseToolCallsRequest.FromString,
+                    response_serializer=llamafleet_dot_data_dot_v1_dot_data__service__pb2.ParseToolCallsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -270,6 +288,33 @@ class DataService:
             '/llamafleet.data.v1.DataService/StreamBatches',
             llamafleet_dot_data_dot_v1_dot_data__service__pb2.StreamBatchesRequest.SerializeToString,
             llamafleet_dot_data_dot_v1_dot_data__service__pb2.StreamBatchesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ParseToolCalls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llamafleet.data.v1.DataService/ParseToolCalls',
+            llamafleet_dot_data_dot_v1_dot_data__service__pb2.ParseToolCallsRequest.SerializeToString,
+            llamafleet_dot_data_dot_v1_dot_data__service__pb2.ParseToolCallsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -31,6 +31,9 @@ type DataServiceClient interface {
 	// number of batches (a tail that cannot be split evenly is dropped). Resumable with a cursor.
 	// With count_only, answers that number instead, without sending rows.
 	StreamBatches(ctx context.Context, in *StreamBatchesRequest, opts ...grpc.CallOption) (DataService_StreamBatchesClient, error)
+	// Reads the tool calls out of a generated assistant text, in a tool format (the inverse of the
+	// rendering PreviewExample and PrepareDataset do), for serving function calling.
+	ParseToolCalls(ctx context.Context, in *ParseToolCallsRequest, opts ...grpc.CallOption) (*ParseToolCallsResponse, error)
 }
 
 type dataServiceClient struct {
@@ -109,6 +112,15 @@ func (x *dataServiceStreamBatchesClient) Recv() (*StreamBatchesResponse, error) 
 	return m, nil
 }
 
+func (c *dataServiceClient) ParseToolCalls(ctx context.Context, in *ParseToolCallsRequest, opts ...grpc.CallOption) (*ParseToolCallsResponse, error) {
+	out := new(ParseToolCallsResponse)
+	err := c.cc.Invoke(ctx, "/llamafleet.data.v1.DataService/ParseToolCalls", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // DataServiceServer is the server API for DataService service.
 // All implementations must embed UnimplementedDataServiceServer
 // for forward compatibility
@@ -127,6 +139,9 @@ type DataServiceServer interface {
 	// number of batches (a tail that cannot be split evenly is dropped). Resumable with a cursor.
 	// With count_only, answers that number instead, without sending rows.
 	StreamBatches(*StreamBatchesRequest, DataService_StreamBatchesServer) error
+	// Reads the tool calls out of a generated assistant text, in a tool format (the inverse of the
+	// rendering PreviewExample and PrepareDataset do), for serving function calling.
+	ParseToolCalls(context.Context, *ParseToolCallsRequest) (*ParseToolCallsResponse, error)
 	mustEmbedUnimplementedDataServiceServer()
 }
 
@@ -148,6 +163,9 @@ func (UnimplementedDataServiceServer) ListDatasets(context.Context, *ListDataset
 }
 func (UnimplementedDataServiceServer) StreamBatches(*StreamBatchesRequest, DataService_StreamBatchesServer) error {
 	return status.Errorf(codes.Unimplemented, "method StreamBatches not implemented")
+}
+func (UnimplementedDataServiceServer) ParseToolCalls(context.Context, *ParseToolCallsRequest) (*ParseToolCallsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ParseToolCalls not implemented")
 }
 func (UnimplementedDataServiceServer) mustEmbedUnimplementedDataServiceServer() {}
 
@@ -255,6 +273,24 @@ func (x *dataServiceStreamBatchesServer) Send(m *StreamBatchesResponse) error {
 	return x.ServerStream.SendMsg(m)
 }
 
+func _DataService_ParseToolCalls_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ParseToolCallsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DataServiceServer).ParseToolCalls(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/llamafleet.data.v1.DataService/ParseToolCalls",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DataServiceServer).ParseToolCalls(ctx, req.(*ParseToolCallsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _DataService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "llamafleet.data.v1.DataService",
 	HandlerType: (*DataServiceServer)(nil),
@@ -274,6 +310,10 @@ var _DataService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListDatasets",
 			Handler:    _DataService_ListDatasets_Handler,
+		},
+		{
+			MethodName: "ParseToolCalls",
+			Handler:    _DataService_ParseToolCalls_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
