@@ -107,8 +107,12 @@ def api(tmp_path_factory):
 def _chat(api, model, **kw):
     return api.chat.completions.create(
         model=model,
-        messages=[{"role": "user", "content": "Say something about Paris."}],
-        **{"max_tokens": 8, "temperature": 0, **kw},
+        **{
+            "messages": [{"role": "user", "content": "Say something about Paris."}],
+            "max_tokens": 8,
+            "temperature": 0,
+            **kw,
+        },
     )
 
 
@@ -491,3 +495,49 @@ def test_tool_choice_forcing_and_a_server_without_a_tool_format_are_refused(api)
         _ask(api)  # the real server was started without --tool-format
     assert err.value.body["param"] == "tools"
     assert "--tool-format" in err.value.body["message"]
+
+
+# --- evaluation: predictions through the fleet ------------------------------------------------
+
+
+def test_cli_eval_predict_writes_predictions_and_metrics(api, tmp_path, capsys):
+    """`llamafleet eval predict` on an alpaca split with the job's adapter: each prediction is
+    what the OpenAI route answers for the same conversation (greedy), the metrics are
+    ``eval_metrics.similarity`` of the file's rows, and the exact_match reward's mean counts the
+    one record whose label was set to the model's own answer."""
+    from llamafleet.eval_metrics import similarity
+
+    questions = ["Say something about Paris.", "Count to three.", "Name a colour."]
+    answers = [
+        _chat(api, JOB, max_tokens=6, messages=[{"role": "user", "content": q}])
+        .choices[0]
+        .message.content
+        for q in questions
+    ]
+    records = [
+        {"instruction": questions[0], "output": answers[0]},  # the model's own answer
+        {"instruction": questions[1], "output": "one two three"},
+        {"instruction": questions[2], "output": "blue"},
+    ]
+    split = tmp_path / "eval.jsonl"
+    split.write_text("".join(json.dumps(r) + "\n" for r in records))
+    save = tmp_path / "out"
+    argv = [
+        "eval", "predict", "--run-dir", api.run_dir, "--model", JOB, "--dataset", str(split),
+        "--save-dir", str(save), "--max-tokens", "6", "--reward-function", "exact_match",
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    rows = [json.loads(line) for line in (save / "predictions.jsonl").read_text().splitlines()]
+    assert [r["predict"] for r in rows] == answers
+    assert [r["label"] for r in rows] == [r["output"] for r in records]
+    assert all(questions[k] in rows[k]["prompt"] for k in range(3))
+    expected = similarity(answers, [r["output"] for r in records])
+    assert expected["exact_match"] == pytest.approx(100 / 3)
+    for name, value in expected.items():
+        assert printed[f"predict_{name}"] == pytest.approx(value)
+    assert printed["predict_reward/exact_match"] == pytest.approx(1 / 3)
+    assert json.loads((save / "predict_results.json").read_text()) == printed
+    bad = ["eval", "predict", "--run-dir", api.run_dir, "--dataset", str(split), "--save-dir",
+           str(save), "--format", "nope"]  # fmt: skip
+    assert cli.main(bad) == 2

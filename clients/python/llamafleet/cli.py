@@ -26,6 +26,7 @@ from llamafleet.commands import chat as chat_commands
 from llamafleet.commands import cluster as cluster_commands
 from llamafleet.commands import data as data_commands
 from llamafleet.commands import deadletters as deadletter_commands
+from llamafleet.commands import evaluate as eval_commands
 from llamafleet.commands import reward as reward_commands
 from llamafleet.commands import train as train_commands
 from llamafleet.commands import web as web_commands
@@ -49,6 +50,7 @@ COMMAND_MODULES: tuple = (
     web_commands,
     deadletter_commands,
     reward_commands,
+    eval_commands,
 )
 
 # Status codes that mean the request was wrong (exit 2), as opposed to the cluster failing (1).

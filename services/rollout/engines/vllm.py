@@ -139,10 +139,13 @@ class VLLMEngine:
         if s.structured:
             from vllm.sampling_params import StructuredOutputsParams
 
+            # compact JSON: free whitespace between tokens would let a model pad without end
             if s.json_schema is not None:
-                structured = StructuredOutputsParams(json=s.json_schema)
+                structured = StructuredOutputsParams(
+                    json=s.json_schema, disable_any_whitespace=True
+                )
             else:
-                structured = StructuredOutputsParams(json_object=True)
+                structured = StructuredOutputsParams(json_object=True, disable_any_whitespace=True)
         return self._vllm.SamplingParams(
             n=s.n,
             temperature=s.temperature,
