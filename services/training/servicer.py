@@ -18,6 +18,7 @@ from services.common.errors import invalid
 from services.training.adapters import export
 from services.training.adapters import store as adapter_store
 from services.training.config import TrainingConfig
+from services.training.evaluation.service import run_benchmark
 from services.training.jobs import access
 from services.training.jobs.manager import JobManager
 from services.training.jobs.store import EventTail
@@ -124,3 +125,6 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
         return api.ExportModelResponse(
             output_dir=str(out), version=version, mode=request.mode, files=files
         )
+
+    async def RunBenchmark(self, request, context):
+        return await run_benchmark(request, self.config, self.manager)

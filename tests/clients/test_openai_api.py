@@ -19,6 +19,7 @@ import io
 import json
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -30,7 +31,7 @@ from llamafleet import cli, cluster
 from llamafleet.client import Client
 from llamafleet.openai_api import create_app
 from llamafleet.rollout.v1 import rollout_pb2, rollout_service_pb2
-from llamafleet.training.v1 import training_pb2
+from llamafleet.training.v1 import training_pb2, training_service_pb2
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -541,3 +542,54 @@ def test_cli_eval_predict_writes_predictions_and_metrics(api, tmp_path, capsys):
     bad = ["eval", "predict", "--run-dir", api.run_dir, "--dataset", str(split), "--save-dir",
            str(save), "--format", "nope"]  # fmt: skip
     assert cli.main(bad) == 2
+
+
+# --- evaluation: multiple-choice benchmark on the training service ----------------------------
+
+
+def test_cli_eval_benchmark_runs_on_the_training_service(api, tmp_path, capsys):
+    """`llamafleet eval benchmark` (RunBenchmark: a process of the training service, prompts
+    rendered by the data service) on the base model and on the job's adapter: the tables equal
+    the in-process scorer's over the same rendering (``run_benchmark`` with the data service),
+    results are saved, and bad requests name their field."""
+    from services.training.evaluation.__main__ import (
+        data_service_render,
+        load_model,
+        run_benchmark,
+    )
+    from tests.training.test_benchmark import write_task
+
+    root = Path(api.base_path).parent
+    task_dir = write_task(root / "tasks")
+    save = root / "bench-out"
+    argv = ["eval", "benchmark", "--run-dir", api.run_dir, "--task-dir", str(task_dir), "--task",
+            "synth", "--split", "test", "--n-shot", "2", "--json"]  # fmt: skip
+    for model, adapter in (("base", ""), (f"{JOB}@1", str(Path(api.run_dir) / "jobs" / JOB))):
+        assert cli.main([*argv, "--model", model, "--save-dir", str(save / model)]) == 0
+        got = json.loads(capsys.readouterr().out)
+        assert got["total"] == 16 and [s["subject"] for s in got["subjects"]] == ["alpha", "beta"]
+        loaded = load_model(api.base_path, adapter and f"{adapter}/adapters/v1")
+        render = data_service_render(api.client.addresses["data"], "", api.base_path, "")
+        request = {"task_dir": str(task_dir), "task": "synth", "split": "test", "n_shot": 2,
+                   "lang": "en"}  # fmt: skip
+        expected = run_benchmark(request, *loaded, render)
+        assert got["accuracy"] == pytest.approx(expected["accuracy"])
+        assert [s["correct"] for s in got["subjects"]] == [
+            s["correct"] for s in expected["subjects"]
+        ]
+        assert json.loads((save / model / "results.json").read_text())["total"] == 16
+
+    with pytest.raises(Exception) as err:
+        api.client.training.RunBenchmark(
+            training_service_pb2.RunBenchmarkRequest(
+                base_model=api.base_path, task_dir=str(task_dir), task="synth", lang="fr"
+            )
+        )
+    assert err.value.violations[0][0] == "lang"
+    with pytest.raises(Exception) as err:
+        api.client.training.RunBenchmark(
+            training_service_pb2.RunBenchmarkRequest(
+                base_model=api.base_path, task_dir=str(task_dir), task="missing"
+            )
+        )
+    assert "missing is not a folder" in err.value.message

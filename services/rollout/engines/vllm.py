@@ -84,6 +84,7 @@ class VLLMEngine:
         vllm, self._LoRARequest, self._kind = _import_vllm()
         _check_servable(Path(base_model))
         from transformers import AutoTokenizer
+        from vllm.config import StructuredOutputsConfig
 
         self._vllm = vllm
         self.tokenizer = AutoTokenizer.from_pretrained(str(base_model))
@@ -100,6 +101,12 @@ class VLLMEngine:
             max_lora_rank=max_lora_rank,
             max_model_len=max_model_len,
             logprobs_mode="raw_logprobs",
+            # compact JSON under structured outputs: free whitespace between tokens lets a model
+            # pad without end (vLLM sets this per engine, not per request; xgrammar: the backend
+            # that honours it)
+            structured_outputs_config=StructuredOutputsConfig(
+                backend="xgrammar", disable_any_whitespace=True
+            ),
             **engine_kwargs,
         )
         if device not in ("", "auto"):
@@ -139,13 +146,10 @@ class VLLMEngine:
         if s.structured:
             from vllm.sampling_params import StructuredOutputsParams
 
-            # compact JSON: free whitespace between tokens would let a model pad without end
             if s.json_schema is not None:
-                structured = StructuredOutputsParams(
-                    json=s.json_schema, disable_any_whitespace=True
-                )
+                structured = StructuredOutputsParams(json=s.json_schema)
             else:
-                structured = StructuredOutputsParams(json_object=True, disable_any_whitespace=True)
+                structured = StructuredOutputsParams(json_object=True)
         return self._vllm.SamplingParams(
             n=s.n,
             temperature=s.temperature,

@@ -1,4 +1,6 @@
-"""``llamafleet eval predict``: generate an eval split through the fleet and report BLEU-4,
+"""``llamafleet eval``: ``benchmark`` runs a few-shot multiple-choice benchmark in the MMLU layout
+on the training service (``RunBenchmark``; LLaMA-Factory's ``eval`` options task, split, n_shot,
+lang, save_dir); ``predict`` generates an eval split through the fleet and reports BLEU-4,
 ROUGE-1/2/L, exact match and a reward function's mean (``predict.py``)."""
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from pathlib import Path
 from llamafleet import cluster
 from llamafleet.cluster import DEFAULT_RUN_DIR, ClusterState
 from llamafleet.commands import UserError
+from llamafleet.common.v1 import common_pb2
 from llamafleet.eval_metrics import LANGS
+from llamafleet.training.v1 import training_service_pb2
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -41,9 +45,86 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def adapter_ref(model: str) -> common_pb2.AdapterRef:
+    """``base`` -> the base model; ``JOB`` -> its latest version (0); ``JOB@V`` -> version V."""
+    if model == "base":
+        return common_pb2.AdapterRef()
+    job, _, version = model.partition("@")
+    if version and (not version.isdigit() or int(version) < 1):
+        raise UserError(f"--model {model!r}: the version after '@' must be a number >= 1")
+    return common_pb2.AdapterRef(id=job, version=int(version or 0))
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    state = ClusterState.load(args.run_dir)
+    base_model = args.base_model or state.base_model
+    if not base_model:
+        raise UserError("no base model: start the cluster with `llamafleet up --base-model DIR`")
+    request = training_service_pb2.RunBenchmarkRequest(
+        base_model=str(Path(base_model).resolve()),
+        adapter=adapter_ref(args.model),
+        task_dir=str(Path(args.task_dir).resolve()),
+        task=args.task,
+        split=args.split,
+        n_shot=args.n_shot,
+        lang=args.lang,
+        save_dir=str(Path(args.save_dir).resolve()) if args.save_dir else "",
+        template=args.template,
+    )
+    with cluster.connect(args.run_dir, timeout=args.timeout) as client:
+        reply = client.training.RunBenchmark(request, timeout=args.timeout)
+    result = benchmark_dict(reply)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    for name, accuracy in result["categories"].items():
+        print(f"{name:>20}: {100 * accuracy:6.2f}")
+    for s in result["subjects"]:
+        print(f"{s['subject']:>20}: {100 * s['accuracy']:6.2f}  ({s['correct']}/{s['total']})")
+    return 0
+
+
+def benchmark_dict(reply: training_service_pb2.RunBenchmarkResponse) -> dict:
+    return {
+        "accuracy": reply.accuracy,
+        "total": reply.total,
+        "categories": dict(reply.categories),
+        "subjects": [
+            {
+                "subject": s.subject,
+                "name": s.name,
+                "category": s.category,
+                "correct": s.correct,
+                "total": s.total,
+                "accuracy": s.accuracy,
+            }
+            for s in reply.subjects
+        ],  # fmt: skip
+        "save_dir": reply.save_dir,
+    }
+
+
 def register(sub) -> None:
     evaluate = sub.add_parser("eval", help="evaluate a model or adapter")
     commands = evaluate.add_subparsers(dest="eval_command", required=True)
+    p = commands.add_parser(
+        "benchmark",
+        help="few-shot multiple choice in the MMLU layout, scored by each option's likelihood",
+    )
+    p.add_argument("--model", default="base", help="base, JOB (latest adapter) or JOB@VERSION")
+    p.add_argument("--task-dir", required=True, help="folder holding <task>/ (MMLU layout)")
+    p.add_argument("--task", required=True, help="benchmark folder name, e.g. mmlu")
+    p.add_argument("--split", default="validation", choices=("validation", "test"))
+    p.add_argument("--n-shot", type=int, default=5, help="dev examples before each question")
+    p.add_argument("--lang", default="en", choices=("en", "zh"))
+    p.add_argument("--save-dir", default="", help="write results.json and results.log here")
+    p.add_argument("--template", default="", help="chat template (default: the tokenizer's)")
+    p.add_argument("--base-model", default="", help="default: the cluster's --base-model")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--run-dir", default=DEFAULT_RUN_DIR)
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait")
+    p.set_defaults(func=cmd_benchmark)
+
     p = commands.add_parser(
         "predict",
         help="generate an eval split through the rollout fleet: predictions.jsonl, BLEU-4, "

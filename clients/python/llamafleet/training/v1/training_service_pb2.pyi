@@ -113,3 +113,62 @@ class ExportModelResponse(_message.Message):
     mode: _training_pb2.ExportMode
     files: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, output_dir: _Optional[str] = ..., version: _Optional[int] = ..., mode: _Optional[_Union[_training_pb2.ExportMode, str]] = ..., files: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RunBenchmarkRequest(_message.Message):
+    __slots__ = ("base_model", "adapter", "task_dir", "task", "split", "n_shot", "lang", "save_dir", "template")
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    TASK_DIR_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    N_SHOT_FIELD_NUMBER: _ClassVar[int]
+    LANG_FIELD_NUMBER: _ClassVar[int]
+    SAVE_DIR_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    base_model: str
+    adapter: _common_pb2.AdapterRef
+    task_dir: str
+    task: str
+    split: str
+    n_shot: int
+    lang: str
+    save_dir: str
+    template: str
+    def __init__(self, base_model: _Optional[str] = ..., adapter: _Optional[_Union[_common_pb2.AdapterRef, _Mapping]] = ..., task_dir: _Optional[str] = ..., task: _Optional[str] = ..., split: _Optional[str] = ..., n_shot: _Optional[int] = ..., lang: _Optional[str] = ..., save_dir: _Optional[str] = ..., template: _Optional[str] = ...) -> None: ...
+
+class SubjectScore(_message.Message):
+    __slots__ = ("subject", "name", "category", "correct", "total", "accuracy")
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    CORRECT_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    subject: str
+    name: str
+    category: str
+    correct: int
+    total: int
+    accuracy: float
+    def __init__(self, subject: _Optional[str] = ..., name: _Optional[str] = ..., category: _Optional[str] = ..., correct: _Optional[int] = ..., total: _Optional[int] = ..., accuracy: _Optional[float] = ...) -> None: ...
+
+class RunBenchmarkResponse(_message.Message):
+    __slots__ = ("subjects", "categories", "accuracy", "total", "save_dir")
+    class CategoriesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    SUBJECTS_FIELD_NUMBER: _ClassVar[int]
+    CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SAVE_DIR_FIELD_NUMBER: _ClassVar[int]
+    subjects: _containers.RepeatedCompositeFieldContainer[SubjectScore]
+    categories: _containers.ScalarMap[str, float]
+    accuracy: float
+    total: int
+    save_dir: str
+    def __init__(self, subjects: _Optional[_Iterable[_Union[SubjectScore, _Mapping]]] = ..., categories: _Optional[_Mapping[str, float]] = ..., accuracy: _Optional[float] = ..., total: _Optional[int] = ..., save_dir: _Optional[str] = ...) -> None: ...

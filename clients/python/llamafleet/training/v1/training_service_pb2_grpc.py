@@ -70,6 +70,11 @@ class TrainingServiceStub:
                 request_serializer=llamafleet_dot_training_dot_v1_dot_training__service__pb2.ExportModelRequest.SerializeToString,
                 response_deserializer=llamafleet_dot_training_dot_v1_dot_training__service__pb2.ExportModelResponse.FromString,
                 _registered_method=True)
+        self.RunBenchmark = channel.unary_unary(
+                '/llamafleet.training.v1.TrainingService/RunBenchmark',
+                request_serializer=llamafleet_dot_training_dot_v1_dot_training__service__pb2.RunBenchmarkRequest.SerializeToString,
+                response_deserializer=llamafleet_dot_training_dot_v1_dot_training__service__pb2.RunBenchmarkResponse.FromString,
+                _registered_method=True)
 
 
 class TrainingServiceServicer:
@@ -127,6 +132,16 @@ class TrainingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunBenchmark(self, request, context):
+        """Few-shot multiple-choice benchmark in the MMLU layout (LLaMA-Factory's `eval`): each
+        question's options scored by the log-likelihood of the option letter after the prompt, with
+        the base model or a job's adapter, in a process of its own. Unary: it returns when done (give
+        it a generous deadline); a cancelled call stops that process.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -164,6 +179,11 @@ def add_TrainingServiceServicer_to_server(servicer, server):
                     servicer.ExportModel,
                     request_deserializer=llamafleet_dot_training_dot_v1_dot_training__service__pb2.ExportModelRequest.FromString,
                     response_serializer=llamafleet_dot_training_dot_v1_dot_training__service__pb2.ExportModelResponse.SerializeToString,
+            ),
+            'RunBenchmark': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunBenchmark,
+                    request_deserializer=llamafleet_dot_training_dot_v1_dot_training__service__pb2.RunBenchmarkRequest.FromString,
+                    response_serializer=llamafleet_dot_training_dot_v1_dot_training__service__pb2.RunBenchmarkResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -356,6 +376,33 @@ class TrainingService:
             '/llamafleet.training.v1.TrainingService/ExportModel',
             llamafleet_dot_training_dot_v1_dot_training__service__pb2.ExportModelRequest.SerializeToString,
             llamafleet_dot_training_dot_v1_dot_training__service__pb2.ExportModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunBenchmark(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llamafleet.training.v1.TrainingService/RunBenchmark',
+            llamafleet_dot_training_dot_v1_dot_training__service__pb2.RunBenchmarkRequest.SerializeToString,
+            llamafleet_dot_training_dot_v1_dot_training__service__pb2.RunBenchmarkResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -33,6 +33,11 @@ type TrainingServiceClient interface {
 	FetchAdapter(ctx context.Context, in *FetchAdapterRequest, opts ...grpc.CallOption) (TrainingService_FetchAdapterClient, error)
 	// Writes a model version out as a merged model or as the adapter alone.
 	ExportModel(ctx context.Context, in *ExportModelRequest, opts ...grpc.CallOption) (*ExportModelResponse, error)
+	// Few-shot multiple-choice benchmark in the MMLU layout (LLaMA-Factory's `eval`): each
+	// question's options scored by the log-likelihood of the option letter after the prompt, with
+	// the base model or a job's adapter, in a process of its own. Unary: it returns when done (give
+	// it a generous deadline); a cancelled call stops that process.
+	RunBenchmark(ctx context.Context, in *RunBenchmarkRequest, opts ...grpc.CallOption) (*RunBenchmarkResponse, error)
 }
 
 type trainingServiceClient struct {
@@ -152,6 +157,15 @@ func (c *trainingServiceClient) ExportModel(ctx context.Context, in *ExportModel
 	return out, nil
 }
 
+func (c *trainingServiceClient) RunBenchmark(ctx context.Context, in *RunBenchmarkRequest, opts ...grpc.CallOption) (*RunBenchmarkResponse, error) {
+	out := new(RunBenchmarkResponse)
+	err := c.cc.Invoke(ctx, "/llamafleet.training.v1.TrainingService/RunBenchmark", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // TrainingServiceServer is the server API for TrainingService service.
 // All implementations must embed UnimplementedTrainingServiceServer
 // for forward compatibility
@@ -172,6 +186,11 @@ type TrainingServiceServer interface {
 	FetchAdapter(*FetchAdapterRequest, TrainingService_FetchAdapterServer) error
 	// Writes a model version out as a merged model or as the adapter alone.
 	ExportModel(context.Context, *ExportModelRequest) (*ExportModelResponse, error)
+	// Few-shot multiple-choice benchmark in the MMLU layout (LLaMA-Factory's `eval`): each
+	// question's options scored by the log-likelihood of the option letter after the prompt, with
+	// the base model or a job's adapter, in a process of its own. Unary: it returns when done (give
+	// it a generous deadline); a cancelled call stops that process.
+	RunBenchmark(context.Context, *RunBenchmarkRequest) (*RunBenchmarkResponse, error)
 	mustEmbedUnimplementedTrainingServiceServer()
 }
 
@@ -199,6 +218,9 @@ func (UnimplementedTrainingServiceServer) FetchAdapter(*FetchAdapterRequest, Tra
 }
 func (UnimplementedTrainingServiceServer) ExportModel(context.Context, *ExportModelRequest) (*ExportModelResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ExportModel not implemented")
+}
+func (UnimplementedTrainingServiceServer) RunBenchmark(context.Context, *RunBenchmarkRequest) (*RunBenchmarkResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RunBenchmark not implemented")
 }
 func (UnimplementedTrainingServiceServer) mustEmbedUnimplementedTrainingServiceServer() {}
 
@@ -345,6 +367,24 @@ func _TrainingService_ExportModel_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _TrainingService_RunBenchmark_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RunBenchmarkRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TrainingServiceServer).RunBenchmark(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/llamafleet.training.v1.TrainingService/RunBenchmark",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TrainingServiceServer).RunBenchmark(ctx, req.(*RunBenchmarkRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _TrainingService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "llamafleet.training.v1.TrainingService",
 	HandlerType: (*TrainingServiceServer)(nil),
@@ -368,6 +408,10 @@ var _TrainingService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ExportModel",
 			Handler:    _TrainingService_ExportModel_Handler,
+		},
+		{
+			MethodName: "RunBenchmark",
+			Handler:    _TrainingService_RunBenchmark_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
