@@ -170,3 +170,52 @@ def test_train_watch_and_chat_in_a_browser(browser, web_cluster, tmp_path):
     _shot(page, "train-error")
     context.close()
     assert not errors, f"JavaScript errors: {errors}"
+
+
+def test_evaluate_tab_runs_a_benchmark_and_predictions(browser, web_cluster, tmp_path):
+    """The Evaluate tab: a multiple-choice benchmark on the training service (its tables: each
+    category and subject) and predictions through the fleet (their metrics), each as the JSON API
+    answers the same form."""
+    import json
+
+    from tests.training.test_benchmark import write_task
+
+    expect = playwright_api.expect
+    expect.set_options(timeout=TIMEOUT_MS)
+    root = Path(web_cluster.base_model).parent
+    task_dir = write_task(root / "tasks")
+    context = browser.new_context(viewport={"width": 1360, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(web_cluster.url)
+    page.click("#tabs button[data-tab=evaluate]")
+    page.fill("#bench-form [name=task_dir]", str(task_dir))
+    page.fill("#bench-form [name=task]", "synth")
+    page.fill("#bench-form [name=n_shot]", "1")
+    page.click("#bench-run")
+    expect(page.locator("#bench-table tr[data-subject]")).to_have_count(2)
+    expect(page.locator("#bench-table tr.category")).to_have_count(3)  # STEM, Other, Average
+    expect(page.locator("#bench-table tr[data-subject=alpha] td").nth(2)).to_have_text("8")
+
+    save = root / "web-predictions"
+    page.fill("#predict-form [name=dataset]", str(Path(web_cluster.dataset_dir) / "repeat.jsonl"))
+    page.fill("#predict-form [name=max_tokens]", "4")
+    page.fill("#predict-form [name=save_dir]", str(save))
+    page.click("#predict-run")
+    expect(page.locator("#predict-table tr[data-metric='predict_bleu-4']")).to_have_count(1)
+    expect(page.locator("#predict-table tr[data-metric=predict_samples] td").nth(1)).to_have_text(
+        "32"
+    )
+    results = json.loads((save / "predict_results.json").read_text())
+    shown = page.locator("#predict-table tr[data-metric='predict_rouge-l'] td").nth(1).inner_text()
+    assert float(shown) == pytest.approx(results["predict_rouge-l"])
+    assert len((save / "predictions.jsonl").read_text().splitlines()) == 32
+    _shot(page, "evaluate")
+
+    page.fill("#bench-form [name=task]", "missing")
+    page.click("#bench-run")
+    expect(page.locator("#bench-error")).to_contain_text("missing is not a folder")
+    assert not errors, errors
+    context.close()

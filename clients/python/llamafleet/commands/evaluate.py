@@ -12,8 +12,8 @@ from pathlib import Path
 from llamafleet import cluster
 from llamafleet.cluster import DEFAULT_RUN_DIR, ClusterState
 from llamafleet.commands import UserError
-from llamafleet.common.v1 import common_pb2
 from llamafleet.eval_metrics import LANGS
+from llamafleet.predict import adapter_ref, benchmark_dict
 from llamafleet.training.v1 import training_service_pb2
 
 
@@ -45,24 +45,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def adapter_ref(model: str) -> common_pb2.AdapterRef:
-    """``base`` -> the base model; ``JOB`` -> its latest version (0); ``JOB@V`` -> version V."""
-    if model == "base":
-        return common_pb2.AdapterRef()
-    job, _, version = model.partition("@")
-    if version and (not version.isdigit() or int(version) < 1):
-        raise UserError(f"--model {model!r}: the version after '@' must be a number >= 1")
-    return common_pb2.AdapterRef(id=job, version=int(version or 0))
-
-
 def cmd_benchmark(args: argparse.Namespace) -> int:
     state = ClusterState.load(args.run_dir)
     base_model = args.base_model or state.base_model
     if not base_model:
         raise UserError("no base model: start the cluster with `llamafleet up --base-model DIR`")
+    try:
+        adapter = adapter_ref(args.model)
+    except ValueError as exc:
+        raise UserError(f"--model: {exc}") from None
     request = training_service_pb2.RunBenchmarkRequest(
         base_model=str(Path(base_model).resolve()),
-        adapter=adapter_ref(args.model),
+        adapter=adapter,
         task_dir=str(Path(args.task_dir).resolve()),
         task=args.task,
         split=args.split,
@@ -82,26 +76,6 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     for s in result["subjects"]:
         print(f"{s['subject']:>20}: {100 * s['accuracy']:6.2f}  ({s['correct']}/{s['total']})")
     return 0
-
-
-def benchmark_dict(reply: training_service_pb2.RunBenchmarkResponse) -> dict:
-    return {
-        "accuracy": reply.accuracy,
-        "total": reply.total,
-        "categories": dict(reply.categories),
-        "subjects": [
-            {
-                "subject": s.subject,
-                "name": s.name,
-                "category": s.category,
-                "correct": s.correct,
-                "total": s.total,
-                "accuracy": s.accuracy,
-            }
-            for s in reply.subjects
-        ],  # fmt: skip
-        "save_dir": reply.save_dir,
-    }
 
 
 def register(sub) -> None:

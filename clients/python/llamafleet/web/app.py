@@ -1,4 +1,4 @@
-"""The web UI's HTTP side: one static page (Train, Jobs, Chat, Cluster tabs) and a small JSON API
+"""The web UI's HTTP side: one static page (Train, Jobs, Chat, Cluster, Rewards, Evaluate tabs) and a small JSON API
 that calls the services through ``llamafleet.client.Client``.
 
 It keeps no job state: the Jobs tab lists jobs from the training service and reads their events
@@ -19,7 +19,7 @@ from fastapi import Body, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from llamafleet import cluster
+from llamafleet import cluster, predict
 from llamafleet.chat import ChatBackend, UnknownModel
 from llamafleet.client import Client, RpcError
 from llamafleet.common.v1 import common_pb2
@@ -332,6 +332,53 @@ class WebApi:
             "components": [component(c) for c in response.components],
         }
 
+    def eval_benchmark(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The Evaluate tab's benchmark form -> ``RunBenchmark`` -> its tables."""
+        if not self.base_model:
+            raise WebError(400, "a benchmark needs the cluster's base model (--base-model)")
+        texts = {k: body.get(k) or "" for k in ("model", "task_dir", "task", "split", "lang",
+                                                "save_dir", "template")}  # fmt: skip
+        if not all(isinstance(v, str) for v in texts.values()):
+            raise WebError(400, "model, task_dir, task, split, lang, save_dir, template: strings")
+        if not texts["task_dir"] or not texts["task"]:
+            raise WebError(400, "task_dir and task: name the benchmark folder and its task")
+        try:
+            adapter = predict.adapter_ref(texts["model"] or "base")
+        except ValueError as exc:
+            raise WebError(400, str(exc)) from None
+        request = api.RunBenchmarkRequest(
+            base_model=self.base_model, adapter=adapter, task_dir=texts["task_dir"],
+            task=texts["task"], split=texts["split"], lang=texts["lang"],
+            save_dir=texts["save_dir"], template=texts["template"],
+        )  # fmt: skip
+        if body.get("n_shot") not in (None, ""):
+            request.n_shot = _int(body, "n_shot")
+        return predict.benchmark_dict(self.client.training.RunBenchmark(request, timeout=3600))
+
+    def eval_predict(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The Evaluate tab's predictions form -> ``predict.predict`` -> its metrics."""
+        if not self.base_model:
+            raise WebError(400, "predictions need the cluster's base model (--base-model)")
+        dataset, save_dir = body.get("dataset"), body.get("save_dir")
+        if not isinstance(dataset, str) or not dataset:
+            raise WebError(400, "dataset: the eval split's file (.jsonl or .json)")
+        if not isinstance(save_dir, str) or not save_dir:
+            raise WebError(400, "save_dir: where predictions.jsonl goes")
+        try:
+            records = predict.read_records(Path(dataset))
+            return predict.predict(
+                self.client, self.base_model, str(body.get("model") or "base"), records,
+                Path(save_dir), fmt=str(body.get("format") or "alpaca"),
+                max_tokens=_int(body, "max_tokens") or 128,
+                temperature=_float(body, "temperature") if body.get("temperature") else 0.0,
+                reward_function=str(body.get("reward_function") or ""),
+                lang=str(body.get("lang") or "en"),
+            )  # fmt: skip
+        except UnknownModel as exc:
+            raise WebError(404, str(exc)) from None
+        except (OSError, ValueError, ImportError) as exc:
+            raise WebError(400, str(exc)) from None
+
     def _chat(self) -> ChatBackend:
         if self.chat is None:
             raise WebError(
@@ -452,6 +499,14 @@ def create_app(
     @app.post("/api/reward/test")
     def reward_test(body: dict) -> dict:
         return web.reward_test(body)
+
+    @app.post("/api/eval/benchmark")
+    def eval_benchmark(body: JsonBody) -> dict:
+        return web.eval_benchmark(body)
+
+    @app.post("/api/eval/predict")
+    def eval_predict(body: JsonBody) -> dict:
+        return web.eval_predict(body)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -436,6 +436,53 @@ $("#reward-form").addEventListener("submit", async (ev) => {
   }
 });
 
+// ---- Evaluate ---------------------------------------------------------------------------
+function formBody(formEl) {
+  const body = {};
+  for (const [k, v] of new FormData(formEl).entries()) body[k] = v;
+  return body;
+}
+
+async function runEval(formId, buttonId, errorId, path, show) {
+  const button = $(buttonId);
+  button.disabled = true;
+  try {
+    show(await api(path, formBody($(formId))));
+    showError($(errorId), null);
+  } catch (err) {
+    showError($(errorId), err);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+$("#bench-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  runEval("#bench-form", "#bench-run", "#bench-error", "/api/eval/benchmark", (r) => {
+    const body = $("#bench-table tbody");
+    body.replaceChildren();
+    const pct = (x) => (100 * x).toFixed(2);
+    for (const [name, acc] of Object.entries(r.categories)) {
+      body.append(el("tr", { class: "category" }, ...[name, "", "", pct(acc)].map((v) => el("td", { textContent: v }))));
+    }
+    for (const s of r.subjects) {
+      body.append(el("tr", { "data-subject": s.subject }, ...[s.name, s.correct, s.total, pct(s.accuracy)]
+        .map((v) => el("td", { textContent: String(v) }))));
+    }
+  });
+});
+
+$("#predict-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  runEval("#predict-form", "#predict-run", "#predict-error", "/api/eval/predict", (r) => {
+    const body = $("#predict-table tbody");
+    body.replaceChildren();
+    for (const [name, value] of Object.entries(r)) {
+      body.append(el("tr", { "data-metric": name }, el("td", { textContent: name }), el("td", { textContent: String(value) })));
+    }
+  });
+});
+
 // ---- timers -----------------------------------------------------------------------------
 setInterval(() => {
   if (document.hidden) return;
