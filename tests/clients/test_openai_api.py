@@ -335,6 +335,10 @@ def test_completions_equal_transformers_greedy_generate(api):
     expected = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     assert reply.choices[0].text == expected
     assert reply.usage.prompt_tokens == ids.shape[1]
+    by_ids = api.completions.create(
+        model="base", prompt=ids[0].tolist(), max_tokens=6, temperature=0
+    )
+    assert by_ids.choices[0].text == expected
 
     chunks = list(
         api.completions.create(model="base", prompt=prompt, max_tokens=6, temperature=0,

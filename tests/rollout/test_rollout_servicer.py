@@ -117,6 +117,50 @@ def test_invalid_sampling_reports_every_field_path(generator):
     }  # fmt: skip
 
 
+def test_top_logprobs_details_and_structured_output_refusal(generator):
+    """``top_logprobs``: each streamed token with its text and k ranked alternatives, the first
+    being the chosen token under greedy decoding; bad bounds and a non-object schema are named;
+    JSON output on the hf engine (no constrained decoding) is UNIMPLEMENTED naming the field."""
+    greedy = rollout_pb2.SamplingParams(temperature=0, max_tokens=5, top_logprobs=4)
+
+    async def run(stub):
+        out = await generate(stub, prompt_text="Once upon a time", sampling=greedy)
+        errors = []
+        for sampling in (
+            rollout_pb2.SamplingParams(top_logprobs=21),
+            rollout_pb2.SamplingParams(
+                structured_output=rollout_pb2.StructuredOutput(json_schema="[1, 2]")
+            ),
+            rollout_pb2.SamplingParams(
+                structured_output=rollout_pb2.StructuredOutput(json_object=True)
+            ),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await generate(stub, prompt_ids=[1, 2], sampling=sampling)
+            errors.append(err.value)
+        return out, errors
+
+    responses, errors = serve(generator, run)
+    deltas = [r.tokens for r in responses if r.HasField("tokens") and r.tokens.token_ids]
+    assert len(deltas) == 5
+    for delta in deltas:
+        (token,), (logprob,), (detail,) = delta.token_ids, delta.logprobs, delta.details
+        assert detail.token == generator.engine.tokenizer.decode([token])
+        assert detail.token_bytes == detail.token.encode()
+        assert len(detail.top) == 4 and detail.top[0].token_id == token
+        assert detail.top[0].logprob == pytest.approx(logprob)
+        assert [t.logprob for t in detail.top] == sorted(
+            (t.logprob for t in detail.top), reverse=True
+        )
+    assert [e.code() for e in errors] == [grpc.StatusCode.INVALID_ARGUMENT] * 2 + [
+        grpc.StatusCode.UNIMPLEMENTED
+    ]
+    assert field_violations(errors[0]) == ["sampling.top_logprobs"]
+    assert field_violations(errors[1]) == ["sampling.structured_output.json_schema"]
+    assert field_violations(errors[2]) == ["sampling.structured_output"]
+    assert "vllm" in errors[2].details()
+
+
 @pytest.mark.parametrize(
     ("request_kw", "field"),
     [
