@@ -33,6 +33,7 @@ EXPECTED_RPCS = {
         "GetDataset": False,
         "ListDatasets": False,
         "StreamBatches": True,
+        "ParseToolCalls": False,
     },
     "llamafleet.training.v1.TrainingService": {
         "CreateTrainingJob": False,
@@ -42,6 +43,7 @@ EXPECTED_RPCS = {
         "WatchTrainingJob": True,
         "FetchAdapter": True,
         "ExportModel": False,
+        "RunBenchmark": False,
     },
     "llamafleet.rollout.v1.RolloutService": {
         "Generate": True,

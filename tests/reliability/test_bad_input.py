@@ -435,6 +435,17 @@ RPC_CASES = [
      lambda ctx: tpb.ExportModelRequest(
          job_id="x", output_dir=str(ctx.root / "out")).SerializeToString(),
      S.NOT_FOUND, "no training job"),
+    ("rpc", "benchmark: task_dir traversal", TRAINING, "RunBenchmark",
+     lambda ctx: tpb.RunBenchmarkRequest(
+         base_model=str(ctx.model), task_dir="../../etc", task="mmlu").SerializeToString(),
+     S.PERMISSION_DENIED, "task_dir"),
+    ("rpc", "benchmark: task with a slash, n_shot -1", TRAINING, "RunBenchmark",
+     lambda ctx: tpb.RunBenchmarkRequest(
+         base_model=str(ctx.model), task_dir=str(ctx.root), task="a/b").SerializeToString(),
+     S.INVALID_ARGUMENT, "task"),
+    ("rpc", "parse tool calls: unknown tool format", DATA, "ParseToolCalls",
+     _msg(dpb.ParseToolCallsRequest(text="x", tool_format="qwen9")),
+     S.INVALID_ARGUMENT, "did you mean 'qwen'"),
     # rollout service
     ("rpc", "neither prompt_ids nor prompt_text", ROLLOUT, "Generate",
      _msg(rpb.GenerateRequest()), S.INVALID_ARGUMENT, "prompt"),
