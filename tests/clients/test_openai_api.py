@@ -231,6 +231,14 @@ def test_unknown_routes_wrong_methods_and_non_json_bodies_use_the_error_shape(ap
         ({"logit_bias": {"5": 10}}, "logit_bias"),
         ({"extra_body": {"frobnicate": 1}}, "frobnicate"),
         ({"tool_choice": "auto"}, "tool_choice"),  # without tools
+        (
+            {"stream": True, "stream_options": {"include_usage": "x"}},
+            "stream_options.include_usage",
+        ),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "a b"}}},
+            "response_format.json_schema.name",
+        ),
         # these pass the body checks and are refused by the rollout service: param from its
         # field violation (sampling.top_p, sampling.max_tokens)
         ({"top_p": 0.0}, "top_p"),
@@ -551,6 +559,7 @@ def test_cli_eval_predict_writes_predictions_and_metrics(api, tmp_path, capsys):
 # --- evaluation: multiple-choice benchmark on the training service ----------------------------
 
 
+@pytest.mark.slow
 def test_cli_eval_benchmark_runs_on_the_training_service(api, tmp_path, capsys):
     """`llamafleet eval benchmark` (RunBenchmark: a process of the training service, prompts
     rendered by the data service) on the base model and on the job's adapter: the tables equal

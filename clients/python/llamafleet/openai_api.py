@@ -211,6 +211,9 @@ def _from_rpc(err: RpcError, param: str | None = None, **names: str) -> ApiError
     return ApiError(HTTP_STATUS.get(err.code, 500), detail, param, err.reason.lower() or None)
 
 
+_TYPE_TAGS = {"str", "int", "float", "bool", "none", "dict", "list"}
+
+
 def _validation_error(exc: RequestValidationError) -> ApiError:
     first = exc.errors()[0] if exc.errors() else {}
     loc = [p for p in first.get("loc", ()) if p != "body"]
@@ -223,8 +226,8 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
     for part in loc:  # OpenAI's paths: messages[0].role
         if isinstance(part, int):
             param += f"[{part}]"
-        elif part.startswith(("function-after[", "literal[", "str", "list[", "dict[")):
-            continue  # pydantic's names of union members
+        elif part in _TYPE_TAGS or "[" in part or part[:1].isupper():
+            continue  # pydantic's names of union members (str, list[int], NamedToolChoice)
         else:
             param += f".{part}" if param else part
     if kind == "extra_forbidden":
