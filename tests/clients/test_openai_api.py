@@ -446,8 +446,10 @@ class _Scripted:
         )
 
 
-def _scripted_api(api, text, tool_format="qwen"):
-    app = create_app(_Scripted(api.client, text), api.base_path, tool_format=tool_format)
+def _scripted_api(api, text, tool_format="qwen", template=""):
+    app = create_app(
+        _Scripted(api.client, text), api.base_path, tool_format=tool_format, template=template
+    )
     return openai.OpenAI(
         base_url="http://testserver/v1", api_key="x", http_client=TestClient(app), max_retries=0
     )
@@ -496,6 +498,16 @@ def test_tool_calls_are_parsed_with_the_template_tool_format(api):
     llama3 = _scripted_api(api, '{"name": "get_weather", "parameters": {"city": "Nice"}}', "llama3")
     (call,) = _ask(llama3).choices[0].message.tool_calls
     assert json.loads(call.function.arguments) == {"city": "Nice"}
+
+    # --template alone: conversations rendered with that data-service template, calls read in
+    # its tool format (LLaMA-Factory's `default` template: "Action:" lines)
+    action = 'Action: get_weather\nAction Input: {"city": "Oslo"}'
+    by_template = _scripted_api(api, action, tool_format="", template="default")
+    (call,) = _ask(by_template).choices[0].message.tool_calls
+    assert (call.function.name, json.loads(call.function.arguments)) == (
+        "get_weather",
+        {"city": "Oslo"},
+    )
 
 
 def test_tool_choice_forcing_and_a_server_without_a_tool_format_are_refused(api):

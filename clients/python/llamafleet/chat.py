@@ -32,9 +32,10 @@ class UnknownModel(LookupError):
 
 
 class ChatBackend:
-    def __init__(self, client: Client, base_model_path: str) -> None:
+    def __init__(self, client: Client, base_model_path: str, template: str = "") -> None:
         self.client = client
         self.base_model_path = base_model_path
+        self.template = template  # a data-service template name; empty = the tokenizer's own
         self.base_names = {BASE_MODEL, Path(base_model_path).name}
 
     def model_names(self) -> list[str]:
@@ -82,7 +83,10 @@ class ChatBackend:
                 record_json=record,
                 format=data_pb2.FormatOptions(format=data_pb2.DATASET_FORMAT_OPENAI),
                 kind=data_pb2.EXAMPLE_KIND_PROMPT,
-                tokenization=data_pb2.TokenizationOptions(tokenizer_path=self.base_model_path),
+                tokenization=data_pb2.TokenizationOptions(
+                    tokenizer_path=self.base_model_path,
+                    template=data_pb2.TemplateOptions(name=self.template),
+                ),
             )
         )
         return list(reply.sequences[0].input_ids)
@@ -119,9 +123,12 @@ class ChatBackend:
         return self.client.rollout.Generate(request, timeout=timeout)
 
     def parse_tool_calls(self, text: str, tool_format: str) -> list[tuple[str, str]]:
-        """(name, arguments JSON) of each call ``text`` makes in ``tool_format``, read by the
-        data service with the code that renders tool calls for training."""
+        """(name, arguments JSON) of each call ``text`` makes in ``tool_format`` (empty: the
+        named template's), read by the data service with the code that renders tool calls for
+        training."""
         reply = self.client.data.ParseToolCalls(
-            data_service_pb2.ParseToolCallsRequest(text=text, tool_format=tool_format)
+            data_service_pb2.ParseToolCallsRequest(
+                text=text, tool_format=tool_format, template=self.template
+            )
         )
         return [(c.name, c.arguments) for c in reply.calls]

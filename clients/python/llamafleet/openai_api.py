@@ -16,7 +16,7 @@ What follows OpenAI's API reference, and how:
   JSON has ``param: null``. Unknown routes (404) and wrong methods (405) use the same shape.
 * Tool calls: the generated text is read by the data service (``ParseToolCalls``: the same
   tool-format code that renders calls for training) in the tool format the server was started
-  with (``--tool-format``); calls become ``tool_calls`` with ``finish_reason: "tool_calls"``.
+  with (``--tool-format``, or the tool format of the ``--template`` it renders with); calls become ``tool_calls`` with ``finish_reason: "tool_calls"``.
   A stream with tools holds each sequence's text until it ends (a call is recognised only whole),
   then sends the calls as OpenAI streams them (one delta per call with id, name and arguments).
   ``tool_choice`` ``"required"`` or a named function would need the output constrained to a call,
@@ -297,9 +297,12 @@ def _sse(payload: dict) -> str:
 class Gateway:
     """OpenAI requests in, ``ChatBackend`` calls out, OpenAI JSON back."""
 
-    def __init__(self, client: Client, base_model_path: str, tool_format: str = "") -> None:
-        self.backend = ChatBackend(client, base_model_path)
+    def __init__(
+        self, client: Client, base_model_path: str, tool_format: str = "", template: str = ""
+    ) -> None:
+        self.backend = ChatBackend(client, base_model_path, template)
         self.tool_format = tool_format
+        self.template = template
 
     # --- models ---
 
@@ -391,12 +394,12 @@ class Gateway:
                 "tool_choice",
                 "unsupported_value",
             )
-        if r.tools and r.tool_choice != "none" and not self.tool_format:
+        if r.tools and r.tool_choice != "none" and not (self.tool_format or self.template):
             raise ApiError(
                 400,
-                "this server reads no tool calls: start `llamafleet api --tool-format FORMAT` "
-                "with the tool format the model's chat template writes (qwen, llama3, default, "
-                "...), or send tool_choice 'none'",
+                "this server reads no tool calls: start `llamafleet api --template NAME` (the "
+                "model's chat template, whose tool format is used) or `--tool-format FORMAT` "
+                "(qwen, llama3, default, ...), or send tool_choice 'none'",
                 "tools",
                 "unsupported_parameter",
             )
@@ -719,12 +722,17 @@ def _streamed(body: Iterator[str]) -> StreamingResponse:
 
 
 def create_app(
-    client: Client, base_model_path: str, api_key: str = "", tool_format: str = ""
+    client: Client,
+    base_model_path: str,
+    api_key: str = "",
+    tool_format: str = "",
+    template: str = "",
 ) -> FastAPI:
     """The FastAPI app; ``api_key`` (when set) is required as ``Authorization: Bearer <key>``;
-    ``tool_format`` is the tool format model output is parsed with (empty: requests with tools
-    are refused unless tool_choice is 'none')."""
-    gateway = Gateway(client, base_model_path, tool_format)
+    ``template`` is the data-service chat template conversations are rendered with (empty: the
+    tokenizer's own); model output is parsed for tool calls in ``tool_format``, or the template's
+    when that is empty (neither: requests with tools are refused unless tool_choice is 'none')."""
+    gateway = Gateway(client, base_model_path, tool_format, template)
     app = FastAPI(title="llamafleet OpenAI-compatible API")
     app.state.gateway = gateway
 

@@ -39,10 +39,17 @@ def register(sub) -> None:
     p.add_argument("--api-key", default="", help="required as 'Authorization: Bearer <key>'")
     p.add_argument("--base-model", default="", help="default: the cluster's --base-model")
     p.add_argument(
+        "--template",
+        default="",
+        help="chat template to render conversations with (a data-service template name, e.g. "
+        "qwen); its tool format reads tool calls; default: the tokenizer's own template",
+    )
+    p.add_argument(
         "--tool-format",
         default="",
         help="tool format the model writes calls in (qwen, llama3, default, ...): generated "
-        "text is parsed into tool_calls with it; empty = requests with tools are refused",
+        "text is parsed into tool_calls with it; default: --template's; neither = requests with "
+        "tools are refused",
     )
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per unary call")
     p.set_defaults(func=cmd_api)
