@@ -35,6 +35,7 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
     def __init__(self, config: TrainingConfig, manager: JobManager | None = None) -> None:
         self.config = config
         self.manager = manager if manager is not None else JobManager(config).start()
+        self._benchmark_slot = asyncio.Semaphore(1)  # one benchmark process at a time
 
     async def CreateTrainingJob(self, request, context):
         job = await asyncio.to_thread(self.manager.create, request.spec)
@@ -127,4 +128,4 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
         )
 
     async def RunBenchmark(self, request, context):
-        return await run_benchmark(request, self.config, self.manager)
+        return await run_benchmark(request, self.config, self.manager, self._benchmark_slot)

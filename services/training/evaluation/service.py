@@ -1,6 +1,7 @@
 """``RunBenchmark`` on the service side (no torch): check the request against the service's
 roots and bounds, start ``python -m services.training.evaluation`` with a request file, wait,
-and translate its result; a cancelled call kills the process."""
+and translate its result; a cancelled call kills the process. One benchmark process runs at a
+time per service (each loads a model); later calls wait their turn within their deadline."""
 
 from __future__ import annotations
 
@@ -71,9 +72,14 @@ def benchmark_request(request: api.RunBenchmarkRequest, config: TrainingConfig, 
 
 
 async def run_benchmark(
-    request: api.RunBenchmarkRequest, config: TrainingConfig, manager
+    request: api.RunBenchmarkRequest, config: TrainingConfig, manager, slot: asyncio.Semaphore
 ) -> api.RunBenchmarkResponse:
     spec = await asyncio.to_thread(benchmark_request, request, config, manager)
+    async with slot:
+        return await _run(spec, config)
+
+
+async def _run(spec: dict, config: TrainingConfig) -> api.RunBenchmarkResponse:
     work = Path(config.jobs_dir) / ".benchmarks" / uuid.uuid4().hex
     work.mkdir(parents=True)
     try:
