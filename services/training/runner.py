@@ -128,12 +128,12 @@ class EventLogHandler(logging.Handler):
 def recipe_arguments(recipe: str, job_id: str) -> dict:
     """What a recipe needs beyond the data: ``ppo`` its exchange with the fleets, over the
     work-queue Redis the service names in the environment (never argv: it may hold a password)."""
-    if recipe != "ppo":
+    if recipe not in ("ppo", "grpo"):
         return {}
     url = os.environ.get(PPO_REDIS_URL_ENV, "")
     if not url:
         raise RuntimeError(
-            f"STAGE_PPO needs the work-queue Redis: {PPO_REDIS_URL_ENV} is not set (the training "
+            f"STAGE_{recipe.upper()} needs the work-queue Redis: {PPO_REDIS_URL_ENV} is not set (the training "
             "service sets it from its redis_url; configure LLAMAFLEET_TRAINING_REDIS_URL)"
         )
     return {"exchange": exchange.connect(url, job_id), "job_id": job_id}

@@ -310,5 +310,34 @@ def test_every_supported_key_is_exercised_above():
     used = set(yaml.safe_load(SFT_YAML)) | set(DPO_KEYS) | set(PPO_KEYS) | set(GALORE_KEYS)
     used |= set(REWARD_FUNCTION_KEYS)
     used |= set(QLORA_ROPE_KEYS)
+    used |= set(GRPO_KEYS)
     assert set(FLAT_KEYS) - used == set()
     assert set(NO_EFFECT_KEYS) & set(FLAT_KEYS) == set()
+
+
+# --- STAGE_GRPO (TRL GRPOConfig spellings) ------------------------------------------------------
+
+GRPO_KEYS = {
+    "model_name_or_path": "/m", "stage": "grpo", "dataset": "prompts", "num_generations": 8,
+    "num_iterations": 2, "loss_type": "dapo", "epsilon": 0.2, "epsilon_high": 0.28,
+    "beta": 0.04, "scale_rewards": "group", "mask_truncated_completions": True,
+    "advantage_estimator": "reinforce_pp", "kl_estimator": "k1", "dynamic_sampling": True,
+    "max_refill_rounds": 3, "overlong_buffer_length": 8, "overlong_penalty_factor": 0.5,
+    "reinforce_pp_baseline": "group",
+}  # fmt: skip
+
+
+def test_grpo_keys_fill_the_grpo_config_and_the_group_size():
+    spec, notes = from_flat(GRPO_KEYS)
+    assert notes == [] and spec.stage == pb.STAGE_GRPO
+    assert (spec.ppo.sampling.n, spec.ppo.ppo_epochs) == (8, 2)
+    g = spec.grpo
+    assert g.loss_type == pb.GRPO_LOSS_TYPE_TOKEN_MEAN
+    assert (g.epsilon, g.epsilon_high, g.beta) == (0.2, 0.28, 0.04)
+    assert g.scale_rewards == pb.REWARD_SCALING_GROUP and g.mask_truncated_completions
+    assert g.advantage_estimator == pb.ADVANTAGE_ESTIMATOR_REINFORCE_PP
+    assert g.kl_estimator == pb.KL_ESTIMATOR_K1
+    assert g.dynamic_sampling and g.max_refill_rounds == 3
+    assert (g.overlong_buffer_length, g.overlong_penalty_factor) == (8, 0.5)
+    assert g.reinforce_pp_baseline == pb.REINFORCE_BASELINE_GROUP
+    assert spec.dataset.spec.kind == data_pb2.EXAMPLE_KIND_PROMPT

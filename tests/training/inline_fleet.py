@@ -31,10 +31,12 @@ class InlineFleet:
         *,
         device: str = "cpu",
         dtype: str = "float32",
+        score_task: Callable[[rollout_pb2.RolloutTask, list[int]], float] | None = None,
     ):
         self.engine = HFEngine(base_model, device=device, dtype=dtype)
         self.job_dir = Path(job_dir)
         self.score = score
+        self.score_task = score_task  # when given: scores from the task and the completion
         self.queue: list[Received] = []
         self.history: list[Received] = []  # everything ever queued, in order
         self.published: dict[str, rollout_pb2.RolloutTask] = {}
@@ -74,7 +76,8 @@ class InlineFleet:
                 engine="hf",
                 adapter_version=task.adapter.version,
             )
-            raw = self.score(completion.token_ids)
+            ids = list(completion.token_ids)
+            raw = self.score_task(task, ids) if self.score_task else self.score(ids)
             scored = reward_pb2.ScoredRollout(rollout=rollout, raw_score=raw, normalized_score=raw)
             self.entries += 1
             received = Received(f"{self.entries}-0", task.item_id, scored)

@@ -383,3 +383,76 @@ def apply_deepspeed(spec: pb.TrainingJobSpec, path: str) -> None:
 
 def _offloaded(section: Any) -> bool:
     return isinstance(section, dict) and section.get("device") in ("cpu", "nvme")
+
+
+# --- STAGE_GRPO: TRL GRPOConfig spellings (kept in one block, after the others) ----------------
+
+STAGES["grpo"] = pb.STAGE_GRPO
+EXAMPLE_KINDS[pb.STAGE_GRPO] = data_pb2.EXAMPLE_KIND_PROMPT
+GRPO_LOSS_TYPES = {
+    # TRL's names -> the aggregation they compute
+    "grpo": pb.GRPO_LOSS_TYPE_SEQ_MEAN_TOKEN_MEAN,
+    "bnpo": pb.GRPO_LOSS_TYPE_TOKEN_MEAN,
+    "dapo": pb.GRPO_LOSS_TYPE_TOKEN_MEAN,
+    "dr_grpo": pb.GRPO_LOSS_TYPE_SEQ_MEAN_TOKEN_SUM_NORM,
+    # veRL's names
+    "token-mean": pb.GRPO_LOSS_TYPE_TOKEN_MEAN,
+    "seq-mean-token-mean": pb.GRPO_LOSS_TYPE_SEQ_MEAN_TOKEN_MEAN,
+    "seq-mean-token-sum-norm": pb.GRPO_LOSS_TYPE_SEQ_MEAN_TOKEN_SUM_NORM,
+}
+SCALE_REWARDS = {
+    "group": pb.REWARD_SCALING_GROUP,
+    "batch": pb.REWARD_SCALING_BATCH,
+    "none": pb.REWARD_SCALING_NONE,
+    "true": pb.REWARD_SCALING_GROUP,  # TRL before 0.22: a bool
+    "false": pb.REWARD_SCALING_NONE,
+}
+ADVANTAGE_ESTIMATORS = {
+    "grpo": pb.ADVANTAGE_ESTIMATOR_GRPO,
+    "dr_grpo": pb.ADVANTAGE_ESTIMATOR_DR_GRPO,
+    "rloo": pb.ADVANTAGE_ESTIMATOR_RLOO,
+    "reinforce_pp": pb.ADVANTAGE_ESTIMATOR_REINFORCE_PP,
+    "reinforce++": pb.ADVANTAGE_ESTIMATOR_REINFORCE_PP,
+}
+KL_ESTIMATORS = {"k1": pb.KL_ESTIMATOR_K1, "k2": pb.KL_ESTIMATOR_K2, "k3": pb.KL_ESTIMATOR_K3}
+REINFORCE_BASELINES = {"batch": pb.REINFORCE_BASELINE_BATCH, "group": pb.REINFORCE_BASELINE_GROUP}
+
+
+def _grpo_keys() -> dict[str, Any]:
+    def put(field, reader):
+        return lambda s, c, k, v: setattr(s.grpo, field, reader(k, v))
+
+    def choice(table):
+        return lambda k, v: _choice(k, v, table)
+
+    def num_generations(s, c, k, v):
+        s.ppo.sampling.n = _int(k, v)
+
+    def num_iterations(s, c, k, v):
+        s.ppo.ppo_epochs = _int(k, v)
+
+    def scale_rewards(s, c, k, v):
+        text = str(v).lower() if isinstance(v, bool) else v
+        s.grpo.scale_rewards = _choice(k, text, SCALE_REWARDS)
+
+    return {
+        "num_generations": num_generations,  # TRL: the group size (sampling.n)
+        "num_iterations": num_iterations,  # TRL: optimisation passes per batch (ppo_epochs)
+        "loss_type": put("loss_type", choice(GRPO_LOSS_TYPES)),
+        "epsilon": put("epsilon", _float),
+        "epsilon_high": put("epsilon_high", _float),
+        "beta": put("beta", _float),
+        "scale_rewards": scale_rewards,
+        "mask_truncated_completions": put("mask_truncated_completions", _bool),
+        # llamafleet's own
+        "advantage_estimator": put("advantage_estimator", choice(ADVANTAGE_ESTIMATORS)),
+        "kl_estimator": put("kl_estimator", choice(KL_ESTIMATORS)),
+        "dynamic_sampling": put("dynamic_sampling", _bool),
+        "max_refill_rounds": put("max_refill_rounds", _int),
+        "overlong_buffer_length": put("overlong_buffer_length", _int),
+        "overlong_penalty_factor": put("overlong_penalty_factor", _float),
+        "reinforce_pp_baseline": put("reinforce_pp_baseline", choice(REINFORCE_BASELINES)),
+    }
+
+
+FLAT_KEYS.update(_grpo_keys())

@@ -209,9 +209,9 @@ class JobManager:
                 "the training job spec is invalid", reason="INVALID_JOB_SPEC", violations=unresolved
             )
         self._validator(spec)
-        if spec.stage == pb.STAGE_PPO and not self.config.redis_url:
+        if spec.stage in (pb.STAGE_PPO, pb.STAGE_GRPO) and not self.config.redis_url:
             raise FailedPrecondition(
-                "STAGE_PPO reaches the rollout and reward workers through Redis, and this training "
+                f"{pb.Stage.Name(spec.stage)} reaches the rollout and reward workers through Redis, and this training "
                 "service has none: set redis_url (LLAMAFLEET_TRAINING_REDIS_URL)",
                 reason="NO_WORK_QUEUE",
             )
@@ -299,7 +299,10 @@ class JobManager:
         self._spawn(view, argv, env)
 
     def _spawn(self, view: JobView, argv: list[str], env: dict[str, str]) -> None:
-        if view.spec.stage == pb.STAGE_PPO:  # the trainer talks to the fleets through Redis
+        if view.spec.stage in (
+            pb.STAGE_PPO,
+            pb.STAGE_GRPO,
+        ):  # the trainer talks to the fleets through Redis
             env = {**env, PPO_REDIS_URL_ENV: self.config.redis_url}
         try:
             self._runs[view.id] = process.spawn(view.dir, argv, env)

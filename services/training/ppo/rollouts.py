@@ -188,7 +188,7 @@ class RolloutPlanner:
             self._next_plan += 1
         return self.plans[step]
 
-    def _tasks(self, step: int, plan: StepPlan) -> list[rollout_pb2.RolloutTask]:
+    def _tasks(self, step: int, plan: StepPlan, first: int = 0) -> list[rollout_pb2.RolloutTask]:
         p = self.settings.ppo
         sampling = rollout_pb2.SamplingParams.FromString(p.sampling)
         extra = [t for t in self.stop_token_ids if t not in sampling.stop_token_ids]
@@ -198,6 +198,8 @@ class RolloutPlanner:
         )
         tasks = []
         for i, prompt in enumerate(plan.prompts):
+            if i < first:
+                continue
             for j in range(p.samples_per_prompt):
                 task = rollout_pb2.RolloutTask(
                     item_id=task_id(self.job_id, plan.version, step, i, j),
@@ -240,20 +242,41 @@ class RolloutPlanner:
                 self.exchange.publish_tasks(self._tasks(step, plan))
                 plan.sent = True
 
-    def _expected(self, step: int) -> list[str]:
+    def refill(self, step: int, batches: int) -> range:
+        """Plan ``batches`` more prompt batches into the admitted ``step`` (dynamic sampling) and
+        publish their tasks under the step's version; returns the new prompts' indices. Only
+        with ``max_staleness`` 1: the prompts come from the stream after the step's."""
+        plan = self.plans[step]
+        if self._next_plan != step + 1 or plan.version is None:
+            raise RuntimeError(
+                f"step {step} cannot be refilled: later steps are already planned (dynamic "
+                "sampling needs max_staleness 1)"
+            )
+        first = len(plan.prompts)
+        for _ in range(batches):
+            batch, epoch, cursor = next(self.prompts)
+            plan.prompts.extend(batch.prompts)
+            plan.end = (epoch, cursor)
+        added = range(first, len(plan.prompts))
+        self.counts.published += len(added) * self.settings.ppo.samples_per_prompt
+        self.exchange.publish_tasks(self._tasks(step, plan, first))
+        return added
+
+    def _expected(self, step: int, prompts: range | None = None) -> list[str]:
         plan = self.plans[step]
         n = self.settings.ppo.samples_per_prompt
         return [
             task_id(self.job_id, plan.version, step, i, j)
-            for i in range(len(plan.prompts))
+            for i in (prompts if prompts is not None else range(len(plan.prompts)))
             for j in range(n)
         ]
 
     # --- collecting ---------------------------------------------------------------------------
 
-    def collect(self, step: int) -> list[Received] | None:
-        """Wait for the scored rollouts of ``step``; None if a stop was requested meanwhile."""
-        expected = self._expected(step)
+    def collect(self, step: int, prompts: range | None = None) -> list[Received] | None:
+        """Wait for the scored rollouts of ``step`` (of its ``prompts`` only, when given), in
+        task order; None if a stop was requested meanwhile."""
+        expected = self._expected(step, prompts)
         outstanding = {i for t in self.plans if t >= step and self.plans[t].version is not None
                        for i in self._expected(t)}  # fmt: skip
         last_log = last_dead_check = time.monotonic()

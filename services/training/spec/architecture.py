@@ -52,7 +52,7 @@ def check_architecture(spec: tpb.TrainingJobSpec, base: Path | None, check) -> N
         coef = ft.moe_aux_loss_coef
         path = "spec.finetuning.moe_aux_loss_coef"
         check(math.isfinite(coef) and coef >= 0, path, "must be a finite number >= 0")
-        if coef and spec.stage == tpb.STAGE_PPO:
+        if coef and spec.stage in (tpb.STAGE_PPO, tpb.STAGE_GRPO):
             raise Unimplemented(
                 f"{path}: the router loss in STAGE_PPO is not implemented yet (pt, sft, rm and "
                 "dpo add it)",
@@ -67,7 +67,7 @@ def check_architecture(spec: tpb.TrainingJobSpec, base: Path | None, check) -> N
                 "(no num_experts / num_local_experts in its config.json): it is not a "
                 "mixture of experts",
             )
-    if config is None or spec.stage == tpb.STAGE_PPO:
+    if config is None or spec.stage in (tpb.STAGE_PPO, tpb.STAGE_GRPO):
         return
     name = config.get("model_type", "the base model")
     check(

@@ -73,6 +73,8 @@ def normalize(spec: pb.TrainingJobSpec) -> pb.TrainingJobSpec:
         _preference_defaults(out.preference)
     if out.stage == pb.STAGE_PPO:
         _ppo_defaults(out.ppo)
+    if out.stage == pb.STAGE_GRPO:
+        _grpo_defaults(out)
     return out
 
 
@@ -107,6 +109,29 @@ def _ppo_defaults(ppo: pb.PpoConfig) -> None:
             ppo.kl_horizon = 10000
 
 
+def _grpo_defaults(spec: pb.TrainingJobSpec) -> None:
+    """STAGE_GRPO: PpoConfig's sampling/batch/staleness defaults (one optimisation epoch, TRL's
+    num_iterations) and GrpoConfig's."""
+    ppo, g = spec.ppo, spec.grpo
+    ppo.ppo_epochs = ppo.ppo_epochs or 1
+    if not ppo.HasField("max_staleness"):
+        ppo.max_staleness = 1
+    if g.advantage_estimator == pb.ADVANTAGE_ESTIMATOR_UNSPECIFIED:
+        g.advantage_estimator = pb.ADVANTAGE_ESTIMATOR_GRPO
+    if g.loss_type == pb.GRPO_LOSS_TYPE_UNSPECIFIED:
+        g.loss_type = pb.GRPO_LOSS_TYPE_TOKEN_MEAN
+    if g.scale_rewards == pb.REWARD_SCALING_UNSPECIFIED:
+        g.scale_rewards = pb.REWARD_SCALING_GROUP
+    if not g.HasField("epsilon"):
+        g.epsilon = 0.2
+    if not g.HasField("epsilon_high"):
+        g.epsilon_high = g.epsilon
+    if not g.HasField("beta"):
+        g.beta = 0.0
+    if g.kl_estimator == pb.KL_ESTIMATOR_UNSPECIFIED:
+        g.kl_estimator = pb.KL_ESTIMATOR_K3
+
+
 def same_spec(a: pb.TrainingJobSpec, b: pb.TrainingJobSpec) -> bool:
     """Equal apart from ``resume`` (which asks for an action, not a different job)."""
     a2, b2 = pb.TrainingJobSpec(), pb.TrainingJobSpec()
@@ -128,7 +153,7 @@ def validate(spec: pb.TrainingJobSpec) -> None:
     check(
         spec.stage != pb.STAGE_UNSPECIFIED,
         "stage",
-        "required: STAGE_PT, STAGE_SFT, STAGE_RM, STAGE_DPO or STAGE_PPO",
+        "required: STAGE_PT, STAGE_SFT, STAGE_RM, STAGE_DPO, STAGE_PPO or STAGE_GRPO",
     )
     if not spec.base_model:
         check(False, "base_model", "required: a Hugging Face model folder on the training machine")
@@ -157,8 +182,12 @@ def validate(spec: pb.TrainingJobSpec) -> None:
         "preference.label_smoothing",
         "must be in [0, 0.5)",
     )
-    if spec.stage == pb.STAGE_PPO:
-        check(bool(spec.ppo.reward_scorer), "ppo.reward_scorer", "required for STAGE_PPO")
+    if spec.stage in (pb.STAGE_PPO, pb.STAGE_GRPO):
+        check(
+            bool(spec.ppo.reward_scorer),
+            "ppo.reward_scorer",
+            f"required for {pb.Stage.Name(spec.stage)}",
+        )
     if spec.init_adapter.id:
         check(spec.init_adapter.version >= 1, "init_adapter.version", "must be >= 1")
     if bad:

@@ -39,6 +39,7 @@ STAGES = {
     tpb.STAGE_RM: "rm",
     tpb.STAGE_DPO: "dpo",
     tpb.STAGE_PPO: "ppo",
+    tpb.STAGE_GRPO: "grpo",
 }
 PREFERENCE_LOSSES = {
     tpb.PREFERENCE_LOSS_UNSPECIFIED: "sigmoid",
@@ -122,6 +123,25 @@ class PpoSettings:
 
 
 @dataclass(frozen=True)
+class GrpoSettings:
+    """``GrpoConfig`` of the ``grpo`` stage (names as in TRL's ``GRPOConfig`` where it has them)."""
+
+    advantage_estimator: str = "grpo"  # "grpo" | "dr_grpo" | "rloo" | "reinforce_pp"
+    loss_type: str = "token-mean"  # | "seq-mean-token-mean" | "seq-mean-token-sum-norm"
+    scale_rewards: str = "group"  # "group" | "batch" | "none" (the grpo estimator)
+    epsilon: float = 0.2
+    epsilon_high: float = 0.2
+    beta: float = 0.0  # 0 = no KL term, no reference forward
+    kl_estimator: str = "k3"  # "k1" | "k2" | "k3"
+    mask_truncated_completions: bool = False
+    dynamic_sampling: bool = False
+    max_refill_rounds: int = 8
+    overlong_buffer_length: int = 0
+    overlong_penalty_factor: float = 1.0
+    reinforce_pp_baseline: str = "batch"  # "batch" | "group"
+
+
+@dataclass(frozen=True)
 class GaloreSettings:
     target_modules: tuple[str, ...] = ()  # empty = every linear layer but the head
     rank: int = 16
@@ -167,6 +187,7 @@ class Settings:
     trust_remote_code: bool = False
     preference: PreferenceSettings = field(default_factory=PreferenceSettings)
     ppo: PpoSettings = field(default_factory=PpoSettings)
+    grpo: GrpoSettings = field(default_factory=GrpoSettings)
     freeze: FreezeSettings = field(default_factory=FreezeSettings)
     llama_pro_expand: int = 0  # LLaMA-Pro blocks inserted (trained alone: freeze or LoRA on them)
     quantization_bits: int | None = None  # QLoRA: 4 or 8
@@ -258,7 +279,12 @@ def settings(spec: tpb.TrainingJobSpec, device: str = "cpu") -> Settings:
             pref_ftx=pref.pref_ftx,
             simpo_gamma=pref.simpo_gamma if pref.HasField("simpo_gamma") else 0.5,
         ),
-        ppo=_ppo_settings(spec.ppo, hp.per_device_batch_size or 8, hp.gradient_accumulation_steps),
+        ppo=_ppo_settings(
+            spec.ppo,
+            hp.per_device_batch_size or 8,
+            hp.gradient_accumulation_steps,
+            epochs=1 if spec.stage == tpb.STAGE_GRPO else 4,  # TRL num_iterations = 1
+        ),
         freeze=FreezeSettings(
             trainable_layers=ft.freeze.trainable_layers or 2,
             trainable_modules=tuple(ft.freeze.trainable_modules),
@@ -278,10 +304,13 @@ def settings(spec: tpb.TrainingJobSpec, device: str = "cpu") -> Settings:
         ),
         galore=_galore_settings(ft.galore) if ft.HasField("galore") else None,
         moe_aux_loss_coef=ft.moe_aux_loss_coef if ft.HasField("moe_aux_loss_coef") else 0.0,
+        grpo=grpo_settings(spec.grpo),
     )
 
 
-def _ppo_settings(p: tpb.PpoConfig, batch_rows: int, accumulation: int) -> PpoSettings:
+def _ppo_settings(
+    p: tpb.PpoConfig, batch_rows: int, accumulation: int, epochs: int = 4
+) -> PpoSettings:
     def opt(name: str, default: float) -> float:
         return getattr(p, name) if p.HasField(name) else default
 
@@ -295,7 +324,7 @@ def _ppo_settings(p: tpb.PpoConfig, batch_rows: int, accumulation: int) -> PpoSe
             p.reward_settings.SerializeToString() if p.HasField("reward_settings") else b""
         ),
         rollout_batch_size=p.rollout_batch_size or batch_rows * max(1, accumulation),
-        ppo_epochs=p.ppo_epochs or 4,
+        ppo_epochs=p.ppo_epochs or epochs,
         kl_coef=opt("kl_coef", 0.2),
         adaptive_kl=p.adaptive_kl,
         kl_target=opt("kl_target", 6.0),
@@ -307,6 +336,59 @@ def _ppo_settings(p: tpb.PpoConfig, batch_rows: int, accumulation: int) -> PpoSe
         value_loss_coef=opt("value_loss_coef", 0.1),
         max_staleness=int(opt("max_staleness", 1)),
         whiten_rewards=p.whiten_rewards,
+    )
+
+
+ADVANTAGE_ESTIMATORS = {
+    tpb.ADVANTAGE_ESTIMATOR_UNSPECIFIED: "grpo",
+    tpb.ADVANTAGE_ESTIMATOR_GRPO: "grpo",
+    tpb.ADVANTAGE_ESTIMATOR_DR_GRPO: "dr_grpo",
+    tpb.ADVANTAGE_ESTIMATOR_RLOO: "rloo",
+    tpb.ADVANTAGE_ESTIMATOR_REINFORCE_PP: "reinforce_pp",
+}
+GRPO_LOSS_TYPES = {
+    tpb.GRPO_LOSS_TYPE_UNSPECIFIED: "token-mean",
+    tpb.GRPO_LOSS_TYPE_TOKEN_MEAN: "token-mean",
+    tpb.GRPO_LOSS_TYPE_SEQ_MEAN_TOKEN_MEAN: "seq-mean-token-mean",
+    tpb.GRPO_LOSS_TYPE_SEQ_MEAN_TOKEN_SUM_NORM: "seq-mean-token-sum-norm",
+}
+REWARD_SCALINGS = {
+    tpb.REWARD_SCALING_UNSPECIFIED: "group",
+    tpb.REWARD_SCALING_GROUP: "group",
+    tpb.REWARD_SCALING_BATCH: "batch",
+    tpb.REWARD_SCALING_NONE: "none",
+}
+KL_ESTIMATORS = {
+    tpb.KL_ESTIMATOR_UNSPECIFIED: "k3",
+    tpb.KL_ESTIMATOR_K1: "k1",
+    tpb.KL_ESTIMATOR_K2: "k2",
+    tpb.KL_ESTIMATOR_K3: "k3",
+}
+REINFORCE_BASELINES = {
+    tpb.REINFORCE_BASELINE_UNSPECIFIED: "batch",
+    tpb.REINFORCE_BASELINE_BATCH: "batch",
+    tpb.REINFORCE_BASELINE_GROUP: "group",
+}
+
+
+def grpo_settings(g: tpb.GrpoConfig) -> GrpoSettings:
+    epsilon = g.epsilon if g.HasField("epsilon") else 0.2
+    return GrpoSettings(
+        advantage_estimator=ADVANTAGE_ESTIMATORS[g.advantage_estimator],
+        loss_type=GRPO_LOSS_TYPES[g.loss_type],
+        scale_rewards=REWARD_SCALINGS[g.scale_rewards],
+        epsilon=epsilon,
+        epsilon_high=g.epsilon_high if g.HasField("epsilon_high") else epsilon,
+        beta=g.beta if g.HasField("beta") else 0.0,
+        kl_estimator=KL_ESTIMATORS[g.kl_estimator],
+        mask_truncated_completions=g.mask_truncated_completions,
+        dynamic_sampling=g.dynamic_sampling,
+        max_refill_rounds=g.max_refill_rounds if g.HasField("max_refill_rounds") else 8,
+        overlong_buffer_length=g.overlong_buffer_length,
+        overlong_penalty_factor=(
+            g.overlong_penalty_factor if g.HasField("overlong_penalty_factor") else 1.0
+        ),
+        reinforce_pp_baseline=REINFORCE_BASELINES[g.reinforce_pp_baseline],
     )
 
 

@@ -27,8 +27,8 @@ from services.training.spec.settings import (
 
 
 def _check_ppo(spec: tpb.TrainingJobSpec, check) -> None:
-    """``PpoConfig`` ranges (STAGE_PPO only; other stages ignore it)."""
-    if spec.stage != tpb.STAGE_PPO:
+    """``PpoConfig`` ranges (STAGE_PPO and STAGE_GRPO only; other stages ignore it)."""
+    if spec.stage not in (tpb.STAGE_PPO, tpb.STAGE_GRPO):
         return
     p, path = spec.ppo, "spec.ppo."
     check(bool(p.reward_scorer), path + "reward_scorer", "required: a reward service scorer name")
@@ -38,7 +38,7 @@ def _check_ppo(spec: tpb.TrainingJobSpec, check) -> None:
         "must be >= 1 (an explicit version)",
     )
     check(p.rollout_batch_size >= 0, path + "rollout_batch_size", "must be >= 0")
-    check(p.ppo_epochs >= 0, path + "ppo_epochs", "must be >= 0 (0 = 4)")
+    check(p.ppo_epochs >= 0, path + "ppo_epochs", "must be >= 0 (0 = 4; STAGE_GRPO: 1)")
     check(not p.sampling.HasField("n") or p.sampling.n >= 1, path + "sampling.n", "must be >= 1")
     check(
         not p.sampling.HasField("temperature") or p.sampling.temperature > 0,
@@ -66,12 +66,58 @@ def _check_ppo(spec: tpb.TrainingJobSpec, check) -> None:
     check(
         spec.hyperparameters.WhichOneof("batch_size") != "per_device_batch_tokens",
         "spec.hyperparameters.per_device_batch_tokens",
-        "STAGE_PPO batches by per_device_batch_size (prompts)",
+        f"{tpb.Stage.Name(spec.stage)} batches by per_device_batch_size (prompts)",
     )
     check(
         p.rollout_batch_size % rows == 0,
         path + "rollout_batch_size",
         f"must be a multiple of per_device_batch_size ({rows})",
+    )
+
+
+def _check_grpo(spec: tpb.TrainingJobSpec, check) -> None:
+    """``GrpoConfig`` ranges (STAGE_GRPO only)."""
+    if spec.stage != tpb.STAGE_GRPO:
+        return
+    g, path, sampling = spec.grpo, "spec.grpo.", spec.ppo.sampling
+    n = sampling.n if sampling.HasField("n") else 1
+    check(
+        n >= 2,
+        "spec.ppo.sampling.n",
+        "must be >= 2 for STAGE_GRPO (num_generations: the group a sample is compared with)",
+    )
+    check(not g.HasField("epsilon") or g.epsilon > 0, path + "epsilon", "must be > 0")
+    check(
+        not g.HasField("epsilon_high") or g.epsilon_high > 0, path + "epsilon_high", "must be > 0"
+    )
+    check(not g.HasField("beta") or g.beta >= 0, path + "beta", "must be >= 0 (0 = no KL term)")
+    max_tokens = sampling.max_tokens if sampling.HasField("max_tokens") else 0
+    check(
+        g.loss_type != tpb.GRPO_LOSS_TYPE_SEQ_MEAN_TOKEN_SUM_NORM or max_tokens > 0,
+        "spec.ppo.sampling.max_tokens",
+        "required with GRPO_LOSS_TYPE_SEQ_MEAN_TOKEN_SUM_NORM (its normaliser)",
+    )
+    check(g.overlong_buffer_length >= 0, path + "overlong_buffer_length", "must be >= 0")
+    check(
+        not g.overlong_buffer_length or 0 < g.overlong_buffer_length < max_tokens,
+        path + "overlong_buffer_length",
+        "must be below spec.ppo.sampling.max_tokens (which must be set)",
+    )
+    check(
+        not g.HasField("overlong_penalty_factor") or g.overlong_penalty_factor >= 0,
+        path + "overlong_penalty_factor",
+        "must be >= 0",
+    )
+    check(
+        not g.HasField("max_refill_rounds") or g.max_refill_rounds >= 1,
+        path + "max_refill_rounds",
+        "must be >= 1",
+    )
+    check(
+        not g.dynamic_sampling or spec.ppo.max_staleness <= 1,
+        path + "dynamic_sampling",
+        "needs spec.ppo.max_staleness 1 (refill prompts come from the prompt stream after the "
+        "step's, which later steps in flight would already hold)",
     )
 
 
@@ -111,6 +157,7 @@ def validate(spec: tpb.TrainingJobSpec) -> None:
     _check_freeze(spec, base, check)
     _check_quantization(spec, check)
     _check_ppo(spec, check)
+    _check_grpo(spec, check)
     _check_rope(spec, check)
     check_architecture(spec, base, check)
     if spec.finetuning.HasField("galore"):
@@ -363,29 +410,41 @@ def _refuse_unimplemented(spec: tpb.TrainingJobSpec) -> None:
             violations=[FieldViolation(path, f"{what} is not implemented yet")],
         )
 
-    if spec.stage == tpb.STAGE_PPO:
+    if spec.stage == tpb.STAGE_GRPO and spec.finetuning.type in (
+        tpb.FINETUNING_TYPE_FULL,
+        tpb.FINETUNING_TYPE_FREEZE,
+    ):
+        refuse(
+            "spec.finetuning.type",
+            f"STAGE_GRPO with {tpb.FinetuningType.Name(spec.finetuning.type)}: the rollout fleet "
+            "would need the full weights of every policy version, and chunked sha256 full-weight "
+            "sync to the rollout workers is not built (the workers load LoRA adapter versions "
+            "only); use LORA",
+        )
+    if spec.stage in (tpb.STAGE_PPO, tpb.STAGE_GRPO):
+        stage = tpb.Stage.Name(spec.stage)
         if spec.finetuning.type not in (tpb.FINETUNING_TYPE_UNSPECIFIED, tpb.FINETUNING_TYPE_LORA):
             refuse(
                 "spec.finetuning.type",
-                f"STAGE_PPO with {tpb.FinetuningType.Name(spec.finetuning.type)} (the policy is a "
+                f"{stage} with {tpb.FinetuningType.Name(spec.finetuning.type)} (the policy is a "
                 "LoRA adapter on a frozen base; use LORA)",
             )
         if spec.distributed.world_size > 1:
-            refuse("spec.distributed.world_size", "STAGE_PPO on several ranks")
+            refuse("spec.distributed.world_size", f"{stage} on several ranks")
         if spec.distributed.backend == tpb.DISTRIBUTED_BACKEND_DEEPSPEED:
-            refuse("spec.distributed.backend", "STAGE_PPO with DeepSpeed")
+            refuse("spec.distributed.backend", f"{stage} with DeepSpeed")
         if spec.finetuning.llama_pro.num_expand:
-            refuse("spec.finetuning.llama_pro", "STAGE_PPO with LLaMA-Pro")
+            refuse("spec.finetuning.llama_pro", f"{stage} with LLaMA-Pro")
         if spec.rope_scaling:
             refuse(
                 "spec.rope_scaling",
-                "STAGE_PPO with RoPE scaling (the rollout workers serve the base model as saved; "
+                f"{stage} with RoPE scaling (the rollout workers serve the base model as saved; "
                 "export a RoPE-scaled model and use it as the base instead)",
             )
         if spec.finetuning.lora.pissa_init:
             refuse(
                 "spec.finetuning.lora.pissa_init",
-                "STAGE_PPO with PiSSA (it rewrites the trainer's base weights: the reference would "
+                f"{stage} with PiSSA (it rewrites the trainer's base weights: the reference would "
                 "be PiSSA's residual and the rollout workers' base would differ from the trainer's)",
             )
     if spec.stage in (tpb.STAGE_RM, tpb.STAGE_DPO):

@@ -22,6 +22,7 @@ class Stage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STAGE_RM: _ClassVar[Stage]
     STAGE_DPO: _ClassVar[Stage]
     STAGE_PPO: _ClassVar[Stage]
+    STAGE_GRPO: _ClassVar[Stage]
 
 class FinetuningType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -120,12 +121,48 @@ class AdapterFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ADAPTER_FORMAT_UNSPECIFIED: _ClassVar[AdapterFormat]
     ADAPTER_FORMAT_PEFT_TAR: _ClassVar[AdapterFormat]
+
+class AdvantageEstimator(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ADVANTAGE_ESTIMATOR_UNSPECIFIED: _ClassVar[AdvantageEstimator]
+    ADVANTAGE_ESTIMATOR_GRPO: _ClassVar[AdvantageEstimator]
+    ADVANTAGE_ESTIMATOR_DR_GRPO: _ClassVar[AdvantageEstimator]
+    ADVANTAGE_ESTIMATOR_RLOO: _ClassVar[AdvantageEstimator]
+    ADVANTAGE_ESTIMATOR_REINFORCE_PP: _ClassVar[AdvantageEstimator]
+
+class RewardScaling(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REWARD_SCALING_UNSPECIFIED: _ClassVar[RewardScaling]
+    REWARD_SCALING_GROUP: _ClassVar[RewardScaling]
+    REWARD_SCALING_BATCH: _ClassVar[RewardScaling]
+    REWARD_SCALING_NONE: _ClassVar[RewardScaling]
+
+class GrpoLossType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GRPO_LOSS_TYPE_UNSPECIFIED: _ClassVar[GrpoLossType]
+    GRPO_LOSS_TYPE_TOKEN_MEAN: _ClassVar[GrpoLossType]
+    GRPO_LOSS_TYPE_SEQ_MEAN_TOKEN_MEAN: _ClassVar[GrpoLossType]
+    GRPO_LOSS_TYPE_SEQ_MEAN_TOKEN_SUM_NORM: _ClassVar[GrpoLossType]
+
+class KlEstimator(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    KL_ESTIMATOR_UNSPECIFIED: _ClassVar[KlEstimator]
+    KL_ESTIMATOR_K1: _ClassVar[KlEstimator]
+    KL_ESTIMATOR_K2: _ClassVar[KlEstimator]
+    KL_ESTIMATOR_K3: _ClassVar[KlEstimator]
+
+class ReinforceBaseline(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REINFORCE_BASELINE_UNSPECIFIED: _ClassVar[ReinforceBaseline]
+    REINFORCE_BASELINE_BATCH: _ClassVar[ReinforceBaseline]
+    REINFORCE_BASELINE_GROUP: _ClassVar[ReinforceBaseline]
 STAGE_UNSPECIFIED: Stage
 STAGE_PT: Stage
 STAGE_SFT: Stage
 STAGE_RM: Stage
 STAGE_DPO: Stage
 STAGE_PPO: Stage
+STAGE_GRPO: Stage
 FINETUNING_TYPE_UNSPECIFIED: FinetuningType
 FINETUNING_TYPE_FULL: FinetuningType
 FINETUNING_TYPE_FREEZE: FinetuningType
@@ -185,6 +222,26 @@ LOG_LEVEL_WARNING: LogLevel
 LOG_LEVEL_ERROR: LogLevel
 ADAPTER_FORMAT_UNSPECIFIED: AdapterFormat
 ADAPTER_FORMAT_PEFT_TAR: AdapterFormat
+ADVANTAGE_ESTIMATOR_UNSPECIFIED: AdvantageEstimator
+ADVANTAGE_ESTIMATOR_GRPO: AdvantageEstimator
+ADVANTAGE_ESTIMATOR_DR_GRPO: AdvantageEstimator
+ADVANTAGE_ESTIMATOR_RLOO: AdvantageEstimator
+ADVANTAGE_ESTIMATOR_REINFORCE_PP: AdvantageEstimator
+REWARD_SCALING_UNSPECIFIED: RewardScaling
+REWARD_SCALING_GROUP: RewardScaling
+REWARD_SCALING_BATCH: RewardScaling
+REWARD_SCALING_NONE: RewardScaling
+GRPO_LOSS_TYPE_UNSPECIFIED: GrpoLossType
+GRPO_LOSS_TYPE_TOKEN_MEAN: GrpoLossType
+GRPO_LOSS_TYPE_SEQ_MEAN_TOKEN_MEAN: GrpoLossType
+GRPO_LOSS_TYPE_SEQ_MEAN_TOKEN_SUM_NORM: GrpoLossType
+KL_ESTIMATOR_UNSPECIFIED: KlEstimator
+KL_ESTIMATOR_K1: KlEstimator
+KL_ESTIMATOR_K2: KlEstimator
+KL_ESTIMATOR_K3: KlEstimator
+REINFORCE_BASELINE_UNSPECIFIED: ReinforceBaseline
+REINFORCE_BASELINE_BATCH: ReinforceBaseline
+REINFORCE_BASELINE_GROUP: ReinforceBaseline
 
 class DatasetRef(_message.Message):
     __slots__ = ("dataset_id", "spec")
@@ -379,7 +436,7 @@ class PpoConfig(_message.Message):
     def __init__(self, sampling: _Optional[_Union[_rollout_pb2.SamplingParams, _Mapping]] = ..., reward_scorer: _Optional[str] = ..., reward_adapter: _Optional[_Union[_common_pb2.AdapterRef, _Mapping]] = ..., rollout_batch_size: _Optional[int] = ..., ppo_epochs: _Optional[int] = ..., kl_coef: _Optional[float] = ..., adaptive_kl: _Optional[bool] = ..., kl_target: _Optional[float] = ..., kl_horizon: _Optional[int] = ..., gae_gamma: _Optional[float] = ..., gae_lambda: _Optional[float] = ..., clip_range: _Optional[float] = ..., value_clip_range: _Optional[float] = ..., value_loss_coef: _Optional[float] = ..., max_staleness: _Optional[int] = ..., whiten_rewards: _Optional[bool] = ..., reward_settings: _Optional[_Union[_common_pb2.RewardSettings, _Mapping]] = ...) -> None: ...
 
 class TrainingJobSpec(_message.Message):
-    __slots__ = ("job_id", "base_model", "dataset", "eval_dataset", "stage", "finetuning", "hyperparameters", "compute_dtype", "attention_implementation", "distributed", "preference", "ppo", "resume", "output_dir", "init_adapter", "trust_remote_code", "rope_scaling", "max_context_length")
+    __slots__ = ("job_id", "base_model", "dataset", "eval_dataset", "stage", "finetuning", "hyperparameters", "compute_dtype", "attention_implementation", "distributed", "preference", "ppo", "resume", "output_dir", "init_adapter", "trust_remote_code", "rope_scaling", "max_context_length", "grpo")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
@@ -398,6 +455,7 @@ class TrainingJobSpec(_message.Message):
     TRUST_REMOTE_CODE_FIELD_NUMBER: _ClassVar[int]
     ROPE_SCALING_FIELD_NUMBER: _ClassVar[int]
     MAX_CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    GRPO_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     base_model: str
     dataset: DatasetRef
@@ -416,7 +474,8 @@ class TrainingJobSpec(_message.Message):
     trust_remote_code: bool
     rope_scaling: RopeScalingType
     max_context_length: int
-    def __init__(self, job_id: _Optional[str] = ..., base_model: _Optional[str] = ..., dataset: _Optional[_Union[DatasetRef, _Mapping]] = ..., eval_dataset: _Optional[_Union[DatasetRef, _Mapping]] = ..., stage: _Optional[_Union[Stage, str]] = ..., finetuning: _Optional[_Union[FinetuningConfig, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., compute_dtype: _Optional[_Union[ComputeDtype, str]] = ..., attention_implementation: _Optional[_Union[AttentionImplementation, str]] = ..., distributed: _Optional[_Union[DistributedConfig, _Mapping]] = ..., preference: _Optional[_Union[PreferenceConfig, _Mapping]] = ..., ppo: _Optional[_Union[PpoConfig, _Mapping]] = ..., resume: _Optional[bool] = ..., output_dir: _Optional[str] = ..., init_adapter: _Optional[_Union[_common_pb2.AdapterRef, _Mapping]] = ..., trust_remote_code: _Optional[bool] = ..., rope_scaling: _Optional[_Union[RopeScalingType, str]] = ..., max_context_length: _Optional[int] = ...) -> None: ...
+    grpo: GrpoConfig
+    def __init__(self, job_id: _Optional[str] = ..., base_model: _Optional[str] = ..., dataset: _Optional[_Union[DatasetRef, _Mapping]] = ..., eval_dataset: _Optional[_Union[DatasetRef, _Mapping]] = ..., stage: _Optional[_Union[Stage, str]] = ..., finetuning: _Optional[_Union[FinetuningConfig, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., compute_dtype: _Optional[_Union[ComputeDtype, str]] = ..., attention_implementation: _Optional[_Union[AttentionImplementation, str]] = ..., distributed: _Optional[_Union[DistributedConfig, _Mapping]] = ..., preference: _Optional[_Union[PreferenceConfig, _Mapping]] = ..., ppo: _Optional[_Union[PpoConfig, _Mapping]] = ..., resume: _Optional[bool] = ..., output_dir: _Optional[str] = ..., init_adapter: _Optional[_Union[_common_pb2.AdapterRef, _Mapping]] = ..., trust_remote_code: _Optional[bool] = ..., rope_scaling: _Optional[_Union[RopeScalingType, str]] = ..., max_context_length: _Optional[int] = ..., grpo: _Optional[_Union[GrpoConfig, _Mapping]] = ...) -> None: ...
 
 class TrainingMetrics(_message.Message):
     __slots__ = ("step", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_second", "eta", "eval_loss", "extra")
@@ -574,3 +633,33 @@ class AdapterChunk(_message.Message):
     offset: int
     data: bytes
     def __init__(self, info: _Optional[_Union[AdapterBlobInfo, _Mapping]] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class GrpoConfig(_message.Message):
+    __slots__ = ("advantage_estimator", "loss_type", "scale_rewards", "epsilon", "epsilon_high", "beta", "kl_estimator", "mask_truncated_completions", "dynamic_sampling", "max_refill_rounds", "overlong_buffer_length", "overlong_penalty_factor", "reinforce_pp_baseline")
+    ADVANTAGE_ESTIMATOR_FIELD_NUMBER: _ClassVar[int]
+    LOSS_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SCALE_REWARDS_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_HIGH_FIELD_NUMBER: _ClassVar[int]
+    BETA_FIELD_NUMBER: _ClassVar[int]
+    KL_ESTIMATOR_FIELD_NUMBER: _ClassVar[int]
+    MASK_TRUNCATED_COMPLETIONS_FIELD_NUMBER: _ClassVar[int]
+    DYNAMIC_SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    MAX_REFILL_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    OVERLONG_BUFFER_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    OVERLONG_PENALTY_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    REINFORCE_PP_BASELINE_FIELD_NUMBER: _ClassVar[int]
+    advantage_estimator: AdvantageEstimator
+    loss_type: GrpoLossType
+    scale_rewards: RewardScaling
+    epsilon: float
+    epsilon_high: float
+    beta: float
+    kl_estimator: KlEstimator
+    mask_truncated_completions: bool
+    dynamic_sampling: bool
+    max_refill_rounds: int
+    overlong_buffer_length: int
+    overlong_penalty_factor: float
+    reinforce_pp_baseline: ReinforceBaseline
+    def __init__(self, advantage_estimator: _Optional[_Union[AdvantageEstimator, str]] = ..., loss_type: _Optional[_Union[GrpoLossType, str]] = ..., scale_rewards: _Optional[_Union[RewardScaling, str]] = ..., epsilon: _Optional[float] = ..., epsilon_high: _Optional[float] = ..., beta: _Optional[float] = ..., kl_estimator: _Optional[_Union[KlEstimator, str]] = ..., mask_truncated_completions: _Optional[bool] = ..., dynamic_sampling: _Optional[bool] = ..., max_refill_rounds: _Optional[int] = ..., overlong_buffer_length: _Optional[int] = ..., overlong_penalty_factor: _Optional[float] = ..., reinforce_pp_baseline: _Optional[_Union[ReinforceBaseline, str]] = ...) -> None: ...

@@ -1,0 +1,255 @@
+"""The ``grpo`` recipe on the built tiny model, with the fleets stood in for in-process
+(``inline_fleet.InlineFleet``: the rollout service's real HF engine on the adapter versions the
+trainer publishes, a rule reward), as the ``ppo`` recipe's tests do.
+
+The yes/no task: a short SFT makes the model answer "Is <n> a good number?" with "yes" or "no" at
+random; the reward is 1 when the answer starts with "yes". GRPO and Dr. GRPO with groups of 4 must
+raise the mean reward by a fixed margin within 12 steps.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from inline_fleet import InlineFleet, PromptSource, yes_no_prompts, yes_no_rows
+from llamafleet.rollout.v1 import rollout_pb2
+from synthetic import make_settings
+
+from services.training.loop.batches import InMemorySource
+from services.training.model import reference as reference_module
+from services.training.recipes import grpo, ppo, sft
+from services.training.spec.settings import GrpoSettings, LoraSettings, PpoSettings
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def yes_no_model(tiny_random, tokenizer, tmp_path_factory):
+    job = tmp_path_factory.mktemp("sft-yes-no")
+    settings = make_settings(tiny_random, learning_rate=3e-3, max_steps=30, batch_rows=8)
+    sft.run(settings, InMemorySource(yes_no_rows(tokenizer, 200)), job)
+    return job / "model"
+
+
+def yes_first(tokenizer):
+    yes = tokenizer("yes", add_special_tokens=False)["input_ids"][0]
+    return lambda ids: float(len(ids) > 0 and ids[0] == yes)
+
+
+def grpo_settings(model, grpo_fields=None, **overrides):
+    sampling = rollout_pb2.SamplingParams(max_tokens=3, temperature=1.0, seed=1)
+    ppo_fields = {
+        "sampling": sampling.SerializeToString(),
+        "samples_per_prompt": 4,
+        "reward_scorer": "yes",
+        "rollout_batch_size": 8,
+        "ppo_epochs": 2,
+    }
+    ppo_fields.update(overrides.pop("ppo", {}))
+    fields = {
+        "recipe": "grpo",
+        "method": "lora",
+        "lora": LoraSettings(rank=8, alpha=16),
+        "learning_rate": 2e-3,
+        "batch_rows": 8,
+        "max_steps": 12,
+        "logging_steps": 1,
+        "ppo": PpoSettings(**ppo_fields),
+        "grpo": GrpoSettings(**(grpo_fields or {})),
+    }
+    fields.update(overrides)
+    return make_settings(model, **fields)
+
+
+def metrics(job):
+    return [json.loads(x) for x in (job / "output" / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"advantage_estimator": "grpo", "loss_type": "seq-mean-token-mean"},
+        {"advantage_estimator": "dr_grpo", "loss_type": "seq-mean-token-sum-norm"},
+    ],
+    ids=["grpo", "dr_grpo"],
+)
+def test_grpo_and_dr_grpo_raise_the_reward_with_groups_of_four(
+    yes_no_model, tokenizer, tmp_path, fields
+):
+    job = tmp_path / "grpo"
+    fleet = InlineFleet(yes_no_model, job, yes_first(tokenizer))
+    prompts = PromptSource(yes_no_prompts(tokenizer, range(1000, 1064)))
+    settings = grpo_settings(yes_no_model, fields)
+    result = grpo.run(settings, prompts, job, exchange=fleet, job_id="grpo-t")
+    assert result.state == "SUCCEEDED" and result.step == 12
+    records = metrics(job)
+    rewards = [r["reward/mean"] for r in records]
+    first, last = sum(rewards[:2]) / 2, sum(rewards[-4:]) / 4
+    print(f"{fields['advantage_estimator']}: reward {first:.3f} -> {last:.3f}: {rewards}")
+    assert last > first + 0.25, rewards
+    assert all(abs(r["grpo/engine_ratio"] - 1.0) < 1e-3 for r in records)
+    for key in ("reward/std", "grpo/zero_variance_fraction", "grpo/clip_ratio/low",
+                "grpo/clip_ratio/high", "grpo/kl", "completion/length_mean",
+                "completion/length_max", "completion/truncated_fraction", "tokens_per_second",
+                "time/wait_share"):  # fmt: skip
+        assert all(key in r and r[key] == r[key] for r in records), key
+    counts = json.loads((job / "output" / "grpo_counts.json").read_text())
+    assert counts["trained_groups"] == 12 * 8 and counts["consumed"] == 12 * 8 * 4
+    assert counts["consumed"] == counts["published"] == len(fleet.published)
+    assert len(fleet.acked) == len(set(fleet.acked)) == len(fleet.published)
+    assert not (job / "output" / ppo.VALUE_HEAD_FILE).exists()
+
+
+def test_no_value_head_and_no_critic_state(yes_no_model, tokenizer, tmp_path):
+    """The GRPO trainer holds the LoRA policy alone: its trainable parameters are exactly the
+    LoRA matrices (the PPO trainer's are those plus the value head), and the optimizer holds
+    nothing else."""
+    counts = {}
+    for recipe, cls in (("grpo", grpo.GrpoTrainer), ("ppo", ppo.PpoTrainer)):
+        job = tmp_path / recipe
+        fleet = InlineFleet(yes_no_model, job, yes_first(tokenizer))
+        settings = grpo_settings(yes_no_model, recipe=recipe, max_steps=1)
+        trainer = cls(
+            settings, PromptSource(yes_no_prompts(tokenizer, range(8))), job,
+            exchange=fleet, job_id=f"{recipe}-p",
+        )  # fmt: skip
+        trainer.setup()
+        model = trainer.model
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+        optimised = sum(
+            p.numel() for group in trainer.engine.optimizer.param_groups for p in group["params"]
+        )
+        counts[recipe] = (trainable, lora, optimised, model)
+    g_trainable, g_lora, g_optimised, g_model = counts["grpo"]
+    p_trainable, p_lora, p_optimised, p_model = counts["ppo"]
+    hidden = p_model.value_head.in_features
+    print(f"trainable: grpo {g_trainable} (LoRA {g_lora}), ppo {p_trainable} (+ value head)")
+    assert g_trainable == g_lora == g_optimised
+    assert not any("value_head" in n for n, _ in g_model.named_parameters())
+    assert p_trainable == p_lora + hidden + 1 == p_optimised
+    assert g_lora == p_lora
+
+
+class CountingReference(reference_module.Reference):
+    calls = 0
+
+    def logits(self, **kwargs):
+        CountingReference.calls += 1
+        return super().logits(**kwargs)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.05])
+def test_beta_zero_never_runs_a_reference(yes_no_model, tokenizer, tmp_path, monkeypatch, beta):
+    monkeypatch.setattr(grpo, "Reference", CountingReference)
+    CountingReference.calls = 0
+    job = tmp_path / "grpo"
+    fleet = InlineFleet(yes_no_model, job, yes_first(tokenizer))
+    settings = grpo_settings(yes_no_model, {"beta": beta, "kl_estimator": "k3"}, max_steps=2)
+    prompts = PromptSource(yes_no_prompts(tokenizer, range(3000, 3016)))
+    grpo.run(settings, prompts, job, exchange=fleet, job_id="grpo-b")
+    records = metrics(job)
+    if beta == 0:
+        assert CountingReference.calls == 0
+        assert all(r["grpo/kl"] == 0.0 for r in records)
+    else:
+        assert CountingReference.calls == 2 * 4  # per step: 32 sequences in micro-batches of 8
+        assert all(r["grpo/kl"] > 0 for r in records[1:])
+
+
+def test_dynamic_sampling_drops_constant_groups_and_refills_counting_exactly(
+    yes_no_model, tokenizer, tmp_path
+):
+    """Prompts whose number is a multiple of 4 always score 1 (a zero-variance group); the others
+    score 1 on sample 0 only (never zero variance). The trainer must drop exactly the constant
+    groups it collected and draw prompt batches until 8 groups remain; the expected counts come
+    from replaying the prompt stream by hand."""
+    numbers = list(range(5000, 5064))
+    constant = {str(i) for i in numbers if i % 4 == 0}
+
+    def score(task, ids):
+        example = prompt_ids_to_number[tuple(task.prompt_ids)]
+        return 1.0 if example in constant or task.sample_index == 0 else 0.0
+
+    prompts = yes_no_prompts(tokenizer, numbers)
+    prompt_ids_to_number = {tuple(p.prompt_ids): p.example_id for p in prompts}
+    job = tmp_path / "grpo"
+    fleet = InlineFleet(yes_no_model, job, None, score_task=score)
+    steps = 3
+    settings = grpo_settings(
+        yes_no_model, {"dynamic_sampling": True}, max_steps=steps, batch_rows=4,
+        ppo={"rollout_batch_size": 8},
+    )  # fmt: skip
+    source = PromptSource(prompts)
+    grpo.run(settings, source, job, exchange=fleet, job_id="grpo-d")
+
+    # the replay: batches of 4 prompts in stream order; 2 per step, then refills of
+    # ceil(missing / 4) batches until 8 varying groups; the surplus past 8 is left out
+    from services.training.ppo.rollouts import prompt_request
+
+    stream = (b for e in range(10) for b, _ in source.stream(prompt_request(settings, e)))
+    expected = {"zero": 0, "rounds": 0, "refill": 0, "surplus": 0, "collected": 0}
+    per_step = []
+    for _ in range(steps):
+        batch = [p for _ in range(2) for p in next(stream).prompts]
+        kept, zero, rounds = 0, 0, 0
+        while True:
+            expected["collected"] += len(batch)
+            zero += sum(p.example_id in constant for p in batch)
+            kept += sum(p.example_id not in constant for p in batch)
+            if kept >= 8:
+                break
+            rounds += 1
+            batch = [p for _ in range(-(-(8 - kept) // 4)) for p in next(stream).prompts]
+            expected["refill"] += len(batch)
+        expected["zero"] += zero
+        expected["rounds"] += rounds
+        expected["surplus"] += kept - 8
+        per_step.append((zero, rounds))
+    counts = json.loads((job / "output" / "grpo_counts.json").read_text())
+    print("dynamic sampling counts:", counts, "expected:", expected)
+    assert expected["zero"] > 0 and expected["rounds"] > 0  # the test exercises a refill
+    assert counts["zero_variance_groups"] == counts["dropped_groups"] == expected["zero"]
+    assert counts["refill_rounds"] == expected["rounds"]
+    assert counts["refill_prompts"] == expected["refill"]
+    assert counts["surplus_groups"] == expected["surplus"]
+    assert counts["trained_groups"] == steps * 8
+    assert counts["consumed"] == counts["published"] == expected["collected"] * 4
+    assert len(fleet.acked) == len(set(fleet.acked)) == len(fleet.published)
+    records = metrics(job)
+    for r, (zero, rounds) in zip(records, per_step, strict=True):
+        assert r["grpo/dropped_groups"] == zero and r["grpo/refill_rounds"] == rounds
+        assert r["grpo/zero_variance_fraction"] == zero / r["grpo/groups"]
+
+
+def test_overlong_shaping_and_masking_of_truncated_completions(yes_no_model, tokenizer, tmp_path):
+    """max_tokens 3 and a buffer of 2: a 3-token completion with no end token is truncated
+    (masked out of the loss) and punished by the full factor in its shaped score."""
+    job = tmp_path / "grpo"
+    fleet = InlineFleet(yes_no_model, job, lambda ids: 0.0)
+    settings = grpo_settings(
+        yes_no_model,
+        {"mask_truncated_completions": True, "overlong_buffer_length": 2,
+         "overlong_penalty_factor": 0.5},
+        max_steps=1,
+    )  # fmt: skip
+    trainer = grpo.GrpoTrainer(
+        settings, PromptSource(yes_no_prompts(tokenizer, range(8))), job,
+        exchange=fleet, job_id="grpo-o",
+    )  # fmt: skip
+    trainer.setup()
+    trainer.rollouts.admit(0, trainer.adapter_version)
+    received = trainer.rollouts.collect(0)
+    x = grpo.collate_rollouts(received, trainer.pad_id, trainer.end_ids)
+    shaped, info = trainer._shape(x, received)
+    ends = set(trainer.end_ids)
+    for i, r in enumerate(received):
+        ids = list(r.scored.rollout.completion_ids)
+        cut = not any(t in ends for t in ids)
+        assert bool(info["truncated"][i]) == cut
+        penalty = -0.5 * min(max(len(ids) - 1, 0), 2) / 2
+        assert float(shaped.scores[i]) == pytest.approx(penalty)
+        assert float(shaped.mask[i].sum()) == (0 if cut else float(x.mask[i].sum()))
+    assert torch.equal(shaped.raw_scores, x.raw_scores)
