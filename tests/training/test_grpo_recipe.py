@@ -253,3 +253,90 @@ def test_overlong_shaping_and_masking_of_truncated_completions(yes_no_model, tok
         assert float(shaped.scores[i]) == pytest.approx(penalty)
         assert float(shaped.mask[i].sum()) == (0 if cut else float(x.mask[i].sum()))
     assert torch.equal(shaped.raw_scores, x.raw_scores)
+
+
+class LateSampleFleet(InlineFleet):
+    """Holds back the last sample of each step's first group for a few reads (a worker died
+    holding it; the queue redelivers it after the lease), and delivers another sample twice (a
+    redelivery of an entry already read)."""
+
+    def __init__(self, *args, hold_reads: int = 3, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.hold_reads = hold_reads
+        self.held: dict[str, tuple[object, int]] = {}
+        self.reads = 0
+        self.used_when_whole: list[bool] = []
+
+    def publish_tasks(self, tasks):
+        before = len(self.queue)
+        added = super().publish_tasks(tasks)
+        fresh = self.queue[before:]
+        for r in fresh:
+            if r.item_id.endswith(":0:3"):  # prompt 0, sample 3
+                self.queue.remove(r)
+                self.held[r.item_id] = (r, self.reads + self.hold_reads)
+        return added
+
+    def read(self, block_ms):
+        self.reads += 1
+        out = super().read(block_ms)
+        for item_id, (r, at) in list(self.held.items()):
+            if self.reads >= at:
+                out.append(r)
+                del self.held[item_id]
+        if out:
+            out.append(out[0])  # a duplicate delivery
+        return out
+
+
+def test_a_group_is_trained_only_whole_and_once(yes_no_model, tokenizer, tmp_path):
+    job = tmp_path / "grpo"
+    fleet = LateSampleFleet(yes_no_model, job, yes_first(tokenizer), hold_reads=3)
+    settings = grpo_settings(yes_no_model, max_steps=3)
+    trainer = grpo.GrpoTrainer(
+        settings, PromptSource(yes_no_prompts(tokenizer, range(6000, 6032))), job,
+        exchange=fleet, job_id="grpo-w",
+    )  # fmt: skip
+    trained_sizes = []
+    original = trainer._update
+
+    def update(x, t):
+        trained_sizes.append(x.mask.shape[0])
+        assert not fleet.held, "trained while a sample of a group was still missing"
+        return original(x, t)
+
+    trainer._update = update
+    trainer.setup()
+    result = trainer.train()
+    trainer.save_outputs()
+    assert result.state == "SUCCEEDED"
+    assert trained_sizes == [8 * 4] * 3
+    lines = [json.loads(x) for x in (job / "output" / "groups.jsonl").read_text().splitlines()]
+    groups = [gid for line in lines for gid in line["trained"]]
+    assert len(groups) == len(set(groups)) == 3 * 8  # each group once
+    assert all(sorted(s) == [0, 1, 2, 3] for line in lines for s in line["trained"].values())
+    counts = json.loads((job / "output" / "grpo_counts.json").read_text())
+    assert counts["consumed"] == counts["published"] == 3 * 8 * 4 and counts["stray"] == 0
+    print("whole-group counts:", counts, "reads:", fleet.reads)
+
+
+class DeadLetterFleet(InlineFleet):
+    """Never delivers sample 2 of prompt 1 of step 0: it was dead-lettered upstream."""
+
+    def read(self, block_ms):
+        return [r for r in super().read(block_ms) if not r.item_id.endswith(":0:1:2")]
+
+    def dead_letters(self):
+        from services.training.ppo.exchange import DeadTask
+
+        dead = [i for i in self.published if i.endswith(":0:1:2")]
+        return [DeadTask(i, "reward", "5", "scorer raised ValueError: bad") for i in dead]
+
+
+def test_a_dead_lettered_sample_fails_the_job_with_its_reason(yes_no_model, tokenizer, tmp_path):
+    job = tmp_path / "grpo"
+    fleet = DeadLetterFleet(yes_no_model, job, yes_first(tokenizer))
+    settings = grpo_settings(yes_no_model, max_steps=1)
+    prompts = PromptSource(yes_no_prompts(tokenizer, range(8)))
+    with pytest.raises(RuntimeError, match=r"grpo-x:1:0:1:2 was dead-lettered.*bad"):
+        grpo.run(settings, prompts, job, exchange=fleet, job_id="grpo-x")

@@ -368,6 +368,7 @@ class GrpoTrainer(PpoTrainer):
             self.step += 1
             self._publish_adapter()
             self._log_step(x, t, stats, flat, shape, counts, waited, trained)
+            self._log_groups(kept, everything)
             if self.step % every == 0 or self.step == self.total_steps:
                 self.save()
                 last_saved = self.step
@@ -417,6 +418,16 @@ class GrpoTrainer(PpoTrainer):
         self.history.append((self.step, record["loss"]))
         self.writer.write(record)
         self.report.metrics(record)
+
+    def _log_groups(self, kept: list[list[Received]], everything: list[Received]) -> None:
+        """``output/groups.jsonl``: per step, each trained group's id and sample indices, and
+        the ids of the groups collected but left out (a step redone after a crash appears again;
+        its last line is the one whose update the checkpoint kept)."""
+        trained = {group_of(m[0].item_id): [parse_task_id(r.item_id)[4] for r in m] for m in kept}
+        left_out = sorted({group_of(r.item_id) for r in everything} - set(trained))
+        line = {"step": self.step, "trained": trained, "left_out": left_out}
+        with (self.output_dir / "groups.jsonl").open("a") as f:
+            f.write(json.dumps(line) + "\n")
 
     def save(self) -> Path:
         """``ppo``'s checkpoint with the group counts in its state."""
