@@ -393,6 +393,7 @@ class GrpoTrainer(PpoTrainer):
             "learning_rate": self.engine.learning_rate(),
             "grad_norm": stats.pop("grad_norm"),
             "tokens_per_second": float(mask.sum()) / elapsed,
+            "grpo/trained_tokens": float(mask.sum()),
             "eta_seconds": (self.total_steps - self.step) * elapsed,
             "reward/mean": float(raw.mean()),
             "reward/std": float(raw.std()) if raw.numel() > 1 else 0.0,
