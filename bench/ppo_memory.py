@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-LAYOUTS = ("llamafleet", "classic", "classic-lora-policy", "classic-lora")
+LAYOUTS = ("llamafleet", "classic", "classic-lora-policy", "classic-lora", "llamafleet-grpo")
 MiB = 1 << 20
 
 
@@ -72,9 +72,12 @@ def memory_child(layout: str, model_dir: str, seqs: int, prompt_len: int, gen_le
     p = PpoSettings(rollout_batch_size=seqs, samples_per_prompt=1, ppo_epochs=1)
     dtype = torch.float32
 
-    if layout == "llamafleet":
+    if layout in ("llamafleet", "llamafleet-grpo"):
+        grpo_layout = layout == "llamafleet-grpo"
+        if grpo_layout:  # the same sequences as groups of 2 (GRPO needs n >= 2), beta 0
+            p = PpoSettings(rollout_batch_size=seqs // 2, samples_per_prompt=2, ppo_epochs=1)
         settings = Settings(
-            recipe="ppo", base_model=model_dir, method="lora", lora=lora_cfg, learning_rate=1e-5,
+            recipe="grpo" if grpo_layout else "ppo", base_model=model_dir, method="lora", lora=lora_cfg, learning_rate=1e-5,
             lr_scheduler="constant", num_epochs=1.0, batch_rows=seqs, logging_steps=1, seed=0,
             max_steps=1, ppo=p,
         )  # fmt: skip
@@ -89,6 +92,9 @@ def memory_child(layout: str, model_dir: str, seqs: int, prompt_len: int, gen_le
             def has_eval(self):
                 return False
 
+            def end_token_ids(self):
+                return ()  # the base model's eos only
+
         class NoExchange:  # the memory step never reaches the queues
             def ensure_group(self):
                 pass
@@ -97,11 +103,22 @@ def memory_child(layout: str, model_dir: str, seqs: int, prompt_len: int, gen_le
                 return ""
 
         job = Path(tempfile.mkdtemp(prefix="bench-ppo-mem-"))
-        trainer = ppo.PpoTrainer(settings, OneBatch(), job, exchange=NoExchange(), job_id="mem")
-        trainer.setup()  # base + LoRA + value head, AdamW, adapter v1 written
+        if grpo_layout:  # no value head, no reference (beta 0): the policy alone
+            from services.training.recipes import grpo
+
+            trainer = grpo.GrpoTrainer(
+                settings, OneBatch(), job, exchange=NoExchange(), job_id="mem"
+            )
+        else:
+            trainer = ppo.PpoTrainer(settings, OneBatch(), job, exchange=NoExchange(), job_id="mem")
+        trainer.setup()  # base + LoRA (+ value head for PPO), AdamW, adapter v1 written
 
         def step():
-            t = trainer._score(rollouts)
+            if grpo_layout:
+                groups = torch.arange(seqs) // 2
+                t = trainer._score(rollouts, groups)
+            else:
+                t = trainer._score(rollouts)
             trainer._update(rollouts, t)
 
         trainable = sum(q.numel() for q in trainer.model.parameters() if q.requires_grad)

@@ -16,6 +16,9 @@ trainer hands it the step and the policy's adapter version as arguments:
   ``RolloutExchange``, keeps later steps' for later, skips and acks what a checkpoint had already
   used, never acks early what this run used since its last checkpoint, drops (acks, counts, logs)
   strays, and fails the job on a task dead-lettered upstream instead of waiting for it forever.
+- **Refilling.** ``refill(step, batches)`` (the ``grpo`` recipe's dynamic sampling, with
+  ``max_staleness`` 1) plans more prompt batches into the admitted step and publishes their tasks
+  under its version; ``collect(step, prompts)`` then waits for those prompts' rollouts only.
 - **Consuming.** ``consumed(step, received)`` moves the prompt stream's checkpointed position past
   the trained step; ``checkpoint_state`` and ``ack_consumed`` are what a checkpoint records and,
   once it is written, lets Redis forget.
