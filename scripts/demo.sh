@@ -7,7 +7,8 @@
 # the reward service, and a LoRA DPO job, its fetched adapter compared with the base on held-out
 # pairs; finally a short SFT makes the base answer "yes" or "no" at random, and a short PPO run
 # across two rollout workers and one reward worker rewards "yes" (mean reward per step and queue
-# counts printed). Takes several minutes on 2 cores.
+# counts printed); then GRPO on sums "What is n + 1?" that a full SFT on the other half of them
+# never showed, answers checked by the reward service's exact_match rule, accuracy before/after. Takes several minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
@@ -42,5 +43,13 @@ llamafleet down
 llamafleet up --base-model "$(cat "$RUN_DIR/demo/yes_no_model")" --rollout-workers 2 --reward-workers 1
 echo "== PPO job (ppo, LoRA policy): rollouts and rewards from the fleets through Redis"
 python scripts/demo.py ppo "$RUN_DIR"
+echo "== SFT job (sft, full) on half of the sums n + 1, from the pre-trained base"
+llamafleet down
+llamafleet up --base-model "$(cat "$RUN_DIR/demo/pretrained_model")"
+python scripts/demo.py sft-arith "$RUN_DIR"
+echo "== restart with that model as the base; GRPO job (grpo, LoRA, groups of 8, rule reward)"
+llamafleet down
+llamafleet up --base-model "$(cat "$RUN_DIR/demo/arith_model")" --rollout-workers 2 --reward-workers 1
+python scripts/demo.py grpo "$RUN_DIR"
 echo "== llamafleet status"
 llamafleet status
