@@ -14,7 +14,7 @@ function; llamafleet: the reward service's ``regex`` scorer).
   1 reward worker) and a STAGE_GRPO job of ``--steps`` steps; the step wall time is the time
   between the job's checkpoints (one per step); the trainer's peak memory is the runner process's
   ``VmHWM``, read while it runs.
-- ``trl``: ``GRPOTrainer`` in a fresh subprocess (``--peer trl``), the step wall time from a
+- ``trl``: after each fleet job (the two alternate), ``GRPOTrainer`` in a fresh subprocess (``--peer trl``), the step wall time from a
   ``TrainerCallback`` (generation, scoring and the update are all inside TRL's step); the peak is
   that process's ``VmHWM`` after training.
 
@@ -108,7 +108,9 @@ def _ts(stamp: str) -> float:
     return t.ToNanoseconds() / 1e9
 
 
-def run_fleet(args, work: Path, model: Path) -> list[dict]:
+def run_fleet(args, work: Path, model: Path, between=lambda rep: None) -> list[dict]:
+    """``args.repeats`` GRPO jobs across the services; ``between(rep)`` runs after each (the TRL
+    peer, so that the two alternate under the same load)."""
     from llamafleet import cluster
     from llamafleet.training.v1 import training_pb2 as pb
     from llamafleet.training.v1 import training_service_pb2 as api
@@ -168,6 +170,7 @@ def run_fleet(args, work: Path, model: Path) -> list[dict]:
             out.append({"steps": steps, "peak_mib": peak})
             print(f"  fleet rep {rep}: step walls {[round(s['wall'], 2) for s in steps]}, "
                   f"trainer peak {peak:.0f} MiB", flush=True)  # fmt: skip
+            between(rep)
     finally:
         cluster.down(run)
     return out
@@ -269,9 +272,9 @@ def main(argv=None) -> int:
     print(f"== GRPO: {args.size} model, {args.steps} steps x {args.prompts} prompts x "
           f"{args.samples} samples, max_tokens {args.max_tokens}, {args.repeats} repeat(s); "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")  # fmt: skip
-    fleet = run_fleet(args, work, model)
     trl = []
-    for rep in range(args.repeats):
+
+    def run_trl_peer(rep: int) -> None:
         cmd = [sys.executable, __file__, "--peer", "trl", *(argv or sys.argv[1:])]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         line = [x for x in done.stdout.splitlines() if x.startswith("PEER ")]
@@ -283,6 +286,8 @@ def main(argv=None) -> int:
         print(
             f"  trl rep {rep}: step walls {walls}, peak {trl[-1]['peak_mib']:.0f} MiB", flush=True
         )
+
+    fleet = run_fleet(args, work, model, between=run_trl_peer)
     res = {"fleet": summary(fleet), "trl": summary(trl), "raw": {"fleet": fleet, "trl": trl}}
     f, t = res["fleet"], res["trl"]
     print(f"\n{'':22s}{'llamafleet (fleet)':>20s}{'TRL GRPOTrainer':>18s}{'ratio':>8s}")
