@@ -29,7 +29,7 @@ from test_ppo_fleet_faults import owned_by, wait_until
 from services.common import queues
 from services.rollout.worker import GROUP as ROLLOUT_GROUP
 
-pytestmark = [pytest.mark.slow, pytest.mark.heavy]
+pytestmark = pytest.mark.slow  # about 60 s here
 
 JOB = "ppo-e2e"  # ppo_spec's job id
 STEPS, PROMPTS, SAMPLES = 6, 8, 4
@@ -41,16 +41,20 @@ def grpo_spec(model, data) -> pb.TrainingJobSpec:
     spec.stage = pb.STAGE_GRPO
     spec.hyperparameters.max_steps = STEPS
     spec.hyperparameters.learning_rate = 2e-3
+    spec.hyperparameters.save_steps = 2  # killed after step 3: resumed from 2, step 3 redone
     spec.ppo.ClearField("kl_coef")
     spec.ppo.ppo_epochs = 2
     spec.grpo.loss_type = pb.GRPO_LOSS_TYPE_SEQ_MEAN_TOKEN_MEAN
     return spec
 
 
-def trained_groups(run) -> dict[int, dict[str, list[int]]]:
+def trained_groups(run) -> tuple[dict[int, dict[str, list[int]]], int]:
+    """Each step's trained groups (a step redone after the kill: its last line, the update the
+    checkpoint kept) and how many step lines were redone."""
     path = run / "jobs" / JOB / "output" / "groups.jsonl"
     lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    return {line["step"]: line["trained"] for line in lines}  # a redone step: its last line
+    by_step = {line["step"]: line["trained"] for line in lines}
+    return by_step, len(lines) - len(by_step)
 
 
 def test_grpo_groups_survive_a_rollout_worker_and_trainer_sigkill(sft_model, tmp_path):  # noqa: F811
@@ -97,7 +101,7 @@ def test_grpo_groups_survive_a_rollout_worker_and_trainer_sigkill(sft_model, tmp
         assert job.state == pb.JOB_STATE_SUCCEEDED, job.message
         assert {"killed_rollout", "killed_trainer"} <= set(events)
 
-        by_step = trained_groups(run)
+        by_step, redone = trained_groups(run)
         assert sorted(by_step) == list(range(1, STEPS + 1))
         groups = [gid for step in sorted(by_step) for gid in by_step[step]]
         whole = [sorted(s) == list(range(SAMPLES)) for st in by_step.values() for s in st.values()]
@@ -117,7 +121,8 @@ def test_grpo_groups_survive_a_rollout_worker_and_trainer_sigkill(sft_model, tmp
             "groups_whole": sum(whole), "tasks": len(tasks), "scored": len(scored),
             "lost": len(set(tasks) - set(ids)), "doubled": len(ids) - len(set(ids)),
             "held_by_killed_worker": events["killed_rollout"],
-            "trainer_killed_after_step": events["killed_trainer"], **counts,
+            "trainer_killed_after_step": events["killed_trainer"], "steps_redone": redone,
+            **counts,
         }  # fmt: skip
         print("FIGURES", json.dumps(figures))
         assert len(groups) == len(set(groups)) == STEPS * PROMPTS  # each group used once

@@ -53,11 +53,12 @@ def check_architecture(spec: tpb.TrainingJobSpec, base: Path | None, check) -> N
         path = "spec.finetuning.moe_aux_loss_coef"
         check(math.isfinite(coef) and coef >= 0, path, "must be a finite number >= 0")
         if coef and spec.stage in (tpb.STAGE_PPO, tpb.STAGE_GRPO):
+            stage = tpb.Stage.Name(spec.stage)
             raise Unimplemented(
-                f"{path}: the router loss in STAGE_PPO is not implemented yet (pt, sft, rm and "
+                f"{path}: the router loss in {stage} is not implemented yet (pt, sft, rm and "
                 "dpo add it)",
                 reason="NOT_IMPLEMENTED",
-                violations=[FieldViolation(path, "not implemented in STAGE_PPO")],
+                violations=[FieldViolation(path, f"not implemented in {stage}")],
             )
         if coef and config is not None:
             check(
