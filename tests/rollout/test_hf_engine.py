@@ -171,3 +171,45 @@ def test_base_requests_between_adapter_requests_stay_pure_and_toggle_once(
     assert base.logprobs == pytest.approx(
         teacher_forced_logprobs(plain, p, base.token_ids), abs=1e-4
     )
+
+
+def test_generate_batch_equals_each_request_alone(engine):
+    """Different prompt lengths, adapters, n, greedy and seeded sampling, stop rules, in one
+    call: each request gets the ids, finish reasons and text it gets alone (left padding and
+    dropping finished requests from the cache change nothing), log-probs within 1e-5 (fp32)."""
+    requests = []
+    for i in range(12):
+        p = tuple(range(1 + i, 5 + 2 * i))
+        s = Sampling(
+            temperature=0 if i % 2 == 0 else 1.0,
+            seed=i,
+            max_tokens=6 + i,
+            n=1 + i % 3,
+            stop_token_ids=(7,) if i == 5 else (),
+        )
+        requests.append(GenerationRequest(p, s, [None, "a", "b"][i % 3]))
+    batch = engine.generate_batch(requests)
+    alone = [collect(engine.generate(r), r.sampling.n) for r in requests]
+    assert [len(b) for b in batch] == [r.sampling.n for r in requests]
+    for got, want in zip(batch, alone, strict=True):
+        for g, w in zip(got, want, strict=True):
+            assert g.token_ids == w.token_ids
+            assert g.finish_reason == w.finish_reason and g.text == w.text
+            assert g.logprobs == pytest.approx(w.logprobs, abs=1e-5)
+
+
+def test_generate_batch_splits_past_max_batch_rows_and_refuses_unknown_adapters(engine):
+    requests = [
+        GenerationRequest(tuple(range(2, 6 + i)), Sampling(temperature=0, max_tokens=5), None)
+        for i in range(5)
+    ]
+    old, engine.max_batch_rows = engine.max_batch_rows, 2
+    try:
+        small = engine.generate_batch(requests)
+    finally:
+        engine.max_batch_rows = old
+    assert [c[0].token_ids for c in small] == [
+        c[0].token_ids for c in engine.generate_batch(requests)
+    ]
+    with pytest.raises(KeyError, match="nope"):
+        engine.generate_batch([GenerationRequest((1, 2), Sampling(), "nope")])

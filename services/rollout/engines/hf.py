@@ -12,6 +12,12 @@ Sampling follows transformers' order: repetition penalty, temperature, top-k, to
 from ``torch.multinomial`` with a per-request ``torch.Generator`` (a seed gives reproducible
 samples); temperature 0 is greedy (argmax), matching ``generate(do_sample=False)``.
 
+``generate_batch`` is the throughput path (the queue worker's): static batches of many sequences
+(left padded, one KV-cached forward per step for all of them, finished requests dropped from the
+cache), grouped by adapter because a PEFT forward runs one active adapter. transformers'
+``generate`` is not used for it because it samples every row with one generator and one set of
+sampling parameters, and a request in a batch must get exactly what it gets alone.
+
 What it does not know: adapter versions, fetching, gRPC. ``name`` strings come from
 ``adapters.py``.
 """
@@ -36,7 +42,6 @@ from services.rollout.engines import (
     Sampling,
     TextTracker,
     TokenDelta,
-    collect,
 )
 
 logger = logging.getLogger(__name__)
@@ -94,7 +99,17 @@ class HFEngine:
     name = "hf"
     structured_outputs = False  # no constrained decoding here: JSON Schema output is vllm's
 
-    def __init__(self, base_model: str | Path, *, device: str = "auto", dtype: str = "auto"):
+    def __init__(
+        self,
+        base_model: str | Path,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_batch_rows: int = 64,
+    ):
+        if max_batch_rows < 1:
+            raise ValueError(f"max_batch_rows must be >= 1, got {max_batch_rows}")
+        self.max_batch_rows = max_batch_rows  # sequences per forward in generate_batch
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(str(base_model))
@@ -107,6 +122,8 @@ class HFEngine:
         self._lock = threading.Lock()
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
         self.max_positions = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else min(self.eos_ids, default=0))
         logger.info(
             "hf engine: %s on %s (%s), eos ids %s",
             base_model,
@@ -234,12 +251,97 @@ class HFEngine:
             yield TokenDelta(i, (), (), rest)
 
     def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
-        """Requests grouped by adapter (so each adapter is activated once per group)."""
-        order = sorted(range(len(requests)), key=lambda k: requests[k].adapter or "")
+        """Many requests at once: static batches of up to ``max_batch_rows`` sequences.
+
+        Requests are grouped by adapter (PEFT activates one adapter per forward), each request's
+        ``n`` samples are ``n`` rows of the batch, and prompts of different lengths are left
+        padded (attention mask + explicit position ids, so padding changes nothing a row sees).
+        One forward per step serves the whole batch with its KV cache; a request whose rows are
+        all finished leaves the batch (its cache rows are dropped). Sampling is per request with
+        its own generator, in the order a lone ``generate`` uses, so a seeded or greedy request
+        gets the ids it gets alone and log-probs equal up to float rounding.
+        """
+        for r in requests:
+            if r.adapter is not None and r.adapter not in self._adapters:
+                raise KeyError(f"adapter {r.adapter!r} is not loaded")
         out: list[list[Completion]] = [[] for _ in requests]
-        for k in order:
-            out[k] = collect(self.generate(requests[k]), requests[k].sampling.n)
+        groups: dict[str | None, list[int]] = {}
+        for k, r in enumerate(requests):
+            groups.setdefault(r.adapter, []).append(k)
+        for adapter, members in groups.items():
+            chunk: list[int] = []
+            rows = 0
+            for k in members:
+                n = requests[k].sampling.n
+                if chunk and rows + n > self.max_batch_rows:
+                    self._run_batch(adapter, [requests[j] for j in chunk], out, chunk)
+                    chunk, rows = [], 0
+                chunk.append(k)
+                rows += n
+            if chunk:
+                self._run_batch(adapter, [requests[j] for j in chunk], out, chunk)
         return out
+
+    def _run_batch(
+        self,
+        adapter: str | None,
+        requests: list[GenerationRequest],
+        out: list[list[Completion]],
+        slots: list[int],
+    ) -> None:
+        """One static batch (all ``requests`` on ``adapter``), results into ``out[slots[i]]``."""
+        states = [_BatchState(r, self) for r in requests]
+        width = max(len(r.prompt_ids) for r in requests)
+        pad = self.pad_id
+        rows_ids, rows_mask = [], []
+        for r in requests:
+            p = list(r.prompt_ids)
+            for _ in range(r.sampling.n):
+                rows_ids.append([pad] * (width - len(p)) + p)
+                rows_mask.append([0] * (width - len(p)) + [1] * len(p))
+        step_input = torch.tensor(rows_ids, dtype=torch.long, device=self.device)  # (B, W)
+        mask = torch.tensor(rows_mask, dtype=torch.long, device=self.device)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        live = list(range(len(states)))  # indices into states, in batch row order
+        past = None
+        while live:
+            with self._lock, torch.inference_mode(), self._activated(adapter) as model:
+                result = model(
+                    input_ids=step_input,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    cache=past,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+            logits, past = result.logits[:, -1, :], result.cache
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            row = 0
+            next_ids = []
+            keep_rows: list[int] = []
+            still = []
+            for si in live:
+                st = states[si]
+                n = st.n
+                picked = st.step(logits[row : row + n], logprobs[row : row + n])
+                next_ids.append(picked)
+                if not st.finished:
+                    still.append(si)
+                    keep_rows.extend(range(row, row + n))
+                row += n
+            tokens = torch.cat(next_ids)  # (B,)
+            if len(still) != len(live):
+                if not still:
+                    break
+                index = torch.tensor(keep_rows, dtype=torch.long, device=self.device)
+                past.batch_select_indices(index)
+                tokens, mask, positions = tokens[index], mask[index], positions[index]
+                live = still
+            step_input = tokens[:, None]
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            positions = positions[:, -1:] + 1
+        for st, slot in zip(states, slots, strict=True):
+            out[slot] = st.completions()
 
     # --- text ---------------------------------------------------------------------------------
 
@@ -265,6 +367,69 @@ def _top(logprobs: torch.Tensor, k: int | None) -> list[tuple[tuple[int, float],
         tuple(zip(row_ids, row_values, strict=True))
         for row_ids, row_values in zip(ids.tolist(), values.tolist(), strict=True)
     ]
+
+
+class _BatchState:
+    """One request inside a static batch: its rows, generator, stop rules and results."""
+
+    def __init__(self, request: GenerationRequest, engine: HFEngine) -> None:
+        s = request.sampling
+        self.sampling = s
+        self.n = s.n
+        self.prompt_len = len(request.prompt_ids)
+        self.stop_ids = engine.eos_ids | set(s.stop_token_ids)
+        self.generator = None
+        if s.seed is not None:
+            self.generator = torch.Generator(device=engine.device).manual_seed(s.seed)
+        self.ids = torch.tensor(
+            [list(request.prompt_ids)] * s.n, dtype=torch.long, device=engine.device
+        )
+        self.limit = s.max_tokens
+        if engine.max_positions:
+            self.limit = min(self.limit, engine.max_positions - self.prompt_len)
+        self.limit = max(self.limit, 0)
+        # text exactly as a lone generate streams it (incremental, stop strings held back)
+        self.trackers = [TextTracker(engine.decode, s.stop) for _ in range(s.n)]
+        self.out = [Completion() for _ in range(s.n)]
+        self.steps = 0
+        self.finished = self.limit == 0
+        if self.finished:
+            for c in self.out:
+                c.finish_reason = FinishReason.LENGTH
+
+    def step(self, logits: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
+        """Sample this request's rows (all n, as ``generate`` does) and record the live ones."""
+        if self.finished:  # a request with no room at all: its rows only ride along once
+            return logits.argmax(dim=-1)
+        next_ids = sample_next(logits, self.ids, self.sampling, self.generator)
+        chosen = logprobs.gather(1, next_ids[:, None]).squeeze(1).tolist()
+        top = _top(logprobs, self.sampling.top_logprobs)  # per row, as ``generate`` gives them
+        self.ids = torch.cat([self.ids, next_ids[:, None]], dim=1)
+        self.steps += 1
+        for i, (token, lp) in enumerate(zip(next_ids.tolist(), chosen, strict=True)):
+            c = self.out[i]
+            if c.finish_reason is not None:
+                continue
+            c.token_ids.append(token)
+            c.logprobs.append(lp)
+            if top:
+                c.top.append(top[i])
+            text, hit_stop = self.trackers[i].update(c.token_ids)
+            c.text += text
+            if hit_stop or token in self.stop_ids:
+                if not hit_stop:
+                    c.text += self.trackers[i].flush()
+                c.finish_reason = FinishReason.STOP
+        if self.steps >= self.limit:
+            for i, c in enumerate(self.out):
+                if c.finish_reason is None:
+                    c.text += self.trackers[i].flush()
+                    c.finish_reason = FinishReason.LENGTH
+        self.finished = all(c.finish_reason is not None for c in self.out)
+        return next_ids
+
+    def completions(self) -> list[Completion]:
+        return self.out
 
 
 def _eos_ids(model, tokenizer) -> set[int]:
