@@ -37,6 +37,7 @@ class RolloutConfig(ServerConfig):
     worker: bool = True  # run the queue worker thread when redis_url is set
     worker_lease_ms: int = 30_000  # renewed every third of it while a task generates
     worker_max_deliveries: int = 3  # then the task goes to the dead-letter stream
+    worker_max_inflight: int = 16  # tasks in the engine at once (one fetch, one batch)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -56,5 +57,7 @@ class RolloutConfig(ServerConfig):
             raise ConfigError("max_n: must be at least 1")
         if self.max_prompt_chars < 1:
             raise ConfigError("max_prompt_chars: must be at least 1")
+        if self.worker_max_inflight < 1:
+            raise ConfigError("worker_max_inflight: must be at least 1")
         if self.worker_lease_ms < 100 or self.worker_max_deliveries < 1:
             raise ConfigError("worker_lease_ms must be >= 100 and worker_max_deliveries >= 1")

@@ -157,15 +157,24 @@ class Generator:
     @contextlib.contextmanager
     def pinned(self, ref: common_pb2.AdapterRef, field_path: str = "adapter") -> Iterator[Pinned]:
         """Hold ``ref`` resident (fetching and loading it first when needed) for the body."""
+        pinned = self.pin(ref, field_path)
+        try:
+            yield pinned
+        finally:
+            self.unpin(ref)
+
+    def pin(self, ref: common_pb2.AdapterRef, field_path: str = "adapter") -> Pinned:
+        """Make ``ref`` resident and keep it so until the matching :meth:`unpin`."""
         self.require_engine()
         check_ref(ref, field_path)
         assert self.adapters is not None
         started = time.perf_counter()
         name = self.adapters.acquire(ref)
-        try:
-            yield Pinned(name, time.perf_counter() - started)
-        finally:
-            self.adapters.release(ref)
+        return Pinned(name, time.perf_counter() - started)
+
+    def unpin(self, ref: common_pb2.AdapterRef) -> None:
+        assert self.adapters is not None
+        self.adapters.release(ref)
 
     def close(self) -> None:
         if self.engine is not None:

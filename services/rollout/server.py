@@ -38,6 +38,7 @@ def start_worker(config: RolloutConfig, generator: Generator) -> RolloutWorker |
         config.redis_url,
         lease_ms=config.worker_lease_ms,
         max_deliveries=config.worker_max_deliveries,
+        max_inflight=config.worker_max_inflight,
         on_fatal=stop_process,  # a dead worker ends the process (exit 1), never a silent one
     )
     worker.start()
@@ -50,7 +51,7 @@ def make_register(config: RolloutConfig) -> Register:
     generator = Generator(config)
     worker = start_worker(config, generator)
     if worker is not None:
-        on_drain(worker.stop)  # on SIGTERM: no new tasks; the one in hand finishes and commits
+        on_drain(worker.stop)  # on SIGTERM: no new tasks; those in hand finish and commit
         atexit.register(worker.stop)
 
     return register_servicer(

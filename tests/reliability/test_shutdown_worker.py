@@ -58,6 +58,7 @@ def test_sigterm_lets_the_task_in_hand_commit_and_takes_no_new_one(
     svc = start_service(
         "rollout", tmp_path / "rollout", f"base_model={tiny_model}",
         f"redis_url={redis_server.url}", "shutdown_delay_s=1", "grace_s=20",
+        "worker_max_inflight=1",  # one task in hand; the batch in hand is the same rule
     )  # fmt: skip
     r = queues.connect(redis_server.url)
     try:

@@ -24,6 +24,7 @@ import queue
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 
 from services.rollout.engines import (
@@ -55,13 +56,52 @@ def _import_vllm():
     return vllm, LoRARequest, RequestOutputKind
 
 
+class EngineDead(RuntimeError):
+    """The vLLM engine (its core process or the driver's ``step``) failed: no request can finish."""
+
+
 class _Request:
-    def __init__(self, request: GenerationRequest, tracker_factory) -> None:
+    def __init__(
+        self, request: GenerationRequest, tracker_factory, future: Future | None = None
+    ) -> None:
         self.request = request
-        self.events: queue.Queue[Event | None] = queue.Queue()
+        self.events: queue.Queue[Event | Exception | None] = queue.Queue()
         self.ids: list[list[int]] = [[] for _ in range(request.sampling.n)]
         self.trackers = [tracker_factory() for _ in range(request.sampling.n)]
         self.done = [False] * request.sampling.n
+        self.future = future  # ``submit``: resolved with the completions instead of events
+        self.completions = [Completion() for _ in range(request.sampling.n)]
+
+    def put(self, event: Event) -> None:
+        if self.future is None:
+            self.events.put(event)
+            return
+        c = self.completions[event.index]
+        if isinstance(event, TokenDelta):
+            c.token_ids.extend(event.token_ids)
+            c.logprobs.extend(event.logprobs)
+            c.text += event.text
+        else:
+            c.finish_reason = event.reason
+
+    def end(self) -> None:
+        if self.future is None:
+            self.events.put(None)
+        elif not self.future.done():
+            self.future.set_result(self.completions)
+
+    def fail(self, exc: Exception) -> None:
+        if self.future is None:
+            self.events.put(exc)
+        elif not self.future.done():
+            self.future.set_exception(exc)
+
+
+def _events(state: _Request) -> Iterator[Event]:
+    while (event := state.events.get()) is not None:
+        if isinstance(event, Exception):
+            raise event
+        yield event
 
 
 class VLLMEngine:
@@ -118,6 +158,7 @@ class VLLMEngine:
         self._work = threading.Event()
         self._closed = threading.Event()
         self._requests: dict[str, _Request] = {}
+        self._failed: Exception | None = None  # set when the engine died: requests fail fast
         self._loras: dict[str, object] = {}
         self._lora_ids = itertools.count(1)
         self._driver = threading.Thread(target=self._drive, name="vllm-driver", daemon=True)
@@ -165,18 +206,31 @@ class VLLMEngine:
             output_kind=self._kind.DELTA,
         )
 
-    def _submit(self, request: GenerationRequest) -> tuple[str, _Request]:
+    def _submit(
+        self, request: GenerationRequest, future: Future | None = None
+    ) -> tuple[str, _Request]:
         if request.adapter is not None and request.adapter not in self._loras:
             raise KeyError(f"adapter {request.adapter!r} is not loaded")
-        state = _Request(request, lambda: TextTracker(self.decode, request.sampling.stop))
+        state = _Request(request, lambda: TextTracker(self.decode, request.sampling.stop), future)
         rid = uuid.uuid4().hex
         prompt = {"prompt_token_ids": list(request.prompt_ids)}
         lora = self._loras.get(request.adapter) if request.adapter else None
         with self._lock:
+            if self._failed is not None:
+                raise EngineDead(f"the vllm engine has failed: {self._failed}")
             self._requests[rid] = state
             self._engine.add_request(rid, prompt, self._params(request), lora_request=lora)
         self._work.set()
         return rid, state
+
+    def submit(self, request: GenerationRequest) -> Future:
+        """Add ``request`` to the running batch; the future resolves to its ``n`` completions
+        (or to ``EngineDead`` if the engine fails meanwhile). Continuous batching: it joins the
+        requests already running at the next step."""
+        future: Future = Future()
+        future.set_running_or_notify_cancel()
+        self._submit(request, future)
+        return future
 
     def generate(
         self, request: GenerationRequest, cancel: threading.Event | None = None
@@ -192,6 +246,8 @@ class VLLMEngine:
                     continue
                 if event is None:
                     return
+                if isinstance(event, Exception):
+                    raise event
                 yield event
         finally:
             self._abort(rid, state)
@@ -201,8 +257,7 @@ class VLLMEngine:
         submitted = [self._submit(r) for r in requests]
         out = []
         for (_rid, state), request in zip(submitted, requests, strict=True):
-            events = iter(state.events.get, None)
-            out.append(collect(events, request.sampling.n))
+            out.append(collect(_events(state), request.sampling.n))
         return out
 
     def _abort(self, rid: str, state: _Request) -> None:
@@ -217,19 +272,35 @@ class VLLMEngine:
         for i, done in enumerate(state.done):
             if not done:
                 state.done[i] = True
-                state.events.put(Finished(i, reason, prompt_len, len(state.ids[i])))
-        state.events.put(None)
+                state.put(Finished(i, reason, prompt_len, len(state.ids[i])))
+        state.end()
 
     def _drive(self) -> None:
-        while not self._closed.is_set():
-            self._work.wait(0.5)
-            with self._lock:
-                if not self._engine.has_unfinished_requests():
-                    self._work.clear()
-                    continue
-                outputs = self._engine.step()
-            for output in outputs:
-                self._dispatch(output)
+        try:
+            while not self._closed.is_set():
+                self._work.wait(0.5)
+                with self._lock:
+                    if not self._engine.has_unfinished_requests():
+                        self._work.clear()
+                        continue
+                    outputs = self._engine.step()
+                for output in outputs:
+                    self._dispatch(output)
+        except Exception as exc:  # the engine core died (or step broke): fail, never hang
+            self._fail_all(exc)
+
+    def _fail_all(self, exc: Exception) -> None:
+        """Every request in flight, and every later one, fails with ``EngineDead``."""
+        dead = EngineDead(
+            f"the vllm engine failed ({type(exc).__name__}: {exc}); its requests cannot finish: "
+            "restart the rollout service"
+        )
+        logger.error("%s", dead, exc_info=exc)
+        with self._lock:
+            self._failed = dead
+            states, self._requests = list(self._requests.values()), {}
+        for state in states:
+            state.fail(dead)
 
     def _dispatch(self, output) -> None:
         state = self._requests.get(output.request_id)
@@ -249,16 +320,16 @@ class VLLMEngine:
             state.ids[i].extend(new_ids)
             text, hit = state.trackers[i].update(state.ids[i]) if new_ids else ("", False)
             if new_ids or text:
-                state.events.put(TokenDelta(i, tuple(new_ids), tuple(logprobs), text, top))
+                state.put(TokenDelta(i, tuple(new_ids), tuple(logprobs), text, top))
             reason = FinishReason.STOP if hit else _REASONS.get(co.finish_reason or "")
             if reason is not None:
                 if not hit and (rest := state.trackers[i].flush()):
-                    state.events.put(TokenDelta(i, (), (), rest))
+                    state.put(TokenDelta(i, (), (), rest))
                 state.done[i] = True
-                state.events.put(Finished(i, reason, prompt_len, len(state.ids[i])))
+                state.put(Finished(i, reason, prompt_len, len(state.ids[i])))
                 stopped_by_text |= hit
         if all(state.done):
-            state.events.put(None)
+            state.end()
             with self._lock:
                 self._requests.pop(output.request_id, None)
                 if stopped_by_text and not output.finished:

@@ -58,7 +58,7 @@ class StructuredOutput(_message.Message):
     def __init__(self, json_schema: _Optional[str] = ..., json_object: _Optional[bool] = ...) -> None: ...
 
 class RolloutTask(_message.Message):
-    __slots__ = ("item_id", "job_id", "policy_version", "step", "shard", "sample_index", "prompt_ids", "sampling", "adapter", "reference_answer", "scorer", "reward_adapter", "create_time", "reward_settings")
+    __slots__ = ("item_id", "job_id", "policy_version", "step", "shard", "sample_index", "prompt_ids", "sampling", "adapter", "reference_answer", "scorer", "reward_adapter", "create_time", "reward_settings", "num_samples")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +73,7 @@ class RolloutTask(_message.Message):
     REWARD_ADAPTER_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     REWARD_SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     job_id: str
     policy_version: int
@@ -87,7 +88,8 @@ class RolloutTask(_message.Message):
     reward_adapter: _common_pb2.AdapterRef
     create_time: _timestamp_pb2.Timestamp
     reward_settings: _common_pb2.RewardSettings
-    def __init__(self, item_id: _Optional[str] = ..., job_id: _Optional[str] = ..., policy_version: _Optional[int] = ..., step: _Optional[int] = ..., shard: _Optional[int] = ..., sample_index: _Optional[int] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., adapter: _Optional[_Union[_common_pb2.AdapterRef, _Mapping]] = ..., reference_answer: _Optional[str] = ..., scorer: _Optional[str] = ..., reward_adapter: _Optional[_Union[_common_pb2.AdapterRef, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reward_settings: _Optional[_Union[_common_pb2.RewardSettings, _Mapping]] = ...) -> None: ...
+    num_samples: int
+    def __init__(self, item_id: _Optional[str] = ..., job_id: _Optional[str] = ..., policy_version: _Optional[int] = ..., step: _Optional[int] = ..., shard: _Optional[int] = ..., sample_index: _Optional[int] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., adapter: _Optional[_Union[_common_pb2.AdapterRef, _Mapping]] = ..., reference_answer: _Optional[str] = ..., scorer: _Optional[str] = ..., reward_adapter: _Optional[_Union[_common_pb2.AdapterRef, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reward_settings: _Optional[_Union[_common_pb2.RewardSettings, _Mapping]] = ..., num_samples: _Optional[int] = ...) -> None: ...
 
 class RolloutTimings(_message.Message):
     __slots__ = ("queue_time", "adapter_load_time", "generation_time")
@@ -100,7 +102,7 @@ class RolloutTimings(_message.Message):
     def __init__(self, queue_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., adapter_load_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., generation_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class Rollout(_message.Message):
-    __slots__ = ("task", "completion_ids", "logprobs", "finish_reason", "completion_text", "engine", "adapter_version", "worker", "timings")
+    __slots__ = ("task", "completion_ids", "logprobs", "finish_reason", "completion_text", "engine", "adapter_version", "worker", "timings", "group_id", "group_size", "group_index")
     TASK_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_IDS_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +112,9 @@ class Rollout(_message.Message):
     ADAPTER_VERSION_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    GROUP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    GROUP_INDEX_FIELD_NUMBER: _ClassVar[int]
     task: RolloutTask
     completion_ids: _containers.RepeatedScalarFieldContainer[int]
     logprobs: _containers.RepeatedScalarFieldContainer[float]
@@ -119,7 +124,10 @@ class Rollout(_message.Message):
     adapter_version: int
     worker: str
     timings: RolloutTimings
-    def __init__(self, task: _Optional[_Union[RolloutTask, _Mapping]] = ..., completion_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., completion_text: _Optional[str] = ..., engine: _Optional[str] = ..., adapter_version: _Optional[int] = ..., worker: _Optional[str] = ..., timings: _Optional[_Union[RolloutTimings, _Mapping]] = ...) -> None: ...
+    group_id: str
+    group_size: int
+    group_index: int
+    def __init__(self, task: _Optional[_Union[RolloutTask, _Mapping]] = ..., completion_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., completion_text: _Optional[str] = ..., engine: _Optional[str] = ..., adapter_version: _Optional[int] = ..., worker: _Optional[str] = ..., timings: _Optional[_Union[RolloutTimings, _Mapping]] = ..., group_id: _Optional[str] = ..., group_size: _Optional[int] = ..., group_index: _Optional[int] = ...) -> None: ...
 
 class LoadedAdapter(_message.Message):
     __slots__ = ("adapter", "sha256", "size_bytes", "load_time", "last_used_time")
