@@ -174,6 +174,57 @@ def _run_spec(python, spec, tmp_path) -> dict:
     return json.loads((tmp_path / "out.json").read_text())
 
 
+@pytest.mark.heavy
+def test_vllm_submit_groups_and_a_dead_engine_core_fails_requests(
+    tiny_model, adapter_dirs, tmp_path
+):
+    """The worker's path (``submit``: one future per request, continuous batching) with groups:
+    a greedy group of n is n equal sequences (vLLM refuses n > 1 with greedy, so one is copied),
+    a sampled group of n is n draws from one request; each sequence's log-probs equal a teacher-
+    forced forward (2e-3). Then the engine core process is SIGKILLed with a request in flight:
+    the request fails with EngineDead (it used to hang for ever) and so does a later one."""
+    python = _vllm_python()
+    greedy = {"temperature": 0, "max_tokens": 8}
+    sampled = {"temperature": 1.0, "max_tokens": 8, "seed": 5}
+    spec = {
+        "model": str(tiny_model),
+        "adapters": {"a": str(adapter_dirs["a1"])},
+        "out": str(tmp_path / "out.json"),
+        "engine_kwargs": {"gpu_memory_utilization": 0.15},
+        "submit": True,
+        "kill_core": True,
+        "requests": [
+            {"prompt_ids": [0, 5, 6, 7], "adapter": None, "sampling": {**greedy, "n": 3}},
+            {"prompt_ids": [0, 9, 8], "adapter": "a", "sampling": {**sampled, "n": 3}},
+            {"prompt_ids": [0, 9, 8, 7, 6], "adapter": "a", "sampling": greedy},
+        ],
+    }
+    out = _run_spec(python, spec, tmp_path)
+    greedy_group, sampled_group, single = out["completions"]
+    assert len(greedy_group) == 3 and len(sampled_group) == 3 and len(single) == 1
+    assert greedy_group[0] == greedy_group[1] == greedy_group[2]
+    assert len({tuple(c["token_ids"]) for c in sampled_group}) > 1  # distinct draws
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(str(tiny_model)), str(adapter_dirs["a1"])
+    )
+    with model.disable_adapter():
+        c = greedy_group[0]
+        assert c["logprobs"] == pytest.approx(
+            teacher_forced(model, [0, 5, 6, 7], c["token_ids"]), abs=2e-3
+        )
+    for c, prompt in [(x, [0, 9, 8]) for x in sampled_group] + [(single[0], [0, 9, 8, 7, 6])]:
+        assert c["logprobs"] == pytest.approx(
+            teacher_forced(model, prompt, c["token_ids"]), abs=2e-3
+        )
+    dead = out["dead"]
+    assert dead["killed"] >= 1
+    assert dead["error"] == "EngineDead" and "engine core" in dead["message"], dead
+    assert dead["after_s"] < 30 and dead["later"] == "EngineDead"
+
+
 def test_rollout_service_with_vllm_engine_serves_adapters_concurrently(
     tiny_model, adapter_dirs, tmp_path
 ):

@@ -56,6 +56,19 @@ def _import_vllm():
     return vllm, LoRARequest, RequestOutputKind
 
 
+class _Held:
+    """Releases an already acquired lock on exit (``with engine._engine_lock():``)."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc) -> None:
+        self._lock.release()
+
+
 class EngineDead(RuntimeError):
     """The vLLM engine (its core process or the driver's ``step``) failed: no request can finish."""
 
@@ -70,6 +83,10 @@ class _Request:
         self.trackers = [tracker_factory() for _ in range(request.sampling.n)]
         self.done = [False] * request.sampling.n
         self.future = future  # ``submit``: resolved with the completions instead of events
+        # vLLM refuses n > 1 with greedy sampling; greedy samples are identical, so one is
+        # generated and copied to all n (the hf engine computes n equal rows)
+        n = request.sampling.n
+        self.copies = n if n > 1 and request.sampling.temperature == 0 else 1
         self.completions = [Completion() for _ in range(request.sampling.n)]
 
     def put(self, event: Event) -> None:
@@ -155,6 +172,7 @@ class VLLMEngine:
             )
         self._engine = vllm.LLMEngine.from_engine_args(args)
         self._lock = threading.Lock()  # guards every call into the engine
+        self._state = threading.Lock()  # guards _requests and _failed (never held in a call)
         self._work = threading.Event()
         self._closed = threading.Event()
         self._requests: dict[str, _Request] = {}
@@ -163,18 +181,20 @@ class VLLMEngine:
         self._lora_ids = itertools.count(1)
         self._driver = threading.Thread(target=self._drive, name="vllm-driver", daemon=True)
         self._driver.start()
+        self._watchdog = threading.Thread(target=self._watch, name="vllm-watchdog", daemon=True)
+        self._watchdog.start()
         logger.info("vllm engine: %s (vllm %s)", base_model, vllm.__version__)
 
     # --- adapters ---------------------------------------------------------------------------
 
     def load_adapter(self, name: str, path: Path) -> None:
         lora = self._LoRARequest(name, next(self._lora_ids), str(path))
-        with self._lock:
+        with self._engine_lock():
             self._engine.add_lora(lora)
             self._loras[name] = lora
 
     def unload_adapter(self, name: str) -> None:
-        with self._lock:
+        with self._engine_lock():
             lora = self._loras.pop(name, None)
             if lora is not None:
                 self._engine.remove_lora(lora.lora_int_id)
@@ -192,7 +212,7 @@ class VLLMEngine:
             else:
                 structured = StructuredOutputsParams(json_object=True)
         return self._vllm.SamplingParams(
-            n=s.n,
+            n=1 if s.temperature == 0 else s.n,  # greedy groups: see _Request.copies
             temperature=s.temperature,
             top_p=s.top_p,
             top_k=s.top_k,
@@ -215,11 +235,18 @@ class VLLMEngine:
         rid = uuid.uuid4().hex
         prompt = {"prompt_token_ids": list(request.prompt_ids)}
         lora = self._loras.get(request.adapter) if request.adapter else None
-        with self._lock:
+        params = self._params(request)
+        with self._state:
             if self._failed is not None:
-                raise EngineDead(f"the vllm engine has failed: {self._failed}")
+                raise self._failed
             self._requests[rid] = state
-            self._engine.add_request(rid, prompt, self._params(request), lora_request=lora)
+        try:
+            with self._engine_lock():
+                self._engine.add_request(rid, prompt, params, lora_request=lora)
+        except BaseException:
+            with self._state:
+                self._requests.pop(rid, None)
+            raise
         self._work.set()
         return rid, state
 
@@ -261,9 +288,10 @@ class VLLMEngine:
         return out
 
     def _abort(self, rid: str, state: _Request) -> None:
-        with self._lock:
-            if self._requests.pop(rid, None) is None:
+        with self._state:
+            if self._requests.pop(rid, None) is None or self._failed is not None:
                 return
+        with self._engine_lock():
             self._engine.abort_request([rid])
         self._finish_all(state, FinishReason.ABORT)
 
@@ -277,7 +305,7 @@ class VLLMEngine:
 
     def _drive(self) -> None:
         try:
-            while not self._closed.is_set():
+            while not self._closed.is_set() and self._failed is None:
                 self._work.wait(0.5)
                 with self._lock:
                     if not self._engine.has_unfinished_requests():
@@ -289,6 +317,26 @@ class VLLMEngine:
         except Exception as exc:  # the engine core died (or step broke): fail, never hang
             self._fail_all(exc)
 
+    def _engine_lock(self):
+        """The engine lock, given up with ``EngineDead`` once the engine has failed (a driver
+        stuck in ``step()`` on a dead core holds it for ever)."""
+        while not self._lock.acquire(timeout=0.5):
+            if self._failed is not None:
+                raise self._failed
+        return _Held(self._lock)
+
+    def _watch(self) -> None:
+        """vLLM's own monitor marks the client dead when the engine core process exits, but a
+        ``step()`` already waiting for that core's output waits for ever: fail the requests."""
+        while not self._closed.wait(0.5):
+            core = getattr(self._engine, "engine_core", None)
+            resources = getattr(core, "resources", None)
+            if getattr(resources, "engine_dead", False):
+                self._fail_all(RuntimeError("the engine core process exited"))
+                return
+            if self._failed is not None:
+                return
+
     def _fail_all(self, exc: Exception) -> None:
         """Every request in flight, and every later one, fails with ``EngineDead``."""
         dead = EngineDead(
@@ -296,7 +344,9 @@ class VLLMEngine:
             "restart the rollout service"
         )
         logger.error("%s", dead, exc_info=exc)
-        with self._lock:
+        with self._state:
+            if self._failed is not None:
+                return
             self._failed = dead
             states, self._requests = list(self._requests.values()), {}
         for state in states:
@@ -308,8 +358,7 @@ class VLLMEngine:
             return
         prompt_len = len(state.request.prompt_ids)
         stopped_by_text = False
-        for co in output.outputs:
-            i = co.index
+        for co, i in _targets(output.outputs, state.copies):
             if state.done[i]:
                 continue
             new_ids = list(co.token_ids)
@@ -330,9 +379,10 @@ class VLLMEngine:
                 stopped_by_text |= hit
         if all(state.done):
             state.end()
-            with self._lock:
+            with self._state:
                 self._requests.pop(output.request_id, None)
-                if stopped_by_text and not output.finished:
+            if stopped_by_text and not output.finished:
+                with self._engine_lock():
                     self._engine.abort_request([output.request_id])
 
     # --- text ---------------------------------------------------------------------------------
@@ -347,6 +397,7 @@ class VLLMEngine:
         self._closed.set()
         self._work.set()
         self._driver.join(timeout=5)
+        self._watchdog.join(timeout=5)
         shutdown = getattr(getattr(self._engine, "engine_core", None), "shutdown", None)
         if shutdown is not None:
             shutdown()
@@ -433,12 +484,42 @@ def _main(argv: Sequence[str] | None = None) -> int:
         for r in spec["requests"]
     ]
     started = time.perf_counter()
-    results = engine.generate_batch(requests)
+    if spec.get("submit"):  # the worker's path: one future per request, continuous batching
+        futures = [engine.submit(r) for r in requests]
+        results = [f.result(timeout=600) for f in futures]
+    else:
+        results = engine.generate_batch(requests)
     batch_s = time.perf_counter() - started
-    engine.close()
+    dead = None
+    if spec.get("kill_core"):  # the engine core process dies with a request in flight
+        import os
+        import signal
+
+        pending = engine.submit(GenerationRequest((1, 2, 3), Sampling(max_tokens=400)))
+        children = _children(os.getpid())
+        for pid in children:
+            os.kill(pid, signal.SIGKILL)
+        started = time.perf_counter()
+        try:
+            pending.result(timeout=120)
+            dead = {"error": None}
+        except TimeoutError:
+            dead = {"error": "hang"}
+        except Exception as exc:
+            dead = {"error": type(exc).__name__, "message": str(exc)}
+        dead["after_s"] = time.perf_counter() - started
+        dead["killed"] = len(children)
+        try:
+            engine.submit(GenerationRequest((1, 2), Sampling(max_tokens=4))).result(timeout=10)
+            dead["later"] = None
+        except Exception as exc:
+            dead["later"] = type(exc).__name__
+    else:
+        engine.close()
     out = {
         "init_s": init_s,
         "batch_s": batch_s,
+        "dead": dead,
         "completions": [
             [
                 {
@@ -455,6 +536,26 @@ def _main(argv: Sequence[str] | None = None) -> int:
     }
     Path(spec["out"]).write_text(json.dumps(out) + "\n")
     return 0
+
+
+def _targets(outputs, copies: int):
+    """(engine output, sequence index) pairs: a greedy group's one output goes to all copies."""
+    for co in outputs:
+        if copies > 1:
+            yield from ((co, i) for i in range(copies))
+        else:
+            yield co, co.index
+
+
+def _children(pid: int) -> list[int]:
+    """Child processes of ``pid`` (the engine core), from /proc."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
 
 
 if __name__ == "__main__":
