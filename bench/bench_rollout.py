@@ -111,14 +111,18 @@ def fleet(generators, redis_url: str, tasks, tag: str) -> dict:
     started = time.perf_counter()
     for w in workers:
         w.start()
-    while r.xlen(queues.ROLLOUT_RESULTS) < expected:
-        time.sleep(0.005)
+    # the workers' own counters (no Redis polling competing with them); checked against the
+    # stream below
+    while sum(w.committed for w in workers) < len(tasks):
+        time.sleep(0.02)
     seconds = time.perf_counter() - started
     for w in workers:
         w.stop()
     rollouts = [
         rollout_pb2.Rollout.FromString(f[b"payload"]) for _e, f in r.xrange(queues.ROLLOUT_RESULTS)
     ]
+    if len(rollouts) != expected:
+        raise RuntimeError(f"{len(rollouts)} rollouts in the stream, expected {expected}")
     tokens = sum(len(x.completion_ids) for x in rollouts)
     by_task = {x.group_id: x for x in rollouts}
     generation = [x.timings.generation_time.ToNanoseconds() / 1e9 for x in by_task.values()]
@@ -129,6 +133,8 @@ def fleet(generators, redis_url: str, tasks, tag: str) -> dict:
         "rollouts": len(rollouts),
         "max_generation_s": max(generation),  # submit -> engine done, the slowest task
         "commit_batches": sum(w.commit_batches for w in workers),
+        "begin_ms_per_task": 1000 * sum(w.fetch_s for w in workers) / len(tasks),
+        "commit_ms_per_task": 1000 * sum(w.commit_s for w in workers) / len(tasks),
         "per_worker": [w.committed for w in workers],
     }
 
@@ -180,11 +186,15 @@ def main(argv=None) -> int:
             tasks = make_tasks(prompts, g, args.max_tokens, f"g{g}")
             runs: dict[str, list] = {"bare": []} | {f"fleet{w}": [] for w in counts}
             for rep in range(args.repeats):
-                seconds, tokens = bare(generators[0].engine, tasks)
-                runs["bare"].append({"seconds": seconds, "tokens": tokens})
-                for w in counts:
-                    runs[f"fleet{w}"].append(fleet(generators[:w], redis_server.url, tasks,
-                                                   f"g{g}r{rep}w{w}"))  # fmt: skip
+                order = ["bare"] + [f"fleet{w}" for w in counts]
+                for kind in order if rep % 2 == 0 else order[::-1]:  # load drift cancels
+                    if kind == "bare":
+                        seconds, tokens = bare(generators[0].engine, tasks)
+                        runs["bare"].append({"seconds": seconds, "tokens": tokens})
+                    else:
+                        w = int(kind[5:])
+                        runs[kind].append(fleet(generators[:w], redis_server.url, tasks,
+                                                f"g{g}r{rep}w{w}"))  # fmt: skip
                 print(f"group {g} repeat {rep}: " + ", ".join(
                     f"{k} {v[-1]['tokens'] / v[-1]['seconds']:.1f} tok/s" for k, v in runs.items()
                 ), flush=True)  # fmt: skip
@@ -198,6 +208,10 @@ def main(argv=None) -> int:
                     "bare_tok_s": round(med["bare"], 1),
                     "fleet_tok_s": round(med[f"fleet{w}"], 1),
                     "ratio": round(med[f"fleet{w}"] / med["bare"], 3),
+                    # per repeat (bare and fleet back to back, so load drifts cancel), median
+                    "ratio_paired": round(statistics.median(
+                        (f["tokens"] / f["seconds"]) / (b["tokens"] / b["seconds"])
+                        for f, b in zip(runs[f"fleet{w}"], runs["bare"], strict=True)), 3),
                     "bare_s": round(bare_s, 3), "fleet_s": round(fleet_s, 3),
                     "overhead_ms_per_task": round((fleet_s - bare_s) / len(tasks) * 1000, 1),
                     "max_generation_s": round(statistics.median(
@@ -205,6 +219,10 @@ def main(argv=None) -> int:
                     "tokens": [x["tokens"] for x in runs[f"fleet{w}"]],
                     "bare_tokens": [x["tokens"] for x in runs["bare"]],
                     "commit_batches": [x["commit_batches"] for x in runs[f"fleet{w}"]],
+                    "begin_ms_per_task": round(statistics.median(
+                        x["begin_ms_per_task"] for x in runs[f"fleet{w}"]), 2),
+                    "commit_ms_per_task": round(statistics.median(
+                        x["commit_ms_per_task"] for x in runs[f"fleet{w}"]), 2),
                     "per_worker": [x["per_worker"] for x in runs[f"fleet{w}"]],
                 })  # fmt: skip
     finally:

@@ -77,6 +77,20 @@ class EngineScheduler:
             self._cond.notify()
         return future
 
+    def submit_many(self, requests: list[GenerationRequest]) -> list[Future]:
+        """``submit`` for several at once: queued together, so a static batch never takes only
+        the first of them (the worker hands over a whole fetch this way)."""
+        if self._native is not None:
+            return [self.submit(r) for r in requests]
+        futures: list[Future] = [Future() for _ in requests]
+        with self._cond:
+            if self._closed:
+                raise ClosedError("the scheduler is closed")
+            self._pending.extend(zip(requests, futures, strict=True))
+            self.requests += len(requests)
+            self._cond.notify()
+        return futures
+
     def close(self, timeout: float = 30.0) -> None:
         """Stop after the queued requests are generated; later submissions raise."""
         with self._cond:

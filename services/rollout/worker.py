@@ -125,6 +125,8 @@ class RolloutWorker:
         self._done: queue_mod.Queue[_Job] = queue_mod.Queue()
         self.committed = 0  # tasks committed by this worker (figures)
         self.commit_batches = 0  # pipelined commit round trips
+        self.fetch_s = 0.0  # time in fetch + checks + pins + submit (figures)
+        self.commit_s = 0.0  # time building rollouts and committing them (figures)
 
     # --- one task -----------------------------------------------------------------------------
 
@@ -134,8 +136,8 @@ class RolloutWorker:
             self._scheduler = EngineScheduler(engine)
         return self._scheduler
 
-    def _begin(self, job: _Job) -> None:
-        """Parse and check the task, pin its adapter and hand its request to the engine."""
+    def _begin(self, job: _Job) -> GenerationRequest:
+        """Parse and check the task and pin its adapter: the request to hand to the engine."""
         delivery = job.delivery
         try:
             task = rollout_pb2.RolloutTask.FromString(delivery.payload)
@@ -149,7 +151,7 @@ class RolloutWorker:
                 reason="BAD_TASK",
             )
         gen = self.generator
-        scheduler = self._scheduler_for()
+        gen.require_engine()
         n = task.num_samples or 1
         if not 1 <= n <= gen.config.max_n:
             raise InvalidArgument(
@@ -166,8 +168,7 @@ class RolloutWorker:
         prompt = gen.check_prompt(task.prompt_ids)
         job.task = task
         job.pinned = gen.pin(task.adapter)
-        job.started = time.perf_counter()
-        job.future = scheduler.submit(GenerationRequest(prompt, sampling, job.pinned.name))
+        return GenerationRequest(prompt, sampling, job.pinned.name)
 
     def _outputs(self, job: _Job, completions: list[Completion]) -> list[Output]:
         task, pinned = job.task, job.pinned
@@ -208,9 +209,9 @@ class RolloutWorker:
         """One delivery alone, to its outputs (the loop batches; this is for direct use)."""
         job = _Job(delivery)
         try:
-            self._begin(job)
-            assert job.future is not None
-            completions = job.future.result()
+            request = self._begin(job)
+            job.started = time.perf_counter()
+            completions = self._scheduler_for().submit(request).result()
             job.finished = time.perf_counter()
             return self._outputs(job, completions)
         finally:
@@ -258,18 +259,31 @@ class RolloutWorker:
                 delivery.entry_id,
             )
 
-    def _start_job(self, delivery: Delivery) -> None:
-        job = _Job(delivery)
-        with self._lock:
-            self._inflight[delivery.entry_id] = job  # the lease keeper renews it from now on
-        try:
-            self._begin(job)
-        except Exception as exc:
-            job.error = exc
-            self._done.put(job)
+    def _start_jobs(self, deliveries: list[Delivery]) -> None:
+        """Check and pin each, then hand all their requests to the engine together."""
+        ready: list[tuple[_Job, GenerationRequest]] = []
+        for delivery in deliveries:
+            job = _Job(delivery)
+            with self._lock:
+                self._inflight[delivery.entry_id] = job  # the lease keeper renews it from now on
+            try:
+                ready.append((job, self._begin(job)))
+            except Exception as exc:
+                job.error = exc
+                self._done.put(job)
+        if not ready:
             return
-        assert job.future is not None
-        job.future.add_done_callback(lambda _f, job=job: self._finished(job))
+        try:
+            futures = self._scheduler_for().submit_many([request for _job, request in ready])
+        except Exception as exc:
+            for job, _request in ready:
+                job.error = exc
+                self._done.put(job)
+            return
+        now = time.perf_counter()
+        for (job, _request), future in zip(ready, futures, strict=True):
+            job.started, job.future = now, future
+            future.add_done_callback(lambda _f, job=job: self._finished(job))
 
     def _finished(self, job: _Job) -> None:
         job.finished = time.perf_counter()
@@ -348,11 +362,16 @@ class RolloutWorker:
                     need_group = False
                 room = self.max_inflight - in_hand
                 if not stopping and room > 0:
+                    fetched = []
                     for delivery in q.fetch(room, None if in_hand else self.block_ms):
                         if self._stop.is_set():
                             q.release(delivery)  # not started: others may take it right away
                             continue
-                        self._start_job(delivery)
+                        fetched.append(delivery)
+                    if fetched:
+                        began = time.perf_counter()
+                        self._start_jobs(fetched)
+                        self.fetch_s += time.perf_counter() - began
                 with self._lock:
                     in_hand = len(self._inflight)
                 if in_hand > len(ready):
@@ -360,7 +379,9 @@ class RolloutWorker:
                     wait = 0.05 if (room > 0 and not stopping) else 0.5
                     ready.extend(self._collect(wait if not ready else 0))
                 if ready:
+                    began = time.perf_counter()
                     self._settle(ready)
+                    self.commit_s += time.perf_counter() - began
                     ready = []
                 backoff = _BACKOFF_MIN_S
             except rexc.RedisError as exc:

@@ -59,6 +59,13 @@ def test_rollout_worker_killed_mid_batch_and_redis_restarted_lose_and_double_not
     tiny_model, tmp_path
 ):
     redis_server = LocalRedis(tmp_path / "redis", free_port()).start()
+    try:
+        run_scenario(tiny_model, tmp_path, redis_server)
+    finally:
+        redis_server.stop()
+
+
+def run_scenario(tiny_model, tmp_path, redis_server) -> None:
     r = queues.connect(redis_server.url, socket_timeout=5)
     tasks = [task(i) for i in range(TASKS)]
     expected = {sid for t in tasks for sid, _ in sample_ids(t, t.num_samples)}
@@ -112,7 +119,6 @@ def test_rollout_worker_killed_mid_batch_and_redis_restarted_lose_and_double_not
         lost=len(expected - set(out)), doubled=len(doubled),
     )  # fmt: skip
     r.close()
-    redis_server.stop()
     assert dead == 0
     assert killed_holding >= 8  # the kill hit a batch in hand
     assert committed_before_kill < len(expected)
