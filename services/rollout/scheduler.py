@@ -81,7 +81,11 @@ class EngineScheduler:
         """``submit`` for several at once: queued together, so a static batch never takes only
         the first of them (the worker hands over a whole fetch this way)."""
         if self._native is not None:
-            return [self.submit(r) for r in requests]
+            self.requests += len(requests)
+            many = getattr(self.engine, "submit_many", None)
+            if many is not None:
+                return many(requests)
+            return [self._native(r) for r in requests]
         futures: list[Future] = [Future() for _ in requests]
         with self._cond:
             if self._closed:

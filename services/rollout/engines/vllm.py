@@ -229,35 +229,55 @@ class VLLMEngine:
     def _submit(
         self, request: GenerationRequest, future: Future | None = None
     ) -> tuple[str, _Request]:
-        if request.adapter is not None and request.adapter not in self._loras:
-            raise KeyError(f"adapter {request.adapter!r} is not loaded")
-        state = _Request(request, lambda: TextTracker(self.decode, request.sampling.stop), future)
-        rid = uuid.uuid4().hex
-        prompt = {"prompt_token_ids": list(request.prompt_ids)}
-        lora = self._loras.get(request.adapter) if request.adapter else None
-        params = self._params(request)
+        return self._submit_all([request], [future])[0]
+
+    def _submit_all(
+        self, requests: Sequence[GenerationRequest], futures: Sequence[Future | None]
+    ) -> list[tuple[str, _Request]]:
+        """Add ``requests`` to the engine under ONE hold of the engine lock: the driver holds
+        it for a whole ``step()``, so adding them one by one let one in per step (a fetch of
+        32 tasks trickled in over 32 steps)."""
+        added = []
+        for request, future in zip(requests, futures, strict=True):
+            if request.adapter is not None and request.adapter not in self._loras:
+                raise KeyError(f"adapter {request.adapter!r} is not loaded")
+            stop = request.sampling.stop
+            state = _Request(request, lambda stop=stop: TextTracker(self.decode, stop), future)
+            lora = self._loras.get(request.adapter) if request.adapter else None
+            prompt = {"prompt_token_ids": list(request.prompt_ids)}
+            added.append((uuid.uuid4().hex, state, prompt, self._params(request), lora))
         with self._state:
             if self._failed is not None:
                 raise self._failed
-            self._requests[rid] = state
+            for rid, state, *_rest in added:
+                self._requests[rid] = state
+        done = 0
         try:
             with self._engine_lock():
-                self._engine.add_request(rid, prompt, params, lora_request=lora)
+                for rid, _state, prompt, params, lora in added:
+                    self._engine.add_request(rid, prompt, params, lora_request=lora)
+                    done += 1
         except BaseException:
             with self._state:
-                self._requests.pop(rid, None)
+                for rid, *_rest in added[done:]:
+                    self._requests.pop(rid, None)
             raise
         self._work.set()
-        return rid, state
+        return [(rid, state) for rid, state, *_rest in added]
 
     def submit(self, request: GenerationRequest) -> Future:
         """Add ``request`` to the running batch; the future resolves to its ``n`` completions
         (or to ``EngineDead`` if the engine fails meanwhile). Continuous batching: it joins the
         requests already running at the next step."""
-        future: Future = Future()
-        future.set_running_or_notify_cancel()
-        self._submit(request, future)
-        return future
+        return self.submit_many([request])[0]
+
+    def submit_many(self, requests: Sequence[GenerationRequest]) -> list[Future]:
+        """``submit`` for several requests, added to the engine together."""
+        futures: list[Future] = [Future() for _ in requests]
+        for future in futures:
+            future.set_running_or_notify_cancel()
+        self._submit_all(requests, futures)
+        return futures
 
     def generate(
         self, request: GenerationRequest, cancel: threading.Event | None = None
@@ -281,7 +301,7 @@ class VLLMEngine:
 
     def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
         """All requests in the engine at once: one continuous batch, adapters mixed."""
-        submitted = [self._submit(r) for r in requests]
+        submitted = self._submit_all(requests, [None] * len(requests))
         out = []
         for (_rid, state), request in zip(submitted, requests, strict=True):
             out.append(collect(_events(state), request.sampling.n))
