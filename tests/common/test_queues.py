@@ -515,3 +515,37 @@ def test_no_length_capped_trimming_in_services():
         if re.search("maxlen", line, re.IGNORECASE)
     ]
     assert offenders == []
+
+
+def test_commit_many_and_one_lease_keeper_for_many_deliveries(r):
+    """Many deliveries: one keeper thread renews all of them in one pipelined round per period
+    (none is re-claimed past five lease periods), reports the one another consumer took, and
+    ``commit_many`` commits each atomically in one round trip: committed and lost outcomes side
+    by side (one taken by another consumer, one already committed and acked), nothing written
+    twice."""
+    for i in range(6):
+        publish(r, IN, f"job:0:6:{i}:0", f"task{i}".encode())
+    a, b = queue(r, "a", lease_ms=200), queue(r, "b", lease_ms=200)
+    held = a.fetch(6)
+    assert len(held) == 6
+    lost: list[str] = []
+    threads_before = threading.active_count()
+    with queues.LeaseKeeper(a, lambda: held[:5], lambda d: lost.append(d.item_id)) as keeper:
+        assert threading.active_count() == threads_before + 1  # one thread, not one per item
+        time.sleep(1.0)
+        assert b.fetch(6) and lost == []  # b re-claimed only the one not kept (held[5])
+        time.sleep(0.3)
+        held_by_b = r.xpending_range(IN, GROUP, "-", "+", 10)
+        assert [p["consumer"] for p in held_by_b].count(b"b") == 1
+        # now b steals a kept one: the keeper reports it
+        r.xclaim(IN, GROUP, "b", 0, [held[0].entry_id])
+        wait_for(lambda: lost, 2.0, "the lost lease")
+    assert keeper.rounds >= 4 and lost == [held[0].item_id]
+    a.commit(held[1], [(OUT, "job:0:6:1:0", b"first")])  # then committed again below
+    outcomes = a.commit_many(
+        [(d, [(OUT, d.item_id, f"out{k}".encode())]) for k, d in enumerate(held[:4])]
+    )
+    assert outcomes == [Outcome.LOST, Outcome.LOST, Outcome.COMMITTED, Outcome.COMMITTED]
+    assert sorted(f[b"id"].decode() for _e, f in r.xrange(OUT)) == [
+        "job:0:6:1:0", "job:0:6:2:0", "job:0:6:3:0",
+    ]  # fmt: skip

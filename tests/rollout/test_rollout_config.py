@@ -13,7 +13,7 @@ def test_fields_from_env_and_arguments():
     config = load_config(
         RolloutConfig,
         "rollout",
-        ["engine=vllm", "max_resident_adapters=3", "worker=false"],
+        ["engine=vllm", "max_resident_adapters=3", "worker=false", "worker_max_inflight=32"],
         environ={
             "LLAMAFLEET_ROLLOUT_BASE_MODEL": "/models/tiny",
             "LLAMAFLEET_ROLLOUT_DTYPE": "bfloat16",
@@ -21,6 +21,7 @@ def test_fields_from_env_and_arguments():
     )
     assert (config.base_model, config.engine, config.dtype) == ("/models/tiny", "vllm", "bfloat16")
     assert config.max_resident_adapters == 3 and config.worker is False
+    assert config.worker_max_inflight == 32 and RolloutConfig().worker_max_inflight == 16
 
 
 @pytest.mark.parametrize(
@@ -29,6 +30,7 @@ def test_fields_from_env_and_arguments():
         (["engine=trt"], "engine: unknown engine 'trt'; choose one of: hf, vllm"),
         (["dtype=fp8"], "dtype: unknown dtype 'fp8'"),
         (["max_resident_adapters=0"], "max_resident_adapters"),
+        (["worker_max_inflight=0"], "worker_max_inflight: must be at least 1"),
         (["max_tokens_limit=10"], "default_max_tokens"),
         (["base_modle=/x"], "did you mean 'base_model'"),
     ],
