@@ -5,11 +5,14 @@ venv); the rollout worker is the rollout service started from ``.venv-vllm`` wit
 ``engine=vllm`` and batching (``worker_max_inflight``), and each PPO task is a group
 (``RolloutTask.num_samples`` is not used by the trainer yet: it publishes one task per sample).
 The job runs its steps; every policy version's adapter is fetched from training and hot-loaded
-into the running vLLM engine (``Rollout.adapter_version`` follows the trainer's version, engine
-``vllm``), and the trainer reports ``ppo/engine_ratio`` = mean exp(trainer - engine) log-prob
-per token. On ``hf`` in fp32 it is 1.0000; on vLLM it differs from 1 by vLLM's CPU kernels
-(another attention and matmul order, LoRA applied by punica-style kernels as a separate
-low-rank product) in float32 rounding: the test bounds it by 1 +- 0.01 and prints it.
+into the running vLLM engine (``Rollout.adapter_version`` takes each version the trainer
+publishes, engine ``vllm``), and the trainer reports ``ppo/engine_ratio`` = the mean over tokens
+of exp(trainer - engine) log-prob. On ``hf`` in fp32 it is 1.0000; measured here on vLLM (CPU
+build, fp32) it is 1.0000 too (0.99999988, 1.00000012, 1.0 over 3 steps, 137 s at load ~6): both
+compute the same fp32 forward of the same weights (LoRA as a separate low-rank product on both
+sides), so per-token log-probs differ by float32 rounding only (~1e-7; the engine test's
+teacher-forced bound is 2e-3). On GPUs in bf16 the two differ by bf16 rounding instead (larger,
+which the trainer's truncated importance weights correct). The test bounds it by 1 +- 1e-3.
 """
 
 from __future__ import annotations
@@ -138,4 +141,4 @@ def test_ppo_job_end_to_end_on_the_vllm_rollout_engine(tiny_model, tmp_path):
         ),  # fmt: skip
         file=sys.stderr,
     )
-    assert all(abs(x - 1) < 0.01 for x in ratios), ratios
+    assert all(abs(x - 1) < 1e-3 for x in ratios), ratios
