@@ -7,11 +7,14 @@ copied back; PPO prompts are the same questions, rendered up to the assistant's 
 
 ``run_cell`` trains ``STEPS`` optimizer steps with the recipe's own loop and loss (``pt``, ``sft``:
 ``TokenLoss``; ``rm``: ``RewardPairs`` over the sequence classifier; ``dpo``: ``DpoPairs`` with
-its reference; ``ppo``: the recipe with the rollout service's HF engine in process
-(``inline_fleet``)), saves the outputs as the job does, and checks:
+its reference; ``ppo`` and ``grpo``: the recipe with the rollout service's HF engine in process
+(``inline_fleet``) and a rule reward), saves the outputs as the job does, and checks:
 
 - the loss of every step is finite, and what must train moved (LoRA: the adapters, never the
   base; full: the weights);
+- ``ppo``/``grpo``: the trainer's log-probs of the sampled tokens are the engine's (ratio 1 within
+  1e-3: same weights, float32); ``grpo`` trains the LoRA matrices alone (no value head, none
+  saved), on groups of ``GROUP`` samples per prompt;
 - the export reloads to the same outputs: a LoRA adapter merged by ``model.merge`` (what
   ``ExportModel`` MERGED runs) gives the logits (scores for ``rm``) of the base + adapter in
   peft; a full model's folder gives the trained model's; tolerance 1e-4 (float32, a merged
@@ -50,19 +53,24 @@ from services.training.loop.pairs import PairLoss
 from services.training.loop.tokens import TokenLoss
 from services.training.loop.trainer import Trainer
 from services.training.model.merge import merge_lora
-from services.training.recipes import dpo, ppo, rm
-from services.training.spec.settings import LoraSettings, PpoSettings
+from services.training.recipes import dpo, grpo, ppo, rm
+from services.training.spec.settings import GrpoSettings, LoraSettings, PpoSettings
 from services.training.tiny.corpus import synthetic_corpus
 from services.training.tiny.families import FAMILIES
 
 STEPS = 2
 TOL = 1e-4
-RECIPES = ("pt", "sft", "rm", "dpo", "ppo")
+GROUP = 2  # grpo: samples per prompt (num_generations)
+RECIPES = ("pt", "sft", "rm", "dpo", "ppo", "grpo")
 METHODS = ("lora", "full")
 # Cells refused by design, with the reason the job gets (spec.validation: UNIMPLEMENTED)
-REFUSED = {("ppo", "full"): "STAGE_PPO with FINETUNING_TYPE_FULL"}
+REFUSED = {
+    ("ppo", "full"): "STAGE_PPO with FINETUNING_TYPE_FULL",
+    # the rollout workers load LoRA adapter versions; full-weight sync to them is not built
+    ("grpo", "full"): "STAGE_GRPO with FINETUNING_TYPE_FULL",
+}
 STAGES = {"pt": tpb.STAGE_PT, "sft": tpb.STAGE_SFT, "rm": tpb.STAGE_RM, "dpo": tpb.STAGE_DPO,
-          "ppo": tpb.STAGE_PPO}  # fmt: skip
+          "ppo": tpb.STAGE_PPO, "grpo": tpb.STAGE_GRPO}  # fmt: skip
 
 
 def encoder(folder: Path, arch: str) -> Encoder:
@@ -147,6 +155,8 @@ def run_cell(arch: str, recipe: str, method: str, folder: Path, job: Path, **ext
     """Train one cell; checks that the losses are finite and the right weights moved."""
     if recipe == "ppo":
         return _run_ppo(arch, method, folder, job)
+    if recipe == "grpo":
+        return _run_grpo(arch, method, folder, job)
     s = settings_for(folder, recipe, method, **extra)
     if recipe in ("pt", "sft"):
         rows = pt_rows(folder, arch) if recipe == "pt" else sft_rows(folder, arch)
@@ -194,6 +204,43 @@ def _run_ppo(arch: str, method: str, folder: Path, job: Path) -> Cell:
     assert all(abs(r["ppo/engine_ratio"] - 1.0) < 1e-3 for r in records if "ppo/engine_ratio" in r)
     assert (job / "output" / "adapter" / "adapter_model.safetensors").is_file()
     return Cell(arch, "ppo", method, folder, job, losses)
+
+
+def _run_grpo(arch: str, method: str, folder: Path, job: Path) -> Cell:
+    # a rule whose value differs for nearly any two completions: a group's rewards differ, so
+    # its advantages are not all zero and the policy moves
+    fleet = InlineFleet(folder, job, lambda ids: (sum(ids) % 97) / 97.0)
+    sampling = rollout_pb2.SamplingParams(max_tokens=4, temperature=1.0, seed=1)
+    s = settings_for(
+        folder, "grpo", method, batch_rows=2,
+        ppo=PpoSettings(
+            sampling=sampling.SerializeToString(), samples_per_prompt=GROUP,
+            reward_scorer="sum97", rollout_batch_size=2, ppo_epochs=1,
+        ),
+        grpo=GrpoSettings(),
+    )  # fmt: skip
+    trainer = grpo.GrpoTrainer(
+        s, PromptSource(prompts(folder, arch)), job, exchange=fleet, job_id=f"g{arch}"
+    )
+    trainer.setup()
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    result = trainer.train()
+    trainer.save_outputs()
+    assert result.state == "SUCCEEDED" and result.step == STEPS, result
+    records = [json.loads(x) for x in (job / "output" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert len(losses) == STEPS and all(math.isfinite(x) for x in losses), records
+    assert all(abs(r["grpo/engine_ratio"] - 1.0) < 1e-3 for r in records), records
+    assert all(r["grpo/groups"] == 2 for r in records), records
+    named = dict(trainer.model.named_parameters())
+    assert not any("value_head" in n for n in named)
+    trainable = {n for n, p in named.items() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable), trainable
+    moved = {n for n, p in named.items() if not torch.equal(p, before[n])}
+    assert moved and moved <= trainable, moved - trainable
+    assert (job / "output" / "adapter" / "adapter_model.safetensors").is_file()
+    assert not (job / "output" / ppo.VALUE_HEAD_FILE).exists()
+    return Cell(arch, "grpo", method, folder, job, losses, trainer)
 
 
 def spec_of(cell: Cell) -> bytes:

@@ -4,9 +4,11 @@ one cell; see its docstring for what each cell proves).
 The default run holds a fast subset: per family, SFT with LoRA on packed rows (export merged
 and reloaded, the adapter served by the rollout service's HF engine), plus one more recipe and
 method rotating over the families, so every recipe and both methods run on some family in every
-run. The other cells are marked heavy: ``scripts/test_heavy.sh`` runs them (not CI's default run). A refused cell (``arch_matrix.REFUSED``)
-is a test that the job is refused with its reason. vLLM per family: ``tests/rollout/
-test_vllm_families.py``. The packed-vs-unpacked equality per family: ``test_arch_packing.py``.
+run, and GRPO with LoRA on the MoE family (a GRPO cell takes 2-3 s here). The other cells are
+marked heavy: ``scripts/test_heavy.sh`` runs them (not CI's default run). A refused cell
+(``arch_matrix.REFUSED``) is a test that the job is refused with its reason. vLLM per family:
+``tests/rollout/test_vllm_families.py``. The packed-vs-unpacked equality per family:
+``test_arch_packing.py``.
 """
 
 from __future__ import annotations
@@ -38,7 +40,11 @@ ROTATION = {
     "mistral": ("rm", "full"),
     "phi3": ("dpo", "full"),
 }
-FAST = {(arch, "sft", "lora") for arch in FAMILIES} | {(a, *c) for a, c in ROTATION.items()}
+FAST = (
+    {(arch, "sft", "lora") for arch in FAMILIES}
+    | {(a, *c) for a, c in ROTATION.items()}
+    | {("qwen3_moe", "grpo", "lora")}
+)
 ALL = [(a, r, m) for a in FAMILIES for r in RECIPES for m in METHODS if (r, m) not in REFUSED]
 
 
@@ -48,9 +54,10 @@ def params(cells, slow: bool):
 
 
 def check_cell(family_models, tmp_path, arch: str, recipe: str, method: str) -> None:
-    extra = {"moe_aux_loss_coef": 0.01} if arch == "qwen3_moe" and recipe != "ppo" else {}
+    rl = recipe in ("ppo", "grpo")  # the MoE router loss is refused for the RL stages
+    extra = {"moe_aux_loss_coef": 0.01} if arch == "qwen3_moe" and not rl else {}
     cell = run_cell(arch, recipe, method, family_models[arch], tmp_path / "job", **extra)
-    if recipe != "ppo" or method == "lora":
+    if not rl or method == "lora":
         check_export(cell, tmp_path / "export")
     if recipe == "rm":
         check_reward_service(cell)
