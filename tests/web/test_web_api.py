@@ -14,8 +14,11 @@ from fastapi.testclient import TestClient
 from llamafleet import cli
 from llamafleet.client import Client, RpcError
 from llamafleet.lf_config import load_job_spec
+from llamafleet.training.v1 import training_pb2 as pb
 from llamafleet.web import forms
 from llamafleet.web.app import _highlight, create_app
+
+from services.training.spec.validation import validate
 
 
 def _form(web_cluster, **over):
@@ -105,6 +108,49 @@ def test_only_the_keys_of_the_chosen_stage_and_method_reach_the_yaml():
     }  # fmt: skip
 
 
+def _grpo_form(**over):
+    """The Train form as the page sends it for GRPO: its defaults, GRPO's keys set, and keys of
+    other stages and methods filled in (left out of the YAML)."""
+    return {
+        **forms.DEFAULTS, "model_name_or_path": "/m", "dataset": "d", "stage": "grpo",
+        "reward_scorer": "exact_match", "num_generations": 4, "loss_type": "dr_grpo",
+        "epsilon_high": 0.28, "beta": 0.04, "scale_rewards": "none",
+        "mask_truncated_completions": True, "temperature": 0.9, "ppo_target": 6.0,
+        "pref_beta": 0.2, "use_galore": True, **over,
+    }  # fmt: skip
+
+
+def test_a_grpo_form_renders_yaml_that_llamafleet_train_reads(tmp_path):
+    text = forms.to_yaml(_grpo_form())
+    data = yaml.safe_load(text)
+    assert data["stage"] == "grpo" and data["finetuning_type"] == "lora"
+    grpo_keys = {"num_generations": 4, "num_iterations": 1, "loss_type": "dr_grpo",
+                 "epsilon": 0.2, "epsilon_high": 0.28, "beta": 0.04, "scale_rewards": "none",
+                 "mask_truncated_completions": True, "reward_scorer": "exact_match",
+                 "max_new_tokens": 64, "temperature": 0.9}  # fmt: skip
+    assert {k: data.get(k) for k in grpo_keys} == grpo_keys
+    # PPO's own keys, DPO's and another method's stay out
+    for key in ("ppo_epochs", "ppo_target", "pref_beta", "pref_loss", "use_galore"):
+        assert key not in data, key
+    path = tmp_path / "grpo.yaml"
+    path.write_text(text)
+    spec = load_job_spec(path)[0]
+    assert spec == forms.to_spec(text)[0]
+    assert spec.stage == pb.STAGE_GRPO and spec.finetuning.type == pb.FINETUNING_TYPE_LORA
+    assert spec.ppo.sampling.n == 4 and spec.ppo.sampling.max_tokens == 64
+    assert spec.ppo.sampling.temperature == pytest.approx(0.9)
+    assert spec.ppo.ppo_epochs == 1 and spec.ppo.reward_scorer == "exact_match"
+    assert not spec.ppo.adaptive_kl  # ppo_target was left out
+    g = spec.grpo
+    assert g.loss_type == pb.GRPO_LOSS_TYPE_SEQ_MEAN_TOKEN_SUM_NORM
+    assert (g.epsilon, g.epsilon_high, g.beta) == pytest.approx((0.2, 0.28, 0.04))
+    assert g.scale_rewards == pb.REWARD_SCALING_NONE and g.mask_truncated_completions
+    # the keys shared with ppo still reach a ppo YAML, GRPO's do not
+    ppo = yaml.safe_load(forms.to_yaml(_grpo_form(stage="ppo")))
+    assert ppo["reward_scorer"] == "exact_match" and ppo["ppo_epochs"] == 4
+    assert not {"num_generations", "loss_type", "beta", "epsilon"} & set(ppo)
+
+
 def test_the_page_loads_nothing_from_outside():
     static = Path(forms.__file__).parent / "static"
     for path in static.iterdir():
@@ -118,7 +164,7 @@ def test_the_page_loads_nothing_from_outside():
 
 def test_info_offers_every_stage_and_sensible_defaults(http, web_cluster):
     info = http.get("/api/info").json()
-    assert info["stages"] == ["pt", "sft", "rm", "dpo", "ppo"]
+    assert info["stages"] == ["pt", "sft", "rm", "dpo", "ppo", "grpo"]
     assert info["methods"] == ["lora", "freeze", "full"]
     assert info["defaults"]["model_name_or_path"] == web_cluster.base_model
     assert info["defaults"]["learning_rate"] > 0 and info["defaults"]["lora_rank"] == 8
@@ -168,6 +214,20 @@ def test_the_yaml_shown_is_what_llamafleet_train_reads(http, web_cluster, tmp_pa
     assert load_job_spec(path)[0] == forms.to_spec(text)[0]
 
 
+def test_a_grpo_form_passes_the_training_services_checks_and_previews_prompts(http, web_cluster):
+    form = _form(web_cluster, stage="grpo", reward_scorer="exact_match", num_generations=2,
+                 loss_type="seq-mean-token-sum-norm", max_new_tokens=8)  # fmt: skip
+    reply = http.post("/api/yaml", json=form)
+    assert reply.status_code == 200, reply.text
+    spec = forms.to_spec(reply.json()["yaml"])[0]
+    assert spec.stage == pb.STAGE_GRPO and spec.ppo.sampling.n == 2
+    validate(spec)  # the training service's own spec check: raises naming a bad field
+    preview = http.post("/api/preview", json=form)
+    assert preview.status_code == 200, preview.text
+    (seq,) = preview.json()["sequences"]
+    assert "Repeat: w00" in seq["text"] and seq["trained_tokens"] == 0  # a prompt, no answer
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -175,7 +235,7 @@ def test_the_yaml_shown_is_what_llamafleet_train_reads(http, web_cluster, tmp_pa
         ({"learning_rate": "fast"}, "learning_rate: expected a number"),
         ({"lr_scheduler_type": "zigzag"}, "lr_scheduler_type: 'zigzag' is not supported"),
         ({"dataset": ""}, "dataset: required"),
-        ({"stage": "kto"}, "stage: 'kto' is not one of pt, sft, rm, dpo, ppo"),
+        ({"stage": "kto"}, "stage: 'kto' is not one of pt, sft, rm, dpo, ppo, grpo"),
         ({"finetuning_type": "qlora"}, "finetuning_type: 'qlora' is not one of"),
         ({"lora_rnak": 4}, "lora_rnak: not a LLaMA-Factory key"),
         ({"val_size": 2}, "val_size: give the eval split as a fraction"),

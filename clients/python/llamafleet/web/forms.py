@@ -15,14 +15,18 @@ import yaml
 from llamafleet.lf_config import FLAT_KEYS, ConfigFileError, from_flat, from_native, is_native
 from llamafleet.training.v1 import training_pb2 as pb
 
-STAGES = ("pt", "sft", "rm", "dpo", "ppo")
+STAGES = ("pt", "sft", "rm", "dpo", "ppo", "grpo")
 METHODS = ("lora", "freeze", "full")
 
-# Keys that only mean something for one stage or one method; the rest always apply.
+# The rollout and reward keys both online RL stages read (sampling and scoring by the fleets).
+RL_KEYS = ("reward_scorer", "reward_model", "max_new_tokens", "temperature", "top_p")
+# Keys that only mean something for some stages or one method; the rest always apply.
 STAGE_KEYS = {
     "dpo": ("pref_beta", "pref_loss", "pref_ftx", "dpo_label_smoothing", "simpo_gamma"),
-    "ppo": ("reward_scorer", "reward_model", "ppo_epochs", "ppo_target", "max_new_tokens",
-            "temperature", "top_p"),
+    "ppo": (*RL_KEYS, "ppo_epochs", "ppo_target"),
+    # TRL GRPOConfig spellings (lf_keys): num_iterations is GRPO's ppo_epochs
+    "grpo": (*RL_KEYS, "num_generations", "num_iterations", "loss_type", "epsilon",
+             "epsilon_high", "beta", "scale_rewards", "mask_truncated_completions"),
 }  # fmt: skip
 METHOD_KEYS = {
     "lora": ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "use_rslora", "use_dora",
@@ -58,6 +62,13 @@ DEFAULTS: dict[str, Any] = {
     "reward_scorer": "",
     "ppo_epochs": 4,
     "max_new_tokens": 64,
+    # grpo: TRL's GRPOConfig defaults, with llamafleet's loss aggregation default (token-mean)
+    "num_generations": 8,
+    "num_iterations": 1,
+    "loss_type": "token-mean",
+    "epsilon": 0.2,
+    "beta": 0.0,
+    "scale_rewards": "group",
 }
 
 
@@ -74,6 +85,7 @@ def to_flat(form: dict[str, Any]) -> dict[str, Any]:
     if method not in METHODS:
         raise FormError(f"finetuning_type: {method!r} is not one of {', '.join(METHODS)}")
     skip = {k for s, keys in STAGE_KEYS.items() if s != stage for k in keys}
+    skip -= set(STAGE_KEYS.get(stage, ()))  # a key shared with another stage stays
     skip |= {k for m, keys in METHOD_KEYS.items() if m != method for k in keys}
     flat: dict[str, Any] = {}
     for key, value in form.items():

@@ -83,7 +83,8 @@ function formValues() {
 function applyVisibility() {
   const stage = $("#stage-select").value, method = $("#method-select").value;
   for (const d of $$("[data-method]", form)) d.hidden = d.dataset.method !== method;
-  for (const d of $$("[data-stage]", form)) d.hidden = d.dataset.stage !== stage;
+  // data-stage lists the stages a box applies to ("ppo grpo": both online RL stages)
+  for (const d of $$("[data-stage]", form)) d.hidden = !d.dataset.stage.split(" ").includes(stage);
 }
 
 async function loadDatasets() {
