@@ -19,6 +19,7 @@ a data service (offline runs and tests).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -36,7 +37,7 @@ from services.training.loop.batches import open_source
 from services.training.loop.trainer import TrainResult
 from services.training.ppo import exchange
 from services.training.recipes import RECIPES
-from services.training.spec.settings import settings
+from services.training.spec.settings import INIT_ADAPTER_DIR, settings
 from services.training.spec.validation import validate
 
 logger = logging.getLogger(__name__)
@@ -159,6 +160,11 @@ def run(job_dir: Path, data_address: str) -> int:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         resolved = settings(spec, device)
+        if spec.HasField("init_adapter") or spec.adapter_path:  # the copy made at creation
+            imported = job_dir / INIT_ADAPTER_DIR
+            if not (imported / "adapter_config.json").is_file():
+                raise ValueError(f"the job's starting adapter is missing: no {imported}")
+            resolved = dataclasses.replace(resolved, init_adapter=str(imported))
         if rank == 0:
             events.append(
                 tpb.TrainingEvent(

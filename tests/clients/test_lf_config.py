@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 import yaml
@@ -214,12 +215,13 @@ def test_method_and_stage_keys():
         ({"lora_rnak": 8}, "unsupported key 'lora_rnak' (did you mean 'lora_rank'?)"),
         ({"use_unsloth": True}, "unsupported key 'use_unsloth'"),
         ({"lora_rank": "eight"}, "lora_rank: expected an integer, got 'eight'"),
-        ({"stage": "kto"}, "stage: 'kto' is not supported; use one of pt, sft, rm, dpo, ppo"),
+        ({"stage": "orpo"}, "stage: 'orpo' is not supported; use one of pt, sft, rm, dpo, ppo"),
         ({"finetuning_type": "lroa"}, "(did you mean 'lora'?)"),
         ({"val_size": 100}, "val_size: give the eval split as a fraction"),
-        ({"adapter_name_or_path": "saves/lora"}, "JOB_ID@VERSION"),
+        ({"adapter_name_or_path": "saves/a,saves/b"}, "one adapter only"),
+        ({"init_adapter": "saves/lora"}, "JOB_ID@VERSION"),
         ({"do_train": False}, "do_train"),
-        ({"resume_from_checkpoint": "saves/x/checkpoint-100"}, "resume_from_checkpoint: true"),
+        ({"create_new_adapter": "yes"}, "create_new_adapter: expected true or false"),
         ({"bf16": True, "fp16": True}, "bf16 and fp16"),
         ({}, "dataset: required"),
     ],
@@ -311,6 +313,7 @@ def test_every_supported_key_is_exercised_above():
     used |= set(REWARD_FUNCTION_KEYS)
     used |= set(QLORA_ROPE_KEYS)
     used |= set(GRPO_KEYS)
+    used |= {"init_adapter", "create_new_adapter"}  # test_adapter_name_or_path_is_a_folder_...
     assert set(FLAT_KEYS) - used == set()
     assert set(NO_EFFECT_KEYS) & set(FLAT_KEYS) == set()
 
@@ -341,3 +344,33 @@ def test_grpo_keys_fill_the_grpo_config_and_the_group_size():
     assert (g.overlong_buffer_length, g.overlong_penalty_factor) == (8, 0.5)
     assert g.reinforce_pp_baseline == pb.REINFORCE_BASELINE_GROUP
     assert spec.dataset.spec.kind == data_pb2.EXAMPLE_KIND_PROMPT
+
+
+@pytest.mark.parametrize(
+    ("value", "resume", "folder"),
+    [(None, False, ""), (True, True, ""), (False, False, ""), ("saves/x/checkpoints/step-4", True,
+     "saves/x/checkpoints/step-4")],
+)  # fmt: skip
+def test_resume_from_checkpoint_null_true_or_a_folder(value, resume, folder):
+    """LLaMA-Factory's three forms: null (its flagship examples) = start afresh; true = the
+    latest checkpoint in output_dir; a path = that checkpoint (absolute, as LLaMA-Factory reads
+    paths against the working directory)."""
+    spec, notes = from_flat({"model_name_or_path": "/m", "dataset": "d",
+                             "resume_from_checkpoint": value})  # fmt: skip
+    assert spec.resume is resume and not notes
+    expected = str(Path(folder).absolute()) if folder else ""
+    assert spec.resume_from_checkpoint == expected
+
+
+def test_adapter_name_or_path_is_a_folder_or_a_store_reference(tmp_path):
+    folder = tmp_path / "saves" / "sft-lora"
+    folder.mkdir(parents=True)
+    spec, _ = from_flat({"model_name_or_path": "/m", "dataset": "d",
+                         "adapter_name_or_path": str(folder), "create_new_adapter": True})  # fmt: skip
+    assert spec.adapter_path == str(folder) and not spec.HasField("init_adapter")
+    assert spec.create_new_adapter
+    spec, _ = from_flat({"model_name_or_path": "/m", "dataset": "d",
+                         "adapter_name_or_path": "sft-1@3"})  # fmt: skip
+    assert (spec.init_adapter.id, spec.init_adapter.version, spec.adapter_path) == ("sft-1", 3, "")
+    spec, _ = from_flat({"model_name_or_path": "/m", "dataset": "d", "init_adapter": "sft-1@2"})
+    assert (spec.init_adapter.id, spec.init_adapter.version) == ("sft-1", 2)

@@ -125,3 +125,67 @@ def test_config_rejects_nonsense_job_settings():
     for bad in ("cancel_grace_s=-1", "poll_interval_s=0", "jobs_dir="):
         with pytest.raises(ConfigError):
             load_config(TrainingConfig, "training", [bad], {})
+
+
+def test_a_job_starts_from_another_jobs_adapter_version_copied_with_its_sha256(tmp_path, base):
+    """init_adapter JOB@VERSION: the version is copied into the new job (the runner trains from
+    the copy, so pruning the source changes nothing), its archive sha256 recorded and announced."""
+    import json
+
+    from services.common.errors import NotFound
+    from services.training.adapters.store import archive_info
+
+    m = manager(tmp_path).start()
+    m.create(make_spec(base, "sft-1"))
+    assert finished(m, "sft-1").state == pb.JOB_STATE_SUCCEEDED
+    dpo = make_spec(base, "dpo-1")
+    dpo.stage = pb.STAGE_DPO
+    dpo.init_adapter.id, dpo.init_adapter.version = "sft-1", 2
+    m.create(dpo)
+    job_dir = tmp_path / "jobs" / "dpo-1"
+    record = json.loads((job_dir / "init_adapter.json").read_text())
+    expected = archive_info(tmp_path / "jobs" / "sft-1" / "adapters" / "v2")[1].sha256
+    assert record == {"source": "sft-1@2", "sha256": expected,
+                      "size_bytes": record["size_bytes"]}  # fmt: skip
+    assert archive_info(job_dir / "init_adapter")[1].sha256 == expected
+    queued = next(iter(EventLog(job_dir).read()))
+    assert queued.state_change.message == f"starts from sft-1@2 (sha256 {expected})"
+
+    missing = make_spec(base, "dpo-2")
+    missing.init_adapter.id, missing.init_adapter.version = "sft-9", 1
+    with pytest.raises(NotFound, match="sft-9"):
+        m.create(missing)
+    other = make_spec(fake_base_model(tmp_path / "other-base"), "dpo-3")
+    other.init_adapter.id, other.init_adapter.version = "sft-1", 1
+    with pytest.raises(FailedPrecondition, match="trained on"):
+        m.create(other)
+    no_version = make_spec(base, "dpo-4")
+    no_version.init_adapter.id, no_version.init_adapter.version = "sft-1", 7
+    with pytest.raises(NotFound, match="no adapter version 7"):
+        m.create(no_version)
+    assert not (tmp_path / "jobs" / "dpo-4").exists()  # nothing created for a refused job
+
+    folder = make_spec(base, "dpo-5")  # adapter_name_or_path: a folder under the model roots
+    folder.adapter_path = str(tmp_path / "jobs" / "sft-1" / "adapters" / "v1")
+    m.create(folder)
+    record = json.loads((tmp_path / "jobs" / "dpo-5" / "init_adapter.json").read_text())
+    assert record["source"].startswith("the adapter folder ") and len(record["sha256"]) == 64
+    m.close()
+
+
+def test_resume_without_a_job_id_continues_the_job_writing_to_that_output_dir(tmp_path, base):
+    """LLaMA-Factory's resume_from_checkpoint: true = the latest checkpoint in output_dir."""
+    m = manager(tmp_path).start()
+    spec = make_spec(base, "")
+    spec.output_dir = str(tmp_path / "saves" / "run")
+    first = m.create(spec)
+    finished(m, first.id)
+    again = make_spec(base, "")
+    again.output_dir = str(tmp_path / "saves" / "run")
+    again.resume = True
+    assert m.create(again).id == first.id  # the same job, not a refused non-empty folder
+    named = make_spec(base, "named-1")
+    named.resume_from_checkpoint = str(tmp_path / "nowhere" / "step-2")
+    with pytest.raises(FailedPrecondition, match="not a checkpoint of a job"):
+        m.create(named)
+    m.close()

@@ -137,7 +137,8 @@ def test_validate_refuses_float16_on_a_bfloat16_model(tiny_random, tmp_path):
 def test_validate_refuses_what_is_not_implemented(tiny_random):
     spec = job_spec(tiny_random)
     spec.init_adapter.id, spec.init_adapter.version = "sft-job", 1
-    with pytest.raises(Unimplemented, match="spec.init_adapter"):
+    spec.finetuning.llama_pro.num_expand = 2
+    with pytest.raises(Unimplemented, match="LLaMA-Pro block expansion from an adapter"):
         validate(spec)
 
 

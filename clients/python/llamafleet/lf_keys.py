@@ -231,13 +231,29 @@ def _flat_keys() -> dict[str, Any]:
             raise ConfigFileError("do_train: llamafleet jobs train; remove do_train: false")
 
     def resume(s, c, k, v):
+        """null: start afresh; true: the latest checkpoint in output_dir (or of job_id); a path:
+        that checkpoint folder (<job folder>/checkpoints/step-N)."""
+        if v is None:
+            return
         if isinstance(v, bool) or str(v).lower() in ("true", "false"):
             s.resume = _bool(k, v)
             return
-        raise ConfigFileError(
-            "resume_from_checkpoint: a job resumes from its own checkpoints; use "
-            "resume_from_checkpoint: true with the same job_id"
-        )
+        s.resume_from_checkpoint = _path(k, v)
+        s.resume = True
+
+    def adapter_name_or_path(s, c, k, v):
+        """A PEFT folder (LLaMA-Factory's meaning), or JOB_ID@VERSION of the adapter store."""
+        text = _str(k, v)
+        if "," in text:
+            raise ConfigFileError(
+                f"{k}: one adapter only, got {text!r}; merge the others first "
+                "(llamafleet export --merged) and use that as model_name_or_path"
+            )
+        looks_like_ref = "@" in text and "/" not in text and not Path(text).exists()
+        if looks_like_ref:
+            s.init_adapter.CopyFrom(_adapter(k, text))
+        else:
+            s.adapter_path = _path(k, text)
 
     def seed(s, c, k, v):
         s.hyperparameters.seed = _int(k, v)
@@ -276,7 +292,9 @@ def _flat_keys() -> dict[str, Any]:
         "moe_aux_loss_coef": put(ft, "moe_aux_loss_coef", _float),
         # the context length comes from cutoff_len, as in LLaMA-Factory (lf_config.from_flat)
         "rope_scaling": put(top, "rope_scaling", choice(ROPE_SCALING)),
-        "adapter_name_or_path": lambda s, c, k, v: s.init_adapter.CopyFrom(_adapter(k, v)),
+        "adapter_name_or_path": adapter_name_or_path,
+        "init_adapter": lambda s, c, k, v: s.init_adapter.CopyFrom(_adapter(k, v)),  # ours
+        "create_new_adapter": put(top, "create_new_adapter", _bool),
         "disable_gradient_checkpointing": gc_disabled,
         # method
         "stage": put(top, "stage", choice(STAGES)),

@@ -125,6 +125,17 @@ def resolve_paths(
         else:
             roots.check_folder(folder, "spec.base_model")
             out.base_model = str(folder)
+    if spec.adapter_path:  # a PEFT folder the adapter starts from: read like a model folder
+        roots = model_roots(config)
+        try:
+            folder = roots.resolve(spec.adapter_path, "spec.adapter_path", "dir")
+        except PermissionDenied:
+            raise
+        except InvalidArgument as err:
+            pending += err.violations
+        else:
+            roots.check_folder(folder, "spec.adapter_path")
+            out.adapter_path = str(folder)
     if spec.output_dir:
         try:
             target = write_roots(config).resolve_for_write(spec.output_dir, "spec.output_dir")

@@ -34,6 +34,7 @@ from services.common.errors import (
     NotFound,
     invalid,
 )
+from services.training.adapters import store as adapter_store
 from services.training.config import TrainingConfig
 from services.training.jobs import access, process
 from services.training.jobs.events import EventLog
@@ -57,6 +58,7 @@ from services.training.jobs.store import (
 )
 from services.training.spec.normalize import normalize, same_spec
 from services.training.spec.normalize import validate as validate_request
+from services.training.spec.settings import INIT_ADAPTER_DIR
 from services.training.spec.validation import validate
 
 logger = logging.getLogger(__name__)
@@ -198,6 +200,7 @@ class JobManager:
         # service sees on its own, then the whole spec recipe by recipe.
         access.check_bounds(spec, self.config)
         resolved, unresolved = access.resolve_paths(spec, self.config)
+        self._name_resumed_job(resolved)
         spec = normalize(resolved)
         try:
             validate_request(spec)
@@ -219,20 +222,76 @@ class JobManager:
             existing = self._jobs.get(spec.job_id)
             if existing is not None:
                 return self._create_existing(existing, spec)
+            start = self._starting_adapter(spec)
+            self._check_resume_folder(spec)
             job_dir = self._make_job_dir(spec)
             try:
+                note = _import_adapter(job_dir, *start) if start else ""
                 argv, env = self._launcher(spec, job_dir, self.config.data_address, self._token)
             except BaseException:
                 _remove_job_dir(self.root / spec.job_id if spec.output_dir else job_dir)
                 raise
             EventLog(job_dir).append(
-                pb.TrainingEvent(state_change=pb.StateChange(state=pb.JOB_STATE_QUEUED))
+                pb.TrainingEvent(
+                    state_change=pb.StateChange(state=pb.JOB_STATE_QUEUED, message=note)
+                )
             )
             view = JobView(job_dir)
             self._jobs[view.id] = view
             self._spawn(view, argv, env)
             logger.info("job %s created (%s)", view.id, pb.Stage.Name(spec.stage))
             return view.describe()
+
+    def _name_resumed_job(self, spec: pb.TrainingJobSpec) -> None:
+        """``resume`` without a job_id but with an output_dir (LLaMA-Factory's
+        ``resume_from_checkpoint: true``: the latest checkpoint in output_dir) names the job that
+        writes there."""
+        if not (spec.resume and not spec.job_id and spec.output_dir):
+            return
+        with self._lock:
+            for view in self._jobs.values():
+                if view.spec.output_dir == spec.output_dir:
+                    spec.job_id = view.id
+                    return
+
+    def _starting_adapter(self, spec: pb.TrainingJobSpec) -> tuple[Path, str] | None:
+        """(folder, what) of the adapter the job starts from: a published version of another
+        job (init_adapter) or a folder (adapter_path); None without one."""
+        if spec.adapter_path:
+            return Path(spec.adapter_path), f"the adapter folder {spec.adapter_path}"
+        if not spec.HasField("init_adapter"):
+            return None
+        ref = spec.init_adapter
+        source = self._jobs.get(ref.id)
+        if source is None:
+            raise NotFound(f"spec.init_adapter: no training job {ref.id!r}", reason="JOB_NOT_FOUND")
+        version, folder, _ = source.resolve_adapter(ref.version)
+        if source.spec.base_model != spec.base_model:
+            raise FailedPrecondition(
+                f"spec.init_adapter: {ref.id}@{version} was trained on "
+                f"{source.spec.base_model}, not on this job's base_model {spec.base_model}",
+                reason="ADAPTER_BASE_MISMATCH",
+                violations=[FieldViolation("spec.init_adapter", "trained on another base")],
+            )
+        return folder, f"{ref.id}@{version}"
+
+    def _check_resume_folder(self, spec: pb.TrainingJobSpec) -> None:
+        """A named checkpoint must be one of this service's jobs' checkpoints."""
+        if not spec.resume_from_checkpoint:
+            return
+        folder = Path(spec.resume_from_checkpoint).resolve()
+        for view in self._jobs.values():
+            if folder.parent == (view.dir / "checkpoints").resolve():
+                spec.resume_from_checkpoint = str(folder)
+                return
+        if folder.parent == (self.root / spec.job_id / "checkpoints").resolve():
+            return  # this job's own (a job created again with the same id and folder)
+        raise FailedPrecondition(
+            f"spec.resume_from_checkpoint: {folder} is not a checkpoint of a job of this "
+            "service (<job folder>/checkpoints/step-N)",
+            reason="CHECKPOINT_NOT_FOUND",
+            violations=[FieldViolation("spec.resume_from_checkpoint", "not a job's checkpoint")],
+        )
 
     @property
     def _token(self) -> str:
@@ -397,6 +456,18 @@ class JobManager:
         change = pb.StateChange(previous_state=view.state, state=state, message=message)
         EventLog(view.dir).append(pb.TrainingEvent(state_change=change))
         view.refresh()
+
+
+def _import_adapter(job_dir: Path, folder: Path, what: str) -> str:
+    """Copy the starting adapter into the job folder (``INIT_ADAPTER_DIR``) and record its
+    sha256 (of the deterministic archive FetchAdapter would stream) beside it."""
+    dest = job_dir / INIT_ADAPTER_DIR
+    shutil.copytree(folder, dest, ignore=shutil.ignore_patterns(".*"))
+    info = adapter_store.archive_info(dest)[1]
+    record = {"source": what, "sha256": info.sha256, "size_bytes": info.total_size}
+    (job_dir / f"{INIT_ADAPTER_DIR}.json").write_text(json.dumps(record, indent=1) + "\n")
+    logger.info("job %s starts from %s (sha256 %s)", job_dir.name, what, info.sha256)
+    return f"starts from {what} (sha256 {info.sha256})"
 
 
 def _remove_job_dir(path: Path) -> None:

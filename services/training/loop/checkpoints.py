@@ -53,6 +53,17 @@ def latest_checkpoint(job_dir: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+def resume_point(job_dir: str | Path, settings) -> Path | None:
+    """The checkpoint a job resumes from: the one it names (``resume_from_checkpoint``), else
+    its latest when it resumes, else None."""
+    if settings.resume_from:
+        folder = Path(settings.resume_from)
+        if not (folder / "state.json").is_file():
+            raise ValueError(f"resume_from_checkpoint: {folder} holds no checkpoint (state.json)")
+        return folder
+    return latest_checkpoint(job_dir) if settings.resume else None
+
+
 def staging_dir(job_dir: str | Path, step: int) -> Path:
     """The temporary folder a checkpoint is written into (create it on every rank)."""
     return checkpoint_root(job_dir) / f".step-{step}.tmp"

@@ -135,7 +135,7 @@ class Trainer:
             model, optimizer, scheduler, models.grad_scaler(s, self.device), s, self.world
         )
         self.has_eval = self.source.has_eval()
-        latest = checkpoints.latest_checkpoint(self.job_dir) if s.resume else None
+        latest = checkpoints.resume_point(self.job_dir, s)
         if latest is not None:
             self._resume(latest)
         self.writer = MetricsWriter(self.output_dir) if self.world.is_main else None

@@ -143,7 +143,7 @@ def load_trained(settings: Settings, device: torch.device) -> torch.nn.Module:
     model = load_base(settings, device)
     lean_layers.use_lean_layers(model)
     if settings.method == "lora":
-        model = lora.apply_lora(model, settings.lora, settings.seed)
+        model = lora.start_lora(model, settings)
         if settings.backend != "deepspeed":
             lora_fused.fuse_lora_layers(model)
     return model

@@ -11,6 +11,14 @@ Scaling is ``alpha / rank``, or ``alpha / sqrt(rank)`` with rsLoRA. On a model e
 LLaMA-Pro blocks, adapters go on the new blocks only (peft's ``layers_to_transform``); the
 original blocks stay bit-identical.
 
+Stages chain through adapters (LLaMA-Factory's ``adapter_name_or_path``): ``start_lora`` either
+continues training a saved adapter (its own ``LoraConfig``: rank, alpha and targets come from the
+folder, as in LLaMA-Factory; the spec's ``lora_*`` keys are then not used) or, with
+``create_new_adapter``, merges it into the base and adds a fresh adapter on top.
+``add_reference_adapter`` loads the starting adapter a second time, frozen, under the name
+``reference`` on the same backbone: base + that adapter is the reference of DPO, KTO and PPO
+without a second model in memory (``model.reference``).
+
 ``publish_adapter`` writes a folder that ``peft.PeftModel.from_pretrained`` loads
 (``adapter_config.json`` + ``adapter_model.safetensors``): first to a temporary sibling, then
 renamed, so a reader never sees half an adapter.
@@ -114,6 +122,108 @@ def apply_lora(model: torch.nn.Module, cfg: LoraSettings, seed: int) -> PeftMode
     return peft_model
 
 
+REFERENCE_ADAPTER = "reference"  # the frozen copy of the starting adapter (the reference)
+TRAINED_ADAPTER = "default"  # peft's name of the adapter being trained
+
+
+def adapter_weights(folder: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a PEFT adapter folder (``adapter_model.safetensors`` only: never a pickle)."""
+    from safetensors.torch import load_file
+
+    path = Path(folder) / "adapter_model.safetensors"
+    if not path.is_file():
+        raise ValueError(f"{folder} is not a PEFT adapter folder: no adapter_model.safetensors")
+    return load_file(path)
+
+
+def load_weights_into(model: PeftModel, folder: str | Path, adapter_name: str) -> None:
+    """Load the folder's adapter weights into ``adapter_name`` of ``model``; every LoRA weight of
+    that adapter must come from the folder and every tensor of the folder must find its place."""
+    from peft import set_peft_model_state_dict
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    state = adapter_weights(folder)
+    current = None
+    for name, module in model.named_modules():  # heads the folder lacks keep their own weights
+        if isinstance(module, AuxiliaryTrainingWrapper):  # (an SFT adapter under a new RM head)
+            for key, stored in module.adapter_state_dict_load_map(adapter_name).items():
+                if f"{name}.{key}" not in state:
+                    current = current if current is not None else model.state_dict()
+                    state[f"{name}.{key}"] = current[f"{name}.{stored}"]
+    result = set_peft_model_state_dict(model, state, adapter_name=adapter_name)
+    unexpected = list(getattr(result, "unexpected_keys", []))
+    missing = [
+        k for k in getattr(result, "missing_keys", []) if "lora_" in k and f".{adapter_name}" in k
+    ]
+    if unexpected or missing:
+        raise ValueError(
+            f"adapter {folder} does not fit this model: "
+            f"{len(unexpected)} unexpected tensors (e.g. {unexpected[:2]}), "
+            f"{len(missing)} LoRA weights missing (e.g. {missing[:2]})"
+        )
+
+
+def adapter_config(folder: str | Path) -> LoraConfig:
+    config = LoraConfig.from_pretrained(str(folder))
+    if not isinstance(config, LoraConfig):
+        raise ValueError(f"{folder}: a {type(config).__name__} adapter, not LoRA")
+    config.init_lora_weights = True  # the weights are loaded: no PiSSA re-initialisation
+    config.inference_mode = False
+    return config
+
+
+def merge_adapter(model: torch.nn.Module, folder: str | Path) -> torch.nn.Module:
+    """``model`` with the folder's adapter merged into its weights (create_new_adapter)."""
+    config = adapter_config(folder)
+    merged = get_peft_model(model, config, autocast_adapter_dtype=True)
+    load_weights_into(merged, folder, TRAINED_ADAPTER)
+    logger.info("merged the adapter %s into the base", folder)
+    return merged.merge_and_unload()
+
+
+def continue_adapter(
+    model: torch.nn.Module,
+    folder: str | Path,
+    task_type: str = "CAUSAL_LM",
+    modules_to_save: tuple[str, ...] = (),
+) -> PeftModel:
+    """Freeze ``model`` and train the folder's adapter further (float32 adapter weights)."""
+    config = adapter_config(folder)
+    config.task_type = task_type
+    if modules_to_save:
+        config.modules_to_save = sorted({*(config.modules_to_save or ()), *modules_to_save})
+    peft_model = get_peft_model(model, config, autocast_adapter_dtype=True)
+    load_weights_into(peft_model, folder, TRAINED_ADAPTER)
+    logger.info(
+        "LoRA continues the adapter %s (rank %d alpha %g on %s; the folder's settings)",
+        folder, config.r, config.lora_alpha, ",".join(sorted(config.target_modules or ())),
+    )  # fmt: skip
+    return peft_model
+
+
+def start_lora(model: torch.nn.Module, settings) -> PeftModel:
+    """The trained LoRA model: fresh, or from ``settings.init_adapter`` (continued, or merged
+    into the base under a fresh adapter with ``create_new_adapter``)."""
+    folder = settings.init_adapter
+    if folder and settings.create_new_adapter:
+        model = merge_adapter(model, folder)
+    elif folder:
+        return continue_adapter(model, folder)
+    return apply_lora(model, settings.lora, settings.seed)
+
+
+def add_reference_adapter(model: PeftModel, folder: str | Path) -> None:
+    """Load the folder's adapter again, frozen, as ``REFERENCE_ADAPTER`` (not active)."""
+    config = adapter_config(folder)
+    config.inference_mode = True
+    config.modules_to_save = None  # a reference reads the trained model's heads as they start
+    model.add_adapter(REFERENCE_ADAPTER, config)
+    load_weights_into(model, folder, REFERENCE_ADAPTER)
+    for name, param in model.named_parameters():
+        if f".{REFERENCE_ADAPTER}." in name:
+            param.requires_grad_(False)
+
+
 def folder_size(path: Path) -> int:
     """Sum of the sizes of the files under ``path``."""
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
@@ -134,7 +244,9 @@ def save_adapter(
     tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+    model.save_pretrained(  # the trained adapter only, never the frozen reference copy
+        tmp, state_dict=state_dict, safe_serialization=True, selected_adapters=[TRAINED_ADAPTER]
+    )
     # the base it trained on (LLaMA-Pro blocks, RoPE scaling): loaders refuse another base
     shape = base_shape(model.get_base_model().config.to_dict())
     (tmp / ADAPTER_BASE_FILE).write_text(json.dumps(shape, indent=1) + "\n")

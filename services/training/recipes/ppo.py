@@ -41,7 +41,9 @@ importance sampling, Yao et al. 2025), which corrects both staleness and numeric
 
 Reads top to bottom: setup -> the step (collect, score, update, publish) -> save. Planning,
 admission and collecting (the fleets' side) are a composed ``ppo.rollouts.RolloutPlanner``, the
-reference a ``model.reference.Reference`` (the policy with its adapter disabled).
+reference a ``model.reference.Reference`` (the policy with its adapter disabled; from a starting
+SFT adapter, base + that adapter frozen beside the trained copy, so the KL is 0 at step 0 and the
+first published version, which the fleet serves for step 0, is the SFT adapter).
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ from services.training.loop.trainer import NullReporter, Reporter, TrainResult
 from services.training.losses.ppo import KlController, masked_mean, policy_loss, value_loss
 from services.training.model import load as models
 from services.training.model import lora, optim
-from services.training.model.reference import Reference
+from services.training.model.reference import lora_reference
 from services.training.ppo.advantages import AdvantageEstimator, Gae, StepTokens
 from services.training.ppo.batch import (
     PolicyWithValue,
@@ -124,10 +126,11 @@ class PpoTrainer:
         base = models.load_base(s, self.device)
         self.pad_id = base.config.pad_token_id if base.config.pad_token_id is not None else 0
         self.end_ids = models.end_token_ids(s, self.source.end_token_ids())
-        policy = lora.apply_lora(base, s.lora, s.seed)
+        policy = lora.start_lora(base, s)  # fresh, or the starting (SFT) adapter
         self.model = PolicyWithValue(policy, base.config.hidden_size).to(self.device)
         self.policy = policy
-        self.reference = Reference(policy)  # the base: the policy with its adapter disabled
+        # the base (adapter disabled), or base + the starting adapter as a frozen second adapter
+        self.reference = lora_reference(s, policy)
         trainable, total = models.trainable_parameters(self.model)
         logger.info("trainable parameters (LoRA + value head): %d of %d", trainable, total)
 

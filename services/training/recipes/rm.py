@@ -15,8 +15,10 @@ data's rows. Chosen and rejected go through the backbone in one concatenated for
 What is saved is what ``services.reward.scorers.model`` loads: with LoRA a PEFT ``SEQ_CLS``
 adapter whose ``modules_to_save`` holds the trained ``score`` head (published as adapter versions
 like the SFT adapters, served over the shared base); with full fine-tuning the whole
-sequence-classification model folder (``pad_token_id`` in its ``config.json``). Reads top to
-bottom: setup -> train -> save.
+sequence-classification model folder (``pad_token_id`` in its ``config.json``). From a starting
+adapter (an SFT job's, ``Settings.init_adapter``) the backbone's LoRA continues that adapter (or
+it is merged into the base under a fresh one with ``create_new_adapter``); the head is new either
+way. Reads top to bottom: setup -> train -> save.
 """
 
 from __future__ import annotations
@@ -73,6 +75,12 @@ def load_reward_model(settings: Settings, device: torch.device) -> torch.nn.Modu
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     model = model.to(device)
+    folder = settings.init_adapter
+    if settings.method == "lora" and folder and not settings.create_new_adapter:
+        # the starting (SFT) adapter trained further on the backbone, and a new score head
+        return lora.continue_adapter(model, folder, "SEQ_CLS", modules_to_save=(SCORE_HEAD,))
+    if settings.method == "lora" and folder:
+        model = lora.merge_adapter(model, folder)  # create_new_adapter: into the base
     if settings.method == "lora":
         config = lora.lora_config(model, settings.lora)
         config.task_type = "SEQ_CLS"

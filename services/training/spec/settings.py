@@ -13,6 +13,8 @@ from llamafleet.training.v1 import training_pb2 as tpb
 
 from services.training.spec import devices
 
+INIT_ADAPTER_DIR = "init_adapter"  # a job folder's copy of its starting adapter (and .json)
+
 SCHEDULERS = {
     tpb.LR_SCHEDULER_TYPE_UNSPECIFIED: "linear",
     tpb.LR_SCHEDULER_TYPE_LINEAR: "linear",
@@ -40,6 +42,7 @@ STAGES = {
     tpb.STAGE_DPO: "dpo",
     tpb.STAGE_PPO: "ppo",
     tpb.STAGE_GRPO: "grpo",
+    tpb.STAGE_KTO: "kto",
 }
 PREFERENCE_LOSSES = {
     tpb.PREFERENCE_LOSS_UNSPECIFIED: "sigmoid",
@@ -95,6 +98,8 @@ class PreferenceSettings:
     label_smoothing: float = 0.0
     pref_ftx: float = 0.0
     simpo_gamma: float = 0.5
+    kto_chosen_weight: float = 1.0  # kto: weight of the desirable responses' losses
+    kto_rejected_weight: float = 1.0  # kto: weight of the undesirable responses' losses
 
 
 @dataclass(frozen=True)
@@ -197,6 +202,12 @@ class Settings:
     max_context_length: int | None = None  # the context RoPE scaling is for
     galore: GaloreSettings | None = None  # GaLore optimizer (full fine-tuning)
     moe_aux_loss_coef: float = 0.0  # router load-balancing loss weight (MoE base models)
+    init_adapter: str | None = None  # a PEFT LoRA folder the adapter starts from
+    create_new_adapter: bool = False  # merge init_adapter into the base, train a fresh adapter
+    resume_from: str | None = None  # a checkpoint folder to resume from instead of the latest
+    neftune_alpha: float = 0.0  # NEFTune noise on the input embeddings (0 = off)
+    optim: str = "adamw_torch"  # Transformers' optim name
+    report_to: tuple[str, ...] = ()  # experiment trackers beside the job's own files
     extra: dict = field(default_factory=dict)
 
 
@@ -270,7 +281,6 @@ def settings(spec: tpb.TrainingJobSpec, device: str = "cpu") -> Settings:
         zero_stage=dist.deepspeed_zero_stage if dist.HasField("deepspeed_zero_stage") else 2,
         offload_optimizer=dist.offload_optimizer,
         offload_params=dist.offload_params,
-        resume=spec.resume,
         trust_remote_code=spec.trust_remote_code,
         preference=PreferenceSettings(
             beta=pref.beta if pref.HasField("beta") else 0.1,
@@ -278,6 +288,12 @@ def settings(spec: tpb.TrainingJobSpec, device: str = "cpu") -> Settings:
             label_smoothing=pref.label_smoothing,
             pref_ftx=pref.pref_ftx,
             simpo_gamma=pref.simpo_gamma if pref.HasField("simpo_gamma") else 0.5,
+            kto_chosen_weight=(
+                pref.kto_chosen_weight if pref.HasField("kto_chosen_weight") else 1.0
+            ),
+            kto_rejected_weight=(
+                pref.kto_rejected_weight if pref.HasField("kto_rejected_weight") else 1.0
+            ),
         ),
         ppo=_ppo_settings(
             spec.ppo,
@@ -305,6 +321,13 @@ def settings(spec: tpb.TrainingJobSpec, device: str = "cpu") -> Settings:
         galore=_galore_settings(ft.galore) if ft.HasField("galore") else None,
         moe_aux_loss_coef=ft.moe_aux_loss_coef if ft.HasField("moe_aux_loss_coef") else 0.0,
         grpo=grpo_settings(spec.grpo),
+        init_adapter=spec.adapter_path or None,  # the runner points JOB@VERSION at its copy
+        create_new_adapter=spec.create_new_adapter,
+        resume_from=spec.resume_from_checkpoint or None,
+        resume=spec.resume or bool(spec.resume_from_checkpoint),
+        neftune_alpha=hp.neftune_noise_alpha if hp.HasField("neftune_noise_alpha") else 0.0,
+        optim=hp.optim or "adamw_torch",
+        report_to=tuple(r for r in spec.report_to if r != "none"),
     )
 
 

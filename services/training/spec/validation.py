@@ -26,6 +26,46 @@ from services.training.spec.settings import (
 )
 
 
+def _check_chain(spec: tpb.TrainingJobSpec, check) -> None:
+    """The starting adapter (init_adapter, adapter_path) and the checkpoint to resume from."""
+    starts = spec.HasField("init_adapter") or bool(spec.adapter_path)
+    check(
+        not (spec.HasField("init_adapter") and spec.adapter_path),
+        "spec.adapter_path",
+        "set at most one of init_adapter (JOB@VERSION) and adapter_path (a folder)",
+    )
+    if starts:
+        method = spec.finetuning.type
+        check(
+            method in (tpb.FINETUNING_TYPE_UNSPECIFIED, tpb.FINETUNING_TYPE_LORA),
+            "spec.finetuning.type",
+            "a starting adapter (init_adapter, adapter_path) needs LORA, as in LLaMA-Factory; "
+            "to train all weights from an adapter, export it merged and use that as base_model",
+        )
+    if spec.adapter_path:
+        folder = Path(spec.adapter_path)
+        check(
+            (folder / "adapter_config.json").is_file()
+            and (folder / "adapter_model.safetensors").is_file(),
+            "spec.adapter_path",
+            f"{folder} is not a PEFT adapter folder (adapter_config.json and "
+            "adapter_model.safetensors)",
+        )
+    check(
+        not spec.create_new_adapter or starts,
+        "spec.create_new_adapter",
+        "needs a starting adapter (init_adapter or adapter_path) to merge",
+    )
+    if spec.resume_from_checkpoint:
+        folder = Path(spec.resume_from_checkpoint)
+        check(
+            (folder / "state.json").is_file(),
+            "spec.resume_from_checkpoint",
+            f"{folder} is not a checkpoint folder (<job folder>/checkpoints/step-N with "
+            "state.json)",
+        )
+
+
 def _check_ppo(spec: tpb.TrainingJobSpec, check) -> None:
     """``PpoConfig`` ranges (STAGE_PPO and STAGE_GRPO only; other stages ignore it)."""
     if spec.stage not in (tpb.STAGE_PPO, tpb.STAGE_GRPO):
@@ -155,6 +195,7 @@ def validate(spec: tpb.TrainingJobSpec) -> None:
     )
     check(not (lo.use_dora and lo.pissa_init), "spec.finetuning.lora", "DoRA and PiSSA exclude")
     _check_freeze(spec, base, check)
+    _check_chain(spec, check)
     _check_quantization(spec, check)
     _check_ppo(spec, check)
     _check_grpo(spec, check)
@@ -496,5 +537,30 @@ def _refuse_unimplemented(spec: tpb.TrainingJobSpec) -> None:
             "spec.finetuning.quantization_bits",
             f"QLoRA quantization with {tpb.FinetuningType.Name(ft.type)} (use LORA)",
         )
-    if spec.HasField("init_adapter"):
-        refuse("spec.init_adapter", "starting from an adapter version")
+    if spec.stage == tpb.STAGE_KTO:
+        refuse("spec.stage", "STAGE_KTO")
+    if spec.hyperparameters.neftune_noise_alpha:
+        refuse("spec.hyperparameters.neftune_noise_alpha", "NEFTune")
+    if spec.hyperparameters.optim not in ("", "adamw_torch"):
+        refuse("spec.hyperparameters.optim", f"optim {spec.hyperparameters.optim!r}")
+    if [r for r in spec.report_to if r not in ("none", "tensorboard")]:
+        refuse("spec.report_to", "experiment trackers other than tensorboard")
+    starts = spec.HasField("init_adapter") or bool(spec.adapter_path)
+    if starts and ft.llama_pro.num_expand:
+        refuse(
+            "spec.finetuning.llama_pro",
+            "LLaMA-Pro block expansion from an adapter (the adapter was trained on the base "
+            "without the new blocks)",
+        )
+    if starts and ft.HasField("quantization_bits") and spec.create_new_adapter:
+        refuse(
+            "spec.create_new_adapter",
+            "create_new_adapter with QLoRA (an adapter cannot be merged into a quantized base; "
+            "leave create_new_adapter unset to continue training the adapter)",
+        )
+    if spec.resume_from_checkpoint and spec.stage == tpb.STAGE_PPO:
+        refuse(
+            "spec.resume_from_checkpoint",
+            "STAGE_PPO from a named checkpoint folder (its rollout streams belong to the job: "
+            "use resume: true with the same job_id)",
+        )

@@ -23,6 +23,7 @@ class Stage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STAGE_DPO: _ClassVar[Stage]
     STAGE_PPO: _ClassVar[Stage]
     STAGE_GRPO: _ClassVar[Stage]
+    STAGE_KTO: _ClassVar[Stage]
 
 class FinetuningType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -163,6 +164,7 @@ STAGE_RM: Stage
 STAGE_DPO: Stage
 STAGE_PPO: Stage
 STAGE_GRPO: Stage
+STAGE_KTO: Stage
 FINETUNING_TYPE_UNSPECIFIED: FinetuningType
 FINETUNING_TYPE_FULL: FinetuningType
 FINETUNING_TYPE_FREEZE: FinetuningType
@@ -332,7 +334,7 @@ class FinetuningConfig(_message.Message):
     def __init__(self, type: _Optional[_Union[FinetuningType, str]] = ..., lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., freeze: _Optional[_Union[FreezeConfig, _Mapping]] = ..., llama_pro: _Optional[_Union[LlamaProConfig, _Mapping]] = ..., quantization_bits: _Optional[int] = ..., galore: _Optional[_Union[GaloreConfig, _Mapping]] = ..., quantization_type: _Optional[_Union[QuantizationType, str]] = ..., double_quantization: _Optional[bool] = ..., moe_aux_loss_coef: _Optional[float] = ...) -> None: ...
 
 class Hyperparameters(_message.Message):
-    __slots__ = ("learning_rate", "lr_scheduler", "warmup_ratio", "warmup_steps", "num_epochs", "max_steps", "per_device_batch_size", "per_device_batch_tokens", "gradient_accumulation_steps", "max_grad_norm", "seed", "weight_decay", "eval_steps", "logging_steps", "save_steps", "save_total_limit", "gradient_checkpointing")
+    __slots__ = ("learning_rate", "lr_scheduler", "warmup_ratio", "warmup_steps", "num_epochs", "max_steps", "per_device_batch_size", "per_device_batch_tokens", "gradient_accumulation_steps", "max_grad_norm", "seed", "weight_decay", "eval_steps", "logging_steps", "save_steps", "save_total_limit", "gradient_checkpointing", "neftune_noise_alpha", "optim")
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     LR_SCHEDULER_FIELD_NUMBER: _ClassVar[int]
     WARMUP_RATIO_FIELD_NUMBER: _ClassVar[int]
@@ -350,6 +352,8 @@ class Hyperparameters(_message.Message):
     SAVE_STEPS_FIELD_NUMBER: _ClassVar[int]
     SAVE_TOTAL_LIMIT_FIELD_NUMBER: _ClassVar[int]
     GRADIENT_CHECKPOINTING_FIELD_NUMBER: _ClassVar[int]
+    NEFTUNE_NOISE_ALPHA_FIELD_NUMBER: _ClassVar[int]
+    OPTIM_FIELD_NUMBER: _ClassVar[int]
     learning_rate: float
     lr_scheduler: LrSchedulerType
     warmup_ratio: float
@@ -367,7 +371,9 @@ class Hyperparameters(_message.Message):
     save_steps: int
     save_total_limit: int
     gradient_checkpointing: bool
-    def __init__(self, learning_rate: _Optional[float] = ..., lr_scheduler: _Optional[_Union[LrSchedulerType, str]] = ..., warmup_ratio: _Optional[float] = ..., warmup_steps: _Optional[int] = ..., num_epochs: _Optional[float] = ..., max_steps: _Optional[int] = ..., per_device_batch_size: _Optional[int] = ..., per_device_batch_tokens: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., max_grad_norm: _Optional[float] = ..., seed: _Optional[int] = ..., weight_decay: _Optional[float] = ..., eval_steps: _Optional[int] = ..., logging_steps: _Optional[int] = ..., save_steps: _Optional[int] = ..., save_total_limit: _Optional[int] = ..., gradient_checkpointing: _Optional[bool] = ...) -> None: ...
+    neftune_noise_alpha: float
+    optim: str
+    def __init__(self, learning_rate: _Optional[float] = ..., lr_scheduler: _Optional[_Union[LrSchedulerType, str]] = ..., warmup_ratio: _Optional[float] = ..., warmup_steps: _Optional[int] = ..., num_epochs: _Optional[float] = ..., max_steps: _Optional[int] = ..., per_device_batch_size: _Optional[int] = ..., per_device_batch_tokens: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., max_grad_norm: _Optional[float] = ..., seed: _Optional[int] = ..., weight_decay: _Optional[float] = ..., eval_steps: _Optional[int] = ..., logging_steps: _Optional[int] = ..., save_steps: _Optional[int] = ..., save_total_limit: _Optional[int] = ..., gradient_checkpointing: _Optional[bool] = ..., neftune_noise_alpha: _Optional[float] = ..., optim: _Optional[str] = ...) -> None: ...
 
 class DistributedConfig(_message.Message):
     __slots__ = ("world_size", "backend", "deepspeed_zero_stage", "offload_optimizer", "offload_params")
@@ -384,18 +390,22 @@ class DistributedConfig(_message.Message):
     def __init__(self, world_size: _Optional[int] = ..., backend: _Optional[_Union[DistributedBackend, str]] = ..., deepspeed_zero_stage: _Optional[int] = ..., offload_optimizer: _Optional[bool] = ..., offload_params: _Optional[bool] = ...) -> None: ...
 
 class PreferenceConfig(_message.Message):
-    __slots__ = ("beta", "loss_type", "label_smoothing", "pref_ftx", "simpo_gamma")
+    __slots__ = ("beta", "loss_type", "label_smoothing", "pref_ftx", "simpo_gamma", "kto_chosen_weight", "kto_rejected_weight")
     BETA_FIELD_NUMBER: _ClassVar[int]
     LOSS_TYPE_FIELD_NUMBER: _ClassVar[int]
     LABEL_SMOOTHING_FIELD_NUMBER: _ClassVar[int]
     PREF_FTX_FIELD_NUMBER: _ClassVar[int]
     SIMPO_GAMMA_FIELD_NUMBER: _ClassVar[int]
+    KTO_CHOSEN_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    KTO_REJECTED_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     beta: float
     loss_type: PreferenceLoss
     label_smoothing: float
     pref_ftx: float
     simpo_gamma: float
-    def __init__(self, beta: _Optional[float] = ..., loss_type: _Optional[_Union[PreferenceLoss, str]] = ..., label_smoothing: _Optional[float] = ..., pref_ftx: _Optional[float] = ..., simpo_gamma: _Optional[float] = ...) -> None: ...
+    kto_chosen_weight: float
+    kto_rejected_weight: float
+    def __init__(self, beta: _Optional[float] = ..., loss_type: _Optional[_Union[PreferenceLoss, str]] = ..., label_smoothing: _Optional[float] = ..., pref_ftx: _Optional[float] = ..., simpo_gamma: _Optional[float] = ..., kto_chosen_weight: _Optional[float] = ..., kto_rejected_weight: _Optional[float] = ...) -> None: ...
 
 class PpoConfig(_message.Message):
     __slots__ = ("sampling", "reward_scorer", "reward_adapter", "rollout_batch_size", "ppo_epochs", "kl_coef", "adaptive_kl", "kl_target", "kl_horizon", "gae_gamma", "gae_lambda", "clip_range", "value_clip_range", "value_loss_coef", "max_staleness", "whiten_rewards", "reward_settings")
@@ -436,7 +446,7 @@ class PpoConfig(_message.Message):
     def __init__(self, sampling: _Optional[_Union[_rollout_pb2.SamplingParams, _Mapping]] = ..., reward_scorer: _Optional[str] = ..., reward_adapter: _Optional[_Union[_common_pb2.AdapterRef, _Mapping]] = ..., rollout_batch_size: _Optional[int] = ..., ppo_epochs: _Optional[int] = ..., kl_coef: _Optional[float] = ..., adaptive_kl: _Optional[bool] = ..., kl_target: _Optional[float] = ..., kl_horizon: _Optional[int] = ..., gae_gamma: _Optional[float] = ..., gae_lambda: _Optional[float] = ..., clip_range: _Optional[float] = ..., value_clip_range: _Optional[float] = ..., value_loss_coef: _Optional[float] = ..., max_staleness: _Optional[int] = ..., whiten_rewards: _Optional[bool] = ..., reward_settings: _Optional[_Union[_common_pb2.RewardSettings, _Mapping]] = ...) -> None: ...
 
 class TrainingJobSpec(_message.Message):
-    __slots__ = ("job_id", "base_model", "dataset", "eval_dataset", "stage", "finetuning", "hyperparameters", "compute_dtype", "attention_implementation", "distributed", "preference", "ppo", "resume", "output_dir", "init_adapter", "trust_remote_code", "rope_scaling", "max_context_length", "grpo")
+    __slots__ = ("job_id", "base_model", "dataset", "eval_dataset", "stage", "finetuning", "hyperparameters", "compute_dtype", "attention_implementation", "distributed", "preference", "ppo", "resume", "output_dir", "init_adapter", "trust_remote_code", "rope_scaling", "max_context_length", "grpo", "resume_from_checkpoint", "adapter_path", "create_new_adapter", "report_to")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
@@ -456,6 +466,10 @@ class TrainingJobSpec(_message.Message):
     ROPE_SCALING_FIELD_NUMBER: _ClassVar[int]
     MAX_CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     GRPO_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FROM_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_PATH_FIELD_NUMBER: _ClassVar[int]
+    CREATE_NEW_ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    REPORT_TO_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     base_model: str
     dataset: DatasetRef
@@ -475,7 +489,11 @@ class TrainingJobSpec(_message.Message):
     rope_scaling: RopeScalingType
     max_context_length: int
     grpo: GrpoConfig
-    def __init__(self, job_id: _Optional[str] = ..., base_model: _Optional[str] = ..., dataset: _Optional[_Union[DatasetRef, _Mapping]] = ..., eval_dataset: _Optional[_Union[DatasetRef, _Mapping]] = ..., stage: _Optional[_Union[Stage, str]] = ..., finetuning: _Optional[_Union[FinetuningConfig, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., compute_dtype: _Optional[_Union[ComputeDtype, str]] = ..., attention_implementation: _Optional[_Union[AttentionImplementation, str]] = ..., distributed: _Optional[_Union[DistributedConfig, _Mapping]] = ..., preference: _Optional[_Union[PreferenceConfig, _Mapping]] = ..., ppo: _Optional[_Union[PpoConfig, _Mapping]] = ..., resume: _Optional[bool] = ..., output_dir: _Optional[str] = ..., init_adapter: _Optional[_Union[_common_pb2.AdapterRef, _Mapping]] = ..., trust_remote_code: _Optional[bool] = ..., rope_scaling: _Optional[_Union[RopeScalingType, str]] = ..., max_context_length: _Optional[int] = ..., grpo: _Optional[_Union[GrpoConfig, _Mapping]] = ...) -> None: ...
+    resume_from_checkpoint: str
+    adapter_path: str
+    create_new_adapter: bool
+    report_to: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_id: _Optional[str] = ..., base_model: _Optional[str] = ..., dataset: _Optional[_Union[DatasetRef, _Mapping]] = ..., eval_dataset: _Optional[_Union[DatasetRef, _Mapping]] = ..., stage: _Optional[_Union[Stage, str]] = ..., finetuning: _Optional[_Union[FinetuningConfig, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., compute_dtype: _Optional[_Union[ComputeDtype, str]] = ..., attention_implementation: _Optional[_Union[AttentionImplementation, str]] = ..., distributed: _Optional[_Union[DistributedConfig, _Mapping]] = ..., preference: _Optional[_Union[PreferenceConfig, _Mapping]] = ..., ppo: _Optional[_Union[PpoConfig, _Mapping]] = ..., resume: _Optional[bool] = ..., output_dir: _Optional[str] = ..., init_adapter: _Optional[_Union[_common_pb2.AdapterRef, _Mapping]] = ..., trust_remote_code: _Optional[bool] = ..., rope_scaling: _Optional[_Union[RopeScalingType, str]] = ..., max_context_length: _Optional[int] = ..., grpo: _Optional[_Union[GrpoConfig, _Mapping]] = ..., resume_from_checkpoint: _Optional[str] = ..., adapter_path: _Optional[str] = ..., create_new_adapter: _Optional[bool] = ..., report_to: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TrainingMetrics(_message.Message):
     __slots__ = ("step", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_second", "eta", "eval_loss", "extra")
