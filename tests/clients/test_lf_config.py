@@ -215,7 +215,10 @@ def test_method_and_stage_keys():
         ({"lora_rnak": 8}, "unsupported key 'lora_rnak' (did you mean 'lora_rank'?)"),
         ({"use_unsloth": True}, "unsupported key 'use_unsloth'"),
         ({"lora_rank": "eight"}, "lora_rank: expected an integer, got 'eight'"),
-        ({"stage": "orpo"}, "stage: 'orpo' is not supported; use one of pt, sft, rm, dpo, ppo"),
+        (
+            {"stage": "orpo"},
+            "stage: 'orpo' is not supported; use one of pt, sft, rm, dpo, ppo, kto",
+        ),
         ({"finetuning_type": "lroa"}, "(did you mean 'lora'?)"),
         ({"val_size": 100}, "val_size: give the eval split as a fraction"),
         ({"adapter_name_or_path": "saves/a,saves/b"}, "one adapter only"),
@@ -314,6 +317,7 @@ def test_every_supported_key_is_exercised_above():
     used |= set(QLORA_ROPE_KEYS)
     used |= set(GRPO_KEYS)
     used |= {"init_adapter", "create_new_adapter"}  # test_adapter_name_or_path_is_a_folder_...
+    used |= {"kto_chosen_weight", "kto_rejected_weight"}  # test_stage_kto_reads_feedback_data...
     assert set(FLAT_KEYS) - used == set()
     assert set(NO_EFFECT_KEYS) & set(FLAT_KEYS) == set()
 
@@ -374,3 +378,12 @@ def test_adapter_name_or_path_is_a_folder_or_a_store_reference(tmp_path):
     assert (spec.init_adapter.id, spec.init_adapter.version, spec.adapter_path) == ("sft-1", 3, "")
     spec, _ = from_flat({"model_name_or_path": "/m", "dataset": "d", "init_adapter": "sft-1@2"})
     assert (spec.init_adapter.id, spec.init_adapter.version) == ("sft-1", 2)
+
+
+def test_stage_kto_reads_feedback_data_and_its_weights():
+    spec, _ = from_flat({"model_name_or_path": "/m", "dataset": "kto_en_demo", "stage": "kto",
+                         "pref_beta": 0.2, "kto_chosen_weight": 1.5, "kto_rejected_weight": 0.5})  # fmt: skip
+    assert spec.stage == pb.STAGE_KTO
+    assert spec.dataset.spec.kind == data_pb2.EXAMPLE_KIND_FEEDBACK
+    pref = spec.preference
+    assert (pref.beta, pref.kto_chosen_weight, pref.kto_rejected_weight) == (0.2, 1.5, 0.5)

@@ -131,6 +131,7 @@ def hint(key: str, names: list[str]) -> str:
 
 STAGES = {"pt": pb.STAGE_PT, "sft": pb.STAGE_SFT, "rm": pb.STAGE_RM, "dpo": pb.STAGE_DPO}
 STAGES["ppo"] = pb.STAGE_PPO
+STAGES["kto"] = pb.STAGE_KTO
 FINETUNING = {
     "lora": pb.FINETUNING_TYPE_LORA,
     "freeze": pb.FINETUNING_TYPE_FREEZE,
@@ -170,6 +171,7 @@ EXAMPLE_KINDS = {
     pb.STAGE_RM: data_pb2.EXAMPLE_KIND_PREFERENCE,
     pb.STAGE_DPO: data_pb2.EXAMPLE_KIND_PREFERENCE,
     pb.STAGE_PPO: data_pb2.EXAMPLE_KIND_PROMPT,
+    pb.STAGE_KTO: data_pb2.EXAMPLE_KIND_FEEDBACK,
 }
 
 # Accepted for compatibility with LLaMA-Factory files; they change nothing in llamafleet.
@@ -326,6 +328,8 @@ def _flat_keys() -> dict[str, Any]:
         "pref_loss": put(pref, "loss_type", choice(PREF_LOSSES)),
         "dpo_label_smoothing": put(pref, "label_smoothing", _float),
         "simpo_gamma": put(pref, "simpo_gamma", _float),
+        "kto_chosen_weight": put(pref, "kto_chosen_weight", _float),
+        "kto_rejected_weight": put(pref, "kto_rejected_weight", _float),
         "ppo_epochs": put(ppo, "ppo_epochs", _int),
         "ppo_target": ppo_target,
         "ppo_whiten_rewards": put(ppo, "whiten_rewards", _bool),

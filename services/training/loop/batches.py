@@ -96,14 +96,20 @@ class InMemorySource:
             batch = data_pb2.Batch()
             if (folder / name).exists():
                 batch.ParseFromString((folder / name).read_bytes())
-            if batch.rows and batch.pairs:
-                raise ValueError(f"{folder / name}: holds both rows and pairs; write one kind")
+            if sum(1 for kind in ("rows", "pairs", "feedback") if getattr(batch, kind)) > 1:
+                raise ValueError(f"{folder / name}: holds several kinds of examples; write one")
             splits.append(batch)
-        kinds = {"pairs" if b.pairs else "rows" for b in splits if b.rows or b.pairs}
+        kinds = {
+            "pairs" if b.pairs else "feedback" if b.feedback else "rows"
+            for b in splits
+            if b.rows or b.pairs or b.feedback
+        }
         if len(kinds) > 1:
             raise ValueError(f"{folder}: train.binpb and eval.binpb hold different kinds ({kinds})")
         if kinds == {"pairs"}:
             return InMemoryPairSource(*(list(b.pairs) for b in splits))
+        if kinds == {"feedback"}:
+            return InMemoryFeedbackSource(*(list(b.feedback) for b in splits))
         return InMemorySource(*(list(b.rows) for b in splits))
 
     def has_eval(self) -> bool:
@@ -176,6 +182,31 @@ class InMemoryPairSource(InMemorySource):
         sides = [p.chosen for p in pairs] + [p.rejected for p in pairs]
         batch.tokens = sum(len(r.input_ids) for r in sides)
         batch.trained_tokens = sum(sum(1 for x in r.labels if x != -100) for r in sides)
+        return batch
+
+
+class InMemoryFeedbackSource(InMemorySource):
+    """``InMemorySource`` over rated responses: batches carry ``batch_rows`` ``feedback`` each."""
+
+    def __init__(
+        self,
+        train: Sequence[data_pb2.FeedbackExample],
+        eval_examples: Sequence[data_pb2.FeedbackExample] = (),
+        end_token_ids: Sequence[int] = (),
+    ) -> None:
+        self.rows = {data_pb2.SPLIT_TRAIN: list(train), data_pb2.SPLIT_EVAL: list(eval_examples)}
+        self.end_ids = tuple(end_token_ids)
+
+    def _batches(self, request: StreamRequest) -> list[list[data_pb2.FeedbackExample]]:
+        if not request.batch_rows:
+            raise ValueError("InMemoryFeedbackSource batches by batch_rows (examples) only")
+        return super()._batches(request)
+
+    @staticmethod
+    def _batch(epoch: int, index: int, examples: list) -> data_pb2.Batch:
+        batch = data_pb2.Batch(epoch=epoch, index=index, feedback=examples)
+        batch.tokens = sum(len(e.row.input_ids) for e in examples)
+        batch.trained_tokens = sum(sum(1 for x in e.row.labels if x != -100) for e in examples)
         return batch
 
 

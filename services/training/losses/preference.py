@@ -14,6 +14,9 @@ Formulas (``c`` = chosen, ``r`` = rejected, ``pi`` = policy, ``ref`` = reference
   ``l = (a_c - a_r) - (log(1 - e^{a_c}) - log(1 - e^{a_r}))`` and ``-log sigmoid(l)``;
   the recipe adds the chosen NLL with weight 1 and scales this term by beta
 - SimPO (reference-free, length-averaged): ``-log sigmoid(beta (a_c - a_r) - gamma)``
+- KTO (unpaired, rated responses): ``w_d (1 - sigmoid(beta (r - z)))`` for a desirable response,
+  ``w_u (1 - sigmoid(beta (z - r)))`` for an undesirable one, ``r`` its log-ratio against the
+  reference and ``z`` the batch's KL estimate
 """
 
 from __future__ import annotations
@@ -103,3 +106,27 @@ def simpo_loss(
 ) -> torch.Tensor:
     """``-log sigmoid(beta (a_c - a_r) - gamma)`` on length-averaged log-probs."""
     return -F.logsigmoid(beta * (chosen_avg - rejected_avg) - gamma)  # (B,)
+
+
+def kto_loss(
+    policy: torch.Tensor,
+    reference: torch.Tensor,
+    desirable: torch.Tensor,
+    kl: torch.Tensor,
+    beta: float,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """KTO (Ethayarajh et al. 2024, eq. 7, as TRL's ``KTOTrainer``) per example, and its reward.
+
+    With ``r = log pi(y|x) - log ref(y|x)`` (summed over the response) and ``z`` the batch's KL
+    estimate (detached, clamped at 0): a desirable response costs
+    ``w_d (1 - sigmoid(beta (r - z)))``, an undesirable one ``w_u (1 - sigmoid(beta (z - r)))``.
+    The reward is ``beta r`` (detached)."""
+    if beta <= 0:
+        raise ValueError(f"beta must be positive, got {beta}")
+    r = policy - reference  # (B,)
+    z = kl.detach()
+    good = desirable_weight * (1 - torch.sigmoid(beta * (r - z)))
+    bad = undesirable_weight * (1 - torch.sigmoid(beta * (z - r)))
+    return torch.where(desirable, good, bad), (beta * r).detach()  # (B,), (B,)

@@ -52,7 +52,7 @@ def check_architecture(spec: tpb.TrainingJobSpec, base: Path | None, check) -> N
         coef = ft.moe_aux_loss_coef
         path = "spec.finetuning.moe_aux_loss_coef"
         check(math.isfinite(coef) and coef >= 0, path, "must be a finite number >= 0")
-        if coef and spec.stage in (tpb.STAGE_PPO, tpb.STAGE_GRPO):
+        if coef and spec.stage in (tpb.STAGE_PPO, tpb.STAGE_GRPO, tpb.STAGE_KTO):
             stage = tpb.Stage.Name(spec.stage)
             raise Unimplemented(
                 f"{path}: the router loss in {stage} is not implemented yet (pt, sft, rm and "

@@ -153,7 +153,7 @@ def validate(spec: pb.TrainingJobSpec) -> None:
     check(
         spec.stage != pb.STAGE_UNSPECIFIED,
         "stage",
-        "required: STAGE_PT, STAGE_SFT, STAGE_RM, STAGE_DPO, STAGE_PPO or STAGE_GRPO",
+        "required: STAGE_PT, STAGE_SFT, STAGE_RM, STAGE_DPO, STAGE_PPO, STAGE_GRPO or STAGE_KTO",
     )
     if not spec.base_model:
         check(False, "base_model", "required: a Hugging Face model folder on the training machine")

@@ -212,6 +212,15 @@ def validate(spec: tpb.TrainingJobSpec) -> None:
         "applies to PREFERENCE_LOSS_SIGMOID only",
     )
     check(pref.pref_ftx >= 0, path + "pref_ftx", "must be >= 0")
+    for name in ("kto_chosen_weight", "kto_rejected_weight"):
+        check(not pref.HasField(name) or getattr(pref, name) > 0, path + name, "must be > 0")
+    if spec.stage == tpb.STAGE_KTO:
+        check(
+            PREFERENCE_LOSSES[pref.loss_type] == "sigmoid" and not pref.label_smoothing,
+            path + "loss_type",
+            "STAGE_KTO has its own loss: leave loss_type and label_smoothing unset",
+        )
+        check(pref.pref_ftx == 0, path + "pref_ftx", "not used by STAGE_KTO: leave it unset")
     check(pref.simpo_gamma >= 0, path + "simpo_gamma", "must be >= 0 (unset = 0.5)")
 
     hp = spec.hyperparameters
@@ -538,7 +547,14 @@ def _refuse_unimplemented(spec: tpb.TrainingJobSpec) -> None:
             f"QLoRA quantization with {tpb.FinetuningType.Name(ft.type)} (use LORA)",
         )
     if spec.stage == tpb.STAGE_KTO:
-        refuse("spec.stage", "STAGE_KTO")
+        if spec.distributed.world_size > 1:
+            refuse(
+                "spec.distributed.world_size",
+                "STAGE_KTO on several ranks (the KL baseline is estimated from one micro-batch; "
+                "TRL gathers it over ranks, this version does not yet)",
+            )
+        if spec.finetuning.llama_pro.num_expand:
+            refuse("spec.finetuning.llama_pro", "LLaMA-Pro block expansion in STAGE_KTO")
     if spec.hyperparameters.neftune_noise_alpha:
         refuse("spec.hyperparameters.neftune_noise_alpha", "NEFTune")
     if spec.hyperparameters.optim not in ("", "adamw_torch"):
