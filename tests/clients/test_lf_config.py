@@ -318,6 +318,7 @@ def test_every_supported_key_is_exercised_above():
     used |= set(GRPO_KEYS)
     used |= {"init_adapter", "create_new_adapter"}  # test_adapter_name_or_path_is_a_folder_...
     used |= {"kto_chosen_weight", "kto_rejected_weight"}  # test_stage_kto_reads_feedback_data...
+    used |= {"report_to"}  # test_report_to_names_trackers
     assert set(FLAT_KEYS) - used == set()
     assert set(NO_EFFECT_KEYS) & set(FLAT_KEYS) == set()
 
@@ -387,3 +388,17 @@ def test_stage_kto_reads_feedback_data_and_its_weights():
     assert spec.dataset.spec.kind == data_pb2.EXAMPLE_KIND_FEEDBACK
     pref = spec.preference
     assert (pref.beta, pref.kto_chosen_weight, pref.kto_rejected_weight) == (0.2, 1.5, 0.5)
+
+
+def test_report_to_names_trackers():
+    base = {"model_name_or_path": "/m", "dataset": "d"}
+    assert from_flat({**base, "report_to": "none"})[0].report_to == []
+    assert from_flat({**base, "report_to": None})[0].report_to == []
+    spec, notes = from_flat({**base, "report_to": ["wandb", "MLflow"]})
+    assert list(spec.report_to) == ["wandb", "mlflow"] and not notes
+    assert list(from_flat({**base, "report_to": "tensorboard,wandb"})[0].report_to) == [
+        "tensorboard",
+        "wandb",
+    ]
+    with pytest.raises(ConfigFileError, match="'all' depends on what happens to be installed"):
+        from_flat({**base, "report_to": "all"})

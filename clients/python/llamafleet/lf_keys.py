@@ -181,7 +181,6 @@ NO_EFFECT_KEYS = {
     "dataloader_num_workers": "batches stream from the data service",
     "plot_loss": "every job writes loss_curve.png",
     "overwrite_output_dir": "a job's folder belongs to its job_id",
-    "report_to": "metrics go to the job's events, metrics.jsonl and TensorBoard",
     "ddp_timeout": "the launcher sets process-group timeouts",
     "per_device_eval_batch_size": "evaluation uses the training batch size",
     "eval_strategy": "eval_steps (0 = each epoch) decides when to evaluate",
@@ -243,6 +242,17 @@ def _flat_keys() -> dict[str, Any]:
         s.resume_from_checkpoint = _path(k, v)
         s.resume = True
 
+    def report_to(s, c, k, v):
+        """none, all (LLaMA-Factory: every installed integration; refused here as ambiguous),
+        or names. Checked against what the training machine has by the service."""
+        names = ["none"] if v is None else _names(k, v)
+        if "all" in names:
+            raise ConfigFileError(
+                f"{k}: 'all' depends on what happens to be installed; name the trackers "
+                "(tensorboard, wandb, mlflow) or none"
+            )
+        s.report_to[:] = [n.lower() for n in names if n.lower() != "none"]
+
     def adapter_name_or_path(s, c, k, v):
         """A PEFT folder (LLaMA-Factory's meaning), or JOB_ID@VERSION of the adapter store."""
         text = _str(k, v)
@@ -297,6 +307,7 @@ def _flat_keys() -> dict[str, Any]:
         "adapter_name_or_path": adapter_name_or_path,
         "init_adapter": lambda s, c, k, v: s.init_adapter.CopyFrom(_adapter(k, v)),  # ours
         "create_new_adapter": put(top, "create_new_adapter", _bool),
+        "report_to": report_to,
         "disable_gradient_checkpointing": gc_disabled,
         # method
         "stage": put(top, "stage", choice(STAGES)),

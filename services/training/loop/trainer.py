@@ -138,7 +138,7 @@ class Trainer:
         latest = checkpoints.resume_point(self.job_dir, s)
         if latest is not None:
             self._resume(latest)
-        self.writer = MetricsWriter(self.output_dir) if self.world.is_main else None
+        self.writer = MetricsWriter(self.output_dir, s.report_to) if self.world.is_main else None
         reference = None
         if self.loss.needs_reference:  # after resume: a frozen copy is never trained
             reference = build_reference(s, self.model, self.device)

@@ -166,7 +166,7 @@ class PpoTrainer:
         self.next_version = max(self.next_version, highest + 1)
         fresh = latest is None and not s.resume
         self.rollouts.open(self.step, lost_versions, fresh=fresh)
-        self.writer = MetricsWriter(self.output_dir)
+        self.writer = MetricsWriter(self.output_dir, s.report_to)
         if self.adapter_version == 0:
             self._publish_adapter()  # v1: the untrained LoRA (= the base), for step 0's tasks
 

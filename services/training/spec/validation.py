@@ -25,6 +25,28 @@ from services.training.spec.settings import (
     base_model_dtype,
 )
 
+TRACKER_MODULES = {"wandb": "wandb", "mlflow": "mlflow"}  # report_to -> the package it needs
+REFUSED_TRACKERS = {
+    "swanlab": "swanlab's releases need protobuf<7 and llamafleet's contract stubs need protobuf 7, "
+    "so it cannot be installed beside llamafleet; use wandb (offline) or mlflow (local files)",
+}
+
+
+def _check_report_to(spec: tpb.TrainingJobSpec, check) -> None:
+    """Every named tracker is known and installed here: never a silent no-op."""
+    for i, name in enumerate(spec.report_to):
+        path = f"spec.report_to[{i}]"
+        if name in ("none", "tensorboard"):
+            continue
+        if name in REFUSED_TRACKERS:
+            check(False, path, f"{name} is not supported: {REFUSED_TRACKERS[name]}")
+        elif name not in TRACKER_MODULES:
+            known = ", ".join(["none", "tensorboard", *TRACKER_MODULES])
+            check(False, path, f"unknown tracker {name!r}; use {known}")
+        elif importlib.util.find_spec(TRACKER_MODULES[name]) is None:
+            check(False, path, f"{name} is not installed on the training machine "
+                               "(pip install 'llamafleet[trackers]')")  # fmt: skip
+
 
 def _check_chain(spec: tpb.TrainingJobSpec, check) -> None:
     """The starting adapter (init_adapter, adapter_path) and the checkpoint to resume from."""
@@ -211,6 +233,7 @@ def validate(spec: tpb.TrainingJobSpec) -> None:
         path + "label_smoothing",
         "applies to PREFERENCE_LOSS_SIGMOID only",
     )
+    _check_report_to(spec, check)
     check(pref.pref_ftx >= 0, path + "pref_ftx", "must be >= 0")
     for name in ("kto_chosen_weight", "kto_rejected_weight"):
         check(not pref.HasField(name) or getattr(pref, name) > 0, path + name, "must be > 0")
@@ -559,8 +582,6 @@ def _refuse_unimplemented(spec: tpb.TrainingJobSpec) -> None:
         refuse("spec.hyperparameters.neftune_noise_alpha", "NEFTune")
     if spec.hyperparameters.optim not in ("", "adamw_torch"):
         refuse("spec.hyperparameters.optim", f"optim {spec.hyperparameters.optim!r}")
-    if [r for r in spec.report_to if r not in ("none", "tensorboard")]:
-        refuse("spec.report_to", "experiment trackers other than tensorboard")
     starts = spec.HasField("init_adapter") or bool(spec.adapter_path)
     if starts and ft.llama_pro.num_expand:
         refuse(
