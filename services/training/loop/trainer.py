@@ -119,6 +119,11 @@ class Trainer:
         plan = mask_plan(config) if config is not None else MaskPlan()
         self.layout = Layout(self.pad_id, s.attention, models.mask_dtype(s), plan)
         self.model = model
+        if s.neftune_alpha:  # noise on the input embeddings while training (transformers' hook)
+            from transformers.integrations.neftune import activate_neftune
+
+            activate_neftune(model, s.neftune_alpha)
+            logger.info("NEFTune: noise alpha %g on the input embeddings", s.neftune_alpha)
         trainable, total = models.trainable_parameters(model)
         logger.info("trainable parameters: %d of %d", trainable, total)
 

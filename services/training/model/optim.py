@@ -3,7 +3,8 @@
 AdamW over the trainable parameters, with weight decay on matrices only (biases and norm weights
 are not decayed, as in Transformers' Trainer). LoRA+ gives the ``lora_B`` matrices
 ``lr * loraplus_lr_ratio`` and embedding adapters ``loraplus_lr_embedding``. GaLore (and its
-layer-wise form) replaces AdamW when the settings ask for it. The schedule comes
+layer-wise form) replaces AdamW when the settings ask for it; another ``optim`` name (SGD,
+Adafactor, bitsandbytes' 8-bit AdamW, ...) is built by Transformers' own ``optim`` mapping. The schedule comes
 from ``transformers.get_scheduler`` by name (``recipes.SCHEDULERS`` maps the proto enum).
 """
 
@@ -47,8 +48,26 @@ def build_optimizer(model: torch.nn.Module, settings: Settings) -> torch.optim.O
         raise ValueError("the model has no trainable parameters")
     if settings.galore is not None:
         return galore_optimizer(model, settings, groups)
+    if settings.optim != "adamw_torch":
+        return named_optimizer(model, settings, groups)
     fused = next(iter(groups[0]["params"])).is_cuda
     return torch.optim.AdamW(groups, lr=settings.learning_rate, fused=fused or None)
+
+
+def named_optimizer(
+    model: torch.nn.Module, settings: Settings, groups: list[dict]
+) -> torch.optim.Optimizer:
+    """The optimizer Transformers' Trainer builds for ``optim`` (its own mapping: class and
+    defaults, e.g. Adafactor without relative steps, bitsandbytes' 8-bit AdamW), over the same
+    parameter groups (weight decay, LoRA+) as AdamW."""
+    from transformers import Trainer, TrainingArguments
+
+    args = TrainingArguments(
+        output_dir="unused", optim=settings.optim, learning_rate=settings.learning_rate,
+        weight_decay=settings.weight_decay, report_to="none", use_cpu=True,
+    )  # fmt: skip
+    cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    return cls(groups, **kwargs)
 
 
 def warmup_steps(settings: Settings, total_steps: int) -> int:

@@ -13,6 +13,12 @@ from llamafleet.training.v1 import training_pb2 as tpb
 
 from services.training.spec import devices
 
+# Transformers ``optim`` names a job may pick (tested here), and whether bitsandbytes is needed.
+OPTIMIZERS = {
+    "adamw_torch": False, "adamw_torch_fused": False, "sgd": False, "adafactor": False,
+    "adagrad": False, "rmsprop": False, "adamw_8bit": True, "adamw_bnb_8bit": True,
+    "paged_adamw_8bit": True, "lion_8bit": True, "paged_lion_8bit": True,
+}  # fmt: skip
 INIT_ADAPTER_DIR = "init_adapter"  # a job folder's copy of its starting adapter (and .json)
 
 SCHEDULERS = {

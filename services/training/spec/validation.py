@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 from llamafleet.training.v1 import training_pb2 as tpb
@@ -18,6 +19,7 @@ from services.training.spec import devices
 from services.training.spec.architecture import check_architecture
 from services.training.spec.normalize import pickle_only
 from services.training.spec.settings import (
+    OPTIMIZERS,
     PREFERENCE_LOSSES,
     QUANTIZATION_TYPES,
     REFERENCED,
@@ -234,6 +236,18 @@ def validate(spec: tpb.TrainingJobSpec) -> None:
         "applies to PREFERENCE_LOSS_SIGMOID only",
     )
     _check_report_to(spec, check)
+    hp_ = spec.hyperparameters
+    if hp_.HasField("neftune_noise_alpha"):
+        alpha = hp_.neftune_noise_alpha
+        check(math.isfinite(alpha) and alpha >= 0, "spec.hyperparameters.neftune_noise_alpha",
+              "must be a finite number >= 0 (0 = off)")  # fmt: skip
+    if hp_.optim:
+        if hp_.optim not in OPTIMIZERS:
+            check(False, "spec.hyperparameters.optim",
+                  f"{hp_.optim!r} is not offered; use one of {', '.join(OPTIMIZERS)}")  # fmt: skip
+        elif OPTIMIZERS[hp_.optim] and importlib.util.find_spec("bitsandbytes") is None:
+            check(False, "spec.hyperparameters.optim",
+                  f"{hp_.optim} needs bitsandbytes (pip install 'llamafleet[methods]')")  # fmt: skip
     check(pref.pref_ftx >= 0, path + "pref_ftx", "must be >= 0")
     for name in ("kto_chosen_weight", "kto_rejected_weight"):
         check(not pref.HasField(name) or getattr(pref, name) > 0, path + name, "must be > 0")
@@ -578,10 +592,18 @@ def _refuse_unimplemented(spec: tpb.TrainingJobSpec) -> None:
             )
         if spec.finetuning.llama_pro.num_expand:
             refuse("spec.finetuning.llama_pro", "LLaMA-Pro block expansion in STAGE_KTO")
-    if spec.hyperparameters.neftune_noise_alpha:
-        refuse("spec.hyperparameters.neftune_noise_alpha", "NEFTune")
-    if spec.hyperparameters.optim not in ("", "adamw_torch"):
-        refuse("spec.hyperparameters.optim", f"optim {spec.hyperparameters.optim!r}")
+    if spec.hyperparameters.neftune_noise_alpha and spec.stage == tpb.STAGE_PPO:
+        refuse("spec.hyperparameters.neftune_noise_alpha", "NEFTune in STAGE_PPO")
+    optim = spec.hyperparameters.optim
+    if optim not in ("", "adamw_torch") and spec.stage == tpb.STAGE_PPO:
+        refuse("spec.hyperparameters.optim", f"optim {optim!r} in STAGE_PPO (AdamW only)")
+    if (
+        optim not in ("", "adamw_torch")
+        and spec.distributed.backend == tpb.DISTRIBUTED_BACKEND_DEEPSPEED
+    ):
+        refuse("spec.hyperparameters.optim", f"optim {optim!r} with DeepSpeed (AdamW only)")
+    if optim not in ("", "adamw_torch") and spec.finetuning.HasField("galore"):
+        refuse("spec.hyperparameters.optim", f"optim {optim!r} with GaLore (GaLore-AdamW only)")
     starts = spec.HasField("init_adapter") or bool(spec.adapter_path)
     if starts and ft.llama_pro.num_expand:
         refuse(
