@@ -319,6 +319,8 @@ def test_every_supported_key_is_exercised_above():
     used |= {"init_adapter", "create_new_adapter"}  # test_adapter_name_or_path_is_a_folder_...
     used |= {"kto_chosen_weight", "kto_rejected_weight"}  # test_stage_kto_reads_feedback_data...
     used |= {"report_to"}  # test_report_to_names_trackers
+    used |= {"use_llama_pro"}  # test_use_llama_pro_marks_an_expanded_base...
+    used |= {"neftune_noise_alpha", "optim"}  # test_neftune_and_optim_reach_the_hyperparameters
     assert set(FLAT_KEYS) - used == set()
     assert set(NO_EFFECT_KEYS) & set(FLAT_KEYS) == set()
 
@@ -402,3 +404,21 @@ def test_report_to_names_trackers():
     ]
     with pytest.raises(ConfigFileError, match="'all' depends on what happens to be installed"):
         from_flat({**base, "report_to": "all"})
+
+
+def test_use_llama_pro_marks_an_expanded_base_and_enable_thinking_reaches_the_template():
+    spec, _ = from_flat({"model_name_or_path": "/m", "dataset": "d", "finetuning_type": "freeze",
+                         "use_llama_pro": True, "freeze_trainable_layers": 8,
+                         "enable_thinking": False})  # fmt: skip
+    assert spec.finetuning.llama_pro.num_expand == 8 and spec.finetuning.llama_pro.expanded
+    template = spec.dataset.spec.tokenization.template
+    assert template.HasField("enable_thinking") and template.enable_thinking is False
+    spec, _ = from_flat({"model_name_or_path": "/m", "dataset": "d", "use_llama_pro": False})
+    assert not spec.finetuning.HasField("llama_pro")
+
+
+def test_neftune_and_optim_reach_the_hyperparameters():
+    spec, _ = from_flat({"model_name_or_path": "/m", "dataset": "d", "neftune_noise_alpha": 5,
+                         "optim": "AdamW_8bit"})  # fmt: skip
+    hp = spec.hyperparameters
+    assert (hp.neftune_noise_alpha, hp.optim) == (5.0, "adamw_8bit")

@@ -105,3 +105,29 @@ def test_validate(tiny_random):
     with pytest.raises(InvalidArgument, match="invalid"):
         validate(spec)
     assert FreezeSettings().trainable_layers == 2
+
+
+def test_use_llama_pro_trains_the_blocks_of_an_already_expanded_base(tiny_random, tokenizer,
+                                                                      tmp_path):  # fmt: skip
+    """LLaMA-Factory's use_llama_pro: the base folder was expanded beforehand (its
+    scripts/llama_pro.py; here ``expand`` + save_pretrained); with ``freeze_trainable_layers: 2``
+    the last block of each of 2 groups trains: exactly the inserted ones."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_random)
+    inserted = llama_pro.expand(model, 2)
+    model.save_pretrained(tmp_path / "expanded")
+    tokenizer.save_pretrained(tmp_path / "expanded")
+    rows = repeated_batch_rows(tokenizer)
+    settings = make_settings(
+        tmp_path / "expanded", method="freeze", llama_pro_expand=2, llama_pro_expanded=True,
+        max_steps=3, batch_rows=2, logging_steps=1, learning_rate=3e-3,
+    )  # fmt: skip
+    trainer, losses, before = train_on_repeated_batch(settings, rows, tmp_path / "job")
+    assert len(trainer.model.model.layers) == 6  # nothing inserted again
+    trained = {n.split(".")[2] for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert trained == {str(i) for i in inserted} == {"2", "5"}
+    assert {n.split(".")[2] for n in moved(trainer.model, before)} <= trained
+
+    spec = _spec(tmp_path / "expanded", tpb.FINETUNING_TYPE_FREEZE, 4)
+    spec.finetuning.llama_pro.expanded = True
+    with pytest.raises(InvalidArgument, match="expanded base model's 6 layers"):
+        validate(spec)

@@ -97,6 +97,9 @@ def from_flat(data: dict) -> tuple[pb.TrainingJobSpec, list[str]]:
         raise ConfigFileError("bf16 and fp16: set at most one")
     if "dataset" not in ctx:
         raise ConfigFileError("dataset: required (names of dataset_info.json entries)")
+    if ctx.get("use_llama_pro"):  # a base expanded by LLaMA-Factory's scripts/llama_pro.py
+        spec.finetuning.llama_pro.num_expand = spec.finetuning.freeze.trainable_layers or 2
+        spec.finetuning.llama_pro.expanded = True
     if spec.rope_scaling:  # LLaMA-Factory scales RoPE for model_max_length = cutoff_len
         spec.max_context_length = ctx.get("cutoff_len") or DEFAULT_CUTOFF_LEN
     spec.dataset.spec.CopyFrom(_dataset_spec(spec, ctx, ctx["dataset"]))

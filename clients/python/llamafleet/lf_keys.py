@@ -325,6 +325,7 @@ def _flat_keys() -> dict[str, Any]:
         "loraplus_lr_ratio": put(lora, "loraplus_lr_ratio", _float),
         "loraplus_lr_embedding": put(lora, "loraplus_lr_embedding", _float),
         "freeze_trainable_layers": put(freeze, "trainable_layers", _int),
+        "use_llama_pro": data("use_llama_pro", _bool),  # lf_config.from_flat: needs the layers
         "freeze_trainable_modules": listed(freeze, "trainable_modules", True),
         "freeze_extra_modules": listed(freeze, "extra_modules"),
         "use_galore": galore,
@@ -381,6 +382,8 @@ def _flat_keys() -> dict[str, Any]:
         "warmup_steps": put(hp, "warmup_steps", _int),
         "weight_decay": put(hp, "weight_decay", _float),
         "max_grad_norm": put(hp, "max_grad_norm", _float),
+        "neftune_noise_alpha": put(hp, "neftune_noise_alpha", _float),
+        "optim": put(hp, "optim", lambda k, v: _str(k, v).lower()),
         "seed": seed,
         "logging_steps": put(hp, "logging_steps", _int),
         "save_steps": put(hp, "save_steps", _int),

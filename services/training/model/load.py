@@ -115,7 +115,9 @@ def load_base(settings: Settings, device: torch.device) -> PreTrainedModel:
         )
         quantize.keep_cpu_layout(model)
     new_blocks = None
-    if settings.llama_pro_expand:  # FREEZE trains the new blocks, LoRA adapts only them
+    if settings.llama_pro_expand and settings.llama_pro_expanded:  # LLaMA-Factory's use_llama_pro
+        new_blocks = llama_pro.mark_expanded(model, settings.llama_pro_expand)
+    elif settings.llama_pro_expand:  # FREEZE trains the new blocks, LoRA adapts only them
         new_blocks = llama_pro.expand(model, settings.llama_pro_expand)
     if settings.method == "freeze":
         freeze.apply_freeze(model, settings.freeze, layers=new_blocks)

@@ -201,6 +201,7 @@ class Settings:
     grpo: GrpoSettings = field(default_factory=GrpoSettings)
     freeze: FreezeSettings = field(default_factory=FreezeSettings)
     llama_pro_expand: int = 0  # LLaMA-Pro blocks inserted (trained alone: freeze or LoRA on them)
+    llama_pro_expanded: bool = False  # the base already holds them (LLaMA-Factory's use_llama_pro)
     quantization_bits: int | None = None  # QLoRA: 4 or 8
     quantization_type: str = "nf4"  # QLoRA 4-bit data type: "nf4" | "fp4"
     double_quantization: bool = True  # QLoRA 4-bit: quantise the absmax constants too
@@ -313,6 +314,7 @@ def settings(spec: tpb.TrainingJobSpec, device: str = "cpu") -> Settings:
             extra_modules=tuple(ft.freeze.extra_modules),
         ),
         llama_pro_expand=ft.llama_pro.num_expand,
+        llama_pro_expanded=ft.llama_pro.expanded,
         quantization_bits=ft.quantization_bits if ft.HasField("quantization_bits") else None,
         quantization_type=QUANTIZATION_TYPES[ft.quantization_type],
         double_quantization=(

@@ -372,12 +372,24 @@ def _check_freeze(spec: tpb.TrainingJobSpec, base: Path | None, check) -> None:
         layers = None  # no readable config: spec.base_model is reported on its own
     expand = ft.llama_pro.num_expand
     check(expand >= 0, "spec.finetuning.llama_pro.num_expand", "must be >= 0")
-    if layers and expand > 0:
+    if layers and expand > 0 and not ft.llama_pro.expanded:
         check(
             layers % expand == 0,
             "spec.finetuning.llama_pro.num_expand",
             f"must divide the base model's {layers} layers",
         )
+    if layers and expand > 0 and ft.llama_pro.expanded:  # LLaMA-Factory's use_llama_pro
+        check(
+            layers % expand == 0 and layers > expand,
+            "spec.finetuning.llama_pro.num_expand",
+            f"must divide the expanded base model's {layers} layers (the trained blocks are "
+            "the last of each of num_expand equal groups)",
+        )
+    check(
+        not ft.llama_pro.expanded or expand > 0,
+        "spec.finetuning.llama_pro.expanded",
+        "needs num_expand (LLaMA-Factory: freeze_trainable_layers with use_llama_pro)",
+    )
     if ft.type == tpb.FINETUNING_TYPE_FREEZE and layers and not expand:
         n = ft.freeze.trainable_layers
         check(

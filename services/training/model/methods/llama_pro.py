@@ -107,6 +107,23 @@ def expand(model: torch.nn.Module, num_expand: int) -> list[int]:
     return new_ids
 
 
+def mark_expanded(model: torch.nn.Module, num_expand: int) -> list[int]:
+    """A base already expanded by ``num_expand`` blocks (LLaMA-Factory's ``scripts/llama_pro.py``
+    output, trained with ``use_llama_pro``): mark the last block of each of the ``num_expand``
+    equal groups as new, as LLaMA-Factory's trainable layer ids
+    ``range(stride - 1, L, stride)`` with ``stride = L / num_expand``."""
+    total = len(model.model.layers)
+    if total % num_expand or total <= num_expand:
+        raise ValueError(
+            f"use_llama_pro: {num_expand} new blocks must divide the model's {total} layers"
+        )
+    stride = total // num_expand
+    ids = list(range(stride - 1, total, stride))
+    setattr(model, NEW_BLOCKS_ATTR, tuple(ids))
+    logger.info("LLaMA-Pro: the base is already expanded; training blocks %s", ids)
+    return ids
+
+
 def new_blocks(model: torch.nn.Module) -> tuple[int, ...]:
     """Indices of the blocks ``expand`` inserted into ``model``; () when it was not expanded."""
     return tuple(getattr(model, NEW_BLOCKS_ATTR, ()))

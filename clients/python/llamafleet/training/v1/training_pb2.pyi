@@ -290,10 +290,12 @@ class FreezeConfig(_message.Message):
     def __init__(self, trainable_layers: _Optional[int] = ..., trainable_modules: _Optional[_Iterable[str]] = ..., extra_modules: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LlamaProConfig(_message.Message):
-    __slots__ = ("num_expand",)
+    __slots__ = ("num_expand", "expanded")
     NUM_EXPAND_FIELD_NUMBER: _ClassVar[int]
+    EXPANDED_FIELD_NUMBER: _ClassVar[int]
     num_expand: int
-    def __init__(self, num_expand: _Optional[int] = ...) -> None: ...
+    expanded: bool
+    def __init__(self, num_expand: _Optional[int] = ..., expanded: _Optional[bool] = ...) -> None: ...
 
 class GaloreConfig(_message.Message):
     __slots__ = ("target_modules", "rank", "update_interval", "scale", "projection_type", "layerwise")
