@@ -108,3 +108,24 @@ def test_validate(tiny_random):
         spec.finetuning.llama_pro.num_expand = 2
         with pytest.raises(Unimplemented, match="LLaMA-Pro.*QLoRA"):
             validate(spec)
+
+
+def test_a_base_saved_pre_quantized_with_another_method_is_refused(tiny_random, tmp_path):
+    """LLaMA-Factory's AWQ/GPTQ/AQLM examples train such folders; here only bitsandbytes."""
+    import json
+    import shutil
+
+    from llamafleet.training.v1 import training_pb2 as tpb
+
+    from services.common.errors import Unimplemented
+    from services.training.spec.validation import validate
+
+    folder = tmp_path / "awq"
+    shutil.copytree(tiny_random, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "awq", "bits": 4}
+    (folder / "config.json").write_text(json.dumps(config))
+    spec = tpb.TrainingJobSpec(job_id="j", base_model=str(folder), stage=tpb.STAGE_SFT)
+    spec.dataset.dataset_id = "rows"
+    with pytest.raises(Unimplemented, match="pre-quantized with awq"):
+        validate(spec)

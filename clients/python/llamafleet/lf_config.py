@@ -27,8 +27,10 @@ from llamafleet.lf_keys import (
     EXAMPLE_KINDS,
     FLAT_KEYS,
     NO_EFFECT_KEYS,
+    REFUSED_KEYS,
     ConfigFileError,
     hint,
+    refused,
 )
 from llamafleet.training.v1 import training_pb2 as pb
 
@@ -61,11 +63,12 @@ def load_job_spec(path: str | Path) -> tuple[pb.TrainingJobSpec, list[str]]:
 
 
 def is_native(data: dict) -> bool:
-    return (
-        "base_model" in data
-        or "baseModel" in data
-        or any(isinstance(v, dict) for v in data.values())
-    )
+    """A TrainingJobSpec as YAML: it names base_model, or nests mappings without being a
+    LLaMA-Factory file (which may nest a few values, e.g. kt_config, but names its model)."""
+    if "base_model" in data or "baseModel" in data:
+        return True
+    lf = "model_name_or_path" in data or "stage" in data
+    return not lf and any(isinstance(v, dict) for v in data.values())
 
 
 def from_native(data: dict) -> pb.TrainingJobSpec:
@@ -86,6 +89,12 @@ def from_flat(data: dict) -> tuple[pb.TrainingJobSpec, list[str]]:
         key = str(key)
         if key in NO_EFFECT_KEYS:
             notes.append(f"{key}: accepted, no effect in llamafleet ({NO_EFFECT_KEYS[key]})")
+            continue
+        if key in REFUSED_KEYS:
+            why = refused(key, value)
+            if why is not None:
+                raise ConfigFileError(f"{key}: refused: {why}")
+            notes.append(f"{key}: {value!r} is LLaMA-Factory's 'off'; accepted")
             continue
         if key not in FLAT_KEYS:
             raise ConfigFileError(

@@ -80,6 +80,15 @@ def _path(key: str, value: Any) -> str:
     return str(Path(_str(key, value)).expanduser().absolute())
 
 
+def _local_dir(key: str, value: Any) -> str:
+    if _str(key, value).upper().startswith("REMOTE:"):
+        raise ConfigFileError(
+            f"{key}: {value!r} names a hub dataset folder; llamafleet reads no model or dataset "
+            "hub: download it and give the local folder"
+        )
+    return _path(key, value)
+
+
 def _adapter(key: str, value: Any) -> common_pb2.AdapterRef:
     adapter_id, sep, version = _str(key, value).partition("@")
     if not sep or not version.isdigit() or int(version) < 1:
@@ -186,7 +195,92 @@ NO_EFFECT_KEYS = {
     "eval_strategy": "eval_steps (0 = each epoch) decides when to evaluate",
     "do_eval": "jobs evaluate whenever they have eval data",
     "save_only_model": "checkpoints always keep what resume needs",
+    "run_name": "trackers (report_to) name their run after the job id",
 }
+
+
+MEGATRON = "Megatron-Core training (LLaMA-Factory's mcore_adapter) is not implemented"
+MULTIMODAL = "multimodal training (images, videos, audio) is not implemented yet"
+KTRANSFORMERS = "KTransformers CPU/GPU hybrid MoE training is not implemented"
+# LLaMA-Factory keys llamafleet refuses, with the reason, and the values that mean "off" (which are
+# accepted: LLaMA-Factory's own default, so nothing is asked for).
+REFUSED_KEYS: dict[str, tuple[str, tuple]] = {
+    "do_predict": ("predictions run as evaluation jobs (llamafleet eval), not in train", (False,)),
+    "predict_with_generate": ("predictions run as evaluation jobs, not in train", (False,)),
+    "tokenized_path": ("the data service prepares and caches datasets: llamafleet data prepare",
+                       (None,)),
+    "pure_bf16": ("trained weights stay float32 with bf16 autocast (no pure-bf16 weights)",
+                  (False,)),
+    "fsdp": ("FSDP is not implemented: use deepspeed (ZeRO 0-3) or DDP (world_size)", ("", None)),
+    "fsdp_transformer_layer_cls_to_wrap": ("FSDP is not implemented", (None,)),
+    "ray_num_workers": ("Ray launching is not implemented: world_size starts processes", (None,)),
+    "gradient_checkpointing_kwargs": (
+        "gradient checkpointing always runs with use_reentrant: false", ({"use_reentrant": False},)),
+    "use_reentrant_gc": ("gradient checkpointing always runs with use_reentrant: false",
+                         (False,)),
+    "adam_beta1": ("the optimizers run with Transformers' beta1 0.9", (0.9,)),
+    "adam_beta2": ("the optimizers run with Transformers' beta2 0.999", (0.999,)),
+    "quantization_method": ("only bitsandbytes quantisation (bnb) is implemented", ("bnb",)),
+    "pissa_convert": ("PiSSA adapters are saved as trained (peft PiSSA folders), not converted",
+                      (False,)),
+    "use_v1_kernels": ("LLaMA-Factory's v1 kernels are not used here", (False,)),
+    "use_adam_mini": ("the Adam-mini optimizer is not implemented", (False,)),
+    "use_apollo": ("the APOLLO optimizer is not implemented", (False,)),
+    "apollo_target": ("the APOLLO optimizer is not implemented", ()),
+    "apollo_rank": ("the APOLLO optimizer is not implemented", ()),
+    "apollo_scale": ("the APOLLO optimizer is not implemented", ()),
+    "apollo_scale_type": ("the APOLLO optimizer is not implemented", ()),
+    "apollo_layerwise": ("the APOLLO optimizer is not implemented", ()),
+    "use_badam": ("the BAdam optimizer is not implemented", (False,)),
+    "badam_mode": ("the BAdam optimizer is not implemented", ()),
+    "badam_switch_interval": ("the BAdam optimizer is not implemented", ()),
+    "badam_switch_mode": ("the BAdam optimizer is not implemented", ()),
+    "badam_verbose": ("the BAdam optimizer is not implemented", ()),
+    "use_muon": ("the Muon optimizer is not implemented", (False,)),
+    "use_asft_loss": ("LLaMA-Factory's ASFT loss is not implemented", (False,)),
+    "asft_alpha": ("LLaMA-Factory's ASFT loss is not implemented", ()),
+    "use_dft_loss": ("LLaMA-Factory's DFT loss is not implemented", (False,)),
+    "use_eaft_loss": ("LLaMA-Factory's EAFT loss is not implemented", (False,)),
+    "mixture_of_depths": ("mixture-of-depths conversion is not implemented", (None,)),
+    "oft_block_size": ("OFT (orthogonal fine-tuning) is not implemented", ()),
+    "oft_target": ("OFT (orthogonal fine-tuning) is not implemented", ()),
+    "fp8": ("FP8 training (torchao) is not implemented", (False,)),
+    "fp8_backend": ("FP8 training (torchao) is not implemented", ()),
+    "fp8_enable_fsdp_float8_all_gather": ("FP8 training is not implemented", (False,)),
+    "image_max_pixels": (MULTIMODAL, ()),
+    "video_max_pixels": (MULTIMODAL, ()),
+    "video_fps": (MULTIMODAL, ()),
+    "video_maxlen": (MULTIMODAL, ()),
+    "freeze_vision_tower": (MULTIMODAL, ()),
+    "freeze_multi_modal_projector": (MULTIMODAL, ()),
+    "freeze_language_model": (MULTIMODAL, (False,)),
+    "use_kt": (KTRANSFORMERS, (False,)),
+    "kt_config": (KTRANSFORMERS, ()),
+    "kt_cpu_activation": (KTRANSFORMERS, ()),
+    "kt_weight_path": (KTRANSFORMERS, ()),
+    "kt_non_expert_weight_path": (KTRANSFORMERS, ()),
+    **{
+        key: (MEGATRON, off)
+        for key, off in (
+            ("tensor_model_parallel_size", (1,)), ("pipeline_model_parallel_size", (1,)),
+            ("context_parallel_size", (1,)), ("expert_model_parallel_size", (1,)),
+            ("sequence_parallel", (False,)), ("use_distributed_optimizer", (False,)),
+            ("overlap_grad_reduce", (False,)), ("overlap_param_gather", (False,)),
+            ("bias_activation_fusion", (False,)), ("apply_rope_fusion", (False,)),
+            ("moe_grouped_gemm", (False,)), ("moe_token_dispatcher_type", ()),
+            ("recompute_granularity", ()), ("mixed_precision", ()),
+            ("use_packed_sequences", (False,)), ("export_hf_on_finish", (False,)),
+        )
+    },
+}  # fmt: skip
+
+
+def refused(key: str, value: Any) -> str | None:
+    """Why ``key: value`` is refused, or None when the value means "off" (accepted)."""
+    reason, off = REFUSED_KEYS[key]
+    if any(value == o and type(value) is type(o) for o in off) or (value is None and None in off):
+        return None
+    return reason
 
 
 def _flat_keys() -> dict[str, Any]:
@@ -355,7 +449,7 @@ def _flat_keys() -> dict[str, Any]:
         # dataset
         "dataset": data("dataset", _names),
         "eval_dataset": data("eval_dataset", _names),
-        "dataset_dir": data("dataset_dir", _path),
+        "dataset_dir": data("dataset_dir", _local_dir),
         "template": data("template", _str),
         "default_system": data("default_system", _str),
         "tool_format": data("tool_format", _str),
@@ -492,3 +586,38 @@ def _grpo_keys() -> dict[str, Any]:
 
 
 FLAT_KEYS.update(_grpo_keys())
+
+
+# What an honoured key's values may be, where some are refused (the README's key table).
+KEY_NOTES = {
+    "stage": "pt, sft, rm, dpo, ppo, kto, grpo",
+    "finetuning_type": "lora, freeze, full; oft is refused (not implemented)",
+    "dataset_dir": "a local folder; REMOTE: hub folders are refused (no hub)",
+    "model_name_or_path": "a local model folder (no hub: a hub id is not found)",
+    "adapter_name_or_path": "one PEFT folder (copied into the job with its sha256) or JOB@VERSION",
+    "resume_from_checkpoint": "null, true (latest in output_dir) or a checkpoint folder",
+    "report_to": "none, tensorboard, wandb (offline), mlflow (local files); swanlab and all "
+    "refused",
+    "optim": "adamw_torch(_fused), sgd, adafactor, adagrad, rmsprop, adamw_8bit, "
+    "paged_adamw_8bit, lion_8bit (bitsandbytes)",
+    "flash_attn": "auto, disabled, sdpa, fa2",
+    "deepspeed": "a ZeRO 0-3 JSON config (stage and offload read from it)",
+    "template": "the data service's templates (LLaMA-Factory 0.9.5's names)",
+    "use_llama_pro": "the base folder is already expanded (LLaMA-Factory's llama_pro.py)",
+    "trust_remote_code": "only where the service's owner allows remote code",
+    "quantization_bit": "4 or 8 (bitsandbytes, LoRA only)",
+}
+
+
+def key_status(key: str) -> str:
+    """One row's status column: honoured / accepted, no effect / refused, with the reason."""
+    if key in FLAT_KEYS:
+        note = KEY_NOTES.get(key)
+        return f"honoured ({note})" if note else "honoured"
+    if key in NO_EFFECT_KEYS:
+        return f"accepted, no effect: {NO_EFFECT_KEYS[key]}"
+    if key in REFUSED_KEYS:
+        reason, off = REFUSED_KEYS[key]
+        accepted = f" ({', '.join(repr(o) for o in off)} accepted: off)" if off else ""
+        return f"refused: {reason}{accepted}"
+    return "refused: unknown key"

@@ -616,6 +616,17 @@ def _refuse_unimplemented(spec: tpb.TrainingJobSpec) -> None:
         refuse("spec.hyperparameters.optim", f"optim {optim!r} with DeepSpeed (AdamW only)")
     if optim not in ("", "adamw_torch") and spec.finetuning.HasField("galore"):
         refuse("spec.hyperparameters.optim", f"optim {optim!r} with GaLore (GaLore-AdamW only)")
+    try:
+        base_config = json.loads((Path(spec.base_model) / "config.json").read_text())
+    except (OSError, ValueError):
+        base_config = {}
+    method = (base_config.get("quantization_config") or {}).get("quant_method")
+    if method and method != "bitsandbytes":
+        refuse(
+            "spec.base_model",
+            f"training a base saved pre-quantized with {method} (AWQ, GPTQ, AQLM, ... need their "
+            "own kernels; give the unquantized model, with quantization_bits for QLoRA)",
+        )
     starts = spec.HasField("init_adapter") or bool(spec.adapter_path)
     if starts and ft.llama_pro.num_expand:
         refuse(
