@@ -9,7 +9,7 @@ services only over gRPC (the published data and training ports) and reads the qu
 records from Redis; datasets go into the data container's volume with ``docker cp``.
 
 - ``sft``: a full SFT of the tiny model in ``/models/tiny`` on questions answered "yes" or "no"
-  at random (demo.py's sft-yes-no), copied to ``/models/smoke-sft`` for the workers to serve.
+  at random, copied to ``/models/smoke-sft`` for the workers to serve.
 - ``ppo``: PPO over that model rewarding answers that start with "yes" (the ``regex`` scorer).
   After two steps one rollout container is killed (``docker kill``). At the end, from Redis:
   every task has exactly one scored rollout (0 lost, 0 doubled), nothing dead-lettered or

@@ -1,27 +1,31 @@
-"""The demo pipeline, driven only through the services (called by scripts/demo.sh).
+"""The demo pipeline (called by scripts/demo.sh): the base is built first, then everything runs
+through the services of one cluster, LoRA only, with no restart.
 
-    python scripts/demo.py pretrain RUN_DIR   # full pre-training job on a built-in text corpus
+    python scripts/demo.py base RUN_DIR       # the tiny model's short pre-training (no cluster)
     python scripts/demo.py sft RUN_DIR        # held-out accuracy, LoRA SFT job, accuracy again
-    python scripts/demo.py rm RUN_DIR         # LoRA reward model, scored by the reward service
-    python scripts/demo.py dpo RUN_DIR        # LoRA DPO, its adapter fetched and evaluated
-    python scripts/demo.py sft-yes-no RUN_DIR # full SFT: "yes" or "no" at random (the PPO base)
-    python scripts/demo.py ppo RUN_DIR        # PPO across 2 rollout workers and 1 reward worker
+    python scripts/demo.py rm RUN_DIR         # LoRA reward model from the SFT adapter
+    python scripts/demo.py dpo RUN_DIR        # LoRA DPO from the SFT adapter, fetched, evaluated
+    python scripts/demo.py ppo RUN_DIR        # PPO from the SFT adapter, rewarded by the RM
     python scripts/demo.py sft-arith RUN_DIR  # full SFT on half of the sums n + 1 (the GRPO base)
     python scripts/demo.py grpo RUN_DIR       # GRPO on the other half, answers checked by a rule
 
 The task: "Increment the digits of 3819" -> "4920" (each digit plus one, 9 wraps to 0), which a
-freshly built model cannot do. A LoRA on a random-initialised model learns little, so the base
-first gets a short full pre-training with the `pt` recipe, as a real base model would have had;
-scripts/demo.sh then restarts the cluster with that model as the base the rollout service
-serves, and accuracy is measured by generating through the rollout service (greedy), before
-with the base and after with the SFT job's adapter.
+freshly built model cannot do. A LoRA on a random-initialised model learns little, so the built
+model first gets a short full pre-training with the ``pt`` recipe (``base``, in this process, as a
+real base model would have had it before anyone serves it); scripts/demo.sh then starts the
+cluster once with that base, two rollout workers and one reward worker. Accuracy is measured by
+generating through the rollout service (greedy), before with the base and after with the SFT
+job's adapter.
 
-The preference steps use the same task as pairs: the correct answer is chosen, the digits copied
-back rejected; held-out pairs use numbers never trained on. ``rm`` trains a LoRA reward model and scores the held-out pairs through
-the reward service, which fetches the adapter from training by id@version. ``dpo`` trains a LoRA
-policy with DPO from the pre-trained base; the job reports its implicit reward accuracy on the
-held-out pairs before and after, and the demo fetches the adapter (``FetchAdapter``) and compares
-log pi(chosen) with log pi(rejected) for the base and the DPO policy.
+The later stages start from the SFT job's adapter (``init_adapter: demo-sft@N``), as
+LLaMA-Factory's ``adapter_name_or_path`` chains stages: ``rm`` continues it under a new score head
+(pairs of the same task: the correct answer chosen, the digits copied back rejected; held-out
+pairs use numbers never trained on) and scores held-out pairs through the reward service; ``dpo``
+continues it against base + the SFT adapter as its reference, so its loss starts at log 2, and the
+demo fetches the DPO adapter (``FetchAdapter``) to compare log pi(chosen) with log pi(rejected)
+against the SFT adapter; ``ppo`` starts its policy as the SFT adapter (KL 0 at step 0, the fleet
+serves the SFT weights as version 1) and is rewarded by the RM job's adapter through the reward
+workers.
 """
 
 from __future__ import annotations
@@ -97,14 +101,31 @@ def run_job(client: Client, spec: pb.TrainingJobSpec) -> pb.TrainingJob:
     return job
 
 
-def pretrain(run_dir: Path, client: Client, base: str) -> None:
-    texts = [{"text": t} for t in synthetic_corpus(PRETRAIN_STEPS * 8 * 3)]
-    data = write_jsonl(run_dir / "demo" / "pretrain.jsonl", texts)
+def pretrain_base(run_dir: Path) -> None:
+    """The tiny model's short full pre-training with the ``pt`` recipe, in this process (the
+    base exists before the cluster serves it): plain-text rows, every token trained."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from services.training.loop.batches import InMemorySource
+    from services.training.recipes import pt
+    from services.training.spec.settings import settings
+
+    torch.set_num_threads(2)
+    model = run_dir / "tiny-model"
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    rows, ids, positions, cuts = [], [], [], [0]
+    for text in synthetic_corpus(PRETRAIN_STEPS * 8 * 3):  # packed greedily into 256 tokens
+        piece = (tokenizer(text)["input_ids"] + [tokenizer.eos_token_id])[:256]
+        if len(ids) + len(piece) > 256:
+            rows.append(data_pb2.TokenRow(input_ids=ids, labels=ids, position_ids=positions,
+                                          cu_seqlens=cuts))  # fmt: skip
+            ids, positions, cuts = [], [], [0]  # (the last partial row is left out)
+        ids, positions = ids + piece, positions + list(range(len(piece)))
+        cuts.append(len(ids))
     spec = pb.TrainingJobSpec(
-        job_id="demo-pretrain",
-        base_model=base,
+        base_model=str(model),
         stage=pb.STAGE_PT,
-        dataset=inline_dataset(data, data_pb2.DATASET_FORMAT_TEXT, cutoff=256),
         finetuning=pb.FinetuningConfig(type=pb.FINETUNING_TYPE_FULL),
         hyperparameters=pb.Hyperparameters(
             learning_rate=2e-3,
@@ -116,10 +137,10 @@ def pretrain(run_dir: Path, client: Client, base: str) -> None:
         ),
     )
     started = time.perf_counter()
-    run_job(client, spec)
-    model = run_dir / "jobs" / spec.job_id / "model"
-    print(f"pre-trained in {time.perf_counter() - started:.0f}s: {model}")
-    (run_dir / "demo" / "pretrained_model").write_text(str(model))
+    job_dir = run_dir / "demo" / "base"
+    pt.run(settings(spec), InMemorySource(rows), job_dir)
+    print(f"pre-trained in {time.perf_counter() - started:.0f}s: {job_dir / 'model'}")
+    (run_dir / "demo" / "pretrained_model").write_text(str(job_dir / "model"))
 
 
 def accuracy(backend: ChatBackend, model: str, pairs: list[tuple[str, str]]) -> float:
@@ -170,6 +191,13 @@ def sft(run_dir: Path, client: Client, base: str) -> None:
     after = accuracy(backend, job.id, held_out)
     print(f"held-out exact match after SFT (adapter through the rollout service): {after:.0%}")
     print(f"demo result: {before:.0%} -> {after:.0%}")
+    (run_dir / "demo" / "sft_adapter").write_text(f"{job.id}@{version}")
+
+
+def sft_adapter(run_dir: Path) -> common_pb2.AdapterRef:
+    """The SFT job's adapter the later stages start from (LLaMA-Factory's adapter_name_or_path)."""
+    job_id, _, version = (run_dir / "demo" / "sft_adapter").read_text().partition("@")
+    return common_pb2.AdapterRef(id=job_id, version=int(version))
 
 
 # --- preference steps --------------------------------------------------------------------------
@@ -198,13 +226,14 @@ def preference_dataset(path: Path) -> pb.DatasetRef:
 
 
 def preference_spec(
-    job_id: str, base: str, stage: int, steps: int, learning_rate: float, files
+    job_id: str, base: str, stage: int, steps: int, learning_rate: float, files, start
 ) -> pb.TrainingJobSpec:
     train, held = files
     spec = pb.TrainingJobSpec(
         job_id=job_id,
         base_model=base,
         stage=stage,
+        init_adapter=start,  # continue the SFT adapter (its rank, alpha and targets)
         dataset=preference_dataset(train),
         eval_dataset=preference_dataset(held),
         finetuning=pb.FinetuningConfig(
@@ -226,15 +255,16 @@ def preference_spec(
     return spec
 
 
-def held_out_accuracy(client: Client, job_id: str) -> list[tuple[int, float, float]]:
-    """(step, accuracy, margin) of every held-out evaluation the job reported."""
+def held_out_accuracy(client: Client, job_id: str) -> list[tuple[int, float, float, float]]:
+    """(step, accuracy, margin, loss) of every held-out evaluation the job reported."""
     request = api.WatchTrainingJobRequest(job_id=job_id)
     out = []
     for reply in client.training.WatchTrainingJob(request, timeout=60):
         extra = reply.event.metrics.extra
         if reply.event.HasField("metrics") and "eval_rewards/accuracy" in extra:
-            step = reply.event.metrics.step
-            out.append((step, extra["eval_rewards/accuracy"], extra["eval_rewards/margin"]))
+            m = reply.event.metrics
+            out.append((m.step, extra["eval_rewards/accuracy"], extra["eval_rewards/margin"],
+                        m.eval_loss))  # fmt: skip
     return out
 
 
@@ -264,12 +294,16 @@ def as_rollout(completion: list[int], ends: set[int]) -> list[int]:
 
 def rm(run_dir: Path, client: Client, base: str) -> None:
     files = preference_files(run_dir)
-    spec = preference_spec("demo-rm", base, pb.STAGE_RM, RM_STEPS, 1e-3, files)
+    spec = preference_spec("demo-rm", base, pb.STAGE_RM, RM_STEPS, 1e-3, files,
+                           sft_adapter(run_dir))  # fmt: skip
     started = time.perf_counter()
     job = run_job(client, spec)
     version = job.adapter_versions[-1].version
-    (_, before, _), *_, (_, after, margin) = held_out_accuracy(client, spec.job_id)
-    print(f"reward model (LoRA + score head) in {time.perf_counter() - started:.0f}s")
+    (_, before, _, _), *_, (_, after, margin, _) = held_out_accuracy(client, spec.job_id)
+    print(
+        f"reward model (LoRA from {spec.init_adapter.id}@{spec.init_adapter.version} + a new "
+        f"score head) in {time.perf_counter() - started:.0f}s"
+    )
     print(f"held-out pairwise accuracy of the job: {before:.0%} (fresh head) -> {after:.0%}")
     pairs = held_out_pairs(client, files[1], base)
     held = data_service_pb2.GetDatasetRequest(dataset_id="demo-pref-held")
@@ -299,6 +333,7 @@ def rm(run_dir: Path, client: Client, base: str) -> None:
         )
     print(f"mean margin of the job's evaluation: {margin:.2f}")
     print(f"demo result (rm): {before:.0%} -> {wins['rollouts'] / len(pairs):.0%}")
+    (run_dir / "demo" / "rm_adapter").write_text(f"{job.id}@{version}")
 
 
 def policy_preference(model, pairs) -> float:
@@ -325,70 +360,54 @@ def dpo(run_dir: Path, client: Client, base: str) -> None:
 
     torch.set_num_threads(1)
     files = preference_files(run_dir)
-    spec = preference_spec("demo-dpo", base, pb.STAGE_DPO, DPO_STEPS, 2e-3, files)
+    start = sft_adapter(run_dir)
+    spec = preference_spec("demo-dpo", base, pb.STAGE_DPO, DPO_STEPS, 2e-3, files, start)
     started = time.perf_counter()
     job = run_job(client, spec)
     version = job.adapter_versions[-1].version
-    (_, before, _), *_, (_, after, margin) = held_out_accuracy(client, spec.job_id)
-    print(f"DPO (LoRA, beta 0.5, reference = base with the adapter off) in "
-          f"{time.perf_counter() - started:.0f}s")  # fmt: skip
+    (_, before, _, start_loss), *_, (_, after, margin, _) = held_out_accuracy(client, spec.job_id)
+    print(f"DPO (LoRA from {start.id}@{start.version}, beta 0.5, reference = base + that adapter, "
+          f"frozen beside it) in {time.perf_counter() - started:.0f}s")  # fmt: skip
     print(
-        f"held-out implicit reward accuracy of the job: {before:.0%} (policy = reference) -> "
-        f"{after:.0%}, mean margin beta*h {margin:.2f}"
+        f"held-out loss before any update {start_loss:.4f} (log 2 = 0.6931: policy = reference); "
+        f"implicit reward accuracy {before:.0%} -> {after:.0%}, mean margin beta*h {margin:.2f}"
     )
-    request = api.FetchAdapterRequest(adapter=common_pb2.AdapterRef(id=job.id, version=version))
-    blob = b"".join(r.chunk.data for r in client.training.FetchAdapter(request, timeout=600))
-    folder = run_dir / "demo" / "dpo-adapter"
-    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
-        tar.extractall(folder, filter="data")
     pairs = held_out_pairs(client, files[1], base)
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), folder).eval()
-    with model.disable_adapter():
-        base_pref = policy_preference(model, pairs)
-    dpo_pref = policy_preference(model, pairs)
+    prefs = {}
+    for name, ref in (("SFT adapter (the reference)", start),
+                      ("DPO policy", common_pb2.AdapterRef(id=job.id, version=version))):  # fmt: skip
+        request = api.FetchAdapterRequest(adapter=ref)
+        blob = b"".join(r.chunk.data for r in client.training.FetchAdapter(request, timeout=600))
+        folder = run_dir / "demo" / f"adapter-{ref.id}-v{ref.version}"
+        with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+            tar.extractall(folder, filter="data")
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), folder)
+        prefs[name] = policy_preference(model.eval(), pairs)
     print(
-        f"held-out pairs where log pi(chosen) > log pi(rejected), fetched adapter "
-        f"{job.id}@{version} ({len(blob)} bytes): base {base_pref:.0%} -> DPO policy {dpo_pref:.0%}"
+        "held-out pairs where log pi(chosen) > log pi(rejected), fetched adapters: "
+        + ", ".join(f"{name} {value:.0%}" for name, value in prefs.items())
     )
+    base_pref, dpo_pref = prefs.values()
     print(f"demo result (dpo): {base_pref:.0%} -> {dpo_pref:.0%}")
 
 
 # --- PPO across the fleets ----------------------------------------------------------------------
 
 
-YES_NO = "Is {} a good number?"
-
-
-def sft_yes_no(run_dir: Path, client: Client, base: str) -> None:
-    """A short full SFT of the pre-trained base on questions answered "yes" or "no" at random:
-    the model then says "yes" only part of the time, which PPO will change."""
-    rng = random.Random(0)
-    rows = [
-        {"instruction": YES_NO.format(n), "output": rng.choice(["yes", "no"])} for n in range(200)
-    ]
-    data = write_jsonl(run_dir / "demo" / "yes_no.jsonl", rows)
-    spec = pb.TrainingJobSpec(
-        job_id="demo-sft-yes-no",
-        base_model=base,
-        stage=pb.STAGE_SFT,
-        dataset=inline_dataset(data, data_pb2.DATASET_FORMAT_ALPACA, cutoff=64),
-        finetuning=pb.FinetuningConfig(type=pb.FINETUNING_TYPE_FULL),
-        hyperparameters=pb.Hyperparameters(
-            learning_rate=3e-3, max_steps=30, per_device_batch_size=8, logging_steps=10
-        ),
-    )
-    run_job(client, spec)
-    model = run_dir / "jobs" / spec.job_id / "model"
-    (run_dir / "demo" / "yes_no_model").write_text(str(model))
-    print(f"yes/no model: {model}")
-
-
 def ppo(run_dir: Path, client: Client, base: str) -> None:
-    """PPO with a rule reward the SFT model meets only sometimes: 1 when the answer starts with
-    "yes" (the `regex` scorer, its pattern carried by the job). Rollouts come from two rollout
-    workers, scores from one reward worker, all through Redis; the trainer holds one base with
-    the LoRA policy, its value head and the reference (the adapter disabled)."""
-    rows = [{"instruction": YES_NO.format(n), "output": "yes"} for n in range(1000, 1400)]
+    """PPO from the SFT adapter on digit prompts never trained on, rewarded by the RM job's adapter
+    (scorer ``reward_model``): rollouts from two rollout workers, scores from one reward worker,
+    all through Redis; the trainer holds one base with the LoRA policy, its value head and the
+    reference (base + the SFT adapter, frozen beside the policy's copy of it)."""
+    start = sft_adapter(run_dir)
+    rm_job, _, rm_version = (run_dir / "demo" / "rm_adapter").read_text().partition("@")
+    seen: set[str] = set()  # numbers the SFT and preference data used: none of them here
+    for chain in (((1, 50), (2, 1600)), ((11, 50), (12, 600))):
+        used: set[str] = set()
+        for seed, count in chain:
+            digit_pairs(seed, count, used)
+        seen |= used
+    rows = [{"instruction": p, "output": a} for p, a in digit_pairs(31, 400, seen)]
     data = write_jsonl(run_dir / "demo" / "ppo_prompts.jsonl", rows)
     dataset = inline_dataset(data, data_pb2.DATASET_FORMAT_ALPACA, cutoff=64)
     dataset.spec.packing = False
@@ -398,31 +417,31 @@ def ppo(run_dir: Path, client: Client, base: str) -> None:
         base_model=base,
         stage=pb.STAGE_PPO,
         dataset=dataset,
-        finetuning=pb.FinetuningConfig(
-            type=pb.FINETUNING_TYPE_LORA, lora=pb.LoraConfig(rank=8, alpha=16.0)
-        ),
+        init_adapter=start,  # the policy starts as the SFT adapter
+        finetuning=pb.FinetuningConfig(type=pb.FINETUNING_TYPE_LORA),
         hyperparameters=pb.Hyperparameters(
             learning_rate=PPO_LR, per_device_batch_size=8, max_steps=PPO_STEPS, logging_steps=1,
             seed=0,
         ),
         ppo=pb.PpoConfig(
-            sampling=rollout_pb2.SamplingParams(temperature=1.0, max_tokens=3, n=4, seed=11),
-            reward_scorer="regex",
-            reward_settings=common_pb2.RewardSettings(regex_pattern=r"^\s*yes"),
+            sampling=rollout_pb2.SamplingParams(temperature=1.0, max_tokens=8, n=4, seed=11),
+            reward_scorer="reward_model",
+            reward_adapter=common_pb2.AdapterRef(id=rm_job, version=int(rm_version)),
             kl_coef=0.05,
         ),
     )  # fmt: skip
     client.training.CreateTrainingJob(api.CreateTrainingJobRequest(spec=spec))
     started = time.perf_counter()
-    rewards: list[float] = []
+    rewards, kls = [], []
     request = api.WatchTrainingJobRequest(job_id=spec.job_id)
     for reply in client.training.WatchTrainingJob(request, timeout=1800):
         m = reply.event.metrics
         if reply.event.HasField("metrics") and "reward/mean" in m.extra:
             rewards.append(m.extra["reward/mean"])
+            kls.append(m.extra["ppo/kl"])
             print(
-                f"  demo-ppo step {m.step:3d}  mean reward {m.extra['reward/mean']:.2f}  "
-                f"kl {m.extra['ppo/kl']:.3f}  engine ratio {m.extra['ppo/engine_ratio']:.4f}  "
+                f"  demo-ppo step {m.step:3d}  mean reward {m.extra['reward/mean']:.3f}  "
+                f"kl {m.extra['ppo/kl']:.4f}  engine ratio {m.extra['ppo/engine_ratio']:.4f}  "
                 f"waited {m.extra['time/wait_rollouts']:.1f}s  trained {m.extra['time/train']:.1f}s",
                 flush=True,
             )
@@ -431,13 +450,15 @@ def ppo(run_dir: Path, client: Client, base: str) -> None:
         sys.exit(f"job {spec.job_id} ended {pb.JobState.Name(job.state)}: {job.failure_message}")
     counts = json.loads((run_dir / "jobs" / spec.job_id / "output" / "ppo_counts.json").read_text())
     print(
-        f"PPO in {time.perf_counter() - started:.0f}s: {counts['published']} rollout tasks "
-        f"published, {counts['consumed']} scored rollouts consumed once each "
-        f"({counts['redelivered']} redelivered and skipped, {counts['stray']} stray); "
-        f"adapter demo-ppo@{counts['final_adapter_version']}"
+        f"PPO from {start.id}@{start.version} rewarded by {rm_job}@{rm_version} in "
+        f"{time.perf_counter() - started:.0f}s: {counts['published']} rollout tasks published, "
+        f"{counts['consumed']} scored rollouts consumed once each ({counts['redelivered']} "
+        f"redelivered and skipped, {counts['stray']} stray); adapter "
+        f"demo-ppo@{counts['final_adapter_version']}"
     )
+    print(f"KL to base + SFT adapter at the first step: {kls[0]:.6f} (the policy starts there)")
     first, last = sum(rewards[:2]) / 2, sum(rewards[-3:]) / 3
-    print(f"demo result (ppo): answers starting with 'yes' {first:.0%} (first steps) -> {last:.0%}")
+    print(f"demo result (ppo): mean reward-model score {first:.3f} (first steps) -> {last:.3f}")
 
 
 # --- GRPO on a verifiable task ------------------------------------------------------------------
@@ -556,10 +577,12 @@ def grpo(run_dir: Path, client: Client, base: str) -> None:
 
 def main() -> None:
     phase, run_dir = sys.argv[1], Path(sys.argv[2]).resolve()
+    if phase == "base":
+        pretrain_base(run_dir)
+        return
     state = ClusterState.load(run_dir)
     phases = {
-        "pretrain": pretrain, "sft": sft, "rm": rm, "dpo": dpo, "sft-yes-no": sft_yes_no,
-        "ppo": ppo, "sft-arith": sft_arith, "grpo": grpo,
+        "sft": sft, "rm": rm, "dpo": dpo, "ppo": ppo, "sft-arith": sft_arith, "grpo": grpo,
     }  # fmt: skip
     with Client({n: s.address for n, s in state.services.items()}, timeout=120) as client:
         phases[phase](run_dir, client, state.base_model)

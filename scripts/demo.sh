@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: install (scripts/setup.sh), build a tiny Llama model with its
-# own tokenizer, start the local cluster (a private redis-server and the four services), and
-# run the demo pipeline through the services: a short full pre-training job, then a LoRA SFT job
-# on a task the model cannot do, with held-out accuracy measured through the rollout service
-# before and after; then a LoRA reward model on preference pairs of the same task, scored through
-# the reward service, and a LoRA DPO job, its fetched adapter compared with the base on held-out
-# pairs; finally a short SFT makes the base answer "yes" or "no" at random, and a short PPO run
-# across two rollout workers and one reward worker rewards "yes" (mean reward per step and queue
-# counts printed); then GRPO on sums "What is n + 1?" that a full SFT on the other half of them
-# never showed, answers checked by the reward service's exact_match rule, accuracy before/after. Takes several minutes on 2 cores.
+# own tokenizer and give it a short pre-training (the base), start the local cluster once (a
+# private redis-server, the four services, two rollout workers and one reward worker) and run the
+# LoRA-only pipeline through it with no restart, each stage from the SFT adapter as LLaMA-Factory
+# chains them: a LoRA SFT job on a task the model cannot do (held-out accuracy through the
+# rollout service before and after); a reward model from the SFT adapter, scored through the
+# reward service; DPO from the SFT adapter (reference = base + that adapter: loss log 2 at the
+# start), its fetched adapter compared with the SFT one on held-out pairs; PPO from the SFT
+# adapter (KL 0 at the first step) rewarded by the reward model across the fleets (mean reward per
+# step and queue counts printed). Then GRPO on sums "What is n + 1?" that a full SFT on the other
+# half of them never showed (the one restart: GRPO's base is that full SFT model), answers checked
+# by the reward service's exact_match rule, accuracy before/after. Takes several minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
@@ -22,30 +24,20 @@ trap 'llamafleet down >/dev/null 2>&1 || true' EXIT
 
 echo "== llamafleet tiny-model $RUN_DIR/tiny-model"
 llamafleet tiny-model "$RUN_DIR/tiny-model" --size tiny --force
-echo "== llamafleet up (base: the random-initialised tiny model)"
-llamafleet up --base-model "$RUN_DIR/tiny-model"
-echo "== pre-training job (pt, full)"
-python scripts/demo.py pretrain "$RUN_DIR"
-echo "== restart with the pre-trained model as the served base"
-llamafleet down
-llamafleet up --base-model "$(cat "$RUN_DIR/demo/pretrained_model")"
+echo "== the base: a short full pre-training of the tiny model (pt recipe, before any service)"
+python scripts/demo.py base "$RUN_DIR"
+echo "== llamafleet up: one cluster for the whole pipeline (two rollout workers, one reward worker)"
+llamafleet up --base-model "$(cat "$RUN_DIR/demo/pretrained_model")" --rollout-workers 2 --reward-workers 1
 echo "== SFT job (sft, LoRA) and held-out accuracy through the rollout service"
 python scripts/demo.py sft "$RUN_DIR"
 llamafleet plot demo-sft -o "$RUN_DIR/demo/sft-loss.png"
-echo "== reward model job (rm, LoRA) and held-out pairwise accuracy through the reward service"
+echo "== reward model job (rm) from the SFT adapter; held-out pairs scored by the reward service"
 python scripts/demo.py rm "$RUN_DIR"
-echo "== DPO job (dpo, LoRA) and held-out pairwise accuracy of the fetched adapter"
+echo "== DPO job (dpo) from the SFT adapter; reference = base + that adapter"
 python scripts/demo.py dpo "$RUN_DIR"
-echo "== SFT job (sft, full): questions answered \"yes\" or \"no\" at random"
-python scripts/demo.py sft-yes-no "$RUN_DIR"
-echo "== restart with that model as the base, two rollout workers and one reward worker"
-llamafleet down
-llamafleet up --base-model "$(cat "$RUN_DIR/demo/yes_no_model")" --rollout-workers 2 --reward-workers 1
-echo "== PPO job (ppo, LoRA policy): rollouts and rewards from the fleets through Redis"
+echo "== PPO job (ppo) from the SFT adapter, rewarded by the reward model through the fleets"
 python scripts/demo.py ppo "$RUN_DIR"
 echo "== SFT job (sft, full) on half of the sums n + 1, from the pre-trained base"
-llamafleet down
-llamafleet up --base-model "$(cat "$RUN_DIR/demo/pretrained_model")"
 python scripts/demo.py sft-arith "$RUN_DIR"
 echo "== restart with that model as the base; GRPO job (grpo, LoRA, groups of 8, rule reward)"
 llamafleet down

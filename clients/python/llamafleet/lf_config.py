@@ -3,9 +3,10 @@
 The flat form is what LLaMA-Factory's ``llamafactory-cli train`` reads (``stage``,
 ``model_name_or_path``, ``finetuning_type``, ``lora_rank``, ``dataset``, ``template``,
 ``cutoff_len``, ``learning_rate``, ...). Each supported key maps onto one place of the spec
-(``FLAT_KEYS``); a handful of keys that change nothing here (worker counts, cache flags, report
-targets) are accepted with a note (``NO_EFFECT_KEYS``); any other key is an error naming the
-nearest supported one. ``dataset`` names with ``dataset_dir``, ``template`` and ``cutoff_len``
+(``FLAT_KEYS``); a handful of keys that change nothing here (worker counts, cache flags) are
+accepted with a note (``NO_EFFECT_KEYS``); keys of features llamafleet does not have are refused
+with the reason (``REFUSED_KEYS``; LLaMA-Factory's own "off" value for them is accepted); any other
+key is an error naming the nearest supported one. ``dataset`` names with ``dataset_dir``, ``template`` and ``cutoff_len``
 become an inline ``data.v1.DatasetSpec`` of registry sources. Relative paths are made absolute
 against the current directory, as LLaMA-Factory resolves them. ``rope_scaling`` scales RoPE for
 ``cutoff_len`` tokens (2048 when unset), the ``model_max_length`` LLaMA-Factory derives from it.

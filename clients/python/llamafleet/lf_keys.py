@@ -1,6 +1,8 @@
 """The LLaMA-Factory flat-YAML vocabulary llamafleet reads: each key, how its value is read, and
 where in a ``TrainingJobSpec`` it goes (``FLAT_KEYS``); keys accepted but without effect here
-(``NO_EFFECT_KEYS``). ``lf_config`` reads files and assembles the spec with this table.
+(``NO_EFFECT_KEYS``); keys refused with the reason (``REFUSED_KEYS``), and each key's status as
+the README's "LLaMA-Factory keys" table states it (``key_status``). ``lf_config`` reads files and
+assembles the spec with these tables.
 """
 
 from __future__ import annotations
