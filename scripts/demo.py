@@ -31,6 +31,7 @@ workers.
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 import time
@@ -49,11 +50,13 @@ from llamafleet.training.v1 import training_service_pb2 as api
 from services.training.tiny.corpus import synthetic_corpus
 
 SUCCESSOR = str.maketrans("0123456789", "1234567890")
-PRETRAIN_STEPS = 150
-SFT_STEPS = 250
-PPO_STEPS, PPO_LR = 12, 1e-3
-RM_STEPS = 150
-DPO_STEPS = 100
+# LLAMAFLEET_DEMO_QUICK=1: a few steps per job, to check the pipeline's plumbing on a busy machine
+QUICK = os.environ.get("LLAMAFLEET_DEMO_QUICK") == "1"
+PRETRAIN_STEPS = 20 if QUICK else 150
+SFT_STEPS = 20 if QUICK else 250
+PPO_STEPS, PPO_LR = (3 if QUICK else 12), 1e-3
+RM_STEPS = 10 if QUICK else 150
+DPO_STEPS = 10 if QUICK else 100
 
 
 def digit_pairs(seed: int, count: int, exclude: set[str]) -> list[tuple[str, str]]:
