@@ -297,3 +297,30 @@ def test_the_spec_refuses_a_starting_adapter_where_it_cannot_apply(tiny_random, 
     spec.resume_from_checkpoint = "/x/checkpoints/step-2"
     resolved = settings(spec)
     assert resolved.resume and resolved.resume_from == "/x/checkpoints/step-2"
+
+
+def test_sft_continues_the_adapter_as_peft_loads_it(tiny_random, tokenizer, sft_adapter, tmp_path):
+    """A LoRA job from an adapter starts with exactly PeftModel.from_pretrained's outputs, and
+    trains that adapter (its rank from the folder, not the spec's)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from services.training.loop.tokens import TokenLoss
+    from services.training.loop.trainer import Trainer
+
+    settings = make_settings(tiny_random, method="lora", lora=LoraSettings(rank=16), max_steps=2,
+                             batch_rows=4)  # fmt: skip
+    rows = task_rows(tokenizer, digit_task(8, 8))
+    trainer = Trainer(from_adapter(settings, sft_adapter), InMemorySource(rows), tmp_path,
+                      loss=TokenLoss(False))  # fmt: skip
+    trainer.setup()
+    assert trainer.model.peft_config["default"].r == 4  # the folder's rank
+    ids = torch.tensor([list(rows[0].input_ids)])
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_random),
+                                     str(sft_adapter)).eval()  # fmt: skip
+    trainer.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(trainer.model(input_ids=ids).logits, peft(input_ids=ids).logits,
+                                   rtol=0, atol=1e-5)  # fmt: skip
+    trainer.model.train()
+    assert trainer.train().state == "SUCCEEDED"
