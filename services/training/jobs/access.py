@@ -57,7 +57,7 @@ def string_bounds(limits: Limits) -> dict[str, int]:
     """Which string fields of a spec are ids or names (the rest are bounded like paths)."""
     ids = ("job_id", "dataset_id", "id", "item_id")
     names = ("reward_scorer", "name", "tool_format", "target_modules", "trainable_modules")
-    names += ("extra_modules", "additional_target_modules")
+    names += ("extra_modules", "additional_target_modules", "report_to", "optim")
     return {**dict.fromkeys(ids, limits.id_chars), **dict.fromkeys(names, limits.name_chars)}
 
 
