@@ -175,7 +175,7 @@ class GrpoTrainer(PpoTrainer):
         self.next_version = max(self.next_version, highest + 1)
         fresh = latest is None and not s.resume
         self.rollouts.open(self.step, lost_versions, fresh=fresh)
-        self.writer = MetricsWriter(self.output_dir)
+        self.writer = MetricsWriter(self.output_dir, s.report_to)
         if self.adapter_version == 0:
             self._publish_adapter()
 

@@ -604,8 +604,9 @@ def _refuse_unimplemented(spec: tpb.TrainingJobSpec) -> None:
             )
         if spec.finetuning.llama_pro.num_expand:
             refuse("spec.finetuning.llama_pro", "LLaMA-Pro block expansion in STAGE_KTO")
-    if spec.hyperparameters.neftune_noise_alpha and spec.stage == tpb.STAGE_PPO:
-        refuse("spec.hyperparameters.neftune_noise_alpha", "NEFTune in STAGE_PPO")
+    if spec.hyperparameters.neftune_noise_alpha and spec.stage in (tpb.STAGE_PPO, tpb.STAGE_GRPO):
+        stage = tpb.Stage.Name(spec.stage)
+        refuse("spec.hyperparameters.neftune_noise_alpha", f"NEFTune in {stage}")
     optim = spec.hyperparameters.optim
     if optim not in ("", "adamw_torch") and spec.stage == tpb.STAGE_PPO:
         refuse("spec.hyperparameters.optim", f"optim {optim!r} in STAGE_PPO (AdamW only)")
@@ -640,9 +641,16 @@ def _refuse_unimplemented(spec: tpb.TrainingJobSpec) -> None:
             "create_new_adapter with QLoRA (an adapter cannot be merged into a quantized base; "
             "leave create_new_adapter unset to continue training the adapter)",
         )
-    if spec.resume_from_checkpoint and spec.stage == tpb.STAGE_PPO:
+    if starts and spec.stage == tpb.STAGE_GRPO:
+        refuse(
+            "spec.init_adapter",
+            "STAGE_GRPO from a starting adapter (the grpo recipe starts a fresh LoRA; use ppo, "
+            "which starts from it)",
+        )
+    if spec.resume_from_checkpoint and spec.stage in (tpb.STAGE_PPO, tpb.STAGE_GRPO):
         refuse(
             "spec.resume_from_checkpoint",
-            "STAGE_PPO from a named checkpoint folder (its rollout streams belong to the job: "
+            f"{tpb.Stage.Name(spec.stage)} from a named checkpoint folder (its rollout streams "
+            "belong to the job: "
             "use resume: true with the same job_id)",
         )
