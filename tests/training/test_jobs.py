@@ -184,6 +184,11 @@ def test_resume_without_a_job_id_continues_the_job_writing_to_that_output_dir(tm
     again.output_dir = str(tmp_path / "saves" / "run")
     again.resume = True
     assert m.create(again).id == first.id  # the same job, not a refused non-empty folder
+    fresh = make_spec(base, "")
+    fresh.output_dir = str(tmp_path / "saves" / "never-ran")
+    fresh.resume = True
+    with pytest.raises(FailedPrecondition, match="no checkpoint to resume"):
+        m.create(fresh)
     named = make_spec(base, "named-1")
     named.resume_from_checkpoint = str(tmp_path / "nowhere" / "step-2")
     with pytest.raises(FailedPrecondition, match="not a checkpoint of a job"):

@@ -253,6 +253,12 @@ class JobManager:
                 if view.spec.output_dir == spec.output_dir:
                     spec.job_id = view.id
                     return
+        raise FailedPrecondition(  # as Transformers: no checkpoint to resume is an error
+            f"resume: no job of this service writes to {spec.output_dir}, so there is no "
+            "checkpoint to resume; drop resume (resume_from_checkpoint: null) to start afresh",
+            reason="NOTHING_TO_RESUME",
+            violations=[FieldViolation("spec.resume", "no job writes to output_dir")],
+        )
 
     def _starting_adapter(self, spec: pb.TrainingJobSpec) -> tuple[Path, str] | None:
         """(folder, what) of the adapter the job starts from: a published version of another
