@@ -63,6 +63,24 @@ def test_a_real_lora_job_runs_to_completion_and_serves_its_adapter(tmp_path):
         )
         files = service.training.ExportModel(export, timeout=120).files
         assert {"config.json", "model.safetensors", "tokenizer_config.json"} <= set(files)
+
+        # a second job starts from real-1@2 (init_adapter): the runner trains the job's copy
+        chained = make_spec(base, "real-2", steps=2, save_steps=2)
+        chained.compute_dtype = pb.COMPUTE_DTYPE_FLOAT32
+        chained.hyperparameters.per_device_batch_size = 4
+        chained.init_adapter.id, chained.init_adapter.version = "real-1", 2
+        service.training.CreateTrainingJob(api.CreateTrainingJobRequest(spec=chained))
+        request = api.WatchTrainingJobRequest(job_id="real-2")
+        events = [r.event for r in service.training.WatchTrainingJob(request, timeout=240)]
+        log = (tmp_path / "jobs" / "real-2" / "runner.log").read_text()
+        assert events[-1].state_change.state == pb.JOB_STATE_SUCCEEDED, log[-2000:]
+        assert (
+            events[0].state_change.message
+            == f"starts from real-1@2 (sha256 {chunks[0].info.sha256})"
+        )
+        copy = tmp_path / "jobs" / "real-2" / "init_adapter"
+        lines = [e.log.message for e in events if e.HasField("log")]
+        assert any(m.startswith(f"LoRA continues the adapter {copy}") for m in lines), lines
     finally:
         service.stop()
         kill_runners(tmp_path / "jobs")
