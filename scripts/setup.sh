@@ -37,7 +37,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   }
   pip_install --upgrade pip
   pip_install torch==2.13.0
-  pip_install -c requirements/constraints.txt -e ".[train,methods,api,web,eval,dev]"
+  pip_install -c requirements/constraints.txt -e ".[train,methods,api,web,eval,trackers,dev]"
   "$VPY" -c "import torch, transformers, grpc, redis, llamafleet, services" \
     || { echo "setup: the Python install failed" >&2; exit 1; }
   echo "$want" > "$stamp"
