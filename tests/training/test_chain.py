@@ -267,6 +267,45 @@ def test_ppo_from_the_sft_adapter_has_kl_0_at_step_0_and_serves_it_first(
     assert {t.adapter.version for t in fleet.published.values()} >= {1}
 
 
+@pytest.mark.slow
+def test_grpo_from_the_sft_adapter_has_kl_0_at_step_0_and_serves_it_first(
+    tiny_random, tokenizer, tmp_path
+):
+    """GRPO as PPO above: with beta > 0 the reference is base + the SFT adapter (a frozen second
+    adapter), so the KL term is 0 at step 0, the engine ratio 1, and version 1 holds exactly the
+    SFT adapter's weights. Started fresh instead, version 1 would be a new adapter."""
+    from inline_fleet import InlineFleet, PromptSource, yes_no_prompts, yes_no_rows
+    from test_grpo_recipe import grpo_settings, metrics
+
+    from services.training.recipes import grpo
+
+    sft_job = tmp_path / "sft"
+    settings = make_settings(tiny_random, method="lora", lora=LoraSettings(rank=8, alpha=16.0),
+                             learning_rate=5e-3, max_steps=20, batch_rows=8)  # fmt: skip
+    sft.run(settings, InMemorySource(yes_no_rows(tokenizer, 160)), sft_job)
+    folder = sft_job / "adapters" / "v1"
+    job = tmp_path / "grpo"
+    odd_first = lambda ids: float(len(ids) > 0 and ids[0] % 2 == 1)  # noqa: E731 (varies)
+    fleet = InlineFleet(tiny_random, job, odd_first)
+    prompts = PromptSource(yes_no_prompts(tokenizer, range(1000, 1016)))
+    # one optimizer update per step (one epoch, the step's 4 micro-batches accumulated): step 0's
+    # KL is read before anything moved
+    step0 = grpo_settings(tiny_random, {"beta": 0.05}, max_steps=2, gradient_accumulation_steps=4,
+                          ppo={"ppo_epochs": 1})  # fmt: skip
+    run = from_adapter(step0, folder)
+    result = grpo.run(run, prompts, job, exchange=fleet, job_id="grpo-from-sft")
+    assert result.state == "SUCCEEDED"
+    records = [r for r in metrics(job) if "grpo/kl" in r]
+    print(f"\nGRPO from sft: kl {[r['grpo/kl'] for r in records]}")
+    assert abs(records[0]["grpo/kl"]) < 1e-6
+    assert abs(records[0]["grpo/engine_ratio"] - 1.0) < 1e-3
+    assert records[1]["grpo/kl"] != 0  # one update later the policy has moved
+    first = load_file(job / "adapters" / "v1" / "adapter_model.safetensors")
+    sft_weights = load_file(folder / "adapter_model.safetensors")
+    assert first.keys() == sft_weights.keys()
+    assert all(torch.equal(first[k], sft_weights[k]) for k in first)
+
+
 def test_the_spec_refuses_a_starting_adapter_where_it_cannot_apply(tiny_random, tmp_path):
     from llamafleet.training.v1 import training_pb2 as tpb
     from test_recipes import job_spec

@@ -143,7 +143,9 @@ class CountingReference(reference_module.Reference):
 
 @pytest.mark.parametrize("beta", [0.0, 0.05])
 def test_beta_zero_never_runs_a_reference(yes_no_model, tokenizer, tmp_path, monkeypatch, beta):
-    monkeypatch.setattr(grpo, "Reference", CountingReference)
+    monkeypatch.setattr(
+        reference_module, "Reference", CountingReference
+    )  # what lora_reference builds
     CountingReference.calls = 0
     job = tmp_path / "grpo"
     fleet = InlineFleet(yes_no_model, job, yes_first(tokenizer))

@@ -55,7 +55,7 @@ from services.training.losses import grpo as loss_math
 from services.training.losses.ppo import KlController
 from services.training.model import load as models
 from services.training.model import lora, optim
-from services.training.model.reference import Reference
+from services.training.model.reference import lora_reference
 from services.training.ppo.advantages import StepTokens, critic_free
 from services.training.ppo.batch import (
     Rollouts,
@@ -138,10 +138,12 @@ class GrpoTrainer(PpoTrainer):
         base = models.load_base(s, self.device)
         self.pad_id = base.config.pad_token_id if base.config.pad_token_id is not None else 0
         self.end_ids = models.end_token_ids(s, self.source.end_token_ids())
-        self.policy = lora.apply_lora(base, s.lora, s.seed).to(self.device)
+        # fresh, or the starting (SFT) adapter (init_adapter / adapter_name_or_path), as in PPO
+        self.policy = lora.start_lora(base, s).to(self.device)
         self.model = self.policy  # no value head
-        # beta = 0: no reference at all (never run); else the base with the adapter disabled
-        self.reference = Reference(self.policy) if g.beta > 0 else None
+        # beta = 0: no reference at all (never run, never loaded); else the base with the adapter
+        # disabled, or base + the starting adapter as a frozen second adapter
+        self.reference = lora_reference(s, self.policy) if g.beta > 0 else None
         batches_per_step = p.rollout_batch_size // s.batch_rows
         batches_per_epoch = self.source.count(prompt_request(s, 0))
         if batches_per_epoch == 0:

@@ -641,12 +641,6 @@ def _refuse_unimplemented(spec: tpb.TrainingJobSpec) -> None:
             "create_new_adapter with QLoRA (an adapter cannot be merged into a quantized base; "
             "leave create_new_adapter unset to continue training the adapter)",
         )
-    if starts and spec.stage == tpb.STAGE_GRPO:
-        refuse(
-            "spec.init_adapter",
-            "STAGE_GRPO from a starting adapter (the grpo recipe starts a fresh LoRA; use ppo, "
-            "which starts from it)",
-        )
     if spec.resume_from_checkpoint and spec.stage in (tpb.STAGE_PPO, tpb.STAGE_GRPO):
         refuse(
             "spec.resume_from_checkpoint",
