@@ -38,17 +38,23 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llamafleet.chat import ChatBackend, UnknownModel
 from llamafleet.client import Client, RpcError
+from llamafleet.openai_requests import (
+    ApiError,
+    ChatCompletionRequest,
+    CompletionRequest,
+    SampledRequest,
+    from_rpc,
+    validation_error,
+)
 from llamafleet.rollout.v1 import rollout_pb2, rollout_service_pb2
 
 FINISH = {
@@ -56,190 +62,6 @@ FINISH = {
     rollout_pb2.FINISH_REASON_LENGTH: "length",
     rollout_pb2.FINISH_REASON_ABORT: "stop",
 }
-HTTP_STATUS = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.UNIMPLEMENTED: 400,  # a parameter this deployment cannot honour
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-}
-MAX_STOP = 4  # OpenAI's limit on stop sequences
-BAD_JSON = (
-    "We could not parse the JSON body of your request. The API expects a JSON payload, but what "
-    "was sent was not valid JSON."
-)
-
-
-# --- request bodies -------------------------------------------------------------------------
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-
-class StreamOptions(_Body):
-    include_usage: bool = False
-
-
-class JsonSchema(BaseModel):
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
-    description: str | None = None
-    schema_: dict[str, Any] | None = Field(None, alias="schema")
-    strict: bool | None = None
-
-
-class ResponseFormat(_Body):
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: JsonSchema | None = None
-
-
-class FunctionName(BaseModel):
-    name: str
-
-
-class NamedToolChoice(_Body):
-    type: Literal["function"]
-    function: FunctionName
-
-
-class _Sampled(_Body):
-    """The fields chat and legacy completions share, bounded as OpenAI bounds them."""
-
-    model: str
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, ge=0, le=1)
-    n: int = Field(1, ge=1, le=128)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = None
-    user: str | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _stop(cls, value):
-        if isinstance(value, list) and len(value) > MAX_STOP:
-            raise ValueError(f"at most {MAX_STOP} stop sequences, got {len(value)}")
-        return value
-
-
-class ChatMessage(BaseModel):
-    role: str
-    content: str | list[dict[str, Any]] | None = None
-    name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    tool_call_id: str | None = None
-
-
-class ChatCompletionRequest(_Sampled):
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    parallel_tool_calls: bool | None = None
-    response_format: ResponseFormat | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = Field(None, ge=0, le=20)
-    metadata: dict[str, str] | None = None
-
-
-class CompletionRequest(_Sampled):
-    prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for legacy completions
-    logprobs: int | None = Field(None, ge=0, le=5)
-    echo: bool = False
-    suffix: str | None = None
-    best_of: int | None = Field(None, ge=1, le=20)
-
-
-# --- errors ---------------------------------------------------------------------------------
-
-
-class ApiError(Exception):
-    def __init__(
-        self, status: int, message: str, param: str | None = None, code: str | None = None
-    ):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-
-    def response(self) -> JSONResponse:
-        kind = "invalid_request_error" if self.status < 500 else "api_error"
-        body = {"message": self.message, "type": kind, "param": self.param, "code": self.code}
-        return JSONResponse({"error": body}, status_code=self.status)
-
-
-# a service's field path -> the OpenAI field it came from (first match wins)
-_RPC_PARAMS = (
-    ("sampling.max_tokens", "max_tokens"),
-    ("sampling.structured_output", "response_format"),
-    ("sampling.", ""),  # sampling.top_p -> top_p
-    ("record.tools", "tools"),
-    ("record", "messages"),
-    ("prompt_ids", "messages"),
-    ("prompt_text", "prompt"),
-    ("adapter", "model"),
-    ("text", "messages"),
-)
-
-
-def rpc_param(field_path: str, prompt_field: str = "messages", max_tokens: str = "max_tokens"):
-    for prefix, param in _RPC_PARAMS:
-        if field_path.startswith(prefix):
-            if prefix == "sampling.":
-                return field_path[len(prefix) :].split(".")[0].split("[")[0]
-            if param == "messages":
-                return prompt_field
-            if param == "max_tokens":
-                return max_tokens
-            return param
-    return None
-
-
-def _from_rpc(err: RpcError, param: str | None = None, **names: str) -> ApiError:
-    detail = err.message + "".join(f"; {f}: {d}" for f, d in err.violations)
-    if param is None and err.violations:
-        param = rpc_param(err.violations[0][0], **names)
-    return ApiError(HTTP_STATUS.get(err.code, 500), detail, param, err.reason.lower() or None)
-
-
-_TYPE_TAGS = {"str", "int", "float", "bool", "none", "dict", "list"}
-
-
-def _validation_error(exc: RequestValidationError) -> ApiError:
-    first = exc.errors()[0] if exc.errors() else {}
-    loc = [p for p in first.get("loc", ()) if p != "body"]
-    kind = first.get("type", "")
-    if kind == "json_invalid" or not loc or not isinstance(loc[0], str):
-        if kind == "json_invalid":
-            return ApiError(400, BAD_JSON, None, "invalid_json")
-        return ApiError(400, f"invalid request body: {first.get('msg', '')}", None)
-    param = ""
-    for part in loc:  # OpenAI's paths: messages[0].role
-        if isinstance(part, int):
-            param += f"[{part}]"
-        elif part in _TYPE_TAGS or "[" in part or part[:1].isupper():
-            continue  # pydantic's names of union members (str, list[int], NamedToolChoice)
-        else:
-            param += f".{part}" if param else part
-    if kind == "extra_forbidden":
-        return ApiError(400, f"Unrecognized request argument supplied: {param}", param)
-    if kind == "missing":
-        return ApiError(400, f"Missing required parameter: '{param}'.", param)
-    message = first.get("msg", "invalid value").removeprefix("Value error, ")
-    value = first.get("input")
-    shown = "" if isinstance(value, dict | list) else f" (got {value!r})"
-    return ApiError(400, f"Invalid '{param}': {message}{shown}.", param, "invalid_value")
-
-
 # --- generation -----------------------------------------------------------------------------
 
 
@@ -328,7 +150,7 @@ class Gateway:
 
     # --- sampling parameters ---
 
-    def _sampling(self, r: _Sampled, max_tokens: int | None) -> rollout_pb2.SamplingParams:
+    def _sampling(self, r: SampledRequest, max_tokens: int | None) -> rollout_pb2.SamplingParams:
         for name in ("presence_penalty", "frequency_penalty"):
             if getattr(r, name):
                 raise ApiError(
@@ -437,7 +259,7 @@ class Gateway:
         except ValueError as exc:
             raise ApiError(400, str(exc), "model") from None
         except RpcError as err:
-            raise _from_rpc(err, **names) from None
+            raise from_rpc(err, **names) from None
 
     def chat_stream(self, r: ChatCompletionRequest):
         sampling = self._chat_sampling(r)
@@ -467,7 +289,7 @@ class Gateway:
         try:
             calls = self.backend.parse_tool_calls(text, self.tool_format)
         except RpcError as err:
-            raise _from_rpc(err, "tools") from None
+            raise from_rpc(err, "tools") from None
         return [
             {
                 "id": f"call_{uuid.uuid4().hex[:24]}",
@@ -482,7 +304,7 @@ class Gateway:
         try:
             seqs, prompt_tokens, completion_tokens = self.gather(replies, r.n)
         except RpcError as err:
-            raise _from_rpc(err, **names) from None
+            raise from_rpc(err, **names) from None
         choices = []
         for i, seq in enumerate(seqs):
             message: dict[str, Any] = {"role": "assistant", "content": seq.text}
@@ -525,7 +347,7 @@ class Gateway:
         try:
             first = next(replies, None)  # a failure before the first token is an HTTP error
         except RpcError as err:
-            raise _from_rpc(err, **names) from None
+            raise from_rpc(err, **names) from None
         yield ""
         buffered = bool(r.tools) and r.tool_choice != "none"
         seqs: dict[int, Sequence] = {}
@@ -628,7 +450,7 @@ class Gateway:
             try:
                 seqs, prompt_tokens, completion_tokens = self.gather(replies, r.n)
             except RpcError as err:
-                raise _from_rpc(err, prompt_field="prompt") from None
+                raise from_rpc(err, prompt_field="prompt") from None
             prompt_total += prompt_tokens
             completion_total += completion_tokens
             for j, seq in enumerate(seqs):
@@ -672,7 +494,7 @@ class Gateway:
         try:  # a failure before the first token is an HTTP error
             first = next(iter(replies), None)
         except RpcError as err:
-            raise _from_rpc(err, prompt_field="prompt") from None
+            raise from_rpc(err, prompt_field="prompt") from None
         runs[0] = (prompt, itertools.chain([first] if first else [], replies))
         yield ""
         prompt_total = completion_total = 0
@@ -748,11 +570,11 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def bad_body(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _validation_error(exc).response()
+        return validation_error(exc).response()
 
     @app.exception_handler(RpcError)
     async def rpc_error(_: Request, exc: RpcError) -> JSONResponse:
-        return _from_rpc(exc).response()
+        return from_rpc(exc).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
