@@ -39,6 +39,7 @@ from services.training.jobs.events import EventLog
 from services.training.tiny.model import build_tiny_model
 
 JOB = "chatjob"
+RM_JOB = "rmjob"  # a reward-modelling job: scores predictions, is not a chat model
 
 
 def _finished_lora_job(jobs_dir, base):
@@ -75,12 +76,46 @@ def _finished_lora_job(jobs_dir, base):
     )
 
 
+def _finished_rm_job(jobs_dir, base):
+    """A reward-modelling job's adapter (SEQ_CLS LoRA + a score head, both perturbed so that
+    scores differ between replies), laid out as the rm recipe leaves it."""
+    from peft import TaskType
+    from transformers import AutoModelForSequenceClassification
+
+    job_dir = jobs_dir / RM_JOB
+    torch.manual_seed(1)
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+    model.config.pad_token_id = 0
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]
+    )
+    lora = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, param in lora.named_parameters():
+            if param.requires_grad and ("lora_B" in name or "score" in name):
+                param.normal_(0, 0.5)
+    lora.save_pretrained(job_dir / "adapters" / "v1")
+    spec = training_pb2.TrainingJobSpec(
+        job_id=RM_JOB, base_model=str(base), stage=training_pb2.STAGE_RM,
+        output_dir=str(job_dir / "output"),
+    )  # fmt: skip
+    spec.finetuning.type = training_pb2.FINETUNING_TYPE_LORA
+    (job_dir / "spec.binpb").write_bytes(spec.SerializeToString())
+    log = EventLog(job_dir)
+    done = training_pb2.JOB_STATE_SUCCEEDED
+    log.append(training_pb2.TrainingEvent(state_change=training_pb2.StateChange(state=done)))
+    (job_dir / "result.json").write_text(
+        json.dumps({"state": "SUCCEEDED", "message": "", "step": 1})
+    )
+
+
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
     root = tmp_path_factory.mktemp("api")
     base = build_tiny_model(root / "tiny", size="tiny", seed=0)
     run_dir = root / "run"
     _finished_lora_job(run_dir / "jobs", base)
+    _finished_rm_job(run_dir / "jobs", base)
     state = cluster.up(run_dir, base_model=str(base), roots=[str(root)], timeout=120)
     port = cluster.free_port()
     client = Client({n: s.address for n, s in state.services.items()}, timeout=60)
@@ -118,6 +153,7 @@ def _chat(api, model, **kw):
 
 
 def test_models_lists_the_base_and_each_adapter_version(api):
+    # the reward-modelling job's adapter scores, it does not chat: not a model here
     assert [m.id for m in api.models.list().data] == ["base", JOB, f"{JOB}@1"]
 
 
@@ -566,6 +602,69 @@ def test_cli_eval_predict_writes_predictions_and_metrics(api, tmp_path, capsys):
     bad = ["eval", "predict", "--run-dir", api.run_dir, "--dataset", str(split), "--save-dir",
            str(save), "--format", "nope"]  # fmt: skip
     assert cli.main(bad) == 2
+
+
+def test_cli_eval_predict_averages_a_reward_model(api, tmp_path, capsys):
+    """`--reward-model rmjob@1`: each prediction's ``reward_model`` is the reward adapter's score
+    computed here by hand (peft's SEQ_CLS model over the prompt ids and the generated ids, read
+    at the reply's last end token, or its last token when it has none), and the printed mean is
+    their mean. A malformed name is a usage error that names the flag's format."""
+    from llamafleet.data.v1 import data_pb2, data_service_pb2
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    from services.common.scored_position import folder_eos_ids
+
+    records = [
+        {"instruction": "Say something about Paris.", "output": "x"},
+        {"instruction": "Name a colour.", "output": "blue"},
+    ]
+    split = tmp_path / "eval.jsonl"
+    split.write_text("".join(json.dumps(r) + "\n" for r in records))
+    save = tmp_path / "out"
+    argv = [
+        "eval", "predict", "--run-dir", api.run_dir, "--model", JOB, "--dataset", str(split),
+        "--save-dir", str(save), "--max-tokens", "6", "--reward-model", f"{RM_JOB}@1",
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    rows = [json.loads(line) for line in (save / "predictions.jsonl").read_text().splitlines()]
+
+    model = AutoModelForSequenceClassification.from_pretrained(api.base_path, num_labels=1)
+    model.config.pad_token_id = 0
+    job_dir = Path(api.run_dir) / "jobs" / RM_JOB / "adapters" / "v1"
+    rm = PeftModel.from_pretrained(model, job_dir).eval()
+    ends = set(folder_eos_ids(Path(api.base_path)))
+    expected = []
+    for record, row in zip(records, rows, strict=True):
+        seq = api.client.data.PreviewExample(
+            data_service_pb2.PreviewExampleRequest(
+                record_json=json.dumps(record),
+                format=data_pb2.FormatOptions(format=data_pb2.DATASET_FORMAT_ALPACA),
+                kind=data_pb2.EXAMPLE_KIND_PROMPT,
+                tokenization=data_pb2.TokenizationOptions(tokenizer_path=api.base_path),
+            )
+        ).sequences[0]
+        replies = api.client.rollout.Generate(
+            rollout_service_pb2.GenerateRequest(
+                prompt_ids=seq.input_ids,
+                adapter=api.gateway.backend.adapter(JOB),
+                sampling=rollout_pb2.SamplingParams(temperature=0.0, max_tokens=6, n=1),
+            )
+        )
+        completion = [t for r in replies if r.HasField("tokens") for t in r.tokens.token_ids]
+        at = max((k for k, t in enumerate(completion) if t in ends), default=len(completion) - 1)
+        ids = list(seq.input_ids) + completion[: at + 1]
+        with torch.no_grad():
+            expected.append(rm(input_ids=torch.tensor([ids])).logits[0, 0].item())
+        assert row["reward_model"] == pytest.approx(expected[-1], abs=1e-4)
+    assert len(set(round(v, 4) for v in expected)) == 2  # the two replies score differently
+    mean = sum(expected) / len(expected)
+    assert printed[f"predict_reward_model/{RM_JOB}@1"] == pytest.approx(mean, abs=1e-4)
+
+    bad = argv[:-1] + [RM_JOB]  # no version
+    assert cli.main(bad) == 2
+    assert "JOB@VERSION" in capsys.readouterr().err
 
 
 # --- evaluation: multiple-choice benchmark on the training service ----------------------------

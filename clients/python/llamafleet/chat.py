@@ -22,7 +22,7 @@ from llamafleet.client import Client, RpcError
 from llamafleet.common.v1 import common_pb2
 from llamafleet.data.v1 import data_pb2, data_service_pb2
 from llamafleet.rollout.v1 import rollout_pb2, rollout_service_pb2
-from llamafleet.training.v1 import training_service_pb2
+from llamafleet.training.v1 import training_pb2, training_service_pb2
 
 BASE_MODEL = "base"
 
@@ -46,8 +46,8 @@ class ChatBackend:
             reply = self.client.training.ListTrainingJobs(
                 training_service_pb2.ListTrainingJobsRequest(page_size=200, page_token=page)
             )
-            for job in reply.jobs:
-                if job.adapter_versions:
+            for job in reply.jobs:  # a reward model's adapter scores, it does not chat
+                if job.adapter_versions and job.spec.stage != training_pb2.STAGE_RM:
                     names.append(job.id)
                     names += [f"{job.id}@{v.version}" for v in job.adapter_versions]
             page = reply.next_page_token

@@ -1,7 +1,8 @@
 """``llamafleet eval``: ``benchmark`` runs a few-shot multiple-choice benchmark in the MMLU layout
 on the training service (``RunBenchmark``; LLaMA-Factory's ``eval`` options task, split, n_shot,
 lang, save_dir); ``predict`` generates an eval split through the fleet and reports BLEU-4,
-ROUGE-1/2/L, exact match and a reward function's mean (``predict.py``)."""
+ROUGE-1/2/L, exact match and the mean of a reward function's and a reward model's scores
+(``predict.py``)."""
 
 from __future__ import annotations
 
@@ -29,13 +30,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         raise UserError(f"--dataset: {exc}") from None
     client = cluster.connect(args.run_dir, timeout=args.timeout)
-    if args.reward_function and not hasattr(client, "reward"):
-        raise UserError(f"--reward-function: the cluster in {args.run_dir} runs no reward service")
+    for flag, value in (("--reward-function", args.reward_function),
+                        ("--reward-model", args.reward_model)):  # fmt: skip
+        if value and not hasattr(client, "reward"):
+            client.close()
+            raise UserError(f"{flag}: the cluster in {args.run_dir} runs no reward service")
     try:
         results = predict.predict(
             client, base_model, args.model, records, Path(args.save_dir),
             fmt=args.format, max_tokens=args.max_tokens, temperature=args.temperature,
-            reward_function=args.reward_function, lang=args.lang,
+            reward_function=args.reward_function, reward_model=args.reward_model,
+            lang=args.lang,
         )  # fmt: skip
     except (ValueError, ImportError) as exc:
         raise UserError(str(exc)) from None
@@ -102,7 +107,7 @@ def register(sub) -> None:
     p = commands.add_parser(
         "predict",
         help="generate an eval split through the rollout fleet: predictions.jsonl, BLEU-4, "
-        "ROUGE-1/2/L, exact match, a reward function's mean",
+        "ROUGE-1/2/L, exact match, a reward function's and a reward model's mean",
     )
     p.add_argument("--model", default="base", help="base, JOB or JOB@VERSION")
     p.add_argument("--dataset", required=True, help="eval split: .jsonl or .json list")
@@ -111,6 +116,9 @@ def register(sub) -> None:
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--reward-function", default="", help="a reward function's name to average")
+    p.add_argument(
+        "--reward-model", default="", help="a reward-modelling job's adapter JOB@VERSION to average"
+    )
     p.add_argument("--lang", default="en", choices=LANGS, help="tokenization of the metrics")
     p.add_argument("--base-model", default="", help="default: the cluster's --base-model")
     p.add_argument("--run-dir", default=DEFAULT_RUN_DIR)
