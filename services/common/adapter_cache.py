@@ -361,8 +361,9 @@ def _check_info(
     previous: training_pb2.AdapterBlobInfo | None,
     info: training_pb2.AdapterBlobInfo,
 ) -> training_pb2.AdapterBlobInfo:
-    if info.format not in (
+    if info.format not in (  # both are tars; the service loading the folder tells them apart
         training_pb2.ADAPTER_FORMAT_PEFT_TAR,
+        training_pb2.ADAPTER_FORMAT_FULL_SAFETENSORS,
         training_pb2.ADAPTER_FORMAT_UNSPECIFIED,
     ):
         raise FailedPrecondition(

@@ -10,6 +10,15 @@ use, and is restored when they are released).
 
 Fetching happens outside every lock shared by other versions (one lock per version dedupes
 concurrent loads of the same one), and the engine's own lock is held for the load alone.
+
+A fetched folder is either a PEFT adapter or a full-weights policy version (a GRPO job that
+trains all weights or a freeze subset: ``common.full_weights``), which the engine loads with
+``load_weights`` as a model of its own. Those cost a whole model each, so they have their own
+bound, ``max_full``: a GRPO job with ``max_staleness`` k has tasks on at most k + 1 versions in
+flight at once (default 2 for k = 1), and older ones are evicted as above. An engine that does not
+load full weights (vllm) refuses such a version with FAILED_PRECONDITION (reason
+``FULL_WEIGHTS_UNSUPPORTED``); the queue worker dead-letters the task with that reason, and the
+trainer fails the job with it.
 """
 
 from __future__ import annotations
@@ -26,6 +35,8 @@ from typing import Protocol
 from llamafleet.common.v1 import common_pb2
 
 from services.common.adapter_cache import CachedAdapter, check_ref, ref_str
+from services.common.errors import FailedPrecondition
+from services.common.full_weights import is_full_weights
 from services.common.weight_files import require_adapter_base, require_safetensors_adapter
 from services.rollout.engines import GenerationEngine
 
@@ -47,6 +58,7 @@ class Resident:
     load_time: float  # epoch seconds
     last_used_time: float
     in_use: int = 0
+    full: bool = False  # a full-weights policy version (a model of its own), not a LoRA adapter
 
 
 class ResidentAdapters:
@@ -58,13 +70,17 @@ class ResidentAdapters:
         source: AdapterSource | None,
         max_resident: int,
         base_model: Path | None = None,
+        max_full: int = 2,
     ) -> None:
-        if max_resident < 1:
-            raise ValueError(f"max_resident must be >= 1, got {max_resident}")
+        if max_resident < 1 or max_full < 1:
+            raise ValueError(
+                f"max_resident and max_full must be >= 1, got {max_resident}, {max_full}"
+            )
         self.engine = engine
         self.source = source
         self.base_model = base_model  # checked against each adapter's training base
         self.max_resident = max_resident
+        self.max_full = max_full  # full-weights versions resident at once
         self._lock = threading.Lock()
         self._resident: OrderedDict[str, Resident] = OrderedDict()  # oldest use first
         self._loading: dict[str, threading.Lock] = {}
@@ -130,35 +146,53 @@ class ResidentAdapters:
             raise RuntimeError("no adapter source configured")  # pragma: no cover
         started = time.perf_counter()
         cached = self.source.fetch(ref)
-        require_safetensors_adapter(cached.path, f"adapter {key}")
-        require_adapter_base(cached.path, self.base_model, f"adapter {key}")
-        name = f"adapter{next(self._names)}"
-        self.engine.load_adapter(name, cached.path)
+        full = is_full_weights(cached.path)
+        name = f"{'policy' if full else 'adapter'}{next(self._names)}"
+        if full:
+            self._load_full(key, name, cached.path)
+        else:
+            require_safetensors_adapter(cached.path, f"adapter {key}")
+            require_adapter_base(cached.path, self.base_model, f"adapter {key}")
+            self.engine.load_adapter(name, cached.path)
         now = time.time()
         logger.info(
-            "adapter %s resident as %s (%.2fs incl. fetch)",
+            "%s %s resident as %s (%.2fs incl. fetch)",
+            "full-weights version" if full else "adapter",
             key,
             name,
             time.perf_counter() - started,
         )
         ref_copy = common_pb2.AdapterRef(id=ref.id, version=ref.version)
-        return Resident(ref_copy, name, cached.sha256, cached.size_bytes, now, now)
+        return Resident(ref_copy, name, cached.sha256, cached.size_bytes, now, now, full=full)
+
+    def _load_full(self, key: str, name: str, path: Path) -> None:
+        try:
+            self.engine.load_weights(name, path)
+        except NotImplementedError as exc:  # the engine's reason (vllm's FULL_WEIGHTS_REFUSAL)
+            raise FailedPrecondition(
+                f"adapter {key} is a full-weights policy version and engine "
+                f"{self.engine.name} cannot serve it: {exc}",
+                reason="FULL_WEIGHTS_UNSUPPORTED",
+            ) from None
 
     def _pick_evictions(self) -> list[Resident]:
         evicted = []
-        excess = len(self._resident) - self.max_resident
-        for key in list(self._resident)[:-1]:  # never the most recently used one
-            if excess <= 0:
-                break
-            if self._resident[key].in_use == 0:
-                evicted.append(self._resident.pop(key))
-                excess -= 1
+        for full, limit in ((False, self.max_resident), (True, self.max_full)):
+            keys = [k for k, e in self._resident.items() if e.full == full]
+            excess = len(keys) - limit
+            for key in keys[:-1]:  # never the most recently used one
+                if excess <= 0:
+                    break
+                if self._resident[key].in_use == 0:
+                    evicted.append(self._resident.pop(key))
+                    excess -= 1
         return evicted
 
     def _unload(self, evicted: list[Resident]) -> None:
         for entry in evicted:
             self.engine.unload_adapter(entry.name)
-            logger.info("adapter %s evicted (LRU, limit %d)", ref_str(entry.ref), self.max_resident)
+            limit = self.max_full if entry.full else self.max_resident
+            logger.info("adapter %s evicted (LRU, limit %d)", ref_str(entry.ref), limit)
 
 
 def _copy(entry: Resident) -> Resident:

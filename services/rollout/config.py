@@ -28,6 +28,9 @@ class RolloutConfig(ServerConfig):
     training_token: str = ""  # bearer token for the training service, if it wants one
     adapter_cache_dir: str = ".llamafleet/adapters"  # fetched adapters, by sha256
     max_resident_adapters: int = 4  # adapter versions loaded at once (LRU beyond)
+    # full-weights policy versions (GRPO FULL/FREEZE) loaded at once, a model each (LRU beyond);
+    # a job with ppo.max_staleness k has tasks on at most k + 1 versions
+    max_resident_full_versions: int = 2
     max_lora_rank: int = 64  # vllm: the largest LoRA rank an adapter may have
     vllm_memory_fraction: float = 0.9  # vllm: share of GPU (on CPU: host) memory it reserves
     default_max_tokens: int = 256  # when a request leaves sampling.max_tokens unset
@@ -51,6 +54,8 @@ class RolloutConfig(ServerConfig):
             )
         if self.max_resident_adapters < 1:
             raise ConfigError("max_resident_adapters: must be at least 1")
+        if self.max_resident_full_versions < 1:
+            raise ConfigError("max_resident_full_versions: must be at least 1")
         if not 1 <= self.default_max_tokens <= self.max_tokens_limit:
             raise ConfigError("default_max_tokens: must be between 1 and max_tokens_limit")
         if self.max_n < 1:

@@ -86,6 +86,7 @@ class Generator:
                 self.cache,
                 config.max_resident_adapters,
                 base_model=Path(config.base_model) if config.base_model else None,
+                max_full=config.max_resident_full_versions,
             )
 
     def require_engine(self) -> GenerationEngine:

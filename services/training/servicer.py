@@ -15,6 +15,7 @@ from llamafleet.training.v1 import training_service_pb2 as api
 from llamafleet.training.v1 import training_service_pb2_grpc
 
 from services.common.errors import invalid
+from services.common.full_weights import is_full_weights
 from services.training.adapters import export
 from services.training.adapters import store as adapter_store
 from services.training.config import TrainingConfig
@@ -90,7 +91,11 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
             adapter=common_pb2.AdapterRef(id=view.id, version=version),
             total_size=info.total_size,
             sha256=info.sha256,
-            format=pb.ADAPTER_FORMAT_PEFT_TAR,
+            format=(
+                pb.ADAPTER_FORMAT_FULL_SAFETENSORS
+                if is_full_weights(folder)
+                else pb.ADAPTER_FORMAT_PEFT_TAR
+            ),
             base_model=view.spec.base_model,
             stage=view.spec.stage,
             step=entry.step,

@@ -13,8 +13,9 @@ its reference; ``ppo`` and ``grpo``: the recipe with the rollout service's HF en
 - the loss of every step is finite, and what must train moved (LoRA: the adapters, never the
   base; full: the weights);
 - ``ppo``/``grpo``: the trainer's log-probs of the sampled tokens are the engine's (ratio 1 within
-  1e-3: same weights, float32); ``grpo`` trains the LoRA matrices alone (no value head, none
-  saved), on groups of ``GROUP`` samples per prompt;
+  1e-3: same weights, float32); ``grpo`` trains the LoRA matrices alone, or for ``full`` every
+  weight, its versions then loaded by the engine as full weights (no value head, none saved), on
+  groups of ``GROUP`` samples per prompt;
 - the export reloads to the same outputs: a LoRA adapter merged by ``model.merge`` (what
   ``ExportModel`` MERGED runs) gives the logits (scores for ``rm``) of the base + adapter in
   peft; a full model's folder gives the trained model's; tolerance 1e-4 (float32, a merged
@@ -66,8 +67,6 @@ METHODS = ("lora", "full")
 # Cells refused by design, with the reason the job gets (spec.validation: UNIMPLEMENTED)
 REFUSED = {
     ("ppo", "full"): "STAGE_PPO with FINETUNING_TYPE_FULL",
-    # the rollout workers load LoRA adapter versions; full-weight sync to them is not built
-    ("grpo", "full"): "STAGE_GRPO with FINETUNING_TYPE_FULL",
 }
 STAGES = {"pt": tpb.STAGE_PT, "sft": tpb.STAGE_SFT, "rm": tpb.STAGE_RM, "dpo": tpb.STAGE_DPO,
           "ppo": tpb.STAGE_PPO, "grpo": tpb.STAGE_GRPO}  # fmt: skip
@@ -235,10 +234,14 @@ def _run_grpo(arch: str, method: str, folder: Path, job: Path) -> Cell:
     named = dict(trainer.model.named_parameters())
     assert not any("value_head" in n for n in named)
     trainable = {n for n, p in named.items() if p.requires_grad}
-    assert trainable and all("lora_" in n for n in trainable), trainable
+    if method == "lora":
+        assert trainable and all("lora_" in n for n in trainable), trainable
+    else:  # full: every weight, published to the engine as full-weights versions
+        assert trainable == set(named), set(named) - trainable
     moved = {n for n, p in named.items() if not torch.equal(p, before[n])}
     assert moved and moved <= trainable, moved - trainable
-    assert (job / "output" / "adapter" / "adapter_model.safetensors").is_file()
+    final = "adapter/adapter_model.safetensors" if method == "lora" else "model/config.json"
+    assert (job / "output" / final).is_file()
     assert not (job / "output" / ppo.VALUE_HEAD_FILE).exists()
     return Cell(arch, "grpo", method, folder, job, losses, trainer)
 

@@ -2,7 +2,8 @@
 
 ``InlineFleet`` has ``RolloutExchange``'s methods. Publishing a task generates its completion at
 once with the rollout service's real ``HFEngine`` (the adapter version it names, loaded from the
-job's ``adapters/v<N>`` folder, as a rollout worker would after ``FetchAdapter``), scores it with a
+job's ``adapters/v<N>`` folder, as a rollout worker would after ``FetchAdapter``: a LoRA
+adapter, or a full-weights version of a full / freeze GRPO job), scores it with a
 plain Python function of the completion ids, and queues the ``ScoredRollout`` for ``read``. It
 records what was acked. The services' transport is tested end to end elsewhere; this isolates the
 trainer's arithmetic and bookkeeping.
@@ -16,6 +17,7 @@ from pathlib import Path
 from llamafleet.reward.v1 import reward_pb2
 from llamafleet.rollout.v1 import rollout_pb2
 
+from services.common.full_weights import is_full_weights
 from services.rollout.engines import GenerationRequest, Sampling, collect
 from services.rollout.engines.hf import HFEngine
 from services.training.loop.batches import InMemorySource
@@ -58,9 +60,13 @@ class InlineFleet:
             added += 1
             name = f"{task.adapter.id}@{task.adapter.version}"
             if name not in self.engine.adapters():
-                self.engine.load_adapter(
-                    name, self.job_dir / "adapters" / f"v{task.adapter.version}"
+                folder = self.job_dir / "adapters" / f"v{task.adapter.version}"
+                load = (
+                    self.engine.load_weights
+                    if is_full_weights(folder)
+                    else self.engine.load_adapter
                 )
+                load(name, folder)
             s = task.sampling
             sampling = Sampling(
                 temperature=s.temperature if s.HasField("temperature") else 1.0,

@@ -1,5 +1,5 @@
 """What a STAGE_GRPO spec means: TRL/LLaMA-Factory spellings mapped, defaults resolved, bad
-fields named, full fine-tuning refused naming what is missing."""
+fields named, full and freeze policies accepted (PPO still refuses them)."""
 
 from __future__ import annotations
 
@@ -107,8 +107,13 @@ def test_bad_fields_are_named(tmp_path, edit, path):
 
 
 @pytest.mark.parametrize("method", [pb.FINETUNING_TYPE_FULL, pb.FINETUNING_TYPE_FREEZE])
-def test_full_policies_are_refused_naming_the_missing_weight_sync(tmp_path, method):
+def test_full_and_freeze_policies_are_accepted_for_grpo_and_still_refused_for_ppo(tmp_path, method):
     spec = grpo_spec(fake_base_model(tmp_path / "base"))
     spec.finetuning.type = method
-    with pytest.raises(Unimplemented, match="chunked sha256 full-weight sync"):
+    validate(spec)  # no refusal: versions travel as full weights (test_grpo_full)
+    assert settings(normalize(spec)).method == (
+        "full" if method == pb.FINETUNING_TYPE_FULL else "freeze"
+    )
+    spec.stage = pb.STAGE_PPO
+    with pytest.raises(Unimplemented, match="STAGE_PPO with FINETUNING_TYPE_"):
         validate(spec)

@@ -18,6 +18,14 @@ cache), grouped by adapter because a PEFT forward runs one active adapter. trans
 ``generate`` is not used for it because it samples every row with one generator and one set of
 sampling parameters, and a request in a batch must get exactly what it gets alone.
 
+**Full-weights versions** (a GRPO job that fine-tunes all weights, or a freeze subset):
+``load_weights(name, folder)`` builds a policy model of its own for that version (the base model
+loaded again, then the version's tensors copied over it, checked against the manifest: names,
+shapes, and every parameter present for a complete version), so a request naming it generates
+with those weights while base and LoRA requests keep using the base model. Each resident version
+costs one model's memory; ``adapters.ResidentAdapters`` bounds how many stay resident
+(``max_resident_full_versions``) and unloads the least recently used idle one.
+
 What it does not know: adapter versions, fetching, gRPC. ``name`` strings come from
 ``adapters.py``.
 """
@@ -31,8 +39,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from services.common.errors import FailedPrecondition
+from services.common.full_weights import WEIGHTS_FILE, read_manifest
 from services.rollout.engines import (
     Completion,
     Event,
@@ -112,13 +123,12 @@ class HFEngine:
         self.max_batch_rows = max_batch_rows  # sequences per forward in generate_batch
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        self.base_model = Path(base_model)
         self.tokenizer = AutoTokenizer.from_pretrained(str(base_model))
-        model = AutoModelForCausalLM.from_pretrained(
-            str(base_model), dtype=self.dtype, use_safetensors=True
-        )
-        self.model = model.to(self.device).eval()
+        self.model = self._load_base()
         self._peft = None  # the PeftModel once the first adapter is loaded
         self._adapters: set[str] = set()
+        self._full: dict[str, torch.nn.Module] = {}  # full-weights versions: name -> own model
         self._lock = threading.Lock()
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
         self.max_positions = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
@@ -132,7 +142,56 @@ class HFEngine:
             sorted(self.eos_ids),
         )
 
+    def _load_base(self) -> torch.nn.Module:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(self.base_model), dtype=self.dtype, use_safetensors=True
+        )
+        return model.to(self.device).eval()
+
     # --- adapters ---------------------------------------------------------------------------
+
+    def load_weights(self, name: str, path: Path) -> None:
+        """Make the full-weights version at ``path`` available as ``name``: a copy of the base
+        model with the version's tensors (cast to this engine's dtype) in place of its own.
+        FAILED_PRECONDITION when the tensors do not fit this base (unknown names, other shapes,
+        parameters missing from a complete version)."""
+        what = f"full-weights version {name} ({path})"
+        manifest = read_manifest(path, what)
+        model = self._load_base()
+        params = dict(model.named_parameters())
+        unknown = sorted(set(manifest.tensors) - set(params))
+        if unknown:
+            raise FailedPrecondition(
+                f"{what} has tensors this engine's base {self.base_model} lacks: "
+                f"{', '.join(unknown[:3])}{' ...' if len(unknown) > 3 else ''}; the job trained "
+                "another base",
+                reason="FULL_WEIGHTS_BASE_MISMATCH",
+            )
+        missing = sorted(set(params) - set(manifest.tensors)) if manifest.complete else []
+        if missing:
+            raise FailedPrecondition(
+                f"{what} is a complete ({manifest.method}) version but lacks {len(missing)} of "
+                f"the base's parameters, e.g. {missing[0]}",
+                reason="FULL_WEIGHTS_BASE_MISMATCH",
+            )
+        with safe_open(str(Path(path) / WEIGHTS_FILE), framework="pt") as f, torch.no_grad():
+            if set(f.keys()) != set(manifest.tensors):
+                raise FailedPrecondition(
+                    f"{what}: the weights file's tensors are not the manifest's",
+                    reason="FULL_WEIGHTS_MANIFEST",
+                )
+            for tensor_name in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+                tensor = f.get_tensor(tensor_name)
+                param = params[tensor_name]
+                if tuple(tensor.shape) != tuple(param.shape):
+                    raise FailedPrecondition(
+                        f"{what}: {tensor_name} has shape {tuple(tensor.shape)}, this base's "
+                        f"{tuple(param.shape)}",
+                        reason="FULL_WEIGHTS_BASE_MISMATCH",
+                    )
+                param.copy_(tensor)  # to the engine's device and dtype
+        with self._lock:
+            self._full[name] = model
 
     def load_adapter(self, name: str, path: Path) -> None:
         from peft import PeftModel
@@ -150,6 +209,8 @@ class HFEngine:
 
     def unload_adapter(self, name: str) -> None:
         with self._lock:
+            if self._full.pop(name, None) is not None:
+                return
             if name not in self._adapters:
                 return
             self._adapters.discard(name)
@@ -166,11 +227,14 @@ class HFEngine:
         return False
 
     def adapters(self) -> set[str]:
-        return set(self._adapters)
+        """Names loaded: LoRA adapters and full-weights versions."""
+        return set(self._adapters) | set(self._full)
 
     @contextlib.contextmanager
     def _activated(self, adapter: str | None) -> Iterator[torch.nn.Module]:
-        if self._peft is None:
+        if adapter is not None and adapter in self._full:
+            yield self._full[adapter]
+        elif self._peft is None:
             if adapter is not None:
                 raise KeyError(f"adapter {adapter!r} is not loaded")
             yield self.model
@@ -262,7 +326,7 @@ class HFEngine:
         gets the ids it gets alone and log-probs equal up to float rounding.
         """
         for r in requests:
-            if r.adapter is not None and r.adapter not in self._adapters:
+            if r.adapter is not None and r.adapter not in self._adapters | self._full.keys():
                 raise KeyError(f"adapter {r.adapter!r} is not loaded")
         out: list[list[Completion]] = [[] for _ in requests]
         groups: dict[str | None, list[int]] = {}
@@ -354,6 +418,7 @@ class HFEngine:
     def close(self) -> None:
         self._peft = None
         self._adapters.clear()
+        self._full.clear()
 
 
 def _top(logprobs: torch.Tensor, k: int | None) -> list[tuple[tuple[int, float], ...]]:

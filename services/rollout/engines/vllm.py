@@ -40,6 +40,16 @@ from services.rollout.engines import (
 
 logger = logging.getLogger(__name__)
 
+# Why full-weights policy versions (GRPO with FULL/FREEZE) are not served here: one vLLM engine
+# holds one set of base weights; swapping them for a version (load_weights through
+# collective_rpc) would change what every in-flight base, LoRA and older-version request
+# computes, and a second engine per version is a second KV-cache reservation.
+FULL_WEIGHTS_REFUSAL = (
+    "the vllm engine does not load full-weights policy versions (GRPO with FULL/FREEZE "
+    "fine-tuning): one engine holds one set of base weights, and swapping them per version would "
+    "change what every in-flight request on the base, its adapters and older versions computes; "
+    "serve such jobs with engine: hf, or train the policy as LoRA"
+)
 _REASONS = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": FinishReason.ABORT}
 
 
@@ -192,6 +202,9 @@ class VLLMEngine:
         with self._engine_lock():
             self._engine.add_lora(lora)
             self._loras[name] = lora
+
+    def load_weights(self, name: str, path: Path) -> None:
+        raise NotImplementedError(FULL_WEIGHTS_REFUSAL)
 
     def unload_adapter(self, name: str) -> None:
         with self._engine_lock():

@@ -204,13 +204,21 @@ class JobView:
             out[version] = entry
         return out
 
+    @property
+    def publishes_versions(self) -> bool:
+        """LoRA jobs publish adapter versions; GRPO jobs with FULL/FREEZE publish full-weights
+        policy versions (``common.full_weights``) the same way. Other jobs publish none."""
+        return (
+            self.spec.finetuning.type == pb.FINETUNING_TYPE_LORA or self.spec.stage == pb.STAGE_GRPO
+        )
+
     def adapter_path(self, version: int) -> Path:
         return self.dir / "adapters" / f"v{version}"
 
     def resolve_adapter(self, version: int) -> tuple[int, Path, pb.AdapterVersion]:
         """(version, folder, entry) of a published version; 0 = the latest. NotFound otherwise."""
         versions = self.adapter_dirs_by_version()
-        if self.spec.finetuning.type != pb.FINETUNING_TYPE_LORA:
+        if not self.publishes_versions:
             raise NotFound(
                 f"job {self.id!r} trains no adapter (finetuning type "
                 f"{pb.FinetuningType.Name(self.spec.finetuning.type)})",
@@ -255,7 +263,7 @@ class JobView:
         job.checkpoints.extend(self.checkpoints())
         if not job.total_steps and job.checkpoints:
             job.total_steps = _planned_steps(Path(job.checkpoints[-1].path))
-        if self.spec.finetuning.type == pb.FINETUNING_TYPE_LORA:
+        if self.publishes_versions:
             job.adapter_id = self.id
             job.adapter_versions.extend(self.adapter_versions())
         dataset_file = self.dir / "dataset_id"

@@ -370,20 +370,11 @@ class Trainer:
                 self.model, self.output_dir / "adapter", state_dict=full, files=self.model_files
             )
         else:
-            dest = self.job_dir / "model"
-            tmp = self.job_dir / f".model.tmp-{self.world.rank}"
-            shutil.rmtree(tmp, ignore_errors=True)
             # freeze trains a subset: the folder needs every weight, the model's own
             full = weights if self.settings.method == "full" else None
-            self.model.save_pretrained(tmp, state_dict=full or None)
-            # the chat template stays in tokenizer_config.json, where vLLM and older readers look
-            models.load_tokenizer(self.settings).save_pretrained(tmp, save_jinja_files=False)
-            for name, text in self.model_files.items():
-                (tmp / name).write_text(text)
-            shutil.rmtree(dest, ignore_errors=True)
-            tmp.rename(dest)
-            link = self.output_dir / "model"
-            if not link.exists() and not link.is_symlink():
-                link.symlink_to(dest.resolve(), target_is_directory=True)
+            models.save_full_model(
+                self.model, self.settings, self.job_dir, self.output_dir,
+                state_dict=full, files=self.model_files,
+            )  # fmt: skip
         self.writer.close()
         plot_loss_curve(self.output_dir)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import shutil
 from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -218,3 +219,31 @@ def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, sum(p.numel() for p in model.parameters())
+
+
+def save_full_model(
+    model: PreTrainedModel,
+    settings: Settings,
+    job_dir: Path,
+    output_dir: Path,
+    *,
+    state_dict: dict | None = None,
+    files: dict[str, str] | None = None,
+) -> Path:
+    """A full (or freeze) fine-tuned model as ``<job_dir>/model`` (safetensors + tokenizer + the
+    ``files``), written beside and renamed into place, linked from ``<output_dir>/model``.
+    ``state_dict`` overrides the weights (gathered from ZeRO-3 shards)."""
+    dest = Path(job_dir) / "model"
+    tmp = Path(job_dir) / f".model.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, state_dict=state_dict or None)
+    # the chat template stays in tokenizer_config.json, where vLLM and older readers look
+    load_tokenizer(settings).save_pretrained(tmp, save_jinja_files=False)
+    for name, text in (files or {}).items():
+        (tmp / name).write_text(text)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    link = Path(output_dir) / "model"
+    if not link.exists() and not link.is_symlink():
+        link.symlink_to(dest.resolve(), target_is_directory=True)
+    return dest

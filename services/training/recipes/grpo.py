@@ -6,8 +6,8 @@ admits steps (``max_staleness``), publishes ``n`` tasks per prompt and collects 
 rollouts through ``ppo.exchange.RolloutExchange`` (exactly once: consumed ids are checkpointed
 before the ack; a dead-lettered task fails the job with its reason). What differs is the trainer:
 
-- **No critic.** The policy is the LoRA model alone (no value head, no value loss, no critic
-  optimizer state); the advantage is one number per sequence from its group, by a composed
+- **No critic.** The policy is the LoRA model, or the whole model for full and freeze fine-tuning,
+  alone (no value head, no value loss, no critic optimizer state); the advantage is one number per sequence from its group, by a composed
   ``ppo.advantages`` estimator (``GroupRelative`` for ``grpo``/``dr_grpo``, ``Rloo``,
   ``ReinforcePP``).
 - **Groups.** A group is the ``n`` tasks of one prompt of one step; its id is the task ids' common
@@ -29,8 +29,12 @@ before the ack; a dead-lettered task fails the job with its reason). What differ
 - **Overlong.** ``mask_truncated_completions`` drops completions cut by ``max_tokens`` from the
   loss; ``overlong_buffer_length`` adds DAPO's soft overlong punishment to their scores.
 
-Full fine-tuning is refused by the spec check (the rollout workers load LoRA adapter versions; a
-full policy would need chunked full-weight sync to them, which is not built).
+- **Policies.** LoRA (as ``ppo``: each version is an adapter folder), or full / freeze fine-tuning:
+  each version is then ``model.full_weights``' folder (the trained tensors as safetensors + a
+  sha256 manifest: every parameter for full, the trainable ones for freeze), served by the same
+  ``FetchAdapter`` stream (``ADAPTER_FORMAT_FULL_SAFETENSORS``); rollout workers fetch a version
+  once and load it over their copy of the base. The reference is then a frozen copy of the
+  initial model, loaded only when ``beta > 0``.
 """
 
 from __future__ import annotations
@@ -55,7 +59,8 @@ from services.training.losses import grpo as loss_math
 from services.training.losses.ppo import KlController
 from services.training.model import load as models
 from services.training.model import lora, optim
-from services.training.model.reference import lora_reference
+from services.training.model.full_weights import publish_full_weights
+from services.training.model.reference import build_reference, lora_reference
 from services.training.ppo.advantages import StepTokens, critic_free
 from services.training.ppo.batch import (
     Rollouts,
@@ -124,10 +129,9 @@ class GrpoTrainer(PpoTrainer):
 
     def setup(self) -> None:
         s, p, g = self.settings, self.settings.ppo, self.settings.grpo
-        if s.method != "lora":
+        if s.method not in ("lora", "full", "freeze"):
             raise NotImplementedError(
-                f"STAGE_GRPO with method {s.method!r}: chunked sha256 full-weight sync to the "
-                "rollout fleet is not built (its workers load LoRA adapter versions only)"
+                f"STAGE_GRPO with method {s.method!r}: use lora, full or freeze"
             )
         if g.dynamic_sampling and p.max_staleness != 1:
             raise ValueError("grpo.dynamic_sampling needs ppo.max_staleness 1")
@@ -138,12 +142,18 @@ class GrpoTrainer(PpoTrainer):
         base = models.load_base(s, self.device)
         self.pad_id = base.config.pad_token_id if base.config.pad_token_id is not None else 0
         self.end_ids = models.end_token_ids(s, self.source.end_token_ids())
-        # fresh, or the starting (SFT) adapter (init_adapter / adapter_name_or_path), as in PPO
-        self.policy = lora.start_lora(base, s).to(self.device)
+        if s.method == "lora":
+            # fresh, or the starting (SFT) adapter (init_adapter / adapter_name_or_path), as PPO
+            self.policy = lora.start_lora(base, s).to(self.device)
+            # beta = 0: no reference at all (never run, never loaded); else the base with the
+            # adapter disabled, or base + the starting adapter as a frozen second adapter
+            self.reference = lora_reference(s, self.policy) if g.beta > 0 else None
+        else:  # full / freeze: the model itself (load_base marked freeze's trained subset)
+            self.policy = base
+            # beta = 0: none; else a frozen copy of the initial model, loaded once
+            self.reference = build_reference(s, base, self.device) if g.beta > 0 else None
         self.model = self.policy  # no value head
-        # beta = 0: no reference at all (never run, never loaded); else the base with the adapter
-        # disabled, or base + the starting adapter as a frozen second adapter
-        self.reference = lora_reference(s, self.policy) if g.beta > 0 else None
+        self.publish_seconds = 0.0  # the last version's serialisation (full weights: + sha256)
         batches_per_step = p.rollout_batch_size // s.batch_rows
         batches_per_epoch = self.source.count(prompt_request(s, 0))
         if batches_per_epoch == 0:
@@ -411,6 +421,7 @@ class GrpoTrainer(PpoTrainer):
             "completion/length_max": float(lengths.max()),
             "completion/truncated_fraction": float(shape["truncated"].float().mean()),
             "grpo/policy_version": float(self.adapter_version),
+            "time/publish_version": self.publish_seconds,
             "time/wait_rollouts": waited,
             "time/train": trained,
             "time/wait_share": waited / elapsed,
@@ -432,6 +443,19 @@ class GrpoTrainer(PpoTrainer):
         with (self.output_dir / "groups.jsonl").open("a") as f:
             f.write(json.dumps(line) + "\n")
 
+    def _publish_adapter(self) -> None:
+        """The next policy version: ``ppo``'s adapter folder, or the full weights."""
+        started = time.perf_counter()
+        if self.settings.method == "lora":
+            super()._publish_adapter()
+        else:
+            version = self.next_version
+            dest = self.job_dir / "adapters" / f"v{version}"
+            size = publish_full_weights(self.policy, dest, self.settings.method)
+            self.adapter_version, self.next_version = version, version + 1
+            self.report.adapter(version, self.step, dest, size)
+        self.publish_seconds = time.perf_counter() - started
+
     def save(self) -> Path:
         """``ppo``'s checkpoint with the group counts in its state."""
         original = self.rollouts.checkpoint_state
@@ -446,9 +470,13 @@ class GrpoTrainer(PpoTrainer):
             self.rollouts.checkpoint_state = original
 
     def save_outputs(self) -> None:
-        """The final adapter (no value head) and the counts, with the metrics."""
+        """The final adapter, or model for full / freeze (no value head), and the counts, with
+        the metrics."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        lora.save_adapter(self.policy, self.output_dir / "adapter")
+        if self.settings.method == "lora":
+            lora.save_adapter(self.policy, self.output_dir / "adapter")
+        else:
+            models.save_full_model(self.policy, self.settings, self.job_dir, self.output_dir)
         counts = {
             **self.rollouts.counts.totals(),
             **asdict(self.groups),

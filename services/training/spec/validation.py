@@ -509,24 +509,15 @@ def _refuse_unimplemented(spec: tpb.TrainingJobSpec) -> None:
             violations=[FieldViolation(path, f"{what} is not implemented yet")],
         )
 
-    if spec.stage == tpb.STAGE_GRPO and spec.finetuning.type in (
-        tpb.FINETUNING_TYPE_FULL,
-        tpb.FINETUNING_TYPE_FREEZE,
-    ):
-        refuse(
-            "spec.finetuning.type",
-            f"STAGE_GRPO with {tpb.FinetuningType.Name(spec.finetuning.type)}: the rollout fleet "
-            "would need the full weights of every policy version, and chunked sha256 full-weight "
-            "sync to the rollout workers is not built (the workers load LoRA adapter versions "
-            "only); use LORA",
-        )
     if spec.stage in (tpb.STAGE_PPO, tpb.STAGE_GRPO):
         stage = tpb.Stage.Name(spec.stage)
-        if spec.finetuning.type not in (tpb.FINETUNING_TYPE_UNSPECIFIED, tpb.FINETUNING_TYPE_LORA):
+        lora_only = (tpb.FINETUNING_TYPE_UNSPECIFIED, tpb.FINETUNING_TYPE_LORA)
+        if spec.stage == tpb.STAGE_PPO and spec.finetuning.type not in lora_only:
             refuse(
                 "spec.finetuning.type",
                 f"{stage} with {tpb.FinetuningType.Name(spec.finetuning.type)} (the policy is a "
-                "LoRA adapter on a frozen base; use LORA)",
+                "LoRA adapter on a frozen base, the value head beside it; use LORA, or "
+                "STAGE_GRPO, which trains full and freeze policies)",
             )
         if spec.distributed.world_size > 1:
             refuse("spec.distributed.world_size", f"{stage} on several ranks")

@@ -122,6 +122,7 @@ class AdapterFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ADAPTER_FORMAT_UNSPECIFIED: _ClassVar[AdapterFormat]
     ADAPTER_FORMAT_PEFT_TAR: _ClassVar[AdapterFormat]
+    ADAPTER_FORMAT_FULL_SAFETENSORS: _ClassVar[AdapterFormat]
 
 class AdvantageEstimator(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -224,6 +225,7 @@ LOG_LEVEL_WARNING: LogLevel
 LOG_LEVEL_ERROR: LogLevel
 ADAPTER_FORMAT_UNSPECIFIED: AdapterFormat
 ADAPTER_FORMAT_PEFT_TAR: AdapterFormat
+ADAPTER_FORMAT_FULL_SAFETENSORS: AdapterFormat
 ADVANTAGE_ESTIMATOR_UNSPECIFIED: AdvantageEstimator
 ADVANTAGE_ESTIMATOR_GRPO: AdvantageEstimator
 ADVANTAGE_ESTIMATOR_DR_GRPO: AdvantageEstimator
