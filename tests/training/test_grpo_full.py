@@ -11,6 +11,8 @@ does for LoRA.
   with a manifest whose sha256 is the weights file's.
 - The engine serves exactly the trainer's weights: the log-prob ratio of the sampled tokens is 1
   within 1e-3 at every step (float32), and the yes/no reward rises under full fine-tuning.
+- A resumed trainer continues from its checkpoint's weights (equal to the last version's) while
+  its reference is still the initial model.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from inline_fleet import InlineFleet, PromptSource, yes_no_prompts, yes_no_rows
 from safetensors import safe_open
 from synthetic import make_settings
 from test_grpo_recipe import grpo_settings, metrics, yes_first
+from transformers import AutoModelForCausalLM
 
 from services.common.full_weights import MANIFEST_FILE, WEIGHTS_FILE, read_manifest
 from services.training.loop.batches import InMemorySource
@@ -142,3 +145,35 @@ def test_freeze_versions_carry_the_trained_layers_and_the_engine_matches(
     last = read_manifest(job / "adapters" / "v4", "v4")
     assert first.tensors == last.tensors and not last.complete
     assert first.sha256 != last.sha256  # the trained layer moved
+
+
+def test_a_resumed_full_trainer_continues_from_its_checkpoint_with_the_initial_reference(
+    yes_no_model, tokenizer, tmp_path
+):
+    job = tmp_path / "grpo-full-r"
+    prompts = yes_no_prompts(tokenizer, range(4000, 4032))
+    fleet = InlineFleet(yes_no_model, job, yes_first(tokenizer))
+    first = full_settings(yes_no_model, "full", beta=0.05, max_steps=2, save_steps=1)
+    grpo.run(first, PromptSource(prompts), job, exchange=fleet, job_id="grpo-fr")
+    replay = InlineFleet(yes_no_model, job, yes_first(tokenizer))
+    replay.published = dict(fleet.published)
+    settings = full_settings(
+        yes_no_model, "full", beta=0.05, max_steps=3, save_steps=1, resume=True
+    )
+    trainer = grpo.GrpoTrainer(
+        settings, PromptSource(prompts), job, exchange=replay, job_id="grpo-fr"
+    )
+    trainer.setup()
+    assert (trainer.step, trainer.adapter_version) == (2, 3)
+    named = dict(trainer.model.named_parameters())
+    with safe_open(str(job / "adapters" / "v3" / WEIGHTS_FILE), framework="pt") as f:
+        assert all(torch.equal(f.get_tensor(n), named[n].detach()) for n in f.keys())  # noqa: SIM118
+    initial = dict(AutoModelForCausalLM.from_pretrained(yes_no_model).named_parameters())
+    reference = dict(trainer.reference.copy.named_parameters())
+    assert all(torch.equal(reference[n], initial[n]) for n in initial)  # not the checkpoint's
+    assert any(not torch.equal(named[n], initial[n]) for n in initial)
+    result = trainer.train()
+    trainer.save_outputs()
+    assert result.state == "SUCCEEDED" and result.step == 3
+    assert sorted(int(d.name[1:]) for d in (job / "adapters").iterdir()) == [1, 2, 3, 4]
+    assert {t.adapter.version for t in replay.published.values()} == {1, 2, 3}
