@@ -32,6 +32,7 @@ from llamafleet.common.v1 import common_pb2
 from services.common.adapter_cache import AdapterCache, check_ref
 from services.common.config import ConfigError
 from services.common.errors import FailedPrecondition, FieldViolation, InvalidArgument, invalid
+from services.common.full_weights import is_full_weights
 from services.reward import job_settings, scorers
 from services.reward.batching import Batcher
 from services.reward.config import RewardConfig
@@ -69,7 +70,14 @@ class CachedAdapters:
     cache: AdapterCache
 
     def ensure(self, ref: AdapterKey) -> Path:
-        return self.cache.ensure(common_pb2.AdapterRef(id=ref[0], version=ref[1]))
+        path = self.cache.ensure(common_pb2.AdapterRef(id=ref[0], version=ref[1]))
+        if is_full_weights(path):
+            raise FailedPrecondition(
+                f"adapter {ref[0]}@{ref[1]} is a full-weights GRPO policy version, not a reward "
+                "model adapter; name a reward-modelling (STAGE_RM) job's adapter",
+                reason="NOT_A_REWARD_ADAPTER",
+            )
+        return path
 
 
 def adapter_source(config: RewardConfig) -> AdapterSource | None:

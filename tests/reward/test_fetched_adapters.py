@@ -14,7 +14,8 @@ import grpc
 import pytest
 from llamafleet.training.v1 import training_pb2, training_service_pb2, training_service_pb2_grpc
 
-from services.common.errors import NotFound
+from services.common.errors import FailedPrecondition, NotFound
+from services.common.full_weights import MANIFEST_FILE, WEIGHTS_FILE
 from services.reward.config import RewardConfig
 from services.reward.scorers import ScoreInput
 from services.reward.scoring import ScoringEngine
@@ -56,8 +57,14 @@ class Training(training_service_pb2_grpc.TrainingServiceServicer):
 
 
 @pytest.fixture
-def training(rm_folders):
-    servicer = Training({("rm-b", 1): tar_folder(rm_folders.rm_b)})
+def training(rm_folders, tmp_path):
+    policy = tmp_path / "grpo-full-v1"  # a full-weights GRPO policy version (its files' names)
+    policy.mkdir()
+    (policy / MANIFEST_FILE).write_text("{}")
+    (policy / WEIGHTS_FILE).write_bytes(b"\0" * 64)
+    servicer = Training(
+        {("rm-b", 1): tar_folder(rm_folders.rm_b), ("grpo-full", 1): tar_folder(policy)}
+    )
     server = grpc.server(futures.ThreadPoolExecutor(2), options=[("grpc.so_reuseport", 0)])
     training_service_pb2_grpc.add_TrainingServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -82,6 +89,8 @@ def test_fetched_reward_adapter_scores_like_the_local_folder(rm_folders, trainin
         assert servicer.fetches == 1  # resident (and cached) after the first use
         with pytest.raises(NotFound):
             fetched.score("reward_model", "", ("rm-b", 2), items)
+        with pytest.raises(FailedPrecondition, match="full-weights GRPO policy version"):
+            fetched.score("reward_model", "", ("grpo-full", 1), items)
     finally:
         fetched.close()
         local.close()
