@@ -1,6 +1,7 @@
 """A content-addressed local cache of adapter versions fetched from the training service.
 
-``AdapterCache.ensure(ref)`` returns a local PEFT adapter folder for ``id@version``, always from
+``AdapterCache.ensure(ref)`` returns a local adapter folder for ``id@version`` (a PEFT adapter, or
+a full-weights GRPO policy version: ``common.full_weights``), always from
 the one training service the cache was configured with (``training_address``): a caller names an
 adapter, never where to fetch it from, so no caller can make the service dial an address of its
 choosing (and hand that address the service's token) or plant weights under a name.
