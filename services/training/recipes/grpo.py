@@ -6,9 +6,9 @@ admits steps (``max_staleness``), publishes ``n`` tasks per prompt and collects 
 rollouts through ``ppo.exchange.RolloutExchange`` (exactly once: consumed ids are checkpointed
 before the ack; a dead-lettered task fails the job with its reason). What differs is the trainer:
 
-- **No critic.** The policy is the LoRA model, or the whole model for full and freeze fine-tuning,
-  alone (no value head, no value loss, no critic optimizer state); the advantage is one number per sequence from its group, by a composed
-  ``ppo.advantages`` estimator (``GroupRelative`` for ``grpo``/``dr_grpo``, ``Rloo``,
+- **No critic.** The policy is the LoRA model, or the whole model for full and freeze
+  fine-tuning, alone (no value head, no value loss, no critic optimizer state); the advantage is
+  one number per sequence from its group, by a composed ``ppo.advantages`` estimator (``GroupRelative`` for ``grpo``/``dr_grpo``, ``Rloo``,
   ``ReinforcePP``).
 - **Groups.** A group is the ``n`` tasks of one prompt of one step; its id is the task ids' common
   prefix ``job:version:step:prompt`` (``group_of``), so the grouping lives on the trainer's side
@@ -28,7 +28,6 @@ before the ack; a dead-lettered task fails the job with its reason). What differ
   and no reference forward at all.
 - **Overlong.** ``mask_truncated_completions`` drops completions cut by ``max_tokens`` from the
   loss; ``overlong_buffer_length`` adds DAPO's soft overlong punishment to their scores.
-
 - **Policies.** LoRA (as ``ppo``: each version is an adapter folder), or full / freeze fine-tuning:
   each version is then ``model.full_weights``' folder (the trained tensors as safetensors + a
   sha256 manifest: every parameter for full, the trainable ones for freeze), served by the same
