@@ -8,8 +8,8 @@ before the ack; a dead-lettered task fails the job with its reason). What differ
 
 - **No critic.** The policy is the LoRA model, or the whole model for full and freeze
   fine-tuning, alone (no value head, no value loss, no critic optimizer state); the advantage is
-  one number per sequence from its group, by a composed ``ppo.advantages`` estimator (``GroupRelative`` for ``grpo``/``dr_grpo``, ``Rloo``,
-  ``ReinforcePP``).
+  one number per sequence from its group, by a composed ``ppo.advantages`` estimator
+  (``GroupRelative`` for ``grpo``/``dr_grpo``, ``Rloo``, ``ReinforcePP``).
 - **Groups.** A group is the ``n`` tasks of one prompt of one step; its id is the task ids' common
   prefix ``job:version:step:prompt`` (``group_of``), so the grouping lives on the trainer's side
   and an engine-level ``n`` later only changes how the tasks are published. Groups are atomic: a
