@@ -70,6 +70,25 @@ _MAX_REASON_CHARS = 2000
 Output = tuple[str, str, bytes]
 
 
+def rollout_tasks_stream(base: str = "", default_base: str = "") -> str:
+    """The rollout tasks stream of base model ``base`` (a ``llamafleet.bases`` name) in a cluster
+    whose default base is ``default_base``: ``llamafleet:rollout:tasks:<base>``, except for the
+    default base (and for any base when there is no default: a one-base cluster), whose stream
+    keeps the single-base name ``llamafleet:rollout:tasks``."""
+    return _per_base(ROLLOUT_TASKS, base, default_base)
+
+
+def rollout_results_stream(base: str = "", default_base: str = "") -> str:
+    """The rollouts of base ``base``, for the reward workers of that base (as above)."""
+    return _per_base(ROLLOUT_RESULTS, base, default_base)
+
+
+def _per_base(stream: str, base: str, default_base: str) -> str:
+    if not base or not default_base or base == default_base:
+        return stream
+    return f"{stream}:{base}"
+
+
 def reward_results_stream(job_id: str) -> str:
     """The stream of scored rollouts that one training job consumes."""
     return f"llamafleet:reward:results:{job_id}"

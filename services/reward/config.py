@@ -14,12 +14,20 @@ With none of them set the service still starts; rule scorers work and ``reward_m
 FAILED_PRECONDITION naming these keys. Normalisation and rule options set here are the defaults
 of every job; ``job_settings_file`` overrides them per job (``job_settings.py``: read and checked
 when the service starts, in ``server.build_app``; a bad file or pattern fails start-up).
+
+Several base models in one cluster: the worker scores the rollouts of its own base
+(``base_model``'s name, ``llamafleet.bases.base_name``), read from that base's results stream
+(``queues.rollout_results_stream``; the single-base name for the cluster's ``default_base``, and
+for a service without ``base_model``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llamafleet.bases import base_name, check_base_name
+
+from services.common import queues
 from services.common.config import ConfigError, ServerConfig
 from services.reward.scorers.rules import PatternLimits, check_pattern
 
@@ -32,6 +40,7 @@ class RewardConfig(ServerConfig):
     # -- reward models
     reward_model: str = ""  # full RM folder or PEFT RM adapter folder (default model)
     base_model: str = ""  # shared base for RM adapters; also the tokenizer when set
+    default_base: str = ""  # several bases: the base name whose queues keep single-base names
     training_address: str = ""  # host:port of the training service (FetchAdapter)
     training_token: str = ""  # bearer token for the training service, if it wants one
     adapter_cache_dir: str = ".llamafleet/reward-adapters"  # fetched adapters, by sha256
@@ -64,6 +73,12 @@ class RewardConfig(ServerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        try:
+            if self.default_base:
+                check_base_name(self.default_base, "default_base")
+            self.base()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         positive = {
             "max_resident_adapters": self.max_resident_adapters,
             "max_seq_len": self.max_seq_len,
@@ -91,3 +106,11 @@ class RewardConfig(ServerConfig):
             raise ConfigError(f"clip: must be >= 0 (0 = no clipping), got {self.clip}")
         limits = PatternLimits(self.max_pattern_chars, self.regex_timeout_ms)
         check_pattern(self.regex_pattern, "regex_pattern", limits)  # the service's own pattern
+
+    def base(self) -> str:
+        """The name of the base whose rollouts this service scores ("" without a base model)."""
+        return base_name(self.base_model) if self.base_model else ""
+
+    def results_stream(self) -> str:
+        """The rollouts stream the worker consumes."""
+        return queues.rollout_results_stream(self.base(), self.default_base)

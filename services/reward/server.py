@@ -63,6 +63,7 @@ def build_app(config: RewardConfig, adapters: AdapterSource | None = None) -> Re
             lease_ms=config.lease_ms,
             max_deliveries=config.max_deliveries,
             on_fatal=stop_process,  # a dead worker ends the process (exit 1), never a silent one
+            stream=config.results_stream(),  # the rollouts of this service's base only
         )
     elif config.worker_threads > 0:
         logger.info("no redis_url: the reward worker is off (ScoreRollouts only)")

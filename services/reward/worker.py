@@ -1,5 +1,7 @@
 """The reward worker: ``llamafleet:rollout:results`` -> ``llamafleet:reward:results:{job}``.
 
+(With several base models, the results stream of the service's base: ``RewardConfig``.)
+
 Each entry's payload is a serialized ``rollout.v1.Rollout``. The worker scores it with the
 scorer its task names (``task.scorer``, ``task.reward_adapter``, the job's settings), and
 commits one serialized ``reward.v1.ScoredRollout`` to the job's stream with item id
@@ -108,8 +110,10 @@ class RewardWorker:
         block_ms: int = 1000,
         consumer_prefix: str | None = None,
         on_fatal: Callable[[str], object] | None = None,
+        stream: str = queues.ROLLOUT_RESULTS,
     ) -> None:
         self.engine = engine
+        self.stream = stream
         self.on_fatal = on_fatal  # told why, when the loops end by themselves (the process stops)
         self.stop_event = threading.Event()
         self._block_ms = block_ms
@@ -117,7 +121,7 @@ class RewardWorker:
         self.queues = [
             WorkQueue(
                 r,
-                queues.ROLLOUT_RESULTS,
+                stream,
                 GROUP,
                 consumer=f"{prefix}:{i}",
                 lease_ms=lease_ms,
@@ -147,7 +151,7 @@ class RewardWorker:
         logger.info(
             "reward worker: %d consumer(s) of %s/%s",
             len(self.queues),
-            queues.ROLLOUT_RESULTS,
+            self.stream,
             GROUP,
         )
 

@@ -3,12 +3,21 @@
 The service serves one base model (``base_model``, a local Hugging Face folder) and many LoRA
 adapter versions over it. Without ``base_model`` it still starts (the local cluster starts it that
 way) and answers Generate with FAILED_PRECONDITION naming the field to set.
+
+Several base models in one cluster: each rollout service serves one, named by its folder
+(``llamafleet.bases.base_name``); ``default_base`` names the cluster's default base. The worker
+consumes the tasks of its own base only (``queues.rollout_tasks_stream``): the single-base
+stream for the default base (or when ``default_base`` is empty: a one-base cluster),
+``llamafleet:rollout:tasks:<name>`` otherwise, and publishes to the matching results stream.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llamafleet.bases import base_name, check_base_name
+
+from services.common import queues
 from services.common.config import ConfigError, ServerConfig
 from services.rollout.engines import ENGINES
 
@@ -21,6 +30,7 @@ class RolloutConfig(ServerConfig):
 
     redis_url: str = ""  # the work-queue Redis; checked at start-up when set
     base_model: str = ""  # local HF model folder; empty = Generate answers FAILED_PRECONDITION
+    default_base: str = ""  # several bases: the base name whose queues keep single-base names
     engine: str = "hf"  # hf | vllm
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
@@ -44,6 +54,12 @@ class RolloutConfig(ServerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        try:
+            if self.default_base:
+                check_base_name(self.default_base, "default_base")
+            self.base()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.engine not in ENGINES:
             raise ConfigError(
                 f"engine: unknown engine {self.engine!r}; choose one of: {', '.join(ENGINES)}"
@@ -66,3 +82,13 @@ class RolloutConfig(ServerConfig):
             raise ConfigError("worker_max_inflight: must be at least 1")
         if self.worker_lease_ms < 100 or self.worker_max_deliveries < 1:
             raise ConfigError("worker_lease_ms must be >= 100 and worker_max_deliveries >= 1")
+
+    def base(self) -> str:
+        """The name of the base this service serves ("" without a base model)."""
+        return base_name(self.base_model) if self.base_model else ""
+
+    def tasks_stream(self) -> str:
+        return queues.rollout_tasks_stream(self.base(), self.default_base)
+
+    def results_stream(self) -> str:
+        return queues.rollout_results_stream(self.base(), self.default_base)

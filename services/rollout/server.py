@@ -40,6 +40,8 @@ def start_worker(config: RolloutConfig, generator: Generator) -> RolloutWorker |
         max_deliveries=config.worker_max_deliveries,
         max_inflight=config.worker_max_inflight,
         on_fatal=stop_process,  # a dead worker ends the process (exit 1), never a silent one
+        tasks_stream=config.tasks_stream(),  # the tasks of this service's base only
+        results_stream=config.results_stream(),
     )
     worker.start()
     return worker

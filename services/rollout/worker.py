@@ -3,6 +3,9 @@
 Consumes the stream in the ``rollout`` consumer group with ``services.common.queues.WorkQueue``
 (at-least-once delivery; each task takes effect once because the commit marks ``task.item_id``
 done, publishes its ``Rollout``s to ``llamafleet:rollout:results`` and acks, in one Lua script).
+In a cluster with several base models the streams are those of the worker's base
+(``RolloutConfig.tasks_stream``/``results_stream``: ``llamafleet:rollout:tasks:<base>`` ...), so
+a worker never sees a task meant for another base.
 
 **Batching.** A worker keeps up to ``max_inflight`` tasks in its engine at once: free slots are
 filled with one fetch (``XAUTOCLAIM`` + ``XREADGROUP COUNT``), every task's request goes to an
@@ -108,11 +111,13 @@ class RolloutWorker:
         max_inflight: int = 1,
         block_ms: int = 500,
         on_fatal: Callable[[str], object] | None = None,
+        results_stream: str = queues.ROLLOUT_RESULTS,
     ) -> None:
         if max_inflight < 1:
             raise ValueError(f"max_inflight must be >= 1, got {max_inflight}")
         self.queue = queue
         self.generator = generator
+        self.results_stream = results_stream  # where the rollouts go (the base's own stream)
         self.max_inflight = max_inflight
         self.block_ms = block_ms
         self.on_fatal = on_fatal  # told why, when the loop ends by itself (the process stops)
@@ -202,7 +207,7 @@ class RolloutWorker:
                 group_size=len(job.ids),
                 group_index=k,
             )
-            outputs.append((queues.ROLLOUT_RESULTS, item_id, rollout.SerializeToString()))
+            outputs.append((self.results_stream, item_id, rollout.SerializeToString()))
         return outputs
 
     def handle(self, delivery: Delivery) -> list[Output]:
@@ -422,14 +427,23 @@ def make_worker(
     max_deliveries: int,
     max_inflight: int = 1,
     on_fatal: Callable[[str], object] | None = None,
+    tasks_stream: str = queues.ROLLOUT_TASKS,
+    results_stream: str = queues.ROLLOUT_RESULTS,
 ):
-    """A worker on the rollout tasks stream with the service's delivery policy."""
+    """A worker on the rollout tasks stream (of its base: ``tasks_stream``) with the service's
+    delivery policy, publishing to ``results_stream``."""
     r = queues.connect(redis_url, client_name="rollout-worker")
     queue = WorkQueue(
         r,
-        stream=queues.ROLLOUT_TASKS,
+        stream=tasks_stream,
         group=GROUP,
         lease_ms=lease_ms,
         max_deliveries=max_deliveries,
     )
-    return RolloutWorker(queue, generator, max_inflight=max_inflight, on_fatal=on_fatal)
+    return RolloutWorker(
+        queue,
+        generator,
+        max_inflight=max_inflight,
+        on_fatal=on_fatal,
+        results_stream=results_stream,
+    )

@@ -1,8 +1,16 @@
-"""Settings of the training service: env prefix ``LLAMAFLEET_TRAINING_``."""
+"""Settings of the training service: env prefix ``LLAMAFLEET_TRAINING_``.
+
+``default_base``: in a cluster serving several base models, the name (``llamafleet.bases``) of
+the base whose rollout queue keeps the single-base name; a PPO/GRPO job whose base (its
+``spec.base_model``'s name) is another publishes to ``llamafleet:rollout:tasks:<name>``, which
+only the workers of that base consume. Empty (one base): every job uses the single-base stream.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from llamafleet.bases import check_base_name
 
 from services.common.config import ConfigError, ServerConfig
 
@@ -12,6 +20,7 @@ class TrainingConfig(ServerConfig):
     """The training service's configuration (shared server fields in ``ServerConfig``)."""
 
     redis_url: str = ""  # the work-queue Redis; checked at start-up when set
+    default_base: str = ""  # several bases: see the module docstring
     data_address: str = ""  # host:port of the data service, where jobs read their batches
     jobs_dir: str = ".llamafleet/jobs"  # one folder per job: <jobs_dir>/<job_id>/
     cancel_grace_s: float = 60.0  # after SIGTERM, a runner gets this long before SIGKILL
@@ -27,6 +36,11 @@ class TrainingConfig(ServerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.default_base:
+            try:
+                check_base_name(self.default_base, "default_base")
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         if not self.jobs_dir:
             raise ConfigError("jobs_dir: must not be empty")
         if self.cancel_grace_s < 0:

@@ -29,10 +29,12 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+from llamafleet.bases import base_name
 from llamafleet.training.v1 import training_pb2 as tpb
 
+from services.common import queues
 from services.training.jobs.events import EventLog
-from services.training.jobs.process import PPO_REDIS_URL_ENV
+from services.training.jobs.process import DEFAULT_BASE_ENV, PPO_REDIS_URL_ENV
 from services.training.loop.batches import open_source
 from services.training.loop.trainer import TrainResult
 from services.training.ppo import exchange
@@ -126,9 +128,11 @@ class EventLogHandler(logging.Handler):
             self.handleError(record)
 
 
-def recipe_arguments(recipe: str, job_id: str) -> dict:
+def recipe_arguments(recipe: str, job_id: str, base_model: str = "") -> dict:
     """What a recipe needs beyond the data: ``ppo`` its exchange with the fleets, over the
-    work-queue Redis the service names in the environment (never argv: it may hold a password)."""
+    work-queue Redis the service names in the environment (never argv: it may hold a password),
+    publishing to the rollout tasks stream of the job's base (``base_model``'s name; the
+    single-base stream unless the cluster's default base, also in the environment, is another)."""
     if recipe not in ("ppo", "grpo"):
         return {}
     url = os.environ.get(PPO_REDIS_URL_ENV, "")
@@ -137,7 +141,9 @@ def recipe_arguments(recipe: str, job_id: str) -> dict:
             f"STAGE_{recipe.upper()} needs the work-queue Redis: {PPO_REDIS_URL_ENV} is not set (the training "
             "service sets it from its redis_url; configure LLAMAFLEET_TRAINING_REDIS_URL)"
         )
-    return {"exchange": exchange.connect(url, job_id), "job_id": job_id}
+    base = base_name(base_model) if base_model else ""
+    stream = queues.rollout_tasks_stream(base, os.environ.get(DEFAULT_BASE_ENV, ""))
+    return {"exchange": exchange.connect(url, job_id, tasks_stream=stream), "job_id": job_id}
 
 
 def run(job_dir: Path, data_address: str) -> int:
@@ -188,7 +194,7 @@ def run(job_dir: Path, data_address: str) -> int:
             world=world,
             reporter=EventReporter(events) if rank == 0 else None,
             should_stop=lambda: stop["requested"],
-            **recipe_arguments(resolved.recipe, job_id),
+            **recipe_arguments(resolved.recipe, job_id, spec.base_model),
         )
         step = result.step
         if rank == 0:

@@ -21,6 +21,14 @@ only under their roots, which ``up`` sets to the working directory, the run dire
 own secrets (``cluster.json`` with the Redis password, Redis' files, the logs) and the TLS key
 are denied paths that no request may read even though they lie under a root.
 
+Several base models (``base_models``): one rollout and one reward process (times
+``rollout_workers``/``reward_workers``) per base, each serving that base; the first base is the
+default (its processes are ``rollout``, ``reward``, ``rollout-2``...; its queues keep the
+single-base names), the others' processes are ``rollout@<name>``, ``reward@<name>``... with
+their own queues (``llamafleet.bases``). Training is told the default base, so each PPO job's
+tasks go to the workers of its own base. ``cluster.json`` records the bases (``bases``: name ->
+folder) and each process's address; ``addresses_for`` gives a client the services of one base.
+
 This module starts services as processes and talks to them over gRPC and Redis; it never imports
 a service (the clients/services boundary is checked by import-linter).
 """
@@ -42,6 +50,7 @@ import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from llamafleet import redis_urls
+from llamafleet.bases import BASE_ALIAS, base_name
 from llamafleet.client import Client, RpcError
 from llamafleet.credentials import (
     ENV_TLS_CA,
@@ -79,7 +88,8 @@ class ClusterState:
     redis_url: str
     redis_pid: int | None = None  # set when `up` started the Redis itself
     redis_port: int | None = None
-    base_model: str = ""  # what the rollout and reward services serve ("" = none)
+    base_model: str = ""  # what the rollout and reward services serve ("" = none): the default
+    bases: dict[str, str] = field(default_factory=dict)  # base name -> folder; first = default
     services: dict[str, ServiceProcess] = field(default_factory=dict)
     settings: dict[str, dict[str, str]] = field(default_factory=dict)  # extra, per service
     token_required: bool = False  # the services want LLAMAFLEET_TOKEN (never stored)
@@ -108,12 +118,59 @@ class ClusterState:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             services = {k: ServiceProcess(**v) for k, v in data.pop("services", {}).items()}
-            return cls(services=services, **data)
+            state = cls(services=services, **data)
         except (UnicodeDecodeError, ValueError, TypeError, AttributeError) as exc:
             raise ClusterError(
                 f"{path} is unreadable ({type(exc).__name__}); run `llamafleet down` and "
                 "`llamafleet up` to recreate it"
             ) from None
+        if state.base_model and not state.bases:  # written before there were several bases
+            state.bases = {base_name(state.base_model): state.base_model}
+        return state
+
+    @property
+    def default_base(self) -> str:
+        """The default base's name when there are several bases, else "" (one-base queues)."""
+        return next(iter(self.bases)) if len(self.bases) > 1 else ""
+
+    def base(self, pick: str = "") -> tuple[str, str]:
+        """``(name, folder)`` of the base ``pick`` names (a base name, ``base``, or a folder;
+        empty: the default base). ClusterError, listing the bases, when none matches."""
+        if not self.bases:
+            raise ClusterError(
+                "no base model: start the cluster with `llamafleet up --base-model DIR`"
+            )
+        if not pick or pick == BASE_ALIAS:
+            return next(iter(self.bases.items()))
+        if pick in self.bases:
+            return pick, self.bases[pick]
+        folder = str(Path(pick).resolve())
+        for name, path in self.bases.items():
+            if path == folder:
+                return name, path
+        raise ClusterError(
+            f"base model {pick!r} is not served by this cluster; its bases: "
+            + ", ".join(f"{n} ({p})" for n, p in self.bases.items())
+        )
+
+    def base_of(self, process: str) -> str:
+        """The name of the base a rollout/reward process serves (``rollout@b`` -> ``b``)."""
+        _, _, base = process.partition("@")
+        return base or next(iter(self.bases), "")
+
+    def addresses_for(self, base: str = "") -> dict[str, str]:
+        """Service addresses for a client of base ``base`` (a name; empty: the default):
+        ``rollout`` and ``reward`` are that base's first processes."""
+        out = {n: s.address for n, s in self.services.items() if "@" not in n}
+        if not self.bases and not base:
+            return out
+        name, _ = self.base(base)
+        if name != next(iter(self.bases)):
+            for kind in ("rollout", "reward"):
+                svc = self.services.get(worker_name(kind, 1, name, self.default_base))
+                if svc is not None:
+                    out[kind] = svc.address
+        return out
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -171,6 +228,7 @@ def up(
     timeout: float = 60.0,
     python: str = sys.executable,
     base_model: str | None = None,
+    base_models: list[str] | None = None,
     rollout_workers: int = 1,
     reward_workers: int = 1,
     settings: dict[str, dict[str, str]] | None = None,
@@ -185,7 +243,9 @@ def up(
 
     ``base_model`` (a local Hugging Face folder) is the model the rollout and reward services
     serve; without one they start but answer generation and model scoring with
-    FAILED_PRECONDITION. ``rollout_workers`` / ``reward_workers`` processes of those two services
+    FAILED_PRECONDITION. ``base_models``: several base folders (``base_model``, if given too,
+    comes first); each gets its own rollout and reward processes and queues, the first is the
+    default (module docstring). ``rollout_workers`` / ``reward_workers`` processes of those two services
     share the work queues (each also serves gRPC on its own port; the first of each kind is named
     ``rollout`` / ``reward``, the others ``rollout-2`` ...). ``settings`` adds service settings
     (``{"rollout": {"worker_lease_ms": "2000"}}``), passed like the others by environment.
@@ -203,6 +263,7 @@ def up(
     if rollout_workers < 1 or reward_workers < 1:
         raise ClusterError("rollout_workers and reward_workers must be at least 1")
     tls = _check_tls_files(tls_ca, tls_cert, tls_key)
+    bases = _bases([base_model] if base_model else [], base_models or [])
     run = Path(run_dir).resolve()
     if (run / STATE_FILE).exists():
         old = ClusterState.load(run)
@@ -213,7 +274,8 @@ def up(
     state = ClusterState(
         run_dir=str(run),
         redis_url=redis_url or "",
-        base_model=str(Path(base_model).resolve()) if base_model else "",
+        base_model=next(iter(bases.values()), ""),
+        bases=bases,
         settings={k: dict(v) for k, v in (settings or {}).items()},
         token_required=bool(token),
         roots=_roots(run, roots or []),
@@ -241,8 +303,10 @@ def up(
     try:
         deadline = time.monotonic() + timeout
         # data, then training (it needs data's address), then the workers (they need training's).
-        workers = [worker_name("rollout", i) for i in range(1, rollout_workers + 1)]
-        workers += [worker_name("reward", i) for i in range(1, reward_workers + 1)]
+        default, workers = state.default_base, []
+        for base in state.bases or {"": ""}:
+            for kind, count in (("rollout", rollout_workers), ("reward", reward_workers)):
+                workers += [worker_name(kind, i, base, default) for i in range(1, count + 1)]
         for group in (("data",), ("training",), tuple(workers)):
             for name in group:
                 _start_service(state, name, run, python, _service_env(state, name, token))
@@ -254,6 +318,27 @@ def up(
         down(run)
         raise
     return state
+
+
+def _bases(first: list[str], more: list[str]) -> dict[str, str]:
+    """Base name -> absolute folder for each of ``first + more``, in order; names must differ."""
+    bases: dict[str, str] = {}
+    for raw in [*first, *more]:
+        folder = str(Path(raw).expanduser().resolve())
+        if folder in bases.values():
+            continue
+        try:
+            name = base_name(folder)
+        except ValueError as exc:
+            raise ClusterError(f"--base-model {raw}: {exc}") from None
+        if name in bases or (name == BASE_ALIAS and bases):
+            raise ClusterError(
+                f"--base-model {raw}: its base name {name!r} (the folder's name) is taken by "
+                f"{bases.get(name, 'the default base')}; rename one folder (model names and "
+                "queues are named after it)"
+            )
+        bases[name] = folder
+    return bases
 
 
 def _roots(run: Path, extra: list[str]) -> list[str]:
@@ -297,14 +382,16 @@ def _check_tls_files(ca: str, cert: str, key: str) -> dict[str, str]:
     return paths
 
 
-def worker_name(kind: str, index: int) -> str:
-    """``rollout``, ``rollout-2``, ...: the cluster's name of the ``index``-th process of a kind."""
-    return kind if index == 1 else f"{kind}-{index}"
+def worker_name(kind: str, index: int, base: str = "", default_base: str = "") -> str:
+    """``rollout``, ``rollout-2``, ...: the cluster's name of the ``index``-th process of a kind
+    (of the default base); ``rollout@b``, ``rollout-2@b``, ... for another base ``b``."""
+    name = kind if index == 1 else f"{kind}-{index}"
+    return f"{name}@{base}" if base and default_base and base != default_base else name
 
 
 def kind_of(name: str) -> str:
-    """The service a cluster process runs (``rollout-2`` -> ``rollout``)."""
-    return name.split("-", 1)[0]
+    """The service a cluster process runs (``rollout-2@b`` -> ``rollout``)."""
+    return name.partition("@")[0].split("-", 1)[0]
 
 
 def add_worker(
@@ -314,9 +401,11 @@ def add_worker(
     python: str = sys.executable,
     token: str = "",
     read_token: str = "",
+    base: str = "",
 ) -> ServiceProcess:
-    """Start one more ``rollout`` or ``reward`` process in a running cluster; it joins the work
-    queue's consumer group and takes work without anything being restarted. A cluster started
+    """Start one more ``rollout`` or ``reward`` process in a running cluster, for the base named
+    ``base`` (empty: the default); it joins the work queue's consumer group of that base and
+    takes work without anything being restarted. A cluster started
     with a token needs it again (``token``): it is checked against training first; a read-only
     token, if the cluster has one, is passed again as ``read_token`` (it is never stored)."""
     if kind not in ("rollout", "reward"):
@@ -328,12 +417,18 @@ def add_worker(
         state.read_token = read_token
     else:
         token = ""  # like its siblings: no auth_token
+    if state.bases:
+        base, _ = state.base(base)
+    elif base:
+        raise ClusterError("this cluster serves no base model; start it with --base-model")
+
+    def name_of(index: int) -> str:
+        return worker_name(kind, index, base, state.default_base)
+
     index = 1
-    while worker_name(kind, index) in state.services and pid_alive(
-        state.services[worker_name(kind, index)].pid
-    ):
+    while name_of(index) in state.services and pid_alive(state.services[name_of(index)].pid):
         index += 1
-    name = worker_name(kind, index)
+    name = name_of(index)
     _start_service(state, name, run, python, _service_env(state, name, token))
     svc = state.services[name]
     svc.address = _wait_serving(state, name, svc.pid, run, time.monotonic() + timeout)
@@ -378,7 +473,7 @@ def _service_env(state: ClusterState, name: str, token: str = "") -> dict[str, s
     if name in USES_REDIS:
         settings["redis_url"] = state.redis_url
     roots = os.pathsep.join(state.roots)
-    models = os.pathsep.join([*state.roots, state.base_model] if state.base_model else state.roots)
+    models = os.pathsep.join([*state.roots, *state.bases.values()])
     denied = os.pathsep.join(denied_paths(state))
     if name == "data":
         settings["datasets_dir"] = str(run / "datasets")
@@ -389,11 +484,13 @@ def _service_env(state: ClusterState, name: str, token: str = "") -> dict[str, s
         settings["jobs_dir"] = str(run / "jobs")
         settings["model_roots"], settings["export_roots"] = models, roots
         settings["denied_paths"] = denied
+    if name in ("training", "rollout", "reward") and state.default_base:
+        settings["default_base"] = state.default_base  # which queues keep single-base names
     if name in ("rollout", "reward"):
         settings["training_address"] = state.services["training"].address
         settings["adapter_cache_dir"] = str(run / f"{process}-adapters")
-        if state.base_model:
-            settings["base_model"] = state.base_model
+        if state.bases:
+            settings["base_model"] = state.bases[state.base_of(process)]
     if token:
         settings["auth_token"] = token
         if state.read_token:

@@ -3,7 +3,10 @@
 
 Each training job's adapter is addressable as a model name (``base``, ``<job_id>``,
 ``<job_id>@<version>``; see ``chat.py``, which does the rendering and generation), so the usual
-OpenAI client libraries talk to fine-tuned adapters. This module only translates HTTP and
+OpenAI client libraries talk to fine-tuned adapters. A cluster with several base models lists
+every base by name and the adapters of each, and sends each request to the rollout service of
+the model's base; ``<base>/<job_id>[@<version>]`` on a base the job was not trained on is a 400
+(code ``model_base_mismatch``) naming both bases. This module only translates HTTP and
 OpenAI JSON; it holds no model and imports no torch.
 
 What follows OpenAI's API reference, and how:
@@ -37,6 +40,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +49,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from llamafleet.chat import ChatBackend, UnknownModel
+from llamafleet.chat import Base, ChatBackend, UnknownModel, WrongBase
 from llamafleet.client import Client, RpcError
 from llamafleet.openai_requests import (
     ApiError,
@@ -120,9 +124,14 @@ class Gateway:
     """OpenAI requests in, ``ChatBackend`` calls out, OpenAI JSON back."""
 
     def __init__(
-        self, client: Client, base_model_path: str, tool_format: str = "", template: str = ""
+        self,
+        client: Client,
+        base_model_path: str,
+        tool_format: str = "",
+        template: str = "",
+        bases: Seq[Base] = (),
     ) -> None:
-        self.backend = ChatBackend(client, base_model_path, template)
+        self.backend = ChatBackend(client, base_model_path, template, bases)
         self.tool_format = tool_format
         self.template = template
 
@@ -256,6 +265,8 @@ class Gateway:
             raise ApiError(
                 404, f"{exc}; GET /v1/models lists them", "model", "model_not_found"
             ) from None
+        except WrongBase as exc:
+            raise ApiError(400, str(exc), "model", "model_base_mismatch") from None
         except ValueError as exc:
             raise ApiError(400, str(exc), "model") from None
         except RpcError as err:
@@ -549,12 +560,14 @@ def create_app(
     api_key: str = "",
     tool_format: str = "",
     template: str = "",
+    bases: Seq[Base] = (),
 ) -> FastAPI:
     """The FastAPI app; ``api_key`` (when set) is required as ``Authorization: Bearer <key>``;
     ``template`` is the data-service chat template conversations are rendered with (empty: the
     tokenizer's own); model output is parsed for tool calls in ``tool_format``, or the template's
-    when that is empty (neither: requests with tools are refused unless tool_choice is 'none')."""
-    gateway = Gateway(client, base_model_path, tool_format, template)
+    when that is empty (neither: requests with tools are refused unless tool_choice is 'none').
+    ``bases``: the cluster's other base models, each with a client of its rollout service."""
+    gateway = Gateway(client, base_model_path, tool_format, template, bases)
     app = FastAPI(title="llamafleet OpenAI-compatible API")
     app.state.gateway = gateway
 

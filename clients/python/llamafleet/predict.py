@@ -72,12 +72,14 @@ def predict(
     reward_model: str = "",
     lang: str = "en",
     concurrency: int = 8,
+    strict_base: bool = False,
 ) -> dict[str, float]:
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r}: choose one of {', '.join(FORMATS)}")
     if not records:
         raise ValueError("the eval split has no records")
-    backend = ChatBackend(client, base_model_path)
+    # strict: only adapters trained on this base (a cluster with several bases)
+    backend = ChatBackend(client, base_model_path, strict=strict_base)
     adapter = backend.adapter(model)
     scorer_adapter = reward_model_ref(reward_model) if reward_model else None
     sampling = rollout_pb2.SamplingParams(temperature=temperature, max_tokens=max_tokens, n=1)

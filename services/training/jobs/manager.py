@@ -39,6 +39,7 @@ from services.training.config import TrainingConfig
 from services.training.jobs import access, process
 from services.training.jobs.events import EventLog
 from services.training.jobs.process import (
+    DEFAULT_BASE_ENV,
     LOG_FILE,
     PID_FILE,
     PPO_REDIS_URL_ENV,
@@ -368,7 +369,11 @@ class JobManager:
             pb.STAGE_PPO,
             pb.STAGE_GRPO,
         ):  # the trainer talks to the fleets through Redis
-            env = {**env, PPO_REDIS_URL_ENV: self.config.redis_url}
+            env = {
+                **env,
+                PPO_REDIS_URL_ENV: self.config.redis_url,
+                DEFAULT_BASE_ENV: self.config.default_base,
+            }
         try:
             self._runs[view.id] = process.spawn(view.dir, argv, env)
         except OSError as exc:

@@ -28,6 +28,8 @@ PID_FILE = "runner.pid"
 # The work-queue Redis of a STAGE_PPO runner (the service's redis_url; never argv: it may hold a
 # password).
 PPO_REDIS_URL_ENV = "LLAMAFLEET_REDIS_URL"
+# ... and the cluster's default base (the service's default_base): which rollout queue is whose.
+DEFAULT_BASE_ENV = "LLAMAFLEET_DEFAULT_BASE"
 LOG_FILE = "runner.log"
 
 # (spec, job_dir, data_address, token) -> (argv, extra environment)

@@ -1,8 +1,9 @@
 """The PPO trainer's side of the queues: rollout tasks out, scored rollouts in, acks after the
 checkpoint.
 
-- **Out.** ``publish_tasks`` adds ``RolloutTask``s to ``llamafleet:rollout:tasks`` with the
-  idempotent ``queues.publish``: task ids are deterministic (``job:version:step:prompt:sample``),
+- **Out.** ``publish_tasks`` adds ``RolloutTask``s to ``llamafleet:rollout:tasks`` (in a cluster
+  with several base models: the stream of the job's base, ``queues.rollout_tasks_stream``, which
+  only that base's workers read) with the idempotent ``queues.publish``: task ids are deterministic (``job:version:step:prompt:sample``),
   so a resumed trainer that publishes a step again adds nothing.
   Where Redis has a replica (Sentinel), a step's tasks count as published only once a replica
   has them (``replication.wait_replicated``): a failover cannot lose them.
@@ -78,20 +79,29 @@ class DeadTask:
     reason: str
 
 
-def connect(redis_url: str, job_id: str) -> RolloutExchange:
-    """The exchange of ``job_id`` over the work-queue Redis at ``redis_url``."""
+def connect(
+    redis_url: str, job_id: str, *, tasks_stream: str = queues.ROLLOUT_TASKS
+) -> RolloutExchange:
+    """The exchange of ``job_id`` over the work-queue Redis at ``redis_url``, publishing tasks to
+    ``tasks_stream`` (the stream of the job's base)."""
     r = queues.connect(redis_url, socket_timeout=10.0, client_name=f"ppo-trainer-{job_id}")
-    return RolloutExchange(r, job_id)
+    return RolloutExchange(r, job_id, tasks_stream=tasks_stream)
 
 
 class RolloutExchange:
     """Tasks out, scored rollouts in, for one PPO job."""
 
     def __init__(
-        self, r: redis.Redis, job_id: str, *, outage_limit_s: float = OUTAGE_LIMIT_S
+        self,
+        r: redis.Redis,
+        job_id: str,
+        *,
+        outage_limit_s: float = OUTAGE_LIMIT_S,
+        tasks_stream: str = queues.ROLLOUT_TASKS,
     ) -> None:
         self.r = r
         self.job_id = job_id
+        self.tasks = tasks_stream  # the rollout tasks stream of the job's base
         self.results = queues.reward_results_stream(job_id)
         self.consumer = f"trainer-{job_id}"
         self.outage_limit_s = outage_limit_s
@@ -179,7 +189,7 @@ class RolloutExchange:
                 payload = task.SerializeToString()
                 new += self._call(
                     "publish tasks",
-                    lambda: queues.publish(self.r, queues.ROLLOUT_TASKS, task.item_id, payload),  # noqa: B023 - called at once
+                    lambda: queues.publish(self.r, self.tasks, task.item_id, payload),  # noqa: B023 - called at once
                 )
             added = new if added is None else added
             try:
@@ -193,7 +203,7 @@ class RolloutExchange:
     def leftovers(self) -> str:
         """What Redis still holds of an earlier job with this id ("" if nothing): a job created
         afresh under a reused id would have its tasks de-duplicated away and wait forever."""
-        first = queues.published_key(queues.ROLLOUT_TASKS, task_id(self.job_id, 1, 0, 0, 0))
+        first = queues.published_key(self.tasks, task_id(self.job_id, 1, 0, 0, 0))
         entries = self._call("check for leftovers", lambda: self.r.xlen(self.results))
         published = self._call("check for leftovers", lambda: self.r.exists(first))
         if not entries and not published:
@@ -206,9 +216,7 @@ class RolloutExchange:
         """The first of ``versions`` under which ``step``'s tasks were already published (by a
         run that crashed after publishing them), or None."""
         for version in versions:
-            key = queues.published_key(
-                queues.ROLLOUT_TASKS, task_id(self.job_id, version, step, 0, 0)
-            )
+            key = queues.published_key(self.tasks, task_id(self.job_id, version, step, 0, 0))
             if self._call("look up published tasks", lambda: self.r.exists(key)):  # noqa: B023
                 return version
         return None

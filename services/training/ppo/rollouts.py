@@ -148,7 +148,7 @@ class RolloutPlanner:
                 f"({left}); a fresh job under that id would wait for rollouts that are never "
                 "generated again. Use another job id, resume that job, or delete its keys "
                 f"(llamafleet:reward:results:{self.job_id} and "
-                f"llamafleet:published:llamafleet:rollout:tasks:{self.job_id}:*) first"
+                f"llamafleet:published:{self.exchange.tasks}:{self.job_id}:*) first"
             )
         self.exchange.ensure_group()
         self.lost_versions = lost_versions

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from llamafleet.chat import Base
 from llamafleet.client import Client
 from llamafleet.cluster import DEFAULT_RUN_DIR, ClusterState, credentials_for
 from llamafleet.commands import UserError, loopback
@@ -17,15 +18,29 @@ def cmd_api(args: argparse.Namespace) -> int:
     except ImportError:
         raise UserError("the API needs its extra: pip install -e '.[api]'") from None
     state = ClusterState.load(args.run_dir)
-    base_model = args.base_model or state.base_model
-    if not base_model:
-        raise UserError("no base model: start the cluster with `llamafleet up --base-model DIR`")
+    name, base_model = state.base(args.base_model)  # ClusterError (exit 2): none, or a bad one
     if not args.api_key and not loopback(args.host):
         raise UserError(f"refusing to serve on {args.host} without --api-key")
-    addresses = {name: svc.address for name, svc in state.services.items()}
-    with Client(addresses, credentials=credentials_for(state), timeout=args.timeout) as client:
-        app = create_app(client, base_model, api_key=args.api_key, tool_format=args.tool_format)
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    creds = credentials_for(state)
+
+    def client_of(base: str) -> Client:
+        return Client(state.addresses_for(base), credentials=creds, timeout=args.timeout)
+
+    others = [Base(n, p, client_of(n)) for n, p in state.bases.items() if n != name]
+    with client_of(name) as client:
+        app = create_app(
+            client,
+            base_model,
+            api_key=args.api_key,
+            tool_format=args.tool_format,
+            template=args.template,
+            bases=others,
+        )
+        try:
+            uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        finally:
+            for other in others:
+                other.client.close()
     return 0
 
 
@@ -37,7 +52,12 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default="", help="required as 'Authorization: Bearer <key>'")
-    p.add_argument("--base-model", default="", help="default: the cluster's --base-model")
+    p.add_argument(
+        "--base-model",
+        default="",
+        help="the base that the name 'base' means (a base name or folder; default: the "
+        "cluster's first --base-model); every base of the cluster is served",
+    )
     p.add_argument(
         "--template",
         default="",

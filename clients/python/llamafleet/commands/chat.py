@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from llamafleet.chat import ChatBackend, UnknownModel
+from llamafleet.chat import UnknownModel, cluster_backend
 from llamafleet.client import Client
 from llamafleet.cluster import DEFAULT_RUN_DIR, ClusterState, credentials_for
 from llamafleet.commands import UserError
@@ -15,21 +15,21 @@ from llamafleet.training.v1 import training_pb2, training_service_pb2
 HELP = "commands: /reset (forget the conversation), /exit (or Ctrl-D)"
 
 
-def _client(run_dir: str) -> tuple[Client, ClusterState]:
+def _client(run_dir: str, base: str = "") -> tuple[Client, ClusterState]:
+    """A client of the cluster's services; rollout/reward: those of ``base`` (a name)."""
     state = ClusterState.load(run_dir)
-    addresses = {n: s.address for n, s in state.services.items()}
-    return Client(addresses, credentials=credentials_for(state)), state
+    return Client(state.addresses_for(base), credentials=credentials_for(state)), state
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    client, state = _client(args.run_dir)
-    base_model = args.base_model or state.base_model
-    if not base_model:
-        raise UserError("no base model: start the cluster with `llamafleet up --base-model DIR`")
-    backend = ChatBackend(client, base_model)
+    state = ClusterState.load(args.run_dir)
+    name, _ = state.base(args.base_model)  # ClusterError (exit 2) without a base, or a bad one
+    client, state = _client(args.run_dir, name)
+    backend = cluster_backend(state, client, args.base_model)
     try:
         backend.adapter(args.model)  # fail early on a bad model name
     except (UnknownModel, ValueError) as exc:
+        backend.close()
         raise UserError(f"{exc}; models: {', '.join(backend.model_names())}") from None
     sampling = rollout_pb2.SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens)
     system = [{"role": "system", "content": args.system}] if args.system else []
@@ -63,6 +63,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 out.flush()
         out.write("\n")
         messages.append({"role": "assistant", "content": reply})
+    backend.close()
     client.close()
     return 0
 
@@ -114,7 +115,12 @@ def register(sub) -> None:
     p = sub.add_parser("chat", help="talk to the base model or a job's adapter (rollout service)")
     p.add_argument("--model", default="base", help="base | JOB_ID | JOB_ID@VERSION")
     p.add_argument("--run-dir", default=DEFAULT_RUN_DIR)
-    p.add_argument("--base-model", default="", help="default: the cluster's --base-model")
+    p.add_argument(
+        "--base-model",
+        default="",
+        help="the base to talk to: a base name or folder of the cluster (default: its first "
+        "--base-model); with several bases, only that base's adapters are accepted",
+    )
     p.add_argument("--system", default="", help="a system prompt")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--max-tokens", type=int, default=256)

@@ -28,7 +28,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             args.run_dir,
             redis_url=args.redis_url,
             timeout=args.timeout,
-            base_model=args.base_model,
+            base_models=args.base_model,
             rollout_workers=args.rollout_workers,
             reward_workers=args.reward_workers,
             token=os.environ.get(ENV_TOKEN, ""),
@@ -52,6 +52,7 @@ def cmd_add_worker(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             token=os.environ.get(ENV_TOKEN, ""),
             read_token=os.environ.get("LLAMAFLEET_READ_TOKEN", ""),
+            base=args.base,
         )
     console.print(f"[green]{svc.name}[/green] serving at {svc.address} (pid {svc.pid})")
     return 0
@@ -193,7 +194,15 @@ def register(sub) -> None:
     )
     with_tls(p, "every service serves and presents to the others (valid for 127.0.0.1)")
     p.add_argument("--redis-url", help="use this Redis instead of starting one")
-    p.add_argument("--base-model", help="model folder the rollout and reward services serve")
+    p.add_argument(
+        "--base-model",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="model folder the rollout and reward services serve; repeat it to serve several "
+        "bases (one rollout and reward service each, named by the folder; the first is the "
+        "default)",
+    )
     p.add_argument(
         "--root",
         action="append",
@@ -220,6 +229,9 @@ def register(sub) -> None:
         )
     )
     p.add_argument("kind", choices=("rollout", "reward"))
+    p.add_argument(
+        "--base", default="", help="base name (or folder) it serves; default: the default base"
+    )
     p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for health")
     p.set_defaults(func=cmd_add_worker)
 

@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 
 from llamafleet import cluster
-from llamafleet.cluster import DEFAULT_RUN_DIR, ClusterState
+from llamafleet.client import Client
+from llamafleet.cluster import DEFAULT_RUN_DIR, ClusterState, credentials_for
 from llamafleet.commands import UserError
 from llamafleet.eval_metrics import LANGS
 from llamafleet.predict import adapter_ref, benchmark_dict
@@ -22,14 +23,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from llamafleet import predict
 
     state = ClusterState.load(args.run_dir)
-    base_model = args.base_model or state.base_model
-    if not base_model:
-        raise UserError("no base model: start the cluster with `llamafleet up --base-model DIR`")
+    name, base_model = state.base(args.base_model)  # ClusterError (exit 2): none, or a bad one
     try:
         records = predict.read_records(Path(args.dataset))
     except (OSError, ValueError) as exc:
         raise UserError(f"--dataset: {exc}") from None
-    client = cluster.connect(args.run_dir, timeout=args.timeout)
+    client = Client(
+        state.addresses_for(name), credentials=credentials_for(state), timeout=args.timeout
+    )
     for flag, value in (("--reward-function", args.reward_function),
                         ("--reward-model", args.reward_model)):  # fmt: skip
         if value and not hasattr(client, "reward"):
@@ -40,7 +41,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             client, base_model, args.model, records, Path(args.save_dir),
             fmt=args.format, max_tokens=args.max_tokens, temperature=args.temperature,
             reward_function=args.reward_function, reward_model=args.reward_model,
-            lang=args.lang,
+            lang=args.lang, strict_base=bool(args.base_model) and len(state.bases) > 1,
         )  # fmt: skip
     except (ValueError, ImportError) as exc:
         raise UserError(str(exc)) from None
@@ -52,9 +53,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
     state = ClusterState.load(args.run_dir)
-    base_model = args.base_model or state.base_model
-    if not base_model:
-        raise UserError("no base model: start the cluster with `llamafleet up --base-model DIR`")
+    _, base_model = state.base(args.base_model)  # ClusterError (exit 2): none, or a bad one
     try:
         adapter = adapter_ref(args.model)
     except ValueError as exc:
@@ -98,7 +97,11 @@ def register(sub) -> None:
     p.add_argument("--lang", default="en", choices=("en", "zh"))
     p.add_argument("--save-dir", default="", help="write results.json and results.log here")
     p.add_argument("--template", default="", help="chat template (default: the tokenizer's)")
-    p.add_argument("--base-model", default="", help="default: the cluster's --base-model")
+    p.add_argument(
+        "--base-model",
+        default="",
+        help="base name or folder of the cluster (default: its first --base-model)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--run-dir", default=DEFAULT_RUN_DIR)
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait")
@@ -120,7 +123,11 @@ def register(sub) -> None:
         "--reward-model", default="", help="a reward-modelling job's adapter JOB@VERSION to average"
     )
     p.add_argument("--lang", default="en", choices=LANGS, help="tokenization of the metrics")
-    p.add_argument("--base-model", default="", help="default: the cluster's --base-model")
+    p.add_argument(
+        "--base-model",
+        default="",
+        help="base name or folder of the cluster (default: its first --base-model)",
+    )
     p.add_argument("--run-dir", default=DEFAULT_RUN_DIR)
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per unary call")
     p.set_defaults(func=cmd_predict)
