@@ -96,3 +96,27 @@ def test_bad_cli_arguments_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(argv)
     assert exc.value.code == 2
+
+
+def test_several_bases_are_named_by_their_folders_and_must_differ(tmp_path):
+    for name in ("a/tiny", "b/tiny", "Tiny B"):
+        (tmp_path / name).mkdir(parents=True)
+    bases = cluster._bases([str(tmp_path / "a/tiny")], [str(tmp_path / "Tiny B")])
+    assert list(bases) == ["tiny", "tiny-b"] and bases["tiny-b"] == str(tmp_path / "Tiny B")
+    with pytest.raises(cluster.ClusterError, match="base name 'tiny' .* is taken by"):
+        cluster._bases([str(tmp_path / "a/tiny")], [str(tmp_path / "b/tiny")])
+    assert cluster.worker_name("rollout", 2, "tiny-b", "tiny") == "rollout-2@tiny-b"
+    assert cluster.worker_name("rollout", 1, "tiny", "tiny") == "rollout"
+    assert cluster.kind_of("reward-2@tiny-b") == "reward" and cluster.kind_of("data") == "data"
+
+
+def test_a_state_file_from_before_several_bases_still_loads(tmp_path):
+    """cluster.json written by an older `up` has base_model but no bases: one base, default."""
+    (tmp_path / "cluster.json").write_text(
+        json.dumps({"run_dir": str(tmp_path), "redis_url": "redis://x", "base_model": "/m/tiny"})
+    )
+    state = cluster.ClusterState.load(tmp_path)
+    assert state.bases == {"tiny": "/m/tiny"} and state.default_base == ""
+    assert state.base() == ("tiny", "/m/tiny") == state.base("base") == state.base("/m/tiny")
+    with pytest.raises(cluster.ClusterError, match=r"'other' is not served .* tiny \(/m/tiny\)"):
+        state.base("other")

@@ -129,6 +129,22 @@ def test_stream_names_match_the_design():
     assert queues.DEADLETTER == "llamafleet:deadletter"
 
 
+@pytest.mark.parametrize(
+    ("base", "default_base", "suffix"),
+    [
+        ("", "", ""),  # no base model
+        ("tiny", "", ""),  # a one-base cluster: the single-base names, whatever the base
+        ("tiny", "tiny", ""),  # the default base of a cluster with several
+        ("other", "tiny", ":other"),  # any other base: its own streams
+    ],
+)
+def test_per_base_streams_keep_the_single_base_names_for_the_default_base(
+    base, default_base, suffix
+):
+    assert queues.rollout_tasks_stream(base, default_base) == queues.ROLLOUT_TASKS + suffix
+    assert queues.rollout_results_stream(base, default_base) == queues.ROLLOUT_RESULTS + suffix
+
+
 # -- 1. a consumer SIGKILLed mid-item -----------------------------------------------------------
 
 

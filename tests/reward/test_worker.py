@@ -172,3 +172,32 @@ def test_the_tasks_reward_settings_are_applied_by_the_worker(engine, r):
     scored = scored_in(r, "job-s")
     assert [scored[ro.task.item_id].raw_score for ro in sent] == [1.0, 0.0]
     assert [scored[ro.task.item_id].normalized_score for ro in sent] == [-1.0, 0.0]  # x-2, clip 1
+
+
+def test_a_worker_of_one_base_scores_only_the_rollouts_of_that_base(redis_url, r):
+    """Several bases: the reward service of base tiny-b reads tiny-b's results stream only."""
+    from services.reward.server import build_app
+
+    named = RewardConfig(base_model="/models/tiny-b", default_base="tiny-a")
+    assert named.results_stream() == "llamafleet:rollout:results:tiny-b"
+    assert RewardConfig(base_model="/models/tiny-a", default_base="tiny-a").results_stream() == (
+        queues.ROLLOUT_RESULTS
+    )
+    # the rule scorers need no model: the service's engine without one, on tiny-b's stream
+    app = build_app(replace(RewardConfig(), redis_url=redis_url, worker_threads=0))
+    app.worker = RewardWorker(
+        app.engine, r, threads=1, lease_ms=400, block_ms=50, stream=named.results_stream()
+    )
+    mine = rollout("job-b", 0, "contains_answer", "so 7", reference_answer="7")
+    other = rollout("job-a", 0, "contains_answer", "so 7", reference_answer="7")
+    queues.publish(r, named.results_stream(), mine.task.item_id, mine.SerializeToString())
+    queues.publish(r, queues.ROLLOUT_RESULTS, other.task.item_id, other.SerializeToString())
+    app.worker.start()
+    try:
+        got = wait_for(lambda: scored_in(r, "job-b"), what="the scored rollout of tiny-b")
+        time.sleep(0.5)  # time enough to have taken the other base's rollout, were it wrong
+    finally:
+        app.close()
+    assert got[mine.task.item_id].raw_score == 1.0
+    assert scored_in(r, "job-a") == {}
+    assert r.xinfo_groups(queues.ROLLOUT_RESULTS) == []  # never read by this service

@@ -55,3 +55,18 @@ def test_vllm_engine_without_vllm_says_what_to_install(tmp_path):
         pass
     with pytest.raises(ImportError, match="setup_vllm.sh"):
         make_engine("vllm", str(tmp_path))
+
+
+def test_the_worker_queues_are_those_of_its_base():
+    """Named by the base folder; the default base (or a one-base cluster) keeps the old names."""
+    one = load_config(RolloutConfig, "rollout", ["base_model=/m/Tiny_B"], environ={})
+    assert one.base() == "tiny_b" and one.tasks_stream() == "llamafleet:rollout:tasks"
+    argv = ["base_model=/m/Tiny_B/", "default_base=tiny-a"]
+    other = load_config(RolloutConfig, "rollout", argv, environ={})
+    assert other.tasks_stream() == "llamafleet:rollout:tasks:tiny_b"
+    assert other.results_stream() == "llamafleet:rollout:results:tiny_b"
+    argv = ["base_model=/m/tiny-a", "default_base=tiny-a"]
+    default = load_config(RolloutConfig, "rollout", argv, environ={})
+    assert default.tasks_stream() == "llamafleet:rollout:tasks"
+    with pytest.raises(ConfigError, match="default_base: 'Tiny A' is not a base name"):
+        load_config(RolloutConfig, "rollout", ["default_base=Tiny A"], environ={})

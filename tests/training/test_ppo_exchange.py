@@ -87,3 +87,26 @@ def test_an_outage_longer_than_the_limit_fails_with_how_to_resume(local_redis):
     assert 1.0 <= waited < 4.0, waited
     message = str(raised.value)
     assert "redis_url" in message and "resume" in message and "ack" in message
+
+
+def test_a_job_publishes_to_the_tasks_stream_of_its_base(local_redis, monkeypatch):
+    """Several bases: the runner gives a PPO job the exchange on its base's stream (the base
+    named by spec.base_model's folder), the default base keeps the single-base stream."""
+    from services.training.jobs.process import DEFAULT_BASE_ENV, PPO_REDIS_URL_ENV
+    from services.training.runner import recipe_arguments
+
+    monkeypatch.setenv(PPO_REDIS_URL_ENV, local_redis.url)
+    monkeypatch.setenv(DEFAULT_BASE_ENV, "tiny-a")
+    x = recipe_arguments("ppo", JOB, "/models/tiny-b")["exchange"]
+    assert x.tasks == "llamafleet:rollout:tasks:tiny-b"
+    assert recipe_arguments("grpo", JOB, "/models/tiny-a/")["exchange"].tasks == (
+        queues.ROLLOUT_TASKS
+    )
+    monkeypatch.setenv(DEFAULT_BASE_ENV, "")  # one base: every job on the single-base stream
+    assert recipe_arguments("ppo", JOB, "/models/tiny-b")["exchange"].tasks == queues.ROLLOUT_TASKS
+
+    task = rollout_pb2.RolloutTask(item_id=task_id(JOB, 1, 0, 0, 0), job_id=JOB)
+    assert x.publish_tasks([task]) == 1
+    assert x.r.xlen("llamafleet:rollout:tasks:tiny-b") == 1
+    assert x.r.xlen(queues.ROLLOUT_TASKS) == 0
+    assert x.published_version(0, [1]) == 1 and "publish mark" in x.leftovers()
