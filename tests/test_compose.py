@@ -61,7 +61,7 @@ def test_the_schema_check_catches_mistakes(schema):
 
 def test_same_services_as_the_local_cluster():
     services = _load("docker-compose.yaml")["services"]
-    assert set(services) == {"redis", *cluster.SERVICES}
+    assert {n for n, s in services.items() if "profiles" not in s} == {"redis", *cluster.SERVICES}
     for name in cluster.SERVICES:
         svc = services[name]
         assert svc["build"]["target"] == name
@@ -170,3 +170,38 @@ def test_state_lives_in_the_volumes_and_the_services_are_not_root():
             assert volumes.get("/var/lib/llamafleet") in ("datasets", "jobs"), name
         users = re.findall(r"^USER (\S+)$", base + targets[name], re.M)
         assert users[-1] == "llamafleet", name
+
+
+def test_the_second_base_profile_adds_one_rollout_and_reward_service_on_their_own_queues():
+    """Profile second-base: the same services as rollout/reward on LLAMAFLEET_BASE_MODEL_2, and
+    every routing service told the default base, so the queues split by base."""
+    services = _load("docker-compose.yaml")["services"]
+    extra = {n: s for n, s in services.items() if "profiles" in s}
+    assert set(extra) == {"rollout-2nd-base", "reward-2nd-base"}
+    given = {
+        "LLAMAFLEET_TOKEN": "tok",
+        "LLAMAFLEET_BASE_MODEL": "/models/Qwen2.5-0.5B",
+        "LLAMAFLEET_BASE_MODEL_2": "/models/llama-3.2-1b",
+        "LLAMAFLEET_DEFAULT_BASE": "qwen2.5-0.5b",
+    }
+
+    def config(service: str, kind: str):
+        env = {}
+        for key, value in services[service]["environment"].items():
+            value = re.sub(r"\$\{([A-Z_0-9]+)[^}]*\}", lambda m: given.get(m[1], ""), str(value))
+            env[key] = value
+        return load_config(CONFIGS[kind], kind, [], env)
+
+    for kind in ("rollout", "reward"):
+        second = services[f"{kind}-2nd-base"]
+        assert second["profiles"] == ["second-base"] and second["build"]["target"] == kind
+        assert second["healthcheck"] == services[kind]["healthcheck"] and "ports" not in second
+        default, other = config(kind, kind), config(f"{kind}-2nd-base", kind)
+        assert default.results_stream() == "llamafleet:rollout:results"
+        assert other.results_stream() == "llamafleet:rollout:results:llama-3.2-1b"
+    assert config("rollout-2nd-base", "rollout").tasks_stream() == (
+        "llamafleet:rollout:tasks:llama-3.2-1b"
+    )
+    assert config("training", "training").default_base == "qwen2.5-0.5b"
+    given.pop("LLAMAFLEET_DEFAULT_BASE")  # one base: the single-base queues, as before
+    assert config("rollout-2nd-base", "rollout").tasks_stream() == "llamafleet:rollout:tasks"
