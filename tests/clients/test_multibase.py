@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -238,3 +239,16 @@ def test_queued_tasks_reach_only_the_workers_of_their_base(fleet):
         assert group["pending"] == 0, (stream, group)
         consumers = r.xinfo_consumers(stream, group["name"])
         assert {c["name"].decode().split(":")[1] for c in consumers} == {pids[rollout]}
+
+
+def test_add_worker_joins_the_queue_of_the_base_it_is_given(fleet):
+    """`llamafleet add-worker rollout --base B`: a second process of B, on B's queue."""
+    state = fleet["state"]
+    svc = cluster.add_worker(state.run_dir, "rollout", base=B, timeout=180)
+    assert svc.name == f"rollout-2@{B}"
+    # an idle consumer is not listed by Redis until it reads an entry: its log says which stream
+    log = Path(state.run_dir) / "logs" / f"{svc.name}.log"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and "consuming" not in log.read_text():
+        time.sleep(0.2)
+    assert f"consuming {queues.ROLLOUT_TASKS}:{B} (group rollout)" in log.read_text()
