@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from llamafleet.chat import Base
 from llamafleet.client import Client
 from llamafleet.cluster import DEFAULT_RUN_DIR, ClusterState, credentials_for
 from llamafleet.commands import UserError, loopback
@@ -20,17 +21,32 @@ def cmd_web(args: argparse.Namespace) -> int:
     if not args.token and not loopback(args.host):
         raise UserError(f"refusing to serve on {args.host} without --token (a shared secret)")
     state = ClusterState.load(args.run_dir)
-    addresses = {name: svc.address for name, svc in state.services.items()}
-    with Client(addresses, credentials=credentials_for(state), timeout=args.timeout) as client:
+    creds = credentials_for(state)
+    default = next(iter(state.bases), "")
+    others = [  # the other bases: chat sends each adapter to its own base's rollout service
+        Base(n, p, Client(state.addresses_for(n), credentials=creds, timeout=args.timeout))
+        for n, p in state.bases.items()
+        if n != default
+    ]
+    with Client(state.addresses_for(), credentials=creds, timeout=args.timeout) as client:
         dataset_dir = (
             str(Path(args.dataset_dir).expanduser().absolute()) if args.dataset_dir else ""
         )
         app = create_app(
-            client, state.run_dir, state.base_model, token=args.token, dataset_dir=dataset_dir
+            client,
+            state.run_dir,
+            state.base_model,
+            token=args.token,
+            dataset_dir=dataset_dir,
+            bases=others,
         )
         shown = "localhost" if loopback(args.host) else args.host
         print(f"llamafleet web: http://{shown}:{args.port}/", flush=True)
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        try:
+            uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        finally:
+            for other in others:
+                other.client.close()
     return 0
 
 

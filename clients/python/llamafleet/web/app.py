@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,7 +21,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from llamafleet import cluster, predict
-from llamafleet.chat import ChatBackend, UnknownModel
+from llamafleet.chat import Base, ChatBackend, UnknownModel
 from llamafleet.client import Client, RpcError
 from llamafleet.common.v1 import common_pb2
 from llamafleet.data.v1 import data_pb2, data_service_pb2
@@ -135,11 +136,19 @@ class WebApi:
     """The JSON API's work, separate from routing so tests can call it without HTTP."""
 
     def __init__(
-        self, client: Client, run_dir: str = "", base_model: str = "", dataset_dir: str = ""
+        self,
+        client: Client,
+        run_dir: str = "",
+        base_model: str = "",
+        dataset_dir: str = "",
+        bases: Sequence[Base] = (),
     ) -> None:
+        """``bases``: the cluster's other base models (chat routes each adapter to its own)."""
         self.client, self.run_dir, self.base_model = client, run_dir, base_model
         self.dataset_dir = dataset_dir or (str(Path(run_dir) / "datasets") if run_dir else "")
-        self.chat = ChatBackend(client, base_model) if base_model else None
+        self.chat = ChatBackend(client, base_model, bases=bases) if base_model else None
+        # predictions run on the default base: with several, another base's adapter is refused
+        self.strict_predict = self.chat is not None and self.chat.several
 
     def info(self) -> dict[str, Any]:
         dataset_dir = self.dataset_dir
@@ -372,7 +381,7 @@ class WebApi:
                 max_tokens=_int(body, "max_tokens") or 128,
                 temperature=_float(body, "temperature") if body.get("temperature") else 0.0,
                 reward_function=str(body.get("reward_function") or ""),
-                lang=str(body.get("lang") or "en"),
+                lang=str(body.get("lang") or "en"), strict_base=self.strict_predict,
             )  # fmt: skip
         except UnknownModel as exc:
             raise WebError(404, str(exc)) from None
@@ -413,10 +422,11 @@ def create_app(
     base_model: str = "",
     token: str = "",
     dataset_dir: str = "",
+    bases: Sequence[Base] = (),
 ) -> FastAPI:
     """The app. ``token`` (when set) is required on every /api call as ``Bearer <token>``;
     ``dataset_dir`` is the registry the Train form starts with (default: the run's datasets)."""
-    web = WebApi(client, run_dir, base_model, dataset_dir)
+    web = WebApi(client, run_dir, base_model, dataset_dir, bases)
     app = FastAPI(title="llamafleet web", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.middleware("http")
