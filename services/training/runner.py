@@ -83,8 +83,9 @@ class EventReporter:
         for name, value in record.items():
             if "/" in name:  # stage-specific, e.g. "eval_rewards/accuracy"
                 m.extra[name] = value
-        if record.get("eval_only"):
-            m.eval_loss = record["eval_loss"]
+        if record.get("eval_only"):  # an evaluation: eval loss and/or benchmark accuracies
+            if "eval_loss" in record:
+                m.eval_loss = record["eval_loss"]
         else:
             m.epoch = record["epoch"]
             m.loss = record["loss"]

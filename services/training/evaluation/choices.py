@@ -18,6 +18,7 @@ LLaMA-Factory draws the few-shot examples by a shuffle of the dev split; here th
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +137,13 @@ def load_task(task_dir: Path, task: str, split: str) -> list[Subject]:
             )
         )
     return subjects
+
+
+def first_questions(subjects: list[Subject], n: int | None) -> list[Subject]:
+    """Each subject with only its first ``n`` questions (None = all)."""
+    if n is None:
+        return subjects
+    return [dataclasses.replace(s, questions=s.questions[:n]) for s in subjects]
 
 
 def _turn(template: EvalTemplate, q: Question) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import shutil
 import sys
 import uuid
@@ -17,11 +16,8 @@ from llamafleet.training.v1 import training_service_pb2 as api
 
 from services.common.errors import FailedPrecondition, InvalidArgument, invalid
 from services.training.config import TrainingConfig
-from services.training.evaluation import choices
 from services.training.jobs import access
-
-MAX_N_SHOT = 25
-_TASK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+from services.training.spec import benchmark as options
 
 
 def benchmark_request(request: api.RunBenchmarkRequest, config: TrainingConfig, manager) -> dict:
@@ -33,17 +29,12 @@ def benchmark_request(request: api.RunBenchmarkRequest, config: TrainingConfig, 
     reads = access.model_roots(config)
     base = reads.resolve(request.base_model, "base_model", "dir")
     task_dir = reads.resolve(request.task_dir, "task_dir", "dir")
-    if not _TASK.match(request.task):
-        raise invalid("task", "a folder name under task_dir ([A-Za-z0-9_.-], e.g. mmlu)")
     split = request.split or "validation"
-    if split not in choices.SPLIT_FOLDERS:
-        raise invalid("split", f"one of {', '.join(choices.SPLIT_FOLDERS)}")
     n_shot = request.n_shot if request.HasField("n_shot") else 5
-    if not 0 <= n_shot <= MAX_N_SHOT:
-        raise invalid("n_shot", f"must be in 0..{MAX_N_SHOT}")
     lang = request.lang or "en"
-    if lang not in choices.EVAL_TEMPLATES:
-        raise invalid("lang", f"one of {', '.join(choices.EVAL_TEMPLATES)}")
+    bad = options.option_violations(request.task, split, n_shot, lang)
+    if bad:
+        raise invalid(*bad[0])
     save_dir = ""
     if request.save_dir:
         save_dir = str(access.write_roots(config).resolve_for_write(request.save_dir, "save_dir"))

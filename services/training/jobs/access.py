@@ -3,6 +3,8 @@
 Paths (DESIGN.md section 6, trust model; the mechanics are ``services.common.roots``):
 - ``spec.base_model`` is read only under ``model_roots`` (every entry of the folder checked, so
   a symlink inside cannot lead out);
+- ``spec.eval_benchmark.task_dir`` is read under ``model_roots`` too (as ``RunBenchmark``'s), and
+  ``spec.eval_benchmark.save_dir`` written under ``export_roots``;
 - ``spec.output_dir`` and ``ExportModel.output_dir`` are written only under ``export_roots`` (a
   relative path goes under the first of them), never inside the jobs folder (the service's own:
   a job's output there could land in another job's folder);
@@ -136,6 +138,29 @@ def resolve_paths(
         else:
             roots.check_folder(folder, "spec.adapter_path")
             out.adapter_path = str(folder)
+    bench = spec.eval_benchmark
+    if bench.task_dir:  # the benchmark scored during training: read like RunBenchmark's
+        try:
+            folder = model_roots(config).resolve(
+                bench.task_dir, "spec.eval_benchmark.task_dir", "dir"
+            )
+        except PermissionDenied:
+            raise
+        except InvalidArgument as err:
+            pending += err.violations
+        else:
+            out.eval_benchmark.task_dir = str(folder)
+    if bench.save_dir:
+        try:
+            target = write_roots(config).resolve_for_write(
+                bench.save_dir, "spec.eval_benchmark.save_dir"
+            )
+        except PermissionDenied:
+            raise
+        except InvalidArgument as err:
+            pending += err.violations
+        else:
+            out.eval_benchmark.save_dir = str(target)
     if spec.output_dir:
         try:
             target = write_roots(config).resolve_for_write(spec.output_dir, "spec.output_dir")

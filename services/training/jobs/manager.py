@@ -213,6 +213,14 @@ class JobManager:
                 "the training job spec is invalid", reason="INVALID_JOB_SPEC", violations=unresolved
             )
         self._validator(spec)
+        address = self.config.data_address.strip()
+        if spec.HasField("eval_benchmark") and (not address or address.startswith("file://")):
+            raise FailedPrecondition(
+                "spec.eval_benchmark: benchmark prompts are rendered by the data service, and "
+                "this training service has no data service (data_address "
+                f"{address or 'empty'}); set LLAMAFLEET_TRAINING_DATA_ADDRESS",
+                reason="NO_DATA_SERVICE",
+            )
         if spec.stage in (pb.STAGE_PPO, pb.STAGE_GRPO) and not self.config.redis_url:
             raise FailedPrecondition(
                 f"{pb.Stage.Name(spec.stage)} reaches the rollout and reward workers through Redis, and this training "

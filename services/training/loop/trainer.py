@@ -34,6 +34,7 @@ from transformers import set_seed
 
 from services.training.loop import checkpoints
 from services.training.loop.batches import BatchSource, StreamRequest
+from services.training.loop.benchmark import open_benchmark
 from services.training.loop.distributed import World, all_reduce_sum, barrier, build_engine
 from services.training.loop.metrics import MetricsWriter, plot_loss_curve
 from services.training.loop.step_loss import Layout, StepInputs, StepLoss, StepModels
@@ -140,6 +141,13 @@ class Trainer:
             model, optimizer, scheduler, models.grad_scaler(s, self.device), s, self.world
         )
         self.has_eval = self.source.has_eval()
+        self.benchmark = None  # spec.eval_benchmark, scored by rank 0 at each evaluation
+        if s.eval_benchmark is not None and self.world.is_main:
+            tokenizer = models.load_tokenizer(s)
+            self.benchmark = open_benchmark(
+                s.eval_benchmark, self.source, s.base_model, tokenizer, self.output_dir
+            )
+        self.evaluates = self.has_eval or s.eval_benchmark is not None
         latest = checkpoints.resume_point(self.job_dir, s)
         if latest is not None:
             self._resume(latest)
@@ -242,7 +250,7 @@ class Trainer:
             if self.step % s.logging_steps == 0 or self.step == self.total_steps:
                 self._log(window, grad_norm, step_times)
                 window = {"loss": 0.0, "count": 0.0, "tokens": 0.0, "start": time.perf_counter()}
-            if self.has_eval and (
+            if self.evaluates and (
                 (s.eval_steps and self.step % s.eval_steps == 0)
                 or (not s.eval_steps and epoch_done)
             ):
@@ -288,9 +296,26 @@ class Trainer:
             self.report.metrics(record)
 
     @torch.no_grad()
-    def evaluate(self, log: bool = False) -> float:
-        """Unit-mean loss over the eval split (all ranks), with the loss's metrics per unit."""
+    def evaluate(self, log: bool = False) -> float | None:
+        """Unit-mean loss over the eval split (all ranks), with the loss's metrics per unit, and
+        the benchmark's accuracies (``spec.eval_benchmark``, rank 0) when the job names one."""
         self.model.eval()
+        self.last_eval_metrics = {}
+        if self.has_eval:
+            self._evaluate_loss()
+        if self.benchmark is not None:
+            with self._autocast():
+                self.last_eval_metrics.update(self.benchmark(self.model, self.step))
+        barrier(self.world)  # the other ranks wait for rank 0's benchmark
+        self.model.train()
+        self.evaluated_step = self.step
+        if log and self.world.is_main:
+            record = {"step": self.step, **self.last_eval_metrics}
+            self.writer.write(record)
+            self.report.metrics({**record, "eval_only": True})
+        return self.last_eval_loss
+
+    def _evaluate_loss(self) -> None:
         names = self.loss.metrics
         self._metric_sums = dict.fromkeys(names, 0.0)
         total, count = 0.0, 0.0
@@ -299,21 +324,14 @@ class Trainer:
             total, count = total + float(loss_sum), count + n
         sums = [self._metric_sums[name] for name in names]
         total, count, *sums = all_reduce_sum([total, count, *sums], self.world)
-        self.model.train()
         self.last_eval_loss = total / max(count, 1.0)
-        self.evaluated_step = self.step
-        self.last_eval_metrics = {"eval_loss": self.last_eval_loss}
+        self.last_eval_metrics["eval_loss"] = self.last_eval_loss
         for name, value in zip(names, sums, strict=True):
             self.last_eval_metrics[f"eval_{name}"] = value / max(count, 1.0)
-        if log and self.world.is_main:
-            record = {"step": self.step, **self.last_eval_metrics}
-            self.writer.write(record)
-            self.report.metrics({**record, "eval_only": True})
-        return self.last_eval_loss
 
     def evaluate_if_stale(self) -> None:
         """The final evaluation of a recipe, unless the loop just evaluated this step."""
-        if self.has_eval and self.evaluated_step != self.step:
+        if self.evaluates and self.evaluated_step != self.step:
             self.evaluate(log=True)
 
     # --- saving -------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ def run(
     )
     trainer.setup()  # model (+ LoRA), optimizer, schedule, engine, resume state
     result = trainer.train()  # steps, logging, eval, checkpoints
-    if result.state == "SUCCEEDED" and trainer.has_eval:
-        trainer.evaluate(log=True)
+    if result.state == "SUCCEEDED":
+        trainer.evaluate_if_stale()  # eval loss and benchmark of the final model
     trainer.save_outputs()  # final adapter or model, loss curve
     return result

@@ -215,6 +215,9 @@ class Settings:
     neftune_alpha: float = 0.0  # NEFTune noise on the input embeddings (0 = off)
     optim: str = "adamw_torch"  # Transformers' optim name
     report_to: tuple[str, ...] = ()  # experiment trackers beside the job's own files
+    # the benchmark scored at each evaluation: evaluation.__main__.run_benchmark's request
+    # (task_dir, task, split, n_shot, lang, template, max_questions) plus save_dir; None = none
+    eval_benchmark: dict | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -226,6 +229,22 @@ def base_model_dtype(base_model: str) -> str | None:
         return None
     dtype = config.get("dtype") or config.get("torch_dtype")
     return str(dtype) if dtype else None
+
+
+def _eval_benchmark(spec: tpb.TrainingJobSpec) -> dict | None:
+    if not spec.HasField("eval_benchmark"):
+        return None
+    bench = spec.eval_benchmark
+    return {
+        "task_dir": bench.task_dir,
+        "task": bench.task,
+        "split": bench.split or "validation",
+        "n_shot": bench.n_shot if bench.HasField("n_shot") else 5,
+        "lang": bench.lang or "en",
+        "template": bench.template,
+        "max_questions": bench.max_questions if bench.HasField("max_questions") else None,
+        "save_dir": bench.save_dir,
+    }
 
 
 def settings(spec: tpb.TrainingJobSpec, device: str = "cpu") -> Settings:
@@ -336,6 +355,7 @@ def settings(spec: tpb.TrainingJobSpec, device: str = "cpu") -> Settings:
         neftune_alpha=hp.neftune_noise_alpha if hp.HasField("neftune_noise_alpha") else 0.0,
         optim=hp.optim or "adamw_torch",
         report_to=tuple(r for r in spec.report_to if r != "none"),
+        eval_benchmark=_eval_benchmark(spec),
     )
 
 

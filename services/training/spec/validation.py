@@ -17,6 +17,7 @@ from llamafleet.training.v1 import training_pb2 as tpb
 from services.common.errors import FieldViolation, InvalidArgument, Unimplemented
 from services.training.spec import devices
 from services.training.spec.architecture import check_architecture
+from services.training.spec.benchmark import option_violations
 from services.training.spec.normalize import pickle_only
 from services.training.spec.settings import (
     OPTIMIZERS,
@@ -48,6 +49,38 @@ def _check_report_to(spec: tpb.TrainingJobSpec, check) -> None:
         elif importlib.util.find_spec(TRACKER_MODULES[name]) is None:
             check(False, path, f"{name} is not installed on the training machine "
                                "(pip install 'llamafleet[trackers]')")  # fmt: skip
+
+
+BENCHMARK_STAGES = (tpb.STAGE_PT, tpb.STAGE_SFT, tpb.STAGE_DPO, tpb.STAGE_KTO)
+
+
+def _check_eval_benchmark(spec: tpb.TrainingJobSpec, check) -> None:
+    """The options of the benchmark scored at each evaluation (RunBenchmark's checks)."""
+    if not spec.HasField("eval_benchmark"):
+        return
+    bench, path = spec.eval_benchmark, "spec.eval_benchmark."
+    check(bool(bench.task_dir), path + "task_dir", "required: the folder holding the benchmark")
+    n_shot = bench.n_shot if bench.HasField("n_shot") else 5
+    for field, message in option_violations(
+        bench.task, bench.split or "validation", n_shot, bench.lang or "en"
+    ):
+        check(False, path + field, message)
+    check(not bench.HasField("max_questions") or bench.max_questions > 0,
+          path + "max_questions", "must be > 0 (unset = every question)")  # fmt: skip
+    check(
+        spec.stage in BENCHMARK_STAGES,
+        "spec.eval_benchmark",
+        f"{tpb.Stage.Name(spec.stage)} has no evaluation points to score a benchmark at; "
+        "stages STAGE_PT, STAGE_SFT, STAGE_DPO and STAGE_KTO can",
+    )
+    dist = spec.distributed
+    zero3 = dist.backend == tpb.DISTRIBUTED_BACKEND_DEEPSPEED and dist.deepspeed_zero_stage == 3
+    check(
+        not (zero3 and dist.world_size > 1),
+        "spec.eval_benchmark",
+        "the benchmark is scored on rank 0 alone, and under ZeRO-3 rank 0 holds a shard of the "
+        "weights; use ZeRO-2 or DDP, or RunBenchmark on the job's adapter versions",
+    )
 
 
 def _check_chain(spec: tpb.TrainingJobSpec, check) -> None:
@@ -236,6 +269,7 @@ def validate(spec: tpb.TrainingJobSpec) -> None:
         "applies to PREFERENCE_LOSS_SIGMOID only",
     )
     _check_report_to(spec, check)
+    _check_eval_benchmark(spec, check)
     hp_ = spec.hyperparameters
     if hp_.HasField("neftune_noise_alpha"):
         alpha = hp_.neftune_noise_alpha

@@ -450,7 +450,7 @@ class PpoConfig(_message.Message):
     def __init__(self, sampling: _Optional[_Union[_rollout_pb2.SamplingParams, _Mapping]] = ..., reward_scorer: _Optional[str] = ..., reward_adapter: _Optional[_Union[_common_pb2.AdapterRef, _Mapping]] = ..., rollout_batch_size: _Optional[int] = ..., ppo_epochs: _Optional[int] = ..., kl_coef: _Optional[float] = ..., adaptive_kl: _Optional[bool] = ..., kl_target: _Optional[float] = ..., kl_horizon: _Optional[int] = ..., gae_gamma: _Optional[float] = ..., gae_lambda: _Optional[float] = ..., clip_range: _Optional[float] = ..., value_clip_range: _Optional[float] = ..., value_loss_coef: _Optional[float] = ..., max_staleness: _Optional[int] = ..., whiten_rewards: _Optional[bool] = ..., reward_settings: _Optional[_Union[_common_pb2.RewardSettings, _Mapping]] = ...) -> None: ...
 
 class TrainingJobSpec(_message.Message):
-    __slots__ = ("job_id", "base_model", "dataset", "eval_dataset", "stage", "finetuning", "hyperparameters", "compute_dtype", "attention_implementation", "distributed", "preference", "ppo", "resume", "output_dir", "init_adapter", "trust_remote_code", "rope_scaling", "max_context_length", "grpo", "resume_from_checkpoint", "adapter_path", "create_new_adapter", "report_to")
+    __slots__ = ("job_id", "base_model", "dataset", "eval_dataset", "stage", "finetuning", "hyperparameters", "compute_dtype", "attention_implementation", "distributed", "preference", "ppo", "resume", "output_dir", "init_adapter", "trust_remote_code", "rope_scaling", "max_context_length", "grpo", "resume_from_checkpoint", "adapter_path", "create_new_adapter", "report_to", "eval_benchmark")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
@@ -474,6 +474,7 @@ class TrainingJobSpec(_message.Message):
     ADAPTER_PATH_FIELD_NUMBER: _ClassVar[int]
     CREATE_NEW_ADAPTER_FIELD_NUMBER: _ClassVar[int]
     REPORT_TO_FIELD_NUMBER: _ClassVar[int]
+    EVAL_BENCHMARK_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     base_model: str
     dataset: DatasetRef
@@ -497,7 +498,28 @@ class TrainingJobSpec(_message.Message):
     adapter_path: str
     create_new_adapter: bool
     report_to: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, job_id: _Optional[str] = ..., base_model: _Optional[str] = ..., dataset: _Optional[_Union[DatasetRef, _Mapping]] = ..., eval_dataset: _Optional[_Union[DatasetRef, _Mapping]] = ..., stage: _Optional[_Union[Stage, str]] = ..., finetuning: _Optional[_Union[FinetuningConfig, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., compute_dtype: _Optional[_Union[ComputeDtype, str]] = ..., attention_implementation: _Optional[_Union[AttentionImplementation, str]] = ..., distributed: _Optional[_Union[DistributedConfig, _Mapping]] = ..., preference: _Optional[_Union[PreferenceConfig, _Mapping]] = ..., ppo: _Optional[_Union[PpoConfig, _Mapping]] = ..., resume: _Optional[bool] = ..., output_dir: _Optional[str] = ..., init_adapter: _Optional[_Union[_common_pb2.AdapterRef, _Mapping]] = ..., trust_remote_code: _Optional[bool] = ..., rope_scaling: _Optional[_Union[RopeScalingType, str]] = ..., max_context_length: _Optional[int] = ..., grpo: _Optional[_Union[GrpoConfig, _Mapping]] = ..., resume_from_checkpoint: _Optional[str] = ..., adapter_path: _Optional[str] = ..., create_new_adapter: _Optional[bool] = ..., report_to: _Optional[_Iterable[str]] = ...) -> None: ...
+    eval_benchmark: EvalBenchmark
+    def __init__(self, job_id: _Optional[str] = ..., base_model: _Optional[str] = ..., dataset: _Optional[_Union[DatasetRef, _Mapping]] = ..., eval_dataset: _Optional[_Union[DatasetRef, _Mapping]] = ..., stage: _Optional[_Union[Stage, str]] = ..., finetuning: _Optional[_Union[FinetuningConfig, _Mapping]] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., compute_dtype: _Optional[_Union[ComputeDtype, str]] = ..., attention_implementation: _Optional[_Union[AttentionImplementation, str]] = ..., distributed: _Optional[_Union[DistributedConfig, _Mapping]] = ..., preference: _Optional[_Union[PreferenceConfig, _Mapping]] = ..., ppo: _Optional[_Union[PpoConfig, _Mapping]] = ..., resume: _Optional[bool] = ..., output_dir: _Optional[str] = ..., init_adapter: _Optional[_Union[_common_pb2.AdapterRef, _Mapping]] = ..., trust_remote_code: _Optional[bool] = ..., rope_scaling: _Optional[_Union[RopeScalingType, str]] = ..., max_context_length: _Optional[int] = ..., grpo: _Optional[_Union[GrpoConfig, _Mapping]] = ..., resume_from_checkpoint: _Optional[str] = ..., adapter_path: _Optional[str] = ..., create_new_adapter: _Optional[bool] = ..., report_to: _Optional[_Iterable[str]] = ..., eval_benchmark: _Optional[_Union[EvalBenchmark, _Mapping]] = ...) -> None: ...
+
+class EvalBenchmark(_message.Message):
+    __slots__ = ("task_dir", "task", "split", "n_shot", "lang", "template", "max_questions", "save_dir")
+    TASK_DIR_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    N_SHOT_FIELD_NUMBER: _ClassVar[int]
+    LANG_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUESTIONS_FIELD_NUMBER: _ClassVar[int]
+    SAVE_DIR_FIELD_NUMBER: _ClassVar[int]
+    task_dir: str
+    task: str
+    split: str
+    n_shot: int
+    lang: str
+    template: str
+    max_questions: int
+    save_dir: str
+    def __init__(self, task_dir: _Optional[str] = ..., task: _Optional[str] = ..., split: _Optional[str] = ..., n_shot: _Optional[int] = ..., lang: _Optional[str] = ..., template: _Optional[str] = ..., max_questions: _Optional[int] = ..., save_dir: _Optional[str] = ...) -> None: ...
 
 class TrainingMetrics(_message.Message):
     __slots__ = ("step", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_second", "eta", "eval_loss", "extra")
