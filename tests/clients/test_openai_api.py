@@ -8,9 +8,10 @@ Conformance, item by item: models (list, retrieve, 404 model_not_found), errors 
 with the right ``param`` (body validation as OpenAI bounds it, service-side violations, non-JSON
 bodies, unknown routes, wrong methods), ``stream_options.include_usage``, ``logprobs`` /
 ``top_logprobs`` checked against a transformers forward, ``/v1/completions`` checked against
-transformers' greedy ``generate``, ``response_format`` refused on the hf engine (the vLLM side is
-tests/rollout/test_vllm_engine.py), and tool calls: the model's text is scripted there (a tiny
-model writes no calls), everything else (the data service's parser, the HTTP and the SDK) is real.
+transformers' greedy ``generate``, ``response_format`` and a forced ``tool_choice`` refused on the
+hf engine (the vLLM side is tests/rollout/test_vllm_engine.py and test_vllm_tool_choice.py), and
+tool calls: the model's text is scripted there (a tiny model writes no calls), everything else
+(the data service's parser, the HTTP and the SDK) is real.
 """
 
 from __future__ import annotations
@@ -493,8 +494,8 @@ def _scripted_api(api, text, tool_format="qwen", template=""):
 
 def _ask(client, **kw):
     return client.chat.completions.create(
-        model="base", messages=[{"role": "user", "content": "Weather in Paris?"}], tools=TOOLS,
-        **kw,
+        model="base", messages=[{"role": "user", "content": "Weather in Paris?"}],
+        **{"tools": TOOLS, **kw},
     )  # fmt: skip
 
 
@@ -546,16 +547,87 @@ def test_tool_calls_are_parsed_with_the_template_tool_format(api):
     )
 
 
-def test_tool_choice_forcing_and_a_server_without_a_tool_format_are_refused(api):
-    client = _scripted_api(api, CALL_TEXT)
-    for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
+def test_tool_choice_forcing_is_refused_on_an_engine_without_constrained_decoding(api):
+    """The real cluster's engine is hf: a forced call needs constrained decoding, so 400 naming
+    tool_choice, the engine and the one that has it; the request is checked before that."""
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    for choice in ("required", named):
         with pytest.raises(openai.BadRequestError) as err:
-            _ask(client, tool_choice=choice)
+            _ask(api, tool_choice=choice)  # no --tool-format needed: nothing is parsed
+        assert err.value.body["param"] == "tool_choice"
+        message = err.value.body["message"]
+        assert "constrained decoding" in message and "hf engine" in message and "vllm" in message
+        with pytest.raises(openai.BadRequestError) as err:
+            _ask(api, tool_choice=choice, stream=True)
         assert err.value.body["param"] == "tool_choice"
     with pytest.raises(openai.BadRequestError) as err:
-        _ask(api)  # the real server was started without --tool-format
+        _ask(api, tool_choice={"type": "function", "function": {"name": "get_time"}})
+    assert err.value.body["param"] == "tool_choice" and "get_weather" in err.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as err:
+        _ask(api, tool_choice="required", response_format={"type": "json_object"})
+    assert err.value.body["param"] == "response_format"
+    with pytest.raises(openai.BadRequestError) as err:
+        _ask(api)  # tool_choice auto: the real server was started without --tool-format
     assert err.value.body["param"] == "tools"
     assert "--tool-format" in err.value.body["message"]
+
+
+class _Recording(_ScriptedRollout):
+    def Generate(self, request, timeout=None):
+        self.request = request
+        return super().Generate(request, timeout)
+
+
+def test_forced_tool_choice_sends_the_call_schema_and_reads_the_json_back(api):
+    """What the engine is asked for (the call's JSON Schema as structured output, as vLLM's
+    server builds it) and how its JSON output becomes tool_calls, the engine scripted (the real
+    vLLM side: tests/clients/test_openai_tool_choice_vllm.py)."""
+    import jsonschema
+
+    def client_for(text):
+        backend = _Scripted(api.client, text)
+        backend.rollout = _Recording(text)
+        app = create_app(backend, api.base_path)  # no tool format: nothing is parsed
+        http = TestClient(app)
+        return backend.rollout, openai.OpenAI(
+            base_url="http://testserver/v1", api_key="x", http_client=http, max_retries=0
+        )
+
+    two = [*TOOLS, {"type": "function", "function": {"name": "now"}}]
+    text = '[{"name": "get_weather", "parameters": {"city": "Paris"}}, {"name": "now", ' \
+        '"parameters": {}}]'  # fmt: skip
+    rollout, client = client_for(text)
+    choice = _ask(client, tools=two, tool_choice="required").choices[0]
+    schema = json.loads(rollout.request.sampling.structured_output.json_schema)
+    jsonschema.validate(json.loads(text), schema)
+    for bad in ([], [{"name": "get_weather", "parameters": {}}], [{"name": "x", "parameters": {}}]):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in
+            choice.message.tool_calls] == [("get_weather", {"city": "Paris"}), ("now", {})]  # fmt: skip
+    _ask(client, tools=two, tool_choice="required", parallel_tool_calls=False)
+    assert json.loads(rollout.request.sampling.structured_output.json_schema)["maxItems"] == 1
+
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    rollout, client = client_for('{"city": "Lyon"}')
+    (call,) = _ask(client, tool_choice=named).choices[0].message.tool_calls
+    assert (call.function.name, json.loads(call.function.arguments)) == (
+        "get_weather", {"city": "Lyon"}
+    )  # fmt: skip
+    schema = json.loads(rollout.request.sampling.structured_output.json_schema)
+    assert schema == TOOLS[0]["function"]["parameters"]
+    chunks = list(_ask(client, tool_choice=named, stream=True))
+    deltas = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []]
+    assert [(d.index, d.function.name, d.function.arguments) for d in deltas] == [
+        (0, "get_weather", '{"city": "Lyon"}')
+    ]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+    # output that is not the whole JSON (cut short) is no call: the text stays the content
+    _, client = client_for('{"city": "Ly')
+    cut = _ask(client, tool_choice=named).choices[0]
+    assert cut.message.tool_calls is None and cut.message.content == '{"city": "Ly'
 
 
 # --- evaluation: predictions through the fleet ------------------------------------------------

@@ -22,8 +22,9 @@ What follows OpenAI's API reference, and how:
   with (``--tool-format``, or the tool format of the ``--template`` it renders with); calls become ``tool_calls`` with ``finish_reason: "tool_calls"``.
   A stream with tools holds each sequence's text until it ends (a call is recognised only whole),
   then sends the calls as OpenAI streams them (one delta per call with id, name and arguments).
-  ``tool_choice`` ``"required"`` or a named function would need the output constrained to a call,
-  which no engine here does for the text tool formats: refused with 400 (param ``tool_choice``).
+  ``tool_choice`` ``"required"`` or a named function: the output is constrained to a JSON Schema
+  of the call(s) (``openai_tools``, as vLLM does) through the engine's structured outputs; an
+  engine without them (hf) answers UNIMPLEMENTED, here a 400 naming ``tool_choice``.
 * ``response_format`` ``json_object`` / ``json_schema``: constrained decoding in the engine (vLLM
   structured outputs); an engine without it (hf) answers UNIMPLEMENTED, here a 400 naming
   ``response_format``.
@@ -59,6 +60,7 @@ from llamafleet.openai_requests import (
     from_rpc,
     validation_error,
 )
+from llamafleet.openai_tools import forced_calls, forced_schema, is_forced
 from llamafleet.rollout.v1 import rollout_pb2, rollout_service_pb2
 
 FINISH = {
@@ -215,17 +217,19 @@ class Gateway:
                 "tool_choice",
                 "invalid_value",
             )
-        if r.tools and r.tool_choice not in (None, "auto", "none"):
+        forced = bool(r.tools) and is_forced(r.tool_choice)
+        if forced and r.response_format is not None and r.response_format.type != "text":
             raise ApiError(
                 400,
-                "'tool_choice' must be 'auto' or 'none' here: forcing a call ('required' or a "
-                "named function) needs the output constrained to the template's tool-call "
-                "format, which llamafleet's engines do not do; use 'auto' and check "
-                "finish_reason == 'tool_calls'",
-                "tool_choice",
-                "unsupported_value",
+                "'response_format' cannot be combined with 'tool_choice' 'required' or a named "
+                "function: both constrain the output (the call's JSON is the output here)",
+                "response_format",
+                "invalid_value",
             )
-        if r.tools and r.tool_choice != "none" and not (self.tool_format or self.template):
+        if forced:  # the call's JSON Schema, enforced like response_format's
+            schema = forced_schema(r.tools, r.tool_choice, r.parallel_tool_calls)
+            sampling.structured_output.json_schema = json.dumps(schema)
+        elif r.tools and r.tool_choice != "none" and not (self.tool_format or self.template):
             raise ApiError(
                 400,
                 "this server reads no tool calls: start `llamafleet api --template NAME` (the "
@@ -276,6 +280,8 @@ class Gateway:
         sampling = self._chat_sampling(r)
         messages = [m.model_dump(exclude_none=True) for m in r.messages]
         names = {"max_tokens": "max_completion_tokens" if r.max_completion_tokens else "max_tokens"}
+        if r.tools and is_forced(r.tool_choice):
+            names["structured"] = "tool_choice"
         return self._run(
             lambda: self.backend.generate(r.model, messages, sampling, r.tools), names
         ), names
@@ -297,10 +303,10 @@ class Gateway:
     def tool_calls(self, r: ChatCompletionRequest, text: str) -> list[dict[str, Any]]:
         if not r.tools or r.tool_choice == "none":
             return []
-        try:
-            calls = self.backend.parse_tool_calls(text, self.tool_format)
-        except RpcError as err:
-            raise from_rpc(err, "tools") from None
+        if is_forced(r.tool_choice):
+            calls = forced_calls(r.tool_choice, text)
+        else:
+            calls = self._parsed_calls(text)
         return [
             {
                 "id": f"call_{uuid.uuid4().hex[:24]}",
@@ -309,6 +315,14 @@ class Gateway:
             }
             for name, arguments in calls
         ]
+
+    def _parsed_calls(self, text: str) -> list[tuple[str, str]]:
+        """Calls in the model's own text, read by the data service in the tool format."""
+        try:
+            calls = self.backend.parse_tool_calls(text, self.tool_format)
+        except RpcError as err:
+            raise from_rpc(err, "tools") from None
+        return list(calls)
 
     def chat(self, r: ChatCompletionRequest) -> dict[str, Any]:
         replies, names = self.chat_stream(r)

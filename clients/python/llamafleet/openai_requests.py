@@ -151,9 +151,18 @@ _RPC_PARAMS = (
 )
 
 
-def rpc_param(field_path: str, prompt_field: str = "messages", max_tokens: str = "max_tokens"):
+def rpc_param(
+    field_path: str,
+    prompt_field: str = "messages",
+    max_tokens: str = "max_tokens",
+    structured: str = "response_format",
+):
+    """The OpenAI field a service's field path came from; ``structured``: the one that asked
+    for constrained output (``response_format``, or ``tool_choice`` forcing a call)."""
     for prefix, param in _RPC_PARAMS:
         if field_path.startswith(prefix):
+            if param == "response_format":
+                return structured
             if prefix == "sampling.":
                 return field_path[len(prefix) :].split(".")[0].split("[")[0]
             if param == "messages":
@@ -168,6 +177,10 @@ def from_rpc(err: RpcError, param: str | None = None, **names: str) -> ApiError:
     detail = err.message + "".join(f"; {f}: {d}" for f, d in err.violations)
     if param is None and err.violations:
         param = rpc_param(err.violations[0][0], **names)
+        if param == "tool_choice":
+            detail = (
+                "tool_choice 'required' or a named function needs constrained decoding: " + detail
+            )
     return ApiError(HTTP_STATUS.get(err.code, 500), detail, param, err.reason.lower() or None)
 
 
