@@ -1,12 +1,13 @@
 """An in-process stand-in for the rollout and reward fleets, for the PPO recipe's unit tests.
 
-``InlineFleet`` has ``RolloutExchange``'s methods. Publishing a task generates its completion at
+``InlineFleet`` has ``RolloutExchange``'s methods. Publishing a task generates its completions at
 once with the rollout service's real ``HFEngine`` (the adapter version it names, loaded from the
 job's ``adapters/v<N>`` folder, as a rollout worker would after ``FetchAdapter``: a LoRA
-adapter, or a full-weights version of a full / freeze GRPO job), scores it with a
-plain Python function of the completion ids, and queues the ``ScoredRollout`` for ``read``. It
-records what was acked. The services' transport is tested end to end elsewhere; this isolates the
-trainer's arithmetic and bookkeeping.
+adapter, or a full-weights version of a full / freeze GRPO job): ``num_samples`` of them for a
+group task, in one request, named and grouped by the rollout worker's own ``sample_ids``. It
+scores each with a plain Python function of the completion ids, queues one ``ScoredRollout`` per
+sample for ``read``, and records what was acked. The services' transport is tested end to end
+elsewhere; this isolates the trainer's arithmetic and bookkeeping.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from llamafleet.rollout.v1 import rollout_pb2
 from services.common.full_weights import is_full_weights
 from services.rollout.engines import GenerationRequest, Sampling, collect
 from services.rollout.engines.hf import HFEngine
+from services.rollout.worker import sample_ids
 from services.training.loop.batches import InMemorySource
 from services.training.ppo.exchange import Received
 
@@ -68,28 +70,44 @@ class InlineFleet:
                 )
                 load(name, folder)
             s = task.sampling
+            ids = sample_ids(task, task.num_samples or 1)  # the worker's ids for its samples
             sampling = Sampling(
                 temperature=s.temperature if s.HasField("temperature") else 1.0,
                 max_tokens=s.max_tokens if s.HasField("max_tokens") else 8,
                 seed=s.seed if s.HasField("seed") else None,
+                n=len(ids),
             )
             request = GenerationRequest(tuple(task.prompt_ids), sampling, name)
-            completion = collect(self.engine.generate(request), 1)[0]
-            rollout = rollout_pb2.Rollout(
-                task=task,
-                completion_ids=completion.token_ids,
-                logprobs=completion.logprobs,
-                engine="hf",
-                adapter_version=task.adapter.version,
-            )
-            ids = list(completion.token_ids)
-            raw = self.score_task(task, ids) if self.score_task else self.score(ids)
-            scored = reward_pb2.ScoredRollout(rollout=rollout, raw_score=raw, normalized_score=raw)
-            self.entries += 1
-            received = Received(f"{self.entries}-0", task.item_id, scored)
-            self.queue.append(received)
-            self.history.append(received)
+            completions = collect(self.engine.generate(request), len(ids))
+            for k, (completion, (item_id, index)) in enumerate(zip(completions, ids, strict=True)):
+                sample = rollout_pb2.RolloutTask()
+                sample.CopyFrom(task)
+                sample.item_id, sample.sample_index = item_id, index
+                rollout = rollout_pb2.Rollout(
+                    task=sample,
+                    completion_ids=completion.token_ids,
+                    logprobs=completion.logprobs,
+                    engine="hf",
+                    adapter_version=task.adapter.version,
+                    group_id=task.item_id,
+                    group_size=len(ids),
+                    group_index=k,
+                )
+                tokens = list(completion.token_ids)
+                raw = self.score_task(sample, tokens) if self.score_task else self.score(tokens)
+                scored = reward_pb2.ScoredRollout(
+                    rollout=rollout, raw_score=raw, normalized_score=raw
+                )
+                self.entries += 1
+                received = Received(f"{self.entries}-0", item_id, scored)
+                self.queue.append(received)
+                self.history.append(received)
         return added
+
+    @property
+    def samples(self) -> int:
+        """Samples asked for by the published tasks (a group task asks for ``num_samples``)."""
+        return sum(t.num_samples or 1 for t in self.published.values())
 
     def published_version(self, step: int, versions: list[int]) -> int | None:
         for version in versions:

@@ -97,8 +97,10 @@ def test_grpo_and_dr_grpo_raise_the_reward_with_groups_of_four(
         assert all(key in r and r[key] == r[key] for r in records), key
     counts = json.loads((job / "output" / "grpo_counts.json").read_text())
     assert counts["trained_groups"] == 12 * 8 and counts["consumed"] == 12 * 8 * 4
-    assert counts["consumed"] == counts["published"] == len(fleet.published)
-    assert len(fleet.acked) == len(set(fleet.acked)) == len(fleet.published)
+    # one group task per prompt (num_samples 4); "published" counts samples
+    assert len(fleet.published) == 12 * 8 and fleet.samples == 12 * 8 * 4
+    assert counts["consumed"] == counts["published"] == fleet.samples
+    assert len(fleet.acked) == len(set(fleet.acked)) == fleet.samples
     assert not (job / "output" / ppo.VALUE_HEAD_FILE).exists()
 
 
@@ -219,7 +221,8 @@ def test_dynamic_sampling_drops_constant_groups_and_refills_counting_exactly(
     assert counts["surplus_groups"] == expected["surplus"]
     assert counts["trained_groups"] == steps * 8
     assert counts["consumed"] == counts["published"] == expected["collected"] * 4
-    assert len(fleet.acked) == len(set(fleet.acked)) == len(fleet.published)
+    assert len(fleet.published) == expected["collected"]  # one group task per prompt
+    assert len(fleet.acked) == len(set(fleet.acked)) == fleet.samples
     records = metrics(job)
     for r, (zero, rounds) in zip(records, per_step, strict=True):
         assert r["grpo/dropped_groups"] == zero and r["grpo/refill_rounds"] == rounds
@@ -331,7 +334,7 @@ class DeadLetterFleet(InlineFleet):
     def dead_letters(self):
         from services.training.ppo.exchange import DeadTask
 
-        dead = [i for i in self.published if i.endswith(":0:1:2")]
+        dead = [r.item_id for r in self.history if r.item_id.endswith(":0:1:2")]
         return [DeadTask(i, "reward", "5", "scorer raised ValueError: bad") for i in dead]
 
 
@@ -359,6 +362,6 @@ def test_off_policy_within_max_staleness_weights_by_the_engine_ratio(
     records = metrics(job)
     assert abs(records[0]["grpo/engine_ratio"] - 1.0) < 1e-3  # step 0: v1 generated, v1 trains
     assert any(abs(r["grpo/engine_ratio"] - 1.0) > 1e-3 for r in records[1:])
-    assert sum(t.adapter.version == 1 for t in fleet.published.values()) == 2 * 8 * 4
+    assert sum(t.adapter.version == 1 for t in fleet.published.values()) == 2 * 8
     counts = json.loads((job / "output" / "grpo_counts.json").read_text())
     assert counts["trained_groups"] == 4 * 8 and counts["consumed"] == 4 * 8 * 4

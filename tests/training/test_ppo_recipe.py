@@ -78,11 +78,14 @@ def test_ppo_raises_a_reward_the_sft_model_meets_only_sometimes(yes_no_model, to
     assert last > first + 0.25, rewards
     # the trainer recomputes exactly what the engine reported (same weights, float32)
     assert all(abs(r["ppo/engine_ratio"] - 1.0) < 1e-3 for r in records)
-    # every task was generated once, consumed once, and acked once (after its checkpoint)
-    assert len(fleet.published) == 12 * 8 * 4
-    assert len(fleet.acked) == len(set(fleet.acked)) == len(fleet.published)
+    # one group task per prompt; every sample was generated once, consumed once, and acked once
+    # (after its checkpoint)
+    assert len(fleet.published) == 12 * 8
+    assert {t.num_samples for t in fleet.published.values()} == {4}
+    assert fleet.samples == len(fleet.history) == 12 * 8 * 4
+    assert len(fleet.acked) == len(set(fleet.acked)) == fleet.samples
     counts = json.loads((job / "output" / "ppo_counts.json").read_text())
-    assert counts["consumed"] == counts["published"] == len(fleet.published)
+    assert counts["consumed"] == counts["published"] == fleet.samples
     assert counts["redelivered"] == counts["stray"] == 0
     # one adapter version per update, plus v1 (the untrained LoRA) for the first tasks
     versions = sorted(int(p.name[1:]) for p in (job / "adapters").iterdir())
@@ -106,7 +109,7 @@ def test_a_resumed_trainer_skips_used_rollouts_and_reuses_unacked_ones(
     # but its ack was lost. Redis redelivers every scored rollout of steps 0-3.
     shutil.rmtree(job / "checkpoints" / "step-4")
     by_step = {}
-    for item_id in fleet.published:
+    for item_id in (r.item_id for r in fleet.history):  # the samples' ids
         by_step.setdefault(int(item_id.split(":")[2]), []).append(item_id)
     replay = InlineFleet(yes_no_model, job, yes_first(tokenizer))
     replay.published = dict(fleet.published)

@@ -78,6 +78,7 @@ def test_tasks_ask_the_engines_to_stop_at_the_end_tokens(tmp_path):
     )  # fmt: skip
     planner.open(0, [], fresh=True)
     planner.admit(0, adapter_version=1)
-    assert len(exchange.tasks) == 4
+    assert len(exchange.tasks) == 2  # one group task (num_samples 2) per prompt
+    assert {t.num_samples for t in exchange.tasks} == {2}
     assert {tuple(t.sampling.stop_token_ids) for t in exchange.tasks} == {(1, 3, 5)}
     assert {t.sampling.max_tokens for t in exchange.tasks} == {4}

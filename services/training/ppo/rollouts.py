@@ -12,6 +12,22 @@ trainer hands it the step and the policy's adapter version as arguments:
   checkpoint) is re-published under that version, so its tasks are de-duplicated, not doubled.
   Every task asks the engines to stop at the trainer's end tokens (``stop_token_ids``: the
   template's end of turn and the base model's eos), where its episode will end.
+- **Groups.** A prompt's ``samples_per_prompt`` samples go out as ONE task with
+  ``num_samples`` = n (``sample_index`` 0, the id of its sample 0): the rollout worker makes it one
+  engine request with n samples and names sample k ``...:<prompt>:k``, exactly the ids of the n
+  one-sample tasks this planner used to publish, so ``collect`` waits for the same ids (above
+  ``MAX_GROUP`` samples, ``group_size`` splits them into equal groups, task j naming samples
+  ``j * size .. j * size + size - 1``). With a seed, each task's seed is distinct and
+  reproducible, and the engine draws the group's samples from one generator seeded with it, so
+  they are distinct samples. ``counts.published`` counts samples (scored rollouts expected),
+  not tasks, so it still equals ``consumed`` once every step is trained.
+  A group is generated and committed atomically (one worker commit publishes all n rollouts,
+  once: the commit marks the task done), so the n samples a step trains on normally come from
+  one delivery. Should a task ever be generated twice (its done mark lost, e.g. a Redis failover),
+  ``collect`` keeps the first copy of each sample id, so a group may mix samples of two
+  deliveries. That is accepted: both deliveries sample the same prompt from the same adapter
+  version (the task names it), so the mix is still n independent samples of that policy, and a
+  step still trains on each sample id exactly once and only when all of its ids are in.
 - **Collecting.** ``collect(step)`` waits for one step's scored rollouts through
   ``RolloutExchange``, keeps later steps' for later, skips and acks what a checkpoint had already
   used, never acks early what this run used since its last checkpoint, drops (acks, counts, logs)
@@ -44,6 +60,15 @@ from services.training.spec.settings import Settings
 logger = logging.getLogger(__name__)
 
 WAIT_LOG_S = 10.0  # how often a trainer waiting for rollouts says so
+MAX_GROUP = 16  # samples per task at most: the rollout service's default max_n
+
+
+def group_size(samples_per_prompt: int) -> int:
+    """How many of a prompt's samples one task asks for: all of them, up to ``MAX_GROUP``;
+    above it the largest divisor of ``samples_per_prompt`` that is at most ``MAX_GROUP`` (the
+    worker names sample k of group task j ``j * size + k``, so the groups must be equal)."""
+    return max(d for d in range(1, min(samples_per_prompt, MAX_GROUP) + 1)
+               if samples_per_prompt % d == 0)  # fmt: skip
 
 
 @dataclass
@@ -199,11 +224,12 @@ class RolloutPlanner:
         settings = (
             common_pb2.RewardSettings.FromString(p.reward_settings) if p.reward_settings else None
         )
+        size = group_size(p.samples_per_prompt)
         tasks = []
         for i, prompt in enumerate(plan.prompts):
             if i < first:
                 continue
-            for j in range(p.samples_per_prompt):
+            for j in range(p.samples_per_prompt // size):  # one task per group of ``size``
                 task = rollout_pb2.RolloutTask(
                     item_id=task_id(self.job_id, plan.version, step, i, j),
                     job_id=self.job_id,
@@ -216,8 +242,10 @@ class RolloutPlanner:
                     adapter=common_pb2.AdapterRef(id=self.job_id, version=plan.version),
                     reference_answer=prompt.reference_answer,
                     scorer=p.reward_scorer,
+                    num_samples=size if size > 1 else 0,
                 )
-                if sampling.HasField("seed"):  # distinct, reproducible samples per task
+                if sampling.HasField("seed"):  # distinct, reproducible seeds per task; the
+                    # engine draws a group's samples from one generator seeded with it
                     task.sampling.seed = sampling.seed + step * 1_000_003 + i * 1009 + j
                 if p.reward_adapter:
                     task.reward_adapter.id, task.reward_adapter.version = p.reward_adapter
