@@ -3,7 +3,7 @@
 Real services (``llamafleet.cluster``: redis-server, data, training, reward from the project's
 venv); the rollout worker is the rollout service started from ``.venv-vllm`` with
 ``engine=vllm`` and batching (``worker_max_inflight``), and each PPO task is a group
-(``RolloutTask.num_samples`` is not used by the trainer yet: it publishes one task per sample).
+(``RolloutTask.num_samples``: the trainer publishes one task per prompt, one engine request).
 The job runs its steps; every policy version's adapter is fetched from training and hot-loaded
 into the running vLLM engine (``Rollout.adapter_version`` takes each version the trainer
 publishes, engine ``vllm``), and the trainer reports ``ppo/engine_ratio`` = the mean over tokens

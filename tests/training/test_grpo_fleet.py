@@ -2,13 +2,15 @@
 
 Real ``redis-server``, the data and training services, two rollout workers and a reward worker as
 processes (``llamafleet.cluster``), a STAGE_GRPO job (groups of 4) on the built tiny model after
-the yes/no SFT. During the run a rollout worker is SIGKILLed while it holds tasks (samples of
-groups whose other samples the other worker generates: mid-group), so its samples are redelivered
-after the lease; later the trainer is SIGKILLed and the job resumed from its last checkpoint.
+the yes/no SFT. Each prompt's group is one task (``num_samples`` 4). During the run a rollout
+worker is SIGKILLed while it holds group tasks, so they are redelivered after the lease and their
+groups generated again whole (by the other worker); later the trainer is SIGKILLed and the job
+resumed from its last checkpoint.
 
 The run must finish; the trainer's ``groups.jsonl`` (the last line of each step: the update the
 checkpoint kept) must show every group trained exactly once and only with all 4 samples, and the
-queues' own records one scored rollout per task, nothing pending, nothing dead-lettered.
+queues' own records one scored rollout per sample, every group's samples from one worker, nothing
+pending, nothing dead-lettered.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from llamafleet import cluster
 from llamafleet.reward.v1 import reward_pb2
 from llamafleet.training.v1 import training_pb2 as pb
 from llamafleet.training.v1 import training_service_pb2 as api
-from test_ppo_fleet import ppo_spec, prompts_file, sft_model, wait_state  # noqa: F401
+from test_ppo_fleet import ppo_spec, prompts_file, published, sft_model, wait_state  # noqa: F401
 from test_ppo_fleet_faults import owned_by, wait_until
 
 from services.common import queues
@@ -88,7 +90,7 @@ def test_grpo_groups_survive_a_rollout_worker_and_trainer_sigkill(sft_model, tmp
             if done >= 1 and "killed_rollout" not in events:
                 pid = state.services["rollout"].pid
                 held = wait_until(lambda: owned_by(r, pid), 120, "the worker to hold tasks")  # noqa: B023
-                os.kill(pid, signal.SIGKILL)  # mid-group: its samples come back after the lease
+                os.kill(pid, signal.SIGKILL)  # its group tasks come back after the lease, whole
                 events["killed_rollout"] = len(held)
             if done >= 3 and "killed_trainer" not in events:
                 pid_file = run / "jobs" / JOB / "runner.pid"
@@ -105,11 +107,7 @@ def test_grpo_groups_survive_a_rollout_worker_and_trainer_sigkill(sft_model, tmp
         assert sorted(by_step) == list(range(1, STEPS + 1))
         groups = [gid for step in sorted(by_step) for gid in by_step[step]]
         whole = [sorted(s) == list(range(SAMPLES)) for st in by_step.values() for s in st.values()]
-        tasks = [
-            f[b"id"].decode()
-            for _, f in r.xrange(queues.ROLLOUT_TASKS)
-            if f[b"id"].decode().startswith(JOB + ":")
-        ]
+        tasks, samples = published(r, JOB)
         scored = [
             reward_pb2.ScoredRollout.FromString(f[b"payload"])
             for _, f in r.xrange(queues.reward_results_stream(JOB))
@@ -118,8 +116,8 @@ def test_grpo_groups_survive_a_rollout_worker_and_trainer_sigkill(sft_model, tmp
         counts = json.loads((run / "jobs" / JOB / "output" / "grpo_counts.json").read_text())
         figures = {
             "groups_trained": len(groups), "distinct_groups": len(set(groups)),
-            "groups_whole": sum(whole), "tasks": len(tasks), "scored": len(scored),
-            "lost": len(set(tasks) - set(ids)), "doubled": len(ids) - len(set(ids)),
+            "groups_whole": sum(whole), "tasks": len(tasks), "samples": len(samples),
+            "scored": len(scored), "lost": len(set(samples) - set(ids)), "doubled": len(ids) - len(set(ids)),
             "held_by_killed_worker": events["killed_rollout"],
             "trainer_killed_after_step": events["killed_trainer"], "steps_redone": redone,
             **counts,
@@ -127,11 +125,17 @@ def test_grpo_groups_survive_a_rollout_worker_and_trainer_sigkill(sft_model, tmp
         print("FIGURES", json.dumps(figures))
         assert len(groups) == len(set(groups)) == STEPS * PROMPTS  # each group used once
         assert all(whole)  # and only whole
-        assert len(tasks) == len(set(tasks)) == STEPS * PROMPTS * SAMPLES
-        assert sorted(ids) == sorted(tasks)
+        assert len(tasks) == len(set(tasks)) == STEPS * PROMPTS  # one group task per prompt
+        assert len(samples) == len(set(samples)) == STEPS * PROMPTS * SAMPLES
+        assert sorted(ids) == sorted(samples)
         assert set(groups) == {t.rsplit(":", 1)[0] for t in tasks}
+        by_group: dict[str, set[str]] = {}
+        for s in scored:  # a group is generated and committed whole, by one worker
+            assert s.rollout.group_id in tasks and s.rollout.group_size == SAMPLES
+            by_group.setdefault(s.rollout.group_id, set()).add(s.rollout.worker)
+        assert all(len(workers) == 1 for workers in by_group.values()), by_group
         assert counts["trained_groups"] == STEPS * PROMPTS
-        assert counts["published"] == counts["consumed"] == len(tasks) and counts["stray"] == 0
+        assert counts["published"] == counts["consumed"] == len(samples) and counts["stray"] == 0
         assert r.xlen(queues.DEADLETTER) == 0
         assert r.xpending(queues.reward_results_stream(JOB), "training")["pending"] == 0
         assert r.xpending(queues.ROLLOUT_TASKS, ROLLOUT_GROUP)["pending"] == 0

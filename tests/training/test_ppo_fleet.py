@@ -6,8 +6,9 @@ about a third of the questions, and the ``regex`` rule scorer rewarding an answe
 "yes", its pattern carried by the job (``PpoConfig.reward_settings``). During the run a reward
 worker and then the first rollout worker are killed with SIGKILL, and a second rollout worker
 joins; later the trainer itself is killed with SIGKILL and the job resumed from its last
-checkpoint. The run finishes, its mean reward rises, and the queues' own records show every task
-produced exactly one scored rollout, used once.
+checkpoint. The run finishes, its mean reward rises, and the queues' own records show one group
+task per prompt whose every sample produced exactly one scored rollout, used once, the samples of a
+group all from the one worker that generated it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from llamafleet.training.v1 import training_service_pb2 as api
 from synthetic import make_settings
 
 from services.common import queues
+from services.rollout.worker import sample_ids
 from services.training.loop.batches import InMemorySource
 from services.training.recipes import sft
 
@@ -87,6 +89,19 @@ def metrics(run):
     if not path.exists():
         return []
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def published(r, job: str) -> tuple[list[str], list[str]]:
+    """The job's rollout task ids in the task stream, and the sample ids they expand to (a group
+    task with ``num_samples`` n: n samples, named by the rollout worker's ``sample_ids``)."""
+    tasks, samples = [], []
+    for _, fields in r.xrange(queues.ROLLOUT_TASKS):
+        if not fields[b"id"].decode().startswith(job + ":"):
+            continue
+        task = rollout_pb2.RolloutTask.FromString(fields[b"payload"])
+        tasks.append(task.item_id)
+        samples.extend(i for i, _ in sample_ids(task, task.num_samples or 1))
+    return tasks, samples
 
 
 def wait_state(client, state, timeout=60.0):
@@ -154,20 +169,22 @@ def test_ppo_across_the_fleets_survives_kills_scales_out_and_learns(sft_model, t
         assert sum(rewards[-4:]) / 4 > sum(rewards[:2]) / 2 + 0.2, rewards
 
         r = queues.connect(state.redis_url)
-        tasks = [
-            fields[b"id"].decode()
-            for _, fields in r.xrange(queues.ROLLOUT_TASKS)
-            if fields[b"id"].decode().startswith(JOB + ":")
-        ]
-        assert len(tasks) == len(set(tasks)) == STEPS * PROMPTS * SAMPLES
+        tasks, samples = published(r, JOB)
+        assert len(tasks) == len(set(tasks)) == STEPS * PROMPTS  # one group task per prompt
+        assert len(samples) == len(set(samples)) == STEPS * PROMPTS * SAMPLES
         results = r.xrange(queues.reward_results_stream(JOB))
         scored = [reward_pb2.ScoredRollout.FromString(f[b"payload"]) for _, f in results]
         ids = [s.rollout.task.item_id for s in scored]
-        assert sorted(ids) == sorted(tasks)  # every task: exactly one scored rollout
+        assert sorted(ids) == sorted(samples)  # every sample: exactly one scored rollout
+        by_group: dict[str, set[str]] = {}
+        for s in scored:  # a group is generated and committed whole, by one worker
+            assert s.rollout.group_id in tasks and s.rollout.group_size == SAMPLES
+            by_group.setdefault(s.rollout.group_id, set()).add(s.rollout.worker)
+        assert all(len(workers) == 1 for workers in by_group.values()), by_group
         assert r.xlen(queues.DEADLETTER) == 0
         assert r.xpending(queues.reward_results_stream(JOB), "training")["pending"] == 0
         counts = json.loads((run / "jobs" / JOB / "output" / "ppo_counts.json").read_text())
-        assert counts["published"] == counts["consumed"] == len(tasks)  # each used once
+        assert counts["published"] == counts["consumed"] == len(samples)  # each used once
         assert counts["stray"] == 0
         # the joiner generated some of the rollouts
         by_worker = {s.rollout.worker for s in scored}
@@ -175,7 +192,7 @@ def test_ppo_across_the_fleets_survives_kills_scales_out_and_learns(sft_model, t
         figures = {
             "tasks": len(tasks), "scored": len(scored), "consumed": counts["consumed"],
             "redelivered_skipped": counts["redelivered"], "stray": counts["stray"],
-            "lost": len(set(tasks) - set(ids)), "doubled": len(ids) - len(set(ids)),
+            "samples": len(samples), "lost": len(set(samples) - set(ids)), "doubled": len(ids) - len(set(ids)),
             "rollout_workers_used": len(by_worker), "kills": sorted(events),
             "reward_first2": sum(rewards[:2]) / 2, "reward_last4": sum(rewards[-4:]) / 4,
         }  # fmt: skip

@@ -10,9 +10,10 @@ PPO job on the built tiny model. During the run:
 - **Redis SIGKILL and restart from its AOF** (item 3), right after step 2; Redis stays down
   until the trainer has met the outage (at least 3 s): the whole fleet, the PPO trainer
   included, waits it out; nothing is lost or doubled.
-- **Admission** (item 9): the rollout backlog never exceeds ``max_staleness`` steps of tasks.
+- **Admission** (item 9): the rollout backlog never exceeds ``max_staleness`` steps of tasks
+  (one group task of 4 samples per prompt).
 
-The job must finish, and the queues' own records must show one scored rollout per task, each
+The job must finish, and the queues' own records must show one scored rollout per sample, each
 used once, nothing pending and nothing dead-lettered.
 """
 
@@ -31,7 +32,7 @@ from llamafleet.redis_local import LocalRedis
 from llamafleet.reward.v1 import reward_pb2
 from llamafleet.training.v1 import training_pb2 as pb
 from llamafleet.training.v1 import training_service_pb2 as api
-from test_ppo_fleet import metrics, ppo_spec, prompts_file
+from test_ppo_fleet import metrics, ppo_spec, prompts_file, published
 
 from services.common import queues
 from services.rollout.worker import GROUP as ROLLOUT_GROUP
@@ -136,11 +137,7 @@ def test_ppo_survives_a_worker_stopped_past_its_lease_and_a_redis_crash(tiny_ran
         assert job.state == pb.JOB_STATE_SUCCEEDED, job.message
         assert {"stopped", "redis_killed"} <= set(events)
 
-        tasks = [
-            f[b"id"].decode()
-            for _, f in r.xrange(queues.ROLLOUT_TASKS)
-            if f[b"id"].decode().startswith(JOB + ":")
-        ]
+        tasks, samples = published(r, JOB)
         scored = [
             reward_pb2.ScoredRollout.FromString(f[b"payload"])
             for _, f in r.xrange(queues.reward_results_stream(JOB))
@@ -154,8 +151,9 @@ def test_ppo_survives_a_worker_stopped_past_its_lease_and_a_redis_crash(tiny_ran
         )
         figures = {
             "tasks": len(tasks),
+            "samples": len(samples),
             "scored": len(scored),
-            "lost": len(set(tasks) - set(ids)),
+            "lost": len(set(samples) - set(ids)),
             "doubled": len(ids) - len(set(ids)),
             "consumed": counts["consumed"],
             "stray": counts["stray"],
@@ -164,13 +162,14 @@ def test_ppo_survives_a_worker_stopped_past_its_lease_and_a_redis_crash(tiny_ran
             "trainer_waited_for_redis": trainer_log.count("Redis is back"),
             "dead_lettered": r.xlen(queues.DEADLETTER),
             "max_rollout_backlog": max(backlog),
-            "backlog_bound": STALENESS * 8 * 4,
+            "backlog_bound": STALENESS * 8,
             "backlog_samples": len(backlog),
         }
         print("FIGURES", json.dumps(figures))
-        assert len(tasks) == len(set(tasks)) == STEPS * 8 * 4
-        assert sorted(ids) == sorted(tasks)  # one scored rollout per task: none lost, none doubled
-        assert counts["published"] == counts["consumed"] == len(tasks) and counts["stray"] == 0
+        assert len(tasks) == len(set(tasks)) == STEPS * 8  # one group task (4 samples) per prompt
+        assert len(samples) == len(set(samples)) == STEPS * 8 * 4
+        assert sorted(ids) == sorted(samples)  # one scored rollout per sample: none lost or doubled
+        assert counts["published"] == counts["consumed"] == len(samples) and counts["stray"] == 0
         assert r.xlen(queues.DEADLETTER) == 0
         assert r.xpending(queues.ROLLOUT_TASKS, ROLLOUT_GROUP)["pending"] == 0
         assert r.xpending(queues.reward_results_stream(JOB), "training")["pending"] == 0
@@ -178,7 +177,7 @@ def test_ppo_survives_a_worker_stopped_past_its_lease_and_a_redis_crash(tiny_ran
         assert figures["trainer_waited_for_redis"] >= 1, [
             line for line in trainer_log.splitlines() if "Redis" in line or "PPO step" in line
         ]
-        assert 0 < max(backlog) <= STALENESS * 8 * 4  # max_staleness steps of tasks at most
+        assert 0 < max(backlog) <= STALENESS * 8  # max_staleness steps of group tasks at most
         records = {m["step"] for m in metrics(run)}
         assert records == set(range(1, STEPS + 1))
     finally:

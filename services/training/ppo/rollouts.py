@@ -18,8 +18,8 @@ trainer hands it the step and the policy's adapter version as arguments:
   one-sample tasks this planner used to publish, so ``collect`` waits for the same ids (above
   ``MAX_GROUP`` samples, ``group_size`` splits them into equal groups, task j naming samples
   ``j * size .. j * size + size - 1``). With a seed, each task's seed is distinct and
-  reproducible, and the engine draws the group's samples from one generator seeded with it, so
-  they are distinct samples. ``counts.published`` counts samples (scored rollouts expected),
+  reproducible, and the engines still make a group's samples distinct (``hf``: n rows drawn from
+  one generator seeded with it; vLLM: sample k seeded with it + k). ``counts.published`` counts samples (scored rollouts expected),
   not tasks, so it still equals ``consumed`` once every step is trained.
   A group is generated and committed atomically (one worker commit publishes all n rollouts,
   once: the commit marks the task done), so the n samples a step trains on normally come from
@@ -244,8 +244,8 @@ class RolloutPlanner:
                     scorer=p.reward_scorer,
                     num_samples=size if size > 1 else 0,
                 )
-                if sampling.HasField("seed"):  # distinct, reproducible seeds per task; the
-                    # engine draws a group's samples from one generator seeded with it
+                if sampling.HasField("seed"):  # distinct, reproducible seeds per task (the
+                    # engines keep a group's samples distinct: see the module doc)
                     task.sampling.seed = sampling.seed + step * 1_000_003 + i * 1009 + j
                 if p.reward_adapter:
                     task.reward_adapter.id, task.reward_adapter.version = p.reward_adapter
