@@ -277,6 +277,35 @@ def test_duplicate_publishes_and_duplicate_entries_give_one_result(r):
     assert pending(r) == 0
 
 
+def test_publish_many_adds_each_new_item_once_and_wakes_a_reader_to_all(r, monkeypatch):
+    """One script per chunk: a consumer blocked on the stream gets every item of it at once (a
+    rollout worker batches a step's tasks together); repeats and already published ids add
+    nothing; chunks past PUBLISH_CHUNK are published too."""
+    q = queue(r, "w", lease_ms=60_000)
+    got: list[list[Delivery]] = []
+    reader = threading.Thread(target=lambda: got.append(q.fetch(100, block_ms=1500)))
+    reader.start()
+    time.sleep(0.3)  # the reader is blocked on the empty stream
+    publish(r, IN, "job:1:0:1:0", b"old")
+    reader.join(10)
+    assert [d.item_id for d in got[0]] == ["job:1:0:1:0"]
+    got.clear()
+    reader = threading.Thread(target=lambda: got.append(q.fetch(100, block_ms=1500)))
+    reader.start()
+    time.sleep(0.3)
+    items = [(f"job:1:0:{i}:0", f"p{i}".encode()) for i in range(8)]
+    assert queues.publish_many(r, IN, items) == 7  # prompt 1's was published before
+    reader.join(10)
+    assert [d.item_id for d in got[0]] == [i for i, _ in items if i != "job:1:0:1:0"]
+    assert [d.payload for d in got[0]][:2] == [b"p0", b"p2"]
+    assert queues.publish_many(r, IN, items) == 0  # a producer retry
+    assert queues.publish_many(r, IN, []) == 0
+    monkeypatch.setattr(queues, "PUBLISH_CHUNK", 3)
+    more = [(f"job:2:0:{i}:0", b"") for i in range(7)]
+    assert queues.publish_many(r, IN, more + items[:1]) == 7
+    assert ids_in(r, IN)[-7:] == [i for i, _ in more]
+
+
 def test_commit_outputs_are_deduplicated_like_publish(r):
     """Two inputs that produce the same output id publish it once (the published mark)."""
     publish(r, IN, "a", b"")

@@ -365,3 +365,47 @@ def test_off_policy_within_max_staleness_weights_by_the_engine_ratio(
     assert sum(t.adapter.version == 1 for t in fleet.published.values()) == 2 * 8
     counts = json.loads((job / "output" / "grpo_counts.json").read_text())
     assert counts["trained_groups"] == 4 * 8 and counts["consumed"] == 4 * 8 * 4
+
+
+def test_a_single_pass_update_equals_scoring_first(yes_no_model, tokenizer, tmp_path):
+    """One pass and one optimizer step per step (ppo_epochs 1, the step's 32 sequences
+    accumulated over 4 micro-batches), beta 0: ``single_pass`` takes the old log-probs and engine
+    ratios from the update's own forward. The update, the loss and the engine ratio must equal
+    those of the scoring forward it skips (the same rollouts, the same starting LoRA)."""
+    settings = grpo_settings(
+        yes_no_model, max_steps=1, gradient_accumulation_steps=4, ppo={"ppo_epochs": 1}
+    )
+    prompts = yes_no_prompts(tokenizer, range(8))
+    runs = {}
+    received = None
+    for single in (True, False):
+        job = tmp_path / f"single-{single}"
+        fleet = InlineFleet(yes_no_model, job, yes_first(tokenizer))
+        trainer = grpo.GrpoTrainer(
+            settings, PromptSource(prompts), job, exchange=fleet, job_id="grpo-1"
+        )
+        trainer.setup()
+        assert trainer.single_pass and trainer.updates_per_step == 1
+        trainer.single_pass = single
+        if received is None:
+            trainer.rollouts.admit(0, trainer.adapter_version)
+            received = trainer.rollouts.collect(0)
+        x = grpo.collate_rollouts(received, trainer.pad_id, trainer.end_ids)
+        groups = torch.arange(8).repeat_interleave(4)
+        t = trainer._score(x, groups)
+        assert (t["old"] is None) == single
+        stats = trainer._update(x, t)
+        ratio = float((t["engine_ratio"] * x.mask).sum() / x.mask.sum())
+        lora_weights = {
+            k: v.detach().clone() for k, v in trainer.model.named_parameters() if v.requires_grad
+        }
+        runs[single] = (stats, ratio, lora_weights)
+    (fused, fused_ratio, fused_w), (scored, scored_ratio, scored_w) = runs[True], runs[False]
+    assert fused["loss"] == pytest.approx(scored["loss"], abs=1e-6)
+    assert fused["grad_norm"] == pytest.approx(scored["grad_norm"], rel=1e-4)
+    assert fused_ratio == pytest.approx(scored_ratio, abs=1e-5)
+    assert abs(fused_ratio - 1.0) < 1e-3  # float32 on both sides: the engine's own log-probs
+    assert fused_w.keys() == scored_w.keys() and fused_w
+    for k in fused_w:
+        assert torch.allclose(fused_w[k], scored_w[k], atol=1e-6), k
+    assert fused["grad_norm"] > 0  # the step did move the policy

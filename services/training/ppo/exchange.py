@@ -3,7 +3,9 @@ checkpoint.
 
 - **Out.** ``publish_tasks`` adds ``RolloutTask``s to ``llamafleet:rollout:tasks`` (in a cluster
   with several base models: the stream of the job's base, ``queues.rollout_tasks_stream``, which
-  only that base's workers read) with the idempotent ``queues.publish``: task ids are deterministic (``job:version:step:prompt:sample``),
+  only that base's workers read) with the idempotent ``queues.publish_many`` (one atomic script
+  per call, so a rollout worker blocked on the stream wakes to all of them and puts them in one
+  engine batch): task ids are deterministic (``job:version:step:prompt:sample``),
   so a resumed trainer that publishes a step again adds nothing.
   Where Redis has a replica (Sentinel), a step's tasks count as published only once a replica
   has them (``replication.wait_replicated``): a failover cannot lose them.
@@ -184,13 +186,12 @@ class RolloutExchange:
         replica confirms, the tasks are published again (idempotent) and waited for again."""
         added = None
         while True:
-            new = 0
-            for task in tasks:
-                payload = task.SerializeToString()
-                new += self._call(
-                    "publish tasks",
-                    lambda: queues.publish(self.r, self.tasks, task.item_id, payload),  # noqa: B023 - called at once
-                )
+            items = [(task.item_id, task.SerializeToString()) for task in tasks]
+            # one script: the workers wake to the whole step's tasks at once, and batch them
+            new = self._call(
+                "publish tasks",
+                lambda: queues.publish_many(self.r, self.tasks, items),  # noqa: B023
+            )
             added = new if added is None else added
             try:
                 replication.wait_replicated(self.r)

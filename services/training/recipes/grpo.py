@@ -2,17 +2,18 @@
 rollout and reward fleets.
 
 The fleets' side is the ``ppo`` recipe's, reused as is: ``ppo.rollouts.RolloutPlanner`` plans and
-admits steps (``max_staleness``), publishes ``n`` tasks per prompt and collects the scored
-rollouts through ``ppo.exchange.RolloutExchange`` (exactly once: consumed ids are checkpointed
-before the ack; a dead-lettered task fails the job with its reason). What differs is the trainer:
+admits steps (``max_staleness``), publishes one group task per prompt (``num_samples`` n: one
+engine request, n rollouts) and collects the scored rollouts through
+``ppo.exchange.RolloutExchange`` (exactly once: consumed ids are checkpointed before the ack; a
+dead-lettered task fails the job with its reason). What differs is the trainer:
 
 - **No critic.** The policy is the LoRA model, or the whole model for full and freeze
   fine-tuning, alone (no value head, no value loss, no critic optimizer state); the advantage is
   one number per sequence from its group, by a composed ``ppo.advantages`` estimator
   (``GroupRelative`` for ``grpo``/``dr_grpo``, ``Rloo``, ``ReinforcePP``).
-- **Groups.** A group is the ``n`` tasks of one prompt of one step; its id is the task ids' common
-  prefix ``job:version:step:prompt`` (``group_of``), so the grouping lives on the trainer's side
-  and an engine-level ``n`` later only changes how the tasks are published. Groups are atomic: a
+- **Groups.** A group is the ``n`` samples of one prompt of one step; its id is the sample ids'
+  common prefix ``job:version:step:prompt`` (``group_of``), so the grouping lives on the trainer's
+  side whatever way the tasks are published (one group task per prompt today). Groups are atomic: a
   step is trained only once every sample of every one of its groups is scored (a sample whose
   worker died is redelivered by the queues; the trainer waits for it), ``assemble_groups`` checks
   each group is whole and used once, and a dead-lettered sample fails the job.
@@ -25,7 +26,9 @@ before the ack; a dead-lettered task fails the job with its reason). What differ
   ``epsilon_high``, times the truncated engine importance weight (off-policy within
   ``max_staleness``, as in ``ppo``), plus ``beta`` x the k1/k2/k3 KL to the reference; aggregated
   by ``loss_type`` over each optimizer step's sequences. With ``beta = 0`` there is no reference
-  and no reference forward at all.
+  and no reference forward at all; with one pass and one optimizer step per step as well (and no
+  dropout) there is no separate scoring forward either (``single_pass``): the old log-probs are
+  the update's own, detached.
 - **Overlong.** ``mask_truncated_completions`` drops completions cut by ``max_tokens`` from the
   loss; ``overlong_buffer_length`` adds DAPO's soft overlong punishment to their scores.
 - **Policies.** LoRA (as ``ppo``: each version is an adapter folder), or full / freeze fine-tuning:
@@ -163,6 +166,14 @@ class GrpoTrainer(PpoTrainer):
         sequences = p.rollout_batch_size * p.samples_per_prompt
         micro = math.ceil(sequences / s.batch_rows)
         self.updates_per_step = p.ppo_epochs * math.ceil(micro / s.gradient_accumulation_steps)
+        # One pass, one optimizer step, no reference, no dropout: the policy the update starts
+        # from IS the old policy, so its log-probs come from the update's own forward (detached)
+        # instead of a separate scoring forward (TRL does the same for num_iterations 1).
+        dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in self.model.modules())
+        self.single_pass = (
+            p.ppo_epochs == 1 and self.updates_per_step == 1 and self.reference is None
+            and not dropout
+        )  # fmt: skip
         optimizer = optim.build_optimizer(self.model, s)
         scheduler = optim.build_scheduler(optimizer, s, self.total_steps * self.updates_per_step)
         self.engine = build_engine(
@@ -236,7 +247,15 @@ class GrpoTrainer(PpoTrainer):
 
     @torch.no_grad()
     def _score(self, x: Rollouts, groups: torch.Tensor | None = None) -> dict:
-        """Old log-probs, the reference's (only when beta > 0), advantages, engine ratios."""
+        """Old log-probs, the reference's (only when beta > 0), advantages, engine ratios. With
+        ``single_pass`` only the advantages: ``_update`` takes the old log-probs and the engine
+        ratios from its own forward (``old`` None; ``engine_ratio`` filled in there)."""
+        if self.single_pass:
+            zeros = torch.zeros_like(x.mask)
+            tokens = StepTokens(x.scores, zeros, None, None, x.mask, groups)
+            estimate = self.estimator.estimate(tokens, self.kl.coef)
+            return {"old": None, "ref": None, "advantages": estimate.advantages, "weights": None,
+                    "engine_ratio": torch.ones_like(x.mask)}  # fmt: skip
         self.model.eval()
         old, raw, ref = [], [], []
         for rows in self._rows(x.mask.shape[0]):
@@ -274,10 +293,18 @@ class GrpoTrainer(PpoTrainer):
                 for k, rows in enumerate(group):
                     rows_d = rows.to(self.device)
                     mask = x.mask[rows_d]
-                    logp = self._forward(x, rows_d)
+                    if t["old"] is None:  # single pass: the policy now is the old policy
+                        logp, raw = self._forward(x, rows_d, raw=True)
+                        old = logp.detach()
+                        ratio = torch.exp(raw.detach() - x.engine_logprobs[rows_d])
+                        t["engine_ratio"][rows_d] = ratio
+                        weights = ratio.clamp(max=IS_CAP) * mask
+                    else:
+                        logp = self._forward(x, rows_d)
+                        old, weights = t["old"][rows_d], t["weights"][rows_d]
                     per_token, stats = loss_math.per_token_loss(
-                        logp, t["old"][rows_d], t["advantages"][rows_d], g.epsilon,
-                        g.epsilon_high, weights=t["weights"][rows_d],
+                        logp, old, t["advantages"][rows_d], g.epsilon,
+                        g.epsilon_high, weights=weights,
                         ref_logprobs=None if t["ref"] is None else t["ref"][rows_d],
                         beta=g.beta, kl_estimator=g.kl_estimator,
                     )  # fmt: skip
