@@ -22,7 +22,12 @@ prompts/s = prompts per step / step wall; trained tokens/s = completion tokens i
 / step wall. The first step (warm-up: loading, first adapter) is left out of the medians.
 
     .venv/bin/python bench/bench_grpo.py [--size small] [--steps 5] [--prompts 8] [--samples 4]
-        [--max-tokens 16] [--repeats 1] [--work /tmp/bench-grpo] [--json out.json]
+        [--max-tokens 16] [--repeats 1] [--max-staleness 1] [--work /tmp/bench-grpo]
+        [--json out.json]
+
+``--max-staleness 2`` lets the fleet generate step k+1 with the policy of step k while it trains
+step k (off-policy by one version, weighted by the truncated engine ratio): not TRL's algorithm,
+so it is a separate row, never the headline ratio.
 """
 
 from __future__ import annotations
@@ -91,6 +96,7 @@ def grpo_spec(job: str, model: Path, data: Path, args):
     hp.max_steps, hp.logging_steps = args.steps, 1
     p = spec.ppo
     p.rollout_batch_size, p.ppo_epochs = args.prompts, 1
+    p.max_staleness = args.max_staleness  # 1: on-policy, as TRL; 2: generation overlaps training
     p.sampling.CopyFrom(
         rollout_pb2.SamplingParams(max_tokens=args.max_tokens, temperature=1.0, n=args.samples)
     )
@@ -256,6 +262,10 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument(
+        "--max-staleness", type=int, default=1,
+        help="llamafleet's ppo.max_staleness (TRL has no such setting: it stays on-policy)",
+    )  # fmt: skip
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", default="/tmp/bench-grpo")
     ap.add_argument("--json", default="")
@@ -270,7 +280,8 @@ def main(argv=None) -> int:
         print("PEER " + json.dumps(run_trl(args, work, model)))
         return 0
     print(f"== GRPO: {args.size} model, {args.steps} steps x {args.prompts} prompts x "
-          f"{args.samples} samples, max_tokens {args.max_tokens}, {args.repeats} repeat(s); "
+          f"{args.samples} samples, max_tokens {args.max_tokens}, {args.repeats} repeat(s), "
+          f"fleet max_staleness {args.max_staleness}; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")  # fmt: skip
     trl = []
 
