@@ -11,13 +11,18 @@ they accept it, so a folder holding both formats is read through safetensors.
 An adapter is also checked against the base it is about to be applied to: training writes
 ``llamafleet_base.json`` beside each adapter (the shape of the model it trained: layer count,
 RoPE scaling), and a LoRA trained on LLaMA-Pro blocks or a RoPE-scaled base is refused over a
-base without them, which would silently give another model.
+base without them, which would silently give another model. And an adapter whose training base
+(``AdapterBlobInfo.base_model``, as training reports it on FetchAdapter) is another base model,
+by name (``llamafleet.bases.base_name``, the name the cluster routes by), is refused too:
+``require_trained_base``.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from llamafleet.bases import base_name
 
 from services.common.errors import FailedPrecondition
 
@@ -95,3 +100,27 @@ def require_adapter_base(adapter: Path, base_model: Path | None, what: str) -> N
             reason="ADAPTER_BASE_MISMATCH",
             metadata={"adapter": str(adapter)},
         )
+
+
+def require_trained_base(trained_on: str, base_model: Path | None, what: str) -> None:
+    """FAILED_PRECONDITION (reason ``ADAPTER_BASE_MISMATCH``) if ``trained_on``, the base model an
+    adapter was trained on as training reported it, is another base than ``base_model``, the one
+    it is about to be applied to: another base name (the folder's name, as the cluster routes
+    tasks by it) and another folder. Not checked when either is unknown (an adapter read back
+    from a cache index, a service without a base folder)."""
+    if not trained_on or base_model is None:
+        return
+    served = Path(base_model)
+    try:
+        same = base_name(trained_on) == base_name(str(served))
+    except ValueError:
+        same = False
+    if same or Path(trained_on).resolve() == served.resolve():
+        return
+    raise FailedPrecondition(
+        f"{what} was trained on base model {trained_on!r}, but this service serves "
+        f"{str(served)!r} (ADAPTER_BASE_MISMATCH): over another base it would compute another "
+        "model. Send it to the workers of its own base (`llamafleet add-base` starts them)",
+        reason="ADAPTER_BASE_MISMATCH",
+        metadata={"trained_on": trained_on, "served": str(served)},
+    )

@@ -33,6 +33,7 @@ from services.common.adapter_cache import AdapterCache, check_ref
 from services.common.config import ConfigError
 from services.common.errors import FailedPrecondition, FieldViolation, InvalidArgument, invalid
 from services.common.full_weights import is_full_weights
+from services.common.weight_files import require_trained_base
 from services.reward import job_settings, scorers
 from services.reward.batching import Batcher
 from services.reward.config import RewardConfig
@@ -65,18 +66,25 @@ def adapter_key(adapter_id: str, version: int, field_path: str) -> AdapterKey | 
 
 @dataclass(frozen=True)
 class CachedAdapters:
-    """Reward adapters fetched from the training service through the shared adapter cache."""
+    """Reward adapters fetched from the training service through the shared adapter cache;
+    one trained on another base model than ``base_model`` (by base name) is refused with
+    ADAPTER_BASE_MISMATCH (``weight_files.require_trained_base``)."""
 
     cache: AdapterCache
+    base_model: Path | None = None
 
     def ensure(self, ref: AdapterKey) -> Path:
-        path = self.cache.ensure(common_pb2.AdapterRef(id=ref[0], version=ref[1]))
+        fetched = self.cache.fetch(common_pb2.AdapterRef(id=ref[0], version=ref[1]))
+        path = fetched.path
         if is_full_weights(path):
             raise FailedPrecondition(
                 f"adapter {ref[0]}@{ref[1]} is a full-weights GRPO policy version, not a reward "
                 "model adapter; name a reward-modelling (STAGE_RM) job's adapter",
                 reason="NOT_A_REWARD_ADAPTER",
             )
+        require_trained_base(
+            fetched.base_model, self.base_model, f"reward adapter {ref[0]}@{ref[1]}"
+        )
         return path
 
 
@@ -85,7 +93,7 @@ def adapter_source(config: RewardConfig) -> AdapterSource | None:
         cache = AdapterCache(
             config.adapter_cache_dir, config.training_address, auth_token=config.training_token
         )
-        return CachedAdapters(cache)
+        return CachedAdapters(cache, Path(config.base_model) if config.base_model else None)
     if config.adapter_dir:
         return LocalAdapterDir(Path(config.adapter_dir))
     return None

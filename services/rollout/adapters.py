@@ -19,6 +19,11 @@ flight at once (default 2 for k = 1), and older ones are evicted as above. An en
 load full weights (vllm) refuses such a version with FAILED_PRECONDITION (reason
 ``FULL_WEIGHTS_UNSUPPORTED``); the queue worker dead-letters the task with that reason, and the
 trainer fails the job with it.
+
+A LoRA adapter trained on another base model than the one served (by base name,
+``services.common.weight_files.require_trained_base``) is refused with FAILED_PRECONDITION
+(reason ``ADAPTER_BASE_MISMATCH``, naming both bases) instead of being generated with over the
+wrong base; a queue task on it is dead-lettered with that message.
 """
 
 from __future__ import annotations
@@ -37,7 +42,11 @@ from llamafleet.common.v1 import common_pb2
 from services.common.adapter_cache import CachedAdapter, check_ref, ref_str
 from services.common.errors import FailedPrecondition
 from services.common.full_weights import is_full_weights
-from services.common.weight_files import require_adapter_base, require_safetensors_adapter
+from services.common.weight_files import (
+    require_adapter_base,
+    require_safetensors_adapter,
+    require_trained_base,
+)
 from services.rollout.engines import GenerationEngine
 
 logger = logging.getLogger(__name__)
@@ -147,6 +156,8 @@ class ResidentAdapters:
         started = time.perf_counter()
         cached = self.source.fetch(ref)
         full = is_full_weights(cached.path)
+        if not full:  # a full-weights version is a model of its own, whatever it started from
+            require_trained_base(cached.base_model, self.base_model, f"adapter {key}")
         name = f"{'policy' if full else 'adapter'}{next(self._names)}"
         if full:
             self._load_full(key, name, cached.path)

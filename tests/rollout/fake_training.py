@@ -38,6 +38,7 @@ class FakeTraining(training_service_pb2_grpc.TrainingServiceServicer):
     def __init__(self) -> None:
         self.blobs: dict[tuple[str, int], bytes] = {}
         self.fetches: list[tuple[str, int, int]] = []
+        self.bases: dict[tuple[str, int], str] = {}
         self.chunk_delay_s = 0.0
         self.chunk_size = CHUNK
         self.gate = threading.Event()  # cleared: streams stall after their first chunk
@@ -45,8 +46,10 @@ class FakeTraining(training_service_pb2_grpc.TrainingServiceServicer):
         self.stalled = threading.Event()  # set when a stream stalls at the gate
         self._lock = threading.Lock()
 
-    def add(self, adapter_id: str, version: int, folder: Path) -> None:
+    def add(self, adapter_id: str, version: int, folder: Path, base_model: str = "") -> None:
+        """Serve ``folder`` as ``adapter_id@version``, reported as trained on ``base_model``."""
         self.blobs[(adapter_id, version)] = pack(folder)
+        self.bases[(adapter_id, version)] = base_model
 
     def FetchAdapter(self, request, context):
         key = (request.adapter.id, request.adapter.version)
@@ -60,6 +63,7 @@ class FakeTraining(training_service_pb2_grpc.TrainingServiceServicer):
             total_size=len(blob),
             sha256=hashlib.sha256(blob).hexdigest(),
             format=training_pb2.ADAPTER_FORMAT_PEFT_TAR,
+            base_model=self.bases.get(key, ""),
         )
         offset = request.offset
         first = True

@@ -133,3 +133,28 @@ def test_an_adapter_trained_on_another_base_shape_is_refused(
         with pytest.raises(errors.FailedPrecondition, match="num_hidden_layers 6 .this base: 4."):
             adapters.acquire(ref("pro", 1))
         assert adapters.resident() == []
+
+
+def test_an_adapter_trained_on_another_base_model_is_refused(
+    engine, adapter_dirs, tiny_model, tmp_path
+):
+    """Training reports each adapter's base (AdapterBlobInfo.base_model): one trained on another
+    base (another folder name) is FAILED_PRECONDITION ADAPTER_BASE_MISMATCH naming both bases and
+    is not made resident; one trained on this base (its path, or another path to a folder of the
+    same name) is served."""
+    with TrainingServer() as server:
+        server.servicer.add("foreign", 1, adapter_dirs["a1"], base_model="/models/Other-Base")
+        server.servicer.add("own", 1, adapter_dirs["a1"], base_model=str(tiny_model))
+        server.servicer.add(
+            "same-name", 1, adapter_dirs["a2"], base_model=f"/elsewhere/{tiny_model.name}"
+        )
+        adapters = ResidentAdapters(engine, AdapterCache(tmp_path / "c", server.address), 4,
+                                    base_model=tiny_model)  # fmt: skip
+        with pytest.raises(errors.FailedPrecondition) as refused:
+            adapters.acquire(ref("foreign", 1))
+        assert refused.value.reason == "ADAPTER_BASE_MISMATCH"
+        assert "/models/Other-Base" in str(refused.value) and str(tiny_model) in str(refused.value)
+        assert adapters.resident() == []
+        assert adapters.acquire(ref("own", 1)) is not None
+        assert adapters.acquire(ref("same-name", 1)) is not None
+        assert set(resident_keys(adapters)) == {"own@1", "same-name@1"}
