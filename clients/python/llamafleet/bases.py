@@ -9,8 +9,11 @@ trained on. Shared by the client (``llamafleet up``, the API) and the services; 
 
 Queues (``services.common.queues.rollout_tasks_stream``): the cluster's **default base** keeps
 the single-base stream names (``llamafleet:rollout:tasks``, ``llamafleet:rollout:results``); each
-other base has its own (``llamafleet:rollout:tasks:<name>``, ``...:results:<name>``). A cluster
-with one base sets no default base and works exactly as before.
+other base has its own (``llamafleet:rollout:tasks:<name>``, ``...:results:<name>``).
+``llamafleet up`` always names the default base (the first ``--base-model``), so a one-base
+cluster names nothing differently and ``llamafleet add-base`` can add another later; services
+configured without a default base (compose with one base) use the single-base names for every
+base.
 """
 
 from __future__ import annotations

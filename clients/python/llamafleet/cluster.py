@@ -25,9 +25,12 @@ Several base models (``base_models``): one rollout and one reward process (times
 ``rollout_workers``/``reward_workers``) per base, each serving that base; the first base is the
 default (its processes are ``rollout``, ``reward``, ``rollout-2``...; its queues keep the
 single-base names), the others' processes are ``rollout@<name>``, ``reward@<name>``... with
-their own queues (``llamafleet.bases``). Training is told the default base, so each PPO job's
-tasks go to the workers of its own base. ``cluster.json`` records the bases (``bases``: name ->
-folder) and each process's address; ``addresses_for`` gives a client the services of one base.
+their own queues (``llamafleet.bases``). Training, rollout and reward are always told the
+default base (with one base too: nothing is named differently, its queues keep the single-base
+names), so each PPO job's tasks go to the workers of its own base, and ``add_base``
+(``llamafleet add-base DIR``) can start the workers of one more base in a running cluster without
+restarting anything. ``cluster.json`` records the bases (``bases``: name -> folder) and each
+process's address; ``addresses_for`` gives a client the services of one base.
 
 This module starts services as processes and talks to them over gRPC and Redis; it never imports
 a service (the clients/services boundary is checked by import-linter).
@@ -130,8 +133,9 @@ class ClusterState:
 
     @property
     def default_base(self) -> str:
-        """The default base's name when there are several bases, else "" (one-base queues)."""
-        return next(iter(self.bases)) if len(self.bases) > 1 else ""
+        """The default base's name (the first base; "" without a base model). Its processes and
+        queues keep the single-base names, so a one-base cluster names nothing differently."""
+        return next(iter(self.bases), "")
 
     def base(self, pick: str = "") -> tuple[str, str]:
         """``(name, folder)`` of the base ``pick`` names (a base name, ``base``, or a folder;
@@ -436,6 +440,99 @@ def add_worker(
     return svc
 
 
+def add_base(
+    run_dir: str | os.PathLike,
+    base_model: str,
+    rollout_workers: int = 1,
+    reward_workers: int = 1,
+    timeout: float = 60.0,
+    python: str = sys.executable,
+    token: str = "",
+    read_token: str = "",
+) -> tuple[str, list[ServiceProcess]]:
+    """Serve one more base model in a running cluster: start ``rollout_workers`` rollout and
+    ``reward_workers`` reward processes for the folder ``base_model`` (``rollout@<name>``,
+    ``reward@<name>``... on its own queues) and record it in ``cluster.json``'s ``bases``; from
+    then on jobs whose ``spec.base_model`` is that folder (by base name) have their tasks served
+    by those workers, and the API and chat route its model name to them. Nothing is restarted.
+
+    Refused (ClusterError) when no cluster is running in ``run_dir``, when it serves no base
+    model, when the folder is already served or its base name is taken (or is ``base``), and
+    when the folder is outside the folders requests may read (``roots``: training and data were
+    started with those and read the job's base model there). Returns the base name and the
+    started processes; if one fails to start, those started are stopped and nothing is recorded.
+    """
+    if rollout_workers < 1 or reward_workers < 1:
+        raise ClusterError("rollout_workers and reward_workers must be at least 1")
+    run = Path(run_dir).resolve()
+    state = ClusterState.load(run)
+    if not any(pid_alive(s.pid) for s in state.services.values()):
+        raise ClusterError(f"no cluster is running in {run}; start one with `llamafleet up`")
+    if not state.bases:
+        raise ClusterError(
+            "this cluster serves no base model: start it with `llamafleet up --base-model DIR` "
+            "(the first base is the default)"
+        )
+    folder = Path(base_model).expanduser().resolve()
+    if not (folder / "config.json").is_file():
+        raise ClusterError(
+            f"add-base {base_model}: not a model folder (no config.json in {folder})"
+        )
+    try:
+        name = base_name(str(folder))
+    except ValueError as exc:
+        raise ClusterError(f"add-base {base_model}: {exc}") from None
+    for served_name, served in state.bases.items():
+        if served == str(folder):
+            raise ClusterError(
+                f"add-base {base_model}: {folder} is already served by this cluster (base "
+                f"{served_name!r}); `llamafleet add-worker rollout --base {served_name}` adds "
+                "workers to it"
+            )
+    if name in state.bases or name == BASE_ALIAS:
+        taken = state.bases.get(name, "the default base's alias")
+        raise ClusterError(
+            f"add-base {base_model}: its base name {name!r} (the folder's name) is taken by "
+            f"{taken}; copy or export the model to a folder of another name (model names and "
+            "queues are named after it)"
+        )
+    if not any(folder.is_relative_to(root) for root in state.roots):
+        raise ClusterError(
+            f"add-base {base_model}: {folder} is outside the folders this cluster's training and "
+            f"data services may read ({', '.join(state.roots)}); put the model under one of them, "
+            "or start the cluster with `--root` covering it"
+        )
+    if state.token_required:
+        _check_token(state, token)
+        state.read_token = read_token
+    else:
+        token = ""  # like its siblings: no auth_token
+    state.bases[name] = str(folder)
+    names = [
+        worker_name(kind, i, name, state.default_base)
+        for kind, count in (("rollout", rollout_workers), ("reward", reward_workers))
+        for i in range(1, count + 1)
+    ]
+    started: list[str] = []
+    try:
+        deadline = time.monotonic() + timeout
+        for process in names:
+            _start_service(state, process, run, python, _service_env(state, process, token))
+            started.append(process)
+        for process in names:
+            svc = state.services[process]
+            svc.address = _wait_serving(state, process, svc.pid, run, deadline)
+    except BaseException:
+        _stop([state.services[n] for n in started])
+        for process in started:
+            del state.services[process]
+        del state.bases[name]
+        state.save()
+        raise
+    state.save()
+    return name, [state.services[n] for n in names]
+
+
 def _check_token(state: ClusterState, token: str) -> None:
     """A cluster started with a token: ``token`` must be it (one call to training)."""
     if not token:
@@ -584,8 +681,22 @@ def _ping_redis(url: str) -> None:
 def down(run_dir: str | os.PathLike, timeout: float = 20.0) -> list[str]:
     """Stop the services (SIGTERM: they drain gracefully), then the Redis `up` started."""
     state = ClusterState.load(run_dir)
-    stopped = []
-    procs = [s for s in state.services.values() if pid_alive(s.pid)]
+    deadline = time.monotonic() + timeout
+    stopped = _stop(list(state.services.values()), timeout)
+    if state.redis_pid and pid_alive(state.redis_pid):
+        os.kill(state.redis_pid, signal.SIGTERM)  # redis fsyncs its AOF on SIGTERM
+        while pid_alive(state.redis_pid) and time.monotonic() < deadline + 10:
+            _reap(state.redis_pid)
+            time.sleep(0.05)
+        stopped.append("redis")
+    (Path(run_dir) / STATE_FILE).unlink(missing_ok=True)
+    return stopped
+
+
+def _stop(services: list[ServiceProcess], timeout: float = 20.0) -> list[str]:
+    """SIGTERM the live ``services`` (they drain gracefully), SIGKILL those still alive after
+    ``timeout`` seconds; their names."""
+    procs = [s for s in services if pid_alive(s.pid)]
     for svc in procs:
         os.kill(svc.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
@@ -596,15 +707,7 @@ def down(run_dir: str | os.PathLike, timeout: float = 20.0) -> list[str]:
         if pid_alive(svc.pid):
             os.kill(svc.pid, signal.SIGKILL)
         _reap(svc.pid)
-        stopped.append(svc.name)
-    if state.redis_pid and pid_alive(state.redis_pid):
-        os.kill(state.redis_pid, signal.SIGTERM)  # redis fsyncs its AOF on SIGTERM
-        while pid_alive(state.redis_pid) and time.monotonic() < deadline + 10:
-            _reap(state.redis_pid)
-            time.sleep(0.05)
-        stopped.append("redis")
-    (Path(run_dir) / STATE_FILE).unlink(missing_ok=True)
-    return stopped
+    return [svc.name for svc in procs]
 
 
 def _reap(pid: int) -> None:
@@ -637,11 +740,13 @@ def status(run_dir: str | os.PathLike, dead_letter_limit: int = 10) -> dict:
             "alive": pid_alive(svc.pid),
             "address": svc.address,
             "health": check_health(svc.address, credentials=creds) if svc.address else "UNKNOWN",
+            "base": state.base_of(name) if kind_of(name) in ("rollout", "reward") else "",
         }
         for name, svc in state.services.items()
     }
     result = {
         "redis_url": redact_url(state.redis_url),
+        "bases": dict(state.bases),
         "services": services,
         "queues": [],
         "dead_letters": 0,

@@ -1,4 +1,4 @@
-"""The local cluster's commands: ``up``, ``add-worker``, ``down``, ``status``, ``health`` (a
+"""The local cluster's commands: ``up``, ``add-worker``, ``add-base``, ``down``, ``status``, ``health`` (a
 container health check) and ``tiny-model`` (a model built locally, in a subprocess with the
 training extra: the client never imports torch). The work is ``llamafleet.cluster``'s."""
 
@@ -58,6 +58,23 @@ def cmd_add_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_add_base(args: argparse.Namespace) -> int:
+    with console.status(f"starting the rollout and reward workers of {args.base_model}..."):
+        name, started = cluster.add_base(
+            args.run_dir,
+            args.base_model,
+            rollout_workers=args.rollout_workers,
+            reward_workers=args.reward_workers,
+            timeout=args.timeout,
+            token=os.environ.get(ENV_TOKEN, ""),
+            read_token=os.environ.get("LLAMAFLEET_READ_TOKEN", ""),
+        )
+    console.print(f"[green]base {name}[/green] served ({args.base_model})")
+    for svc in started:
+        console.print(f"  {svc.name} serving at {svc.address} (pid {svc.pid})")
+    return 0
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     stopped = cluster.down(args.run_dir)
     console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
@@ -74,12 +91,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return 0
     table = Table(title="services")
-    for col in ("service", "address", "pid", "health"):
+    for col in ("service", "base", "address", "pid", "health"):
         table.add_column(col)
     for name, svc in report["services"].items():
         colour = "green" if svc["health"] == "SERVING" else "red"
         pid = f"{svc['pid']}" + ("" if svc["alive"] else " (dead)")
-        table.add_row(name, svc["address"], pid, f"[{colour}]{svc['health']}[/{colour}]")
+        health = f"[{colour}]{svc['health']}[/{colour}]"
+        table.add_row(name, svc.get("base", ""), svc["address"], pid, health)
     console.print(table)
     console.print(f"redis: {report['redis']} ({report['redis_url']})")
     queues = Table(title="queues")
@@ -234,6 +252,29 @@ def register(sub) -> None:
     )
     p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for health")
     p.set_defaults(func=cmd_add_worker)
+
+    p = with_run_dir(
+        sub.add_parser(
+            "add-base",
+            help="serve one more base model in the running cluster (its own rollout and reward "
+            "workers and queues; nothing restarts)",
+            description="Start rollout and reward workers for the model folder DIR in the "
+            "running cluster and record it as one of its bases: jobs whose base_model is DIR "
+            "(by its folder name) are served by them, and the API and chat route to them. "
+            "Refused for a base already served or whose folder name is taken.",
+        )
+    )
+    p.add_argument("base_model", metavar="DIR", help="the base model's folder")
+    for kind in ("rollout", "reward"):
+        p.add_argument(
+            f"--{kind}-workers",
+            type=_positive,
+            default=1,
+            metavar="N",
+            help=f"{kind} service processes for this base (default 1)",
+        )
+    p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for health")
+    p.set_defaults(func=cmd_add_base)
 
     p = with_run_dir(sub.add_parser("down", help="stop the local cluster"))
     p.set_defaults(func=cmd_down)
