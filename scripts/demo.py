@@ -8,6 +8,7 @@ through the services of one cluster, LoRA only, with no restart.
     python scripts/demo.py ppo RUN_DIR        # PPO from the SFT adapter, rewarded by the RM
     python scripts/demo.py sft-arith RUN_DIR  # full SFT on half of the sums n + 1 (the GRPO base)
     python scripts/demo.py grpo RUN_DIR       # GRPO on the other half, answers checked by a rule
+                                              # (after `llamafleet add-base` of that model)
 
 The task: "Increment the digits of 3819" -> "4920" (each digit plus one, 9 wraps to 0), which a
 freshly built model cannot do. A LoRA on a random-initialised model learns little, so the built
@@ -26,6 +27,12 @@ demo fetches the DPO adapter (``FetchAdapter``) to compare log pi(chosen) with l
 against the SFT adapter; ``ppo`` starts its policy as the SFT adapter (KL 0 at step 0, the fleet
 serves the SFT weights as version 1) and is rewarded by the RM job's adapter through the reward
 workers.
+
+``sft-arith`` trains all weights of the base on half of the sums and exports the result
+(``ExportModel``) as the model folder ``sums-model``; scripts/demo.sh then serves it as a second
+base of the same cluster (``llamafleet add-base``: its own rollout and reward workers and queues,
+nothing restarted), and ``grpo`` trains a LoRA over it, its tasks routed to those workers by the
+job's base_model, accuracy measured through that base's rollout service.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from pathlib import Path
 
 from llamafleet.chat import ChatBackend
 from llamafleet.client import Client
-from llamafleet.cluster import ClusterState
+from llamafleet.cluster import ClusterError, ClusterState
 from llamafleet.common.v1 import common_pb2
 from llamafleet.data.v1 import data_pb2, data_service_pb2
 from llamafleet.reward.v1 import reward_pb2, reward_service_pb2
@@ -495,9 +502,16 @@ def sft_arith(run_dir: Path, client: Client, base: str) -> None:
         ),
     )  # fmt: skip
     run_job(client, spec)
-    model = run_dir / "jobs" / spec.job_id / "model"
-    (run_dir / "demo" / "arith_model").write_text(str(model))
-    print(f"sums model: {model}")
+    # its own folder name: the cluster names a base (its queues, its model name) after the folder
+    export = client.training.ExportModel(
+        api.ExportModelRequest(
+            job_id=spec.job_id,
+            mode=pb.EXPORT_MODE_MERGED,
+            output_dir=str(run_dir / "demo" / "sums-model"),
+        )
+    )
+    (run_dir / "demo" / "arith_model").write_text(export.output_dir)
+    print(f"sums model: {export.output_dir}")
 
 
 def grpo(run_dir: Path, client: Client, base: str) -> None:
@@ -587,8 +601,15 @@ def main() -> None:
     phases = {
         "sft": sft, "rm": rm, "dpo": dpo, "ppo": ppo, "sft-arith": sft_arith, "grpo": grpo,
     }  # fmt: skip
-    with Client({n: s.address for n, s in state.services.items()}, timeout=120) as client:
-        phases[phase](run_dir, client, state.base_model)
+    base = state.base_model
+    if phase == "grpo":  # over the sums model, served beside the first base (add-base)
+        base = (run_dir / "demo" / "arith_model").read_text().strip()
+        try:
+            state.base(base)
+        except ClusterError as exc:
+            sys.exit(f"{exc}; run `llamafleet add-base {base}` first")
+    with Client(state.addresses_for(base), timeout=120) as client:
+        phases[phase](run_dir, client, base)
 
 
 if __name__ == "__main__":

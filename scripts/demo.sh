@@ -9,8 +9,10 @@
 # start), its fetched adapter compared with the SFT one on held-out pairs; PPO from the SFT
 # adapter (KL 0 at the first step) rewarded by the reward model across the fleets (mean reward per
 # step and queue counts printed). Then GRPO on sums "What is n + 1?" that a full SFT on the other
-# half of them never showed (the one restart: GRPO's base is that full SFT model), answers checked
-# by the reward service's exact_match rule, accuracy before/after. Takes several minutes on 2 cores.
+# half of them never showed: GRPO's base is that full SFT model (exported as sums-model), which
+# `llamafleet add-base` serves beside the first base in the same cluster (its own rollout and
+# reward workers and queues; nothing restarts), answers checked by the reward service's
+# exact_match rule, accuracy before/after. Takes several minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
@@ -39,9 +41,9 @@ echo "== PPO job (ppo) from the SFT adapter, rewarded by the reward model throug
 python scripts/demo.py ppo "$RUN_DIR"
 echo "== SFT job (sft, full) on half of the sums n + 1, from the pre-trained base"
 python scripts/demo.py sft-arith "$RUN_DIR"
-echo "== restart with that model as the base; GRPO job (grpo, LoRA, groups of 8, rule reward)"
-llamafleet down
-llamafleet up --base-model "$(cat "$RUN_DIR/demo/arith_model")" --rollout-workers 2 --reward-workers 1
+echo "== llamafleet add-base: that model as a second base of the same cluster (no restart)"
+llamafleet add-base "$(cat "$RUN_DIR/demo/arith_model")" --rollout-workers 2 --reward-workers 1
+echo "== GRPO job (grpo, LoRA over the sums model, groups of 8, rule reward) on its workers"
 python scripts/demo.py grpo "$RUN_DIR"
 echo "== llamafleet status"
 llamafleet status
