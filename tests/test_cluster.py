@@ -116,7 +116,9 @@ def test_a_state_file_from_before_several_bases_still_loads(tmp_path):
         json.dumps({"run_dir": str(tmp_path), "redis_url": "redis://x", "base_model": "/m/tiny"})
     )
     state = cluster.ClusterState.load(tmp_path)
-    assert state.bases == {"tiny": "/m/tiny"} and state.default_base == ""
+    assert state.bases == {"tiny": "/m/tiny"} and state.default_base == "tiny"
+    assert not state.routes_by_base  # its services were not told the default base
+    assert cluster.worker_name("rollout", 1, "tiny", state.default_base) == "rollout"
     assert state.base() == ("tiny", "/m/tiny") == state.base("base") == state.base("/m/tiny")
     with pytest.raises(cluster.ClusterError, match=r"'other' is not served .* tiny \(/m/tiny\)"):
         state.base("other")

@@ -93,6 +93,8 @@ class ClusterState:
     redis_port: int | None = None
     base_model: str = ""  # what the rollout and reward services serve ("" = none): the default
     bases: dict[str, str] = field(default_factory=dict)  # base name -> folder; first = default
+    # the services were told the default base (`up` of this version): add_base may route by base
+    routes_by_base: bool = False
     services: dict[str, ServiceProcess] = field(default_factory=dict)
     settings: dict[str, dict[str, str]] = field(default_factory=dict)  # extra, per service
     token_required: bool = False  # the services want LLAMAFLEET_TOKEN (never stored)
@@ -280,6 +282,7 @@ def up(
         redis_url=redis_url or "",
         base_model=next(iter(bases.values()), ""),
         bases=bases,
+        routes_by_base=bool(bases),
         settings={k: dict(v) for k, v in (settings or {}).items()},
         token_required=bool(token),
         roots=_roots(run, roots or []),
@@ -472,6 +475,11 @@ def add_base(
         raise ClusterError(
             "this cluster serves no base model: start it with `llamafleet up --base-model DIR` "
             "(the first base is the default)"
+        )
+    if not state.routes_by_base:
+        raise ClusterError(
+            "this cluster was started by an older llamafleet whose training service does not "
+            "route jobs by base: `llamafleet down` and `llamafleet up` it again first"
         )
     folder = Path(base_model).expanduser().resolve()
     if not (folder / "config.json").is_file():
