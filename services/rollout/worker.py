@@ -21,8 +21,9 @@ becomes its own ``Rollout`` with its own deterministic id (``sample_ids``), all 
 task's one atomic commit, each carrying ``group_id``/``group_size``/``group_index``.
 
 A task whose adapter version is missing has it fetched from training first; a task that keeps
-failing (an adapter version training does not have, a malformed payload, bad sampling
-parameters) is dead-lettered with the reason after ``max_deliveries`` attempts.
+failing (an adapter version training does not have, an adapter trained on another base model:
+ADAPTER_BASE_MISMATCH, a malformed payload, bad sampling parameters) is dead-lettered with the
+reason after ``max_deliveries`` attempts.
 """
 
 from __future__ import annotations
