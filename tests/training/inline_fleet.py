@@ -109,6 +109,9 @@ class InlineFleet:
         """Samples asked for by the published tasks (a group task asks for ``num_samples``)."""
         return sum(t.num_samples or 1 for t in self.published.values())
 
+    def task_consumers(self) -> int:
+        return 1  # the fleet is this object
+
     def published_version(self, step: int, versions: list[int]) -> int | None:
         for version in versions:
             if any(t.step == step and t.policy_version == version for t in self.published.values()):

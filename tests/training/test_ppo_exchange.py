@@ -110,3 +110,41 @@ def test_a_job_publishes_to_the_tasks_stream_of_its_base(local_redis, monkeypatc
     assert x.r.xlen("llamafleet:rollout:tasks:tiny-b") == 1
     assert x.r.xlen(queues.ROLLOUT_TASKS) == 0
     assert x.published_version(0, [1]) == 1 and "publish mark" in x.leftovers()
+
+
+def test_a_job_says_when_no_rollout_worker_reads_its_base_stream(local_redis, caplog):
+    """A job on a base no rollout worker serves waits (workers may still come: KEDA scales from
+    zero) but says so, naming the stream and the base: 0 consumers until a worker reads it."""
+    import logging
+    from types import SimpleNamespace
+
+    from services.training.ppo.rollouts import RolloutPlanner
+
+    x = exchange(local_redis.url, tasks_stream="llamafleet:rollout:tasks:tiny-b")
+    x.ensure_group()
+    assert x.task_consumers() == 0  # no stream yet
+    task = rollout_pb2.RolloutTask(item_id=task_id(JOB, 1, 0, 0, 0), job_id=JOB)
+    x.publish_tasks([task])
+    x.r.xgroup_create(x.tasks, "rollout", id="0")
+    assert x.task_consumers() == 0  # a group, nobody in it
+    settings = SimpleNamespace(
+        base_model="/models/tiny-b", ppo=SimpleNamespace(samples_per_prompt=1)
+    )
+    planner = RolloutPlanner(settings, None, x, job_id=JOB, batches_per_step=1, total_steps=1)
+    planner.plans[0] = SimpleNamespace(version=1, prompts=[object()])
+    calls = iter([False, False, True])
+    planner.should_stop = lambda: next(calls)
+    with caplog.at_level(logging.WARNING, logger="services.training.ppo.rollouts"):
+        import services.training.ppo.rollouts as rollouts
+
+        old, rollouts.WAIT_LOG_S = rollouts.WAIT_LOG_S, 0.0
+        try:
+            assert planner.collect(0) is None  # stopped while waiting
+        finally:
+            rollouts.WAIT_LOG_S = old
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned and "llamafleet:rollout:tasks:tiny-b" in warned[0]
+    assert "add-base /models/tiny-b" in warned[0]
+
+    x.r.xreadgroup("rollout", "worker-1", {x.tasks: ">"}, count=1)
+    assert x.task_consumers() == 1

@@ -213,6 +213,18 @@ class RolloutExchange:
             f" and the publish mark of task {task_id(self.job_id, 1, 0, 0, 0)}" if published else ""
         )
 
+    def task_consumers(self) -> int:
+        """How many rollout workers read the job's tasks stream (consumers of its groups): 0
+        while no worker serves the job's base (or none has started yet: KEDA scales from zero)."""
+
+        def count() -> int:
+            try:
+                return sum(g["consumers"] for g in self.r.xinfo_groups(self.tasks))
+            except redis.ResponseError:  # no such stream yet: nothing has read it
+                return 0
+
+        return self._call("count the rollout workers", count)
+
     def published_version(self, step: int, versions: list[int]) -> int | None:
         """The first of ``versions`` under which ``step``'s tasks were already published (by a
         run that crashed after publishing them), or None."""

@@ -335,6 +335,13 @@ class RolloutPlanner:
                     "step %d: waiting for %d of %d scored rollouts", step, len(missing),
                     len(expected),
                 )  # fmt: skip
+                if not self.exchange.task_consumers():
+                    logger.warning(
+                        "no rollout worker reads %s, where this job's tasks go: no rollout "
+                        "service serves its base model %s yet (`llamafleet add-base %s`, or "
+                        "start rollout workers for it)", self.exchange.tasks,
+                        self.settings.base_model, self.settings.base_model,
+                    )  # fmt: skip
             for got in self.exchange.read(block_ms=500):
                 if got.item_id in self.counts.unacked:
                     continue  # used by this run, read again after a Redis outage: the next
