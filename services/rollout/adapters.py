@@ -8,6 +8,11 @@ and loading it into the engine when it is not resident. Every acquire is paired 
 unloaded, never the most recently used one (so the limit may be exceeded while the others are in
 use, and is restored when they are released).
 
+When a new version is about to evict an idle LoRA version, the engine may load it into that
+version's slot instead (``replace_adapter`` on the hf engine: the tensors copied in place into the
+evicted version's LoRA parameters, when both adapter configs are equal); the versions resident
+are the same, only the load is cheaper.
+
 Fetching happens outside every lock shared by other versions (one lock per version dedupes
 concurrent loads of the same one), and the engine's own lock is held for the load alone.
 
@@ -164,17 +169,57 @@ class ResidentAdapters:
         else:
             require_safetensors_adapter(cached.path, f"adapter {key}")
             require_adapter_base(cached.path, self.base_model, f"adapter {key}")
-            self.engine.load_adapter(name, cached.path)
+            reused = self._load_into_evicted_slot(name, cached.path)
+            if reused is None:
+                self.engine.load_adapter(name, cached.path)
         now = time.time()
         logger.info(
-            "%s %s resident as %s (%.2fs incl. fetch)",
+            "%s %s resident as %s (%.2fs incl. fetch%s)",
             "full-weights version" if full else "adapter",
             key,
             name,
             time.perf_counter() - started,
+            "" if full or reused is None else f"; in the slot of {reused}, evicted",
         )
         ref_copy = common_pb2.AdapterRef(id=ref.id, version=ref.version)
         return Resident(ref_copy, name, cached.sha256, cached.size_bytes, now, now, full=full)
+
+    def _load_into_evicted_slot(self, name: str, path: Path) -> str | None:
+        """When making ``name`` resident will evict an idle LoRA version anyway, load ``name``
+        into that version's engine slot (``replace_adapter``: an in-place copy of the tensors,
+        no new PEFT adapter) and return the evicted version's key; None when there is none to
+        evict, the engine cannot, or the configs differ (the caller then loads it fresh and the
+        eviction happens as usual). Which versions stay resident is the same either way."""
+        replace = getattr(self.engine, "replace_adapter", None)
+        if replace is None:
+            return None
+        with self._lock:
+            lora = [k for k, e in self._resident.items() if not e.full]
+            if len(lora) < self.max_resident:
+                return None
+            key = next((k for k in lora if self._resident[k].in_use == 0), None)
+            if key is None:
+                return None
+            victim = self._resident.pop(key)  # unpinnable from here on: nobody generates on it
+        try:
+            reused = replace(victim.name, name, path)
+        except BaseException:
+            self.engine.unload_adapter(victim.name)
+            logger.info("adapter %s evicted (its slot failed to load %s)", key, name)
+            raise
+        if reused:
+            logger.info("adapter %s evicted (LRU, limit %d)", key, self.max_resident)
+            return key
+        logger.debug("adapter %s: slot of %s does not fit, loading it fresh", name, key)
+        with self._lock:
+            if key in self._resident or key in self._loading:  # being loaded again meanwhile
+                evicted = [victim]
+            else:
+                evicted = []
+                self._resident[key] = victim
+                self._resident.move_to_end(key, last=False)  # it was the least recently used
+        self._unload(evicted)
+        return None
 
     def _load_full(self, key: str, name: str, path: Path) -> None:
         try:

@@ -33,6 +33,7 @@ What it does not know: adapter versions, fetching, gRPC. ``name`` strings come f
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 from collections.abc import Iterator, Sequence
@@ -56,6 +57,10 @@ from services.rollout.engines import (
 )
 
 logger = logging.getLogger(__name__)
+
+_ADAPTER_WEIGHTS = "adapter_model.safetensors"
+# adapter config fields that do not change what a slot computes
+_CONFIG_IGNORED = ("base_model_name_or_path", "revision", "inference_mode")
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -104,6 +109,36 @@ def sample_next(
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
+def adapter_config_key(path: Path) -> str:
+    """The adapter's PEFT config at ``path`` as a canonical string, without the fields that do
+    not change what its layers compute: two adapters with equal keys fit the same slot."""
+    from peft import PeftConfig
+
+    config = PeftConfig.from_pretrained(str(path)).to_dict()
+    for field in _CONFIG_IGNORED:
+        config.pop(field, None)
+    return json.dumps(config, sort_keys=True, default=_canonical)
+
+
+def _canonical(value):
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=str)
+    return repr(value)
+
+
+def _tensor_mismatch(tensors: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> str:
+    """Why ``tensors`` cannot be copied into ``targets`` ('' when they can: same names, shapes)."""
+    if not targets:
+        return "the slot exposes no tensors to copy into"
+    if set(tensors) != set(targets):
+        diff = sorted(set(tensors) ^ set(targets))
+        return f"tensor names differ, e.g. {diff[0]}"
+    for key, tensor in tensors.items():
+        if tuple(tensor.shape) != tuple(targets[key].shape):
+            return f"{key} has shape {tuple(tensor.shape)}, the slot {tuple(targets[key].shape)}"
+    return ""
+
+
 class HFEngine:
     """transformers + PEFT; one model, many LoRA adapters, requests interleaved per step."""
 
@@ -127,7 +162,10 @@ class HFEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(str(base_model))
         self.model = self._load_base()
         self._peft = None  # the PeftModel once the first adapter is loaded
-        self._adapters: set[str] = set()
+        # loaded LoRA adapters: name -> its slot (the PEFT adapter holding its weights; a slot
+        # outlives an adapter when ``replace_adapter`` loads the next one into it)
+        self._slots: dict[str, str] = {}
+        self._slot_configs: dict[str, str] = {}  # slot -> its adapter config (adapter_config_key)
         self._full: dict[str, torch.nn.Module] = {}  # full-weights versions: name -> own model
         self._lock = threading.Lock()
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
@@ -196,28 +234,91 @@ class HFEngine:
     def load_adapter(self, name: str, path: Path) -> None:
         from peft import PeftModel
 
+        config = adapter_config_key(path)
         with self._lock:
+            slot = self._new_slot(name)
             if self._peft is None:
-                self._peft = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
+                self._peft = PeftModel.from_pretrained(self.model, str(path), adapter_name=slot)
                 self._peft.eval()
             else:
                 was_off = self._layers_off()
-                self._peft.load_adapter(str(path), adapter_name=name)
+                self._peft.load_adapter(str(path), adapter_name=slot)
                 if was_off:  # layers it added start enabled: keep them all off
                     self._peft.base_model.disable_adapter_layers()
-            self._adapters.add(name)
+            self._slots[name] = slot
+            self._slot_configs[slot] = config
+
+    def replace_adapter(self, old: str, name: str, path: Path) -> bool:
+        """Load the LoRA adapter at ``path`` as ``name`` into the slot of the loaded adapter
+        ``old`` (which stops being loaded): its tensors are copied in place into ``old``'s LoRA
+        parameters, so nothing is injected into the model or deleted from it. Only when the
+        adapter configs are equal (rank, alpha, target modules, dropout, DoRA, rsLoRA, patterns:
+        every field but the base's name) and the file's tensors are exactly the slot's (names and
+        shapes); otherwise nothing changes and False is returned (the caller loads it the usual
+        way: the same result, slower). The caller guarantees no request is using ``old``."""
+        from safetensors.torch import load_file
+
+        slot = self._slots.get(old)
+        if slot is None or self._peft is None:
+            return False
+        config = adapter_config_key(path)
+        if config != self._slot_configs.get(slot):
+            logger.debug("adapter %s: config differs from slot %s's, full load", name, slot)
+            return False
+        weights = Path(path) / _ADAPTER_WEIGHTS
+        if not weights.is_file():
+            return False
+        tensors = load_file(str(weights))  # outside the lock: reading the file is the slow part
+        with self._lock:
+            if self._slots.get(old) != slot:
+                return False
+            targets = self._slot_tensors(slot)
+            mismatch = _tensor_mismatch(tensors, targets)
+            if mismatch:
+                logger.debug(
+                    "adapter %s does not fit slot %s (%s), full load", name, slot, mismatch
+                )
+                return False
+            with torch.no_grad():
+                for key, tensor in tensors.items():
+                    targets[key].copy_(tensor)  # to the slot's device and dtype, as a load does
+            del self._slots[old]
+            self._slots[name] = slot
+        return True
+
+    def _new_slot(self, name: str) -> str:
+        """A PEFT adapter name for a new slot: ``name`` unless a slot already has it (a slot
+        keeps the name of the adapter first loaded into it)."""
+        slot, k = name, 1
+        while slot in self._slot_configs:
+            slot, k = f"{name}~{k}", k + 1
+        return slot
+
+    def _slot_tensors(self, slot: str) -> dict[str, torch.Tensor]:
+        """The slot's tensors under the names PEFT saves them with, each one sharing storage
+        with the model's parameter (an in-place copy into it changes the model)."""
+        from peft import get_peft_model_state_dict
+
+        state = get_peft_model_state_dict(
+            self._peft, adapter_name=slot, save_embedding_layers=False
+        )
+        params = {p.data_ptr() for p in self._peft.parameters()}
+        if any(t.data_ptr() not in params for t in state.values()):
+            return {}  # a copy, not the parameters themselves: nothing to copy into
+        return state
 
     def unload_adapter(self, name: str) -> None:
         with self._lock:
             if self._full.pop(name, None) is not None:
                 return
-            if name not in self._adapters:
+            slot = self._slots.pop(name, None)
+            if slot is None:
                 return
-            self._adapters.discard(name)
-            if self._adapters and self._peft is not None:  # PEFT needs one adapter left
-                if name in self._peft.active_adapters:
-                    self._peft.set_adapter(next(iter(self._adapters)))
-                self._peft.delete_adapter(name)
+            if self._slots and self._peft is not None:  # PEFT needs one adapter left
+                if slot in self._peft.active_adapters:
+                    self._peft.set_adapter(next(iter(self._slots.values())))
+                self._peft.delete_adapter(slot)
+                self._slot_configs.pop(slot, None)
 
     def _layers_off(self) -> bool:
         """Whether the LoRA layers are disabled (peft toggles them all together)."""
@@ -228,7 +329,7 @@ class HFEngine:
 
     def adapters(self) -> set[str]:
         """Names loaded: LoRA adapters and full-weights versions."""
-        return set(self._adapters) | set(self._full)
+        return set(self._slots) | set(self._full)
 
     @contextlib.contextmanager
     def _activated(self, adapter: str | None) -> Iterator[torch.nn.Module]:
@@ -246,12 +347,13 @@ class HFEngine:
                 self._peft.base_model.disable_adapter_layers()
             yield self._peft
         else:
-            if adapter not in self._adapters:
+            slot = self._slots.get(adapter)
+            if slot is None:
                 raise KeyError(f"adapter {adapter!r} is not loaded")
             if self._layers_off():
                 self._peft.base_model.enable_adapter_layers()
-            if self._peft.active_adapters != [adapter]:
-                self._peft.set_adapter(adapter)
+            if self._peft.active_adapters != [slot]:
+                self._peft.set_adapter(slot)
             yield self._peft
 
     def _forward(self, adapter: str | None, input_ids: torch.Tensor, past):
@@ -326,7 +428,7 @@ class HFEngine:
         gets the ids it gets alone and log-probs equal up to float rounding.
         """
         for r in requests:
-            if r.adapter is not None and r.adapter not in self._adapters | self._full.keys():
+            if r.adapter is not None and r.adapter not in self._slots.keys() | self._full.keys():
                 raise KeyError(f"adapter {r.adapter!r} is not loaded")
         out: list[list[Completion]] = [[] for _ in requests]
         groups: dict[str | None, list[int]] = {}
@@ -417,7 +519,8 @@ class HFEngine:
 
     def close(self) -> None:
         self._peft = None
-        self._adapters.clear()
+        self._slots.clear()
+        self._slot_configs.clear()
         self._full.clear()
 
 
