@@ -18,6 +18,12 @@ cache), grouped by adapter because a PEFT forward runs one active adapter. trans
 ``generate`` is not used for it because it samples every row with one generator and one set of
 sampling parameters, and a request in a batch must get exactly what it gets alone.
 
+**Slot reuse** (``replace_adapter(old, name, folder)``): a new version whose PEFT config equals
+the loaded adapter ``old``'s is copied into ``old``'s LoRA parameters in place (names and shapes
+checked first) and ``old``'s slot is renamed to it, instead of injecting a new PEFT adapter into
+every target module and deleting the old one (~0.2 s against ~0.01 s on the ``small`` model).
+A slot keeps the PEFT adapter name it was created with; ``_slots`` maps loaded names to slots.
+
 **Full-weights versions** (a GRPO job that fine-tunes all weights, or a freeze subset):
 ``load_weights(name, folder)`` builds a policy model of its own for that version (the base model
 loaded again, then the version's tensors copied over it, checked against the manifest: names,
@@ -166,6 +172,7 @@ class HFEngine:
         # outlives an adapter when ``replace_adapter`` loads the next one into it)
         self._slots: dict[str, str] = {}
         self._slot_configs: dict[str, str] = {}  # slot -> its adapter config (adapter_config_key)
+        self._slot_tensor_cache: dict[str, dict[str, torch.Tensor]] = {}  # see _slot_tensors
         self._full: dict[str, torch.nn.Module] = {}  # full-weights versions: name -> own model
         self._lock = threading.Lock()
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
@@ -296,15 +303,20 @@ class HFEngine:
 
     def _slot_tensors(self, slot: str) -> dict[str, torch.Tensor]:
         """The slot's tensors under the names PEFT saves them with, each one sharing storage
-        with the model's parameter (an in-place copy into it changes the model)."""
+        with the model's parameter (an in-place copy into it changes the model). Computed once
+        per slot (walking the model is most of a reuse's cost otherwise): loading or deleting
+        other adapters adds and removes their own parameters and never replaces a slot's."""
         from peft import get_peft_model_state_dict
 
+        if slot in self._slot_tensor_cache:
+            return self._slot_tensor_cache[slot]
         state = get_peft_model_state_dict(
             self._peft, adapter_name=slot, save_embedding_layers=False
         )
         params = {p.data_ptr() for p in self._peft.parameters()}
         if any(t.data_ptr() not in params for t in state.values()):
-            return {}  # a copy, not the parameters themselves: nothing to copy into
+            state = {}  # a copy, not the parameters themselves: nothing to copy into
+        self._slot_tensor_cache[slot] = state
         return state
 
     def unload_adapter(self, name: str) -> None:
@@ -319,6 +331,7 @@ class HFEngine:
                     self._peft.set_adapter(next(iter(self._slots.values())))
                 self._peft.delete_adapter(slot)
                 self._slot_configs.pop(slot, None)
+                self._slot_tensor_cache.pop(slot, None)
 
     def _layers_off(self) -> bool:
         """Whether the LoRA layers are disabled (peft toggles them all together)."""
@@ -521,6 +534,7 @@ class HFEngine:
         self._peft = None
         self._slots.clear()
         self._slot_configs.clear()
+        self._slot_tensor_cache.clear()
         self._full.clear()
 
 
