@@ -201,7 +201,7 @@ def test_rm_and_dpo_jobs_through_the_services(tmp_path, monkeypatch):
     try:
         client = fleet.client
         for spec in (
-            job_spec("rm-e2e", base, pb.STAGE_RM, train_file, held_file, steps=120),
+            job_spec("rm-e2e", base, pb.STAGE_RM, train_file, held_file, steps=200),
             job_spec("dpo-e2e", base, pb.STAGE_DPO, train_file, held_file, steps=60),
         ):  # both runners start at once: their torch imports overlap
             client.training.CreateTrainingJob(api.CreateTrainingJobRequest(spec=spec))
@@ -215,7 +215,7 @@ def test_rm_and_dpo_jobs_through_the_services(tmp_path, monkeypatch):
 
         # the jobs' own evaluations: before any update and at the end (once)
         (s0, rm_before, _), (s1, rm_after, rm_margin) = results["rm-e2e"]
-        assert (s0, s1) == (0, 120) and 0.2 <= rm_before <= 0.8 and rm_after >= 0.9
+        assert (s0, s1) == (0, 200) and 0.2 <= rm_before <= 0.8 and rm_after >= 0.9
         (s0, _, dpo_margin0), (s1, dpo_after, dpo_margin) = results["dpo-e2e"]
         assert (s0, s1, dpo_margin0) == (0, 60, 0.0)  # policy = reference at step 0
         assert dpo_after >= 0.9 and dpo_margin > 0.5
