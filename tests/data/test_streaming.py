@@ -71,6 +71,7 @@ def _peak(path: Path, tokenizer_dir: str, mode: str, timeout: int = 240) -> dict
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # ~2 min: scripts/test_heavy.sh
 @pytest.mark.timeout(600)
 def test_peak_memory_is_independent_of_file_size(tmp_path, model_dir):
     big, small = tmp_path / "big.jsonl", tmp_path / "small.jsonl"

@@ -174,6 +174,7 @@ def _run_spec(python, spec, tmp_path) -> dict:
     return json.loads((tmp_path / "out.json").read_text())
 
 
+@pytest.mark.heavy  # scripts/test_heavy.sh
 def test_vllm_submit_groups_and_a_dead_engine_core_fails_requests(
     tiny_model, adapter_dirs, tmp_path
 ):

@@ -68,6 +68,7 @@ def _spec(base, data, task_dir) -> pb.TrainingJobSpec:
     return spec
 
 
+@pytest.mark.heavy  # scripts/test_heavy.sh
 @pytest.mark.slow  # about 2 minutes here: the services, the job, four RunBenchmark processes
 def test_the_accuracy_at_each_eval_point_is_runbenchmark_on_that_adapter_version(
     tiny_random, tmp_path

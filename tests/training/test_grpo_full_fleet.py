@@ -31,6 +31,7 @@ JOB = "ppo-e2e"  # ppo_spec's job id
 STEPS = 3
 
 
+@pytest.mark.heavy  # scripts/test_heavy.sh (the sync itself: test_grpo_full_sync.py)
 def test_a_full_grpo_job_syncs_full_weights_to_the_rollout_worker(sft_model, tmp_path):  # noqa: F811
     run = tmp_path / "cluster"
     state = cluster.up(

@@ -112,6 +112,7 @@ def test_zero_stage_matches_ddp(ddp, zero_runs, stage, offload):
     assert len(model_shards) == (2 if stage == 3 else 1), files
 
 
+@pytest.mark.heavy  # scripts/test_heavy.sh
 def test_resume_from_a_zero3_checkpoint_continues(zero_runs, rows_dir, tmp_path):
     spec, finished, records = zero_runs(3, False)
     job = tmp_path / "job"
