@@ -132,6 +132,23 @@ class InlineFleet:
         return []
 
 
+class PublishOnly:
+    """An exchange that only records what the planner publishes (no Redis, nothing generated):
+    for tests of the tasks themselves."""
+
+    def __init__(self) -> None:
+        self.tasks: list[rollout_pb2.RolloutTask] = []
+
+    def leftovers(self) -> str:
+        return ""
+
+    def ensure_group(self) -> None:
+        pass
+
+    def publish_tasks(self, tasks) -> None:
+        self.tasks.extend(tasks)
+
+
 class PromptSource(InMemorySource):
     """``InMemorySource`` over ``PromptExample``s: batches carry ``batch_rows`` prompts each."""
 

@@ -4,7 +4,7 @@ worker's ``sample_ids`` expand it to exactly the sample ids the planner waits fo
 from __future__ import annotations
 
 import pytest
-from inline_fleet import PromptSource
+from inline_fleet import PromptSource, PublishOnly
 from llamafleet.data.v1 import data_pb2
 from llamafleet.rollout.v1 import rollout_pb2
 from synthetic import make_settings
@@ -13,22 +13,6 @@ from services.rollout.worker import sample_ids
 from services.training.ppo.exchange import task_id
 from services.training.ppo.rollouts import MAX_GROUP, RolloutPlanner, group_size
 from services.training.spec.settings import PpoSettings
-
-
-class Exchange:
-    """What the planner publishes (no Redis)."""
-
-    def __init__(self) -> None:
-        self.tasks: list[rollout_pb2.RolloutTask] = []
-
-    def leftovers(self) -> str:
-        return ""
-
-    def ensure_group(self) -> None:
-        pass
-
-    def publish_tasks(self, tasks) -> None:
-        self.tasks.extend(tasks)
 
 
 def planner_for(tmp_path, samples: int, prompts: int = 3, seed: int | None = 11):
@@ -41,7 +25,7 @@ def planner_for(tmp_path, samples: int, prompts: int = 3, seed: int | None = 11)
     )  # fmt: skip
     settings = make_settings(tmp_path, recipe="ppo", batch_rows=prompts, ppo=ppo)
     rows = [data_pb2.PromptExample(example_id=f"p{i}", prompt_ids=[7, i]) for i in range(prompts)]
-    exchange = Exchange()
+    exchange = PublishOnly()
     planner = RolloutPlanner(
         settings, PromptSource(rows), exchange, job_id="job", batches_per_step=1, total_steps=2
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from inline_fleet import PromptSource
+from inline_fleet import PromptSource, PublishOnly
 from llamafleet.data.v1 import data_pb2
 from llamafleet.reward.v1 import reward_pb2
 from llamafleet.rollout.v1 import rollout_pb2
@@ -48,22 +48,6 @@ def test_an_episode_ends_at_the_token_its_rollout_is_scored_at():
     assert collate_rollouts(batch, PAD).mask.sum(dim=1).tolist() == [3, 3, 5]
 
 
-class Exchange:
-    """What the planner publishes (no Redis)."""
-
-    def __init__(self) -> None:
-        self.tasks: list[rollout_pb2.RolloutTask] = []
-
-    def leftovers(self) -> str:
-        return ""
-
-    def ensure_group(self) -> None:
-        pass
-
-    def publish_tasks(self, tasks) -> None:
-        self.tasks.extend(tasks)
-
-
 def test_tasks_ask_the_engines_to_stop_at_the_end_tokens(tmp_path):
     sampling = rollout_pb2.SamplingParams(max_tokens=4, stop_token_ids=[1])
     ppo = PpoSettings(
@@ -71,7 +55,7 @@ def test_tasks_ask_the_engines_to_stop_at_the_end_tokens(tmp_path):
     )
     settings = make_settings(tmp_path, recipe="ppo", batch_rows=2, ppo=ppo)
     prompts = [data_pb2.PromptExample(example_id=f"p{i}", prompt_ids=[7, i]) for i in range(2)]
-    exchange = Exchange()
+    exchange = PublishOnly()
     planner = RolloutPlanner(
         settings, PromptSource(prompts), exchange, job_id="j", batches_per_step=1,
         total_steps=1, stop_token_ids={5, 1, 3},
